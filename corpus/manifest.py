@@ -1,0 +1,252 @@
+"""The manifest: a YAML card naming what to read, how to filter it and how to mix it.
+
+Validation happens here, at the edge. Every error names the file, the line and the
+field, e.g. ``manifests/x.yaml:14: sources[3].tokens: '6X' is not a token count``.
+Inner code trusts a loaded :class:`Manifest`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
+
+GROUPS = ("refinedweb", "redpajama", "pile", "dolma")
+FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
+FILTER_TYPES = ("gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality", "language")
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_TOKENS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBT]?)\s*$", re.IGNORECASE)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; ``problems`` holds one ``file:line: field: message`` each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def parse_token_count(value: Any) -> int:
+    """'665B' -> 665_000_000_000, '4.3B' -> 4_300_000_000, 1200 -> 1200."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a token count")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value!r} is not a token count")
+        return value
+    if isinstance(value, float) and value >= 0 and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = _TOKENS_RE.match(value)
+        if m:
+            return round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
+    raise ValueError(f"{value!r} is not a token count (write e.g. 665B, 4.3B, 250M or an integer)")
+
+
+def format_token_count(n: int) -> str:
+    for suffix in ("T", "B", "M", "K"):
+        if n >= _SUFFIX[suffix]:
+            return f"{n / _SUFFIX[suffix]:.4g}{suffix}"
+    return str(n)
+
+
+TokenCount = Annotated[int, BeforeValidator(parse_token_count)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenizerSpec(_Strict):
+    """``model``: 'default' (the LLaMA-layout 32k model shipped in mistral-common) or a path / fsspec URI of a .model."""
+    model: str = "default"
+
+
+class TextRules(_Strict):
+    """CoreNet's text rules (OPENELM.md section 4)."""
+    normalize: Literal["NFC", "none"] = "NFC"
+    split_words: int = Field(2048, gt=0)
+    min_chars: int = Field(200, ge=0)
+    min_tokens: int = Field(256, ge=0)
+    add_bos: bool = True
+    add_eos: bool = True
+
+
+class Upstream(_Strict):
+    """Where a source lives: fsspec URIs / glob patterns, or a URI of a list of URIs filtered by a regex."""
+    files: list[str] | None = None
+    list: str | None = None
+    match: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if (self.files is None) == (self.list is None):
+            raise ValueError("give exactly one of 'files' (URI patterns) or 'list' (a URI listing files)")
+        if self.match is not None:
+            if self.list is None:
+                raise ValueError("'match' filters a 'list'; it needs 'list'")
+            try:
+                re.compile(self.match)
+            except re.error as e:
+                raise ValueError(f"'match' is not a regular expression: {e}") from None
+        if self.files is not None and not self.files:
+            raise ValueError("'files' is empty")
+        return self
+
+
+class ExtraFilter(_Strict):
+    """A datatrove filter a source adds after CoreNet's rules."""
+    type: Literal[FILTER_TYPES]  # type: ignore[valid-type]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Source(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    group: Literal[GROUPS]  # type: ignore[valid-type]
+    description: str = ""
+    upstream: Upstream
+    format: Literal[FORMATS]  # type: ignore[valid-type]
+    text_field: str = "text"
+    id_field: str | None = None
+    files: int | None = Field(None, gt=0, description="number of upstream files, as published")
+    tokens: TokenCount
+    weight: float | None = Field(None, ge=0)
+    filters: list[ExtraFilter] = Field(default_factory=list)
+
+
+class Manifest(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+    description: str = ""
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    text: TextRules = TextRules()
+    sequence_length: int = Field(2048, gt=0)
+    seed: int = 0
+    sources: list[Source] = Field(min_length=1)
+    # Where the manifest was read from; not part of the YAML.
+    path: str | None = Field(None, exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[Source]):
+        seen = set()
+        for s in sources:
+            if s.name in seen:
+                raise ValueError(f"source name {s.name!r} appears twice")
+            seen.add(s.name)
+        return sources
+
+    def source(self, name: str) -> Source:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"manifest {self.name!r} has no source {name!r}; it has {[s.name for s in self.sources]}")
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.tokens for s in self.sources)
+
+    def target_shares(self) -> dict[str, float]:
+        """Token shares per source: explicit weights where given, else the published token counts."""
+        raw = {s.name: (s.weight if s.weight is not None else float(s.tokens)) for s in self.sources}
+        total = sum(raw.values())
+        if total <= 0:
+            raise ManifestError([f"{self.path or self.name}: sources: weights sum to zero"])
+        return {k: v / total for k, v in raw.items()}
+
+    def build_fingerprint(self, tokenizer_sha256: str) -> str:
+        """What decides the bytes of the shards: text rules, sources (not weights) and the tokenizer."""
+        sources = [s.model_dump(exclude={"weight", "description", "tokens", "files"}) for s in self.sources]
+        payload = {"text": self.text.model_dump(), "sources": sources, "tokenizer": tokenizer_sha256}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every key path in the YAML to its 1-based line."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            out[path + (k,)] = key.start_mark.line + 1
+            _line_index(value, path + (k,), out)
+            out[path + (k,)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _line_index(item, path + (i,), out)
+    return out
+
+
+def _field_name(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _message(err: dict) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind in ("int_parsing", "int_type", "bool_type", "bool_parsing", "string_type", "float_parsing",
+                "float_type", "list_type", "dict_type", "model_type", "literal_error", "string_pattern_mismatch"):
+        msg = f"{err.get('input')!r}: {msg}"
+    return msg
+
+
+def parse_manifest(text: str, path: str = "<string>") -> Manifest:
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(e, "problem", None) or str(e)
+        raise ManifestError([f"{path}:{line}: (yaml): not valid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ManifestError([f"{path}:1: (top level): a manifest is a mapping of keys, got {type(data).__name__}"])
+    lines = _line_index(node)
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+            line = _nearest_line(lines, loc)
+            problems.append(f"{path}:{line}: {_field_name(loc)}: {_message(err)}")
+        raise ManifestError(problems) from None
+    return manifest.model_copy(update={"path": path})
+
+
+def _nearest_line(lines: dict[tuple, int], loc: tuple) -> int:
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc, 1)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError([f"{path}:0: (file): no such manifest file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError([f"{path}:0: (file): cannot read the manifest: {e}"]) from None
+    return parse_manifest(text, str(path))

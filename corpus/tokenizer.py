@@ -1,0 +1,123 @@
+"""SentencePiece tokenizer with CoreNet's conventions: NFC first, BOS prepended, EOS appended.
+
+The default model is the LLaMA-layout 32k SentencePiece model that the ``mistral-common``
+package installs (32000 pieces, unk/bos/eos 0/1/2, byte fallback). It is found in the
+installed package and never downloaded. Any other ``.model`` can be named by path or
+fsspec URI (a user's own LLaMA ``tokenizer.model``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_path() -> Path:
+    """The LLaMA-layout model inside the installed mistral-common package."""
+    try:
+        root = resources.files("mistral_common") / "data"
+    except ModuleNotFoundError:
+        raise RuntimeError("the default tokenizer comes with the 'mistral-common' package; "
+                           "install it (pip install mistral-common) or name a .model in the manifest") from None
+    path = Path(str(root / "tokenizer.model.v1"))
+    if not path.exists():
+        raise RuntimeError(f"mistral-common is installed but has no {path.name} under {root}; "
+                           "name a SentencePiece .model in the manifest's tokenizer.model")
+    return path
+
+
+def read_model_bytes(spec: str | Path = DEFAULT_MODEL) -> bytes:
+    if str(spec) == DEFAULT_MODEL:
+        return default_model_path().read_bytes()
+    spec = str(spec)
+    if "://" in spec:
+        import fsspec
+        with fsspec.open(spec, "rb") as f:
+            return f.read()
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer model not found: {spec}")
+    return path.read_bytes()
+
+
+class Tokenizer:
+    """A SentencePiece model plus the text rules applied around it."""
+
+    def __init__(self, spec: str | Path = DEFAULT_MODEL, normalize: str = "NFC", model_bytes: bytes | None = None):
+        self.spec = str(spec)
+        self.model_bytes = model_bytes if model_bytes is not None else read_model_bytes(spec)
+        self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(self.model_bytes)
+        except Exception as e:  # sentencepiece raises a bare RuntimeError/OSError on garbage
+            raise ValueError(f"{self.spec}: not a SentencePiece model ({e})") from None
+        self.normalize = normalize
+        self.vocab_size = self.sp.get_piece_size()
+        self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
+        self.pad_id = self.sp.pad_id()
+
+    def __reduce__(self):  # ship the bytes, not the C++ object, to Ray workers
+        return (Tokenizer, (self.spec, self.normalize, self.model_bytes))
+
+    def normalize_text(self, text: str) -> str:
+        return unicodedata.normalize("NFC", text) if self.normalize == "NFC" else text
+
+    def encode(self, texts: Sequence[str], bos: bool = True, eos: bool = True,
+               num_threads: int = 1) -> list[list[int]]:
+        """Batch encode; ``num_threads=1`` by default because workers already run one per core."""
+        texts = [self.normalize_text(t) for t in texts]
+        return self.sp.encode(texts, add_bos=bos, add_eos=eos, num_threads=num_threads)
+
+    def encode_one(self, text: str, bos: bool = True, eos: bool = True) -> list[int]:
+        return self.sp.encode(self.normalize_text(text), add_bos=bos, add_eos=eos)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "sha256": self.sha256, "vocab_size": self.vocab_size,
+                "bos_id": self.bos_id, "eos_id": self.eos_id, "unk_id": self.unk_id, "pad_id": self.pad_id,
+                "normalize": self.normalize}
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Write tokenizer.model, tokenizer.json and tokenizer_config.json (converted offline)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tokenizer.model").write_bytes(self.model_bytes)
+        config = {
+            "tokenizer_class": "LlamaTokenizer",
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "bos_token": self.sp.id_to_piece(self.bos_id),
+            "eos_token": self.sp.id_to_piece(self.eos_id),
+            "unk_token": self.sp.id_to_piece(self.unk_id),
+            "pad_token": None,
+            "legacy": True,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 2048,
+        }
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        from transformers import AutoTokenizer  # heavy import, only where exporting
+        hf = AutoTokenizer.from_pretrained(str(out))
+        hf.save_pretrained(str(out))
+        # save_pretrained rewrites the config; keep ours (BOS added, legacy spacing) on top of what it wrote
+        written = json.loads((out / "tokenizer_config.json").read_text())
+        written.update({k: v for k, v in config.items() if v is not None})
+        (out / "tokenizer_config.json").write_text(json.dumps(written, indent=2) + "\n")
+        if not (out / "tokenizer.json").exists():
+            raise RuntimeError(f"{out}: transformers did not write tokenizer.json")
+        return out
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(spec: str = DEFAULT_MODEL, normalize: str = "NFC") -> Tokenizer:
+    return Tokenizer(spec, normalize)

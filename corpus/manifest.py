@@ -80,16 +80,17 @@ class TextRules(_Strict):
 
 class Upstream(_Strict):
     """Where a source lives: fsspec URIs / glob patterns, or a URI of a list of URIs filtered by a regex."""
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     files: list[str] | None = None
-    list: str | None = None
+    listing: str | None = Field(None, alias="list")
     match: str | None = None
 
     @model_validator(mode="after")
     def _one_way(self):
-        if (self.files is None) == (self.list is None):
+        if (self.files is None) == (self.listing is None):
             raise ValueError("give exactly one of 'files' (URI patterns) or 'list' (a URI listing files)")
         if self.match is not None:
-            if self.list is None:
+            if self.listing is None:
                 raise ValueError("'match' filters a 'list'; it needs 'list'")
             try:
                 re.compile(self.match)
@@ -161,7 +162,8 @@ class Manifest(_Strict):
 
     def build_fingerprint(self, tokenizer_sha256: str) -> str:
         """What decides the bytes of the shards: text rules, sources (not weights) and the tokenizer."""
-        sources = [s.model_dump(exclude={"weight", "description", "tokens", "files"}) for s in self.sources]
+        sources = [s.model_dump(exclude={"weight", "description", "tokens", "files"}, by_alias=True)
+                   for s in self.sources]
         payload = {"text": self.text.model_dump(), "sources": sources, "tokenizer": tokenizer_sha256}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()

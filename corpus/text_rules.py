@@ -1,0 +1,57 @@
+"""CoreNet's text rules: NFC, split on single spaces into 2048-word chunks, two length filters.
+
+A chunk is dropped when, after lowercasing, deleting ASCII punctuation and collapsing
+whitespace, it has fewer than ``min_chars`` characters (``too_few_chars``), or when it
+encodes to fewer than ``min_tokens`` tokens with BOS and EOS (``too_few_tokens``).
+Splitting on single spaces keeps newlines inside words, so joining a chunk's words
+with one space gives back exactly the text they came from.
+"""
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections.abc import Sequence
+
+from corpus.manifest import TextRules
+
+TOO_FEW_CHARS = "too_few_chars"
+TOO_FEW_TOKENS = "too_few_tokens"
+
+_DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str, form: str = "NFC") -> str:
+    return unicodedata.normalize("NFC", text) if form == "NFC" else text
+
+
+def split_words(text: str, words_per_chunk: int) -> list[str]:
+    """Chunks of at most ``words_per_chunk`` space-separated words; always at least one chunk."""
+    words = text.split(" ")
+    if len(words) <= words_per_chunk:
+        return [text]
+    return [" ".join(words[i:i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
+
+
+def content_chars(chunk: str) -> int:
+    """Characters left after lowercasing, deleting ASCII punctuation and collapsing whitespace."""
+    words = chunk.lower().translate(_DELETE_PUNCTUATION).split()
+    return sum(map(len, words)) + max(len(words) - 1, 0)
+
+
+class CoreNetRules:
+    """The text rules of one manifest, as three small decisions the pipeline applies in order."""
+
+    def __init__(self, rules: TextRules):
+        self.rules = rules
+
+    def normalize(self, text: str) -> str:
+        return normalize(text, self.rules.normalize)
+
+    def split(self, text: str) -> list[str]:
+        return split_words(text, self.rules.split_words)
+
+    def has_enough_chars(self, chunk: str) -> bool:
+        return content_chars(chunk) >= self.rules.min_chars
+
+    def has_enough_tokens(self, ids: Sequence[int]) -> bool:
+        return len(ids) >= self.rules.min_tokens

@@ -1,0 +1,156 @@
+"""What one work unit does: read -> NFC -> 2048-word chunks -> filters -> tokens.
+
+The result depends only on the unit (its slice, the text rules, the tokenizer, the
+source's filters), never on which worker ran it or when, which is what makes builds
+byte-identical across worker counts and interruptions.
+
+Order of the decisions for each chunk: CoreNet's ``too_few_chars``, then encoding with
+BOS/EOS and CoreNet's ``too_few_tokens``, then the source's extra filters in manifest
+order; the first that says no names the reason. A document is *kept* when at least one
+of its chunks is kept, otherwise it is *dropped* under the reason of its first chunk.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from corpus.filters import ChunkFilter
+from corpus.readers import BadRecord, Record, read_slice
+from corpus.text_rules import TOO_FEW_CHARS, TOO_FEW_TOKENS, CoreNetRules
+from corpus.tokenizer import Tokenizer
+from pipelines.plan import WorkUnit
+
+# characters of text encoded per sentencepiece call: large enough to amortise the call, small in memory
+_BATCH_CHARS = 1 << 20
+
+
+@dataclass
+class UnitCounts:
+    documents_read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    quarantined: int = 0
+    quarantined_by_reason: Counter = field(default_factory=Counter)
+    chunks_split: int = 0
+    chunks_kept: int = 0
+    chunks_dropped: Counter = field(default_factory=Counter)
+    drop_details: Counter = field(default_factory=Counter)
+    tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "documents_read": self.documents_read,
+            "kept": self.kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "quarantined": self.quarantined,
+            "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
+            "chunks_split": self.chunks_split,
+            "chunks_kept": self.chunks_kept,
+            "chunks_dropped": dict(sorted(self.chunks_dropped.items())),
+            "drop_details": dict(sorted(self.drop_details.items())),
+            "tokens": self.tokens,
+        }
+
+
+@dataclass
+class UnitOutput:
+    unit: WorkUnit
+    chunks: list[np.ndarray] = field(default_factory=list)
+    origin_location: list[int] = field(default_factory=list)  # input location of each kept chunk's record
+    origin_part: list[int] = field(default_factory=list)      # chunk number within that record
+    counts: UnitCounts = field(default_factory=UnitCounts)
+    quarantine: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+class UnitProcessor:
+    """Holds what every unit of one source needs, so a worker builds it once."""
+
+    def __init__(self, rules: CoreNetRules, tokenizer: Tokenizer, filters: list[ChunkFilter], text_field: str):
+        if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces; uint16 shards hold at most 65536")
+        self.rules, self.tokenizer, self.filters, self.text_field = rules, tokenizer, filters, text_field
+
+    def run(self, unit: WorkUnit) -> UnitOutput:
+        started = time.perf_counter()
+        out = UnitOutput(unit)
+        batch: list[Record] = []
+        batch_chars = 0
+        for item in read_slice(unit.slice, self.text_field):
+            out.counts.documents_read += 1
+            if isinstance(item, BadRecord):
+                self._quarantine(out, item)
+                continue
+            batch.append(item)
+            batch_chars += len(item.text)
+            if batch_chars >= _BATCH_CHARS:
+                self._process(batch, out)
+                batch, batch_chars = [], 0
+        if batch:
+            self._process(batch, out)
+        out.seconds = time.perf_counter() - started
+        out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return out
+
+    def _quarantine(self, out: UnitOutput, bad: BadRecord) -> None:
+        sl = out.unit.slice
+        where = "row" if sl.format == "parquet" else "byte"
+        out.counts.quarantined += 1
+        out.counts.quarantined_by_reason[bad.reason] += 1
+        out.quarantine.append({"source": out.unit.source, "unit": out.unit.unit_id, "reason": bad.reason,
+                               "file": sl.uri, where: bad.location, "detail": bad.detail,
+                               "excerpt": bad.excerpt})
+
+    def _process(self, records: list[Record], out: UnitOutput) -> None:
+        rules, counts = self.rules, out.counts
+        # per candidate chunk: (record index in batch, part)
+        candidates: list[tuple[int, int]] = []
+        texts: list[str] = []
+        first_reason: list[str | None] = [None] * len(records)
+        kept_any = [False] * len(records)
+        for r, record in enumerate(records):
+            chunks = rules.split(rules.normalize(record.text))
+            counts.chunks_split += len(chunks)
+            for part, chunk in enumerate(chunks):
+                if rules.has_enough_chars(chunk):
+                    candidates.append((r, part))
+                    texts.append(chunk)
+                else:
+                    counts.chunks_dropped[TOO_FEW_CHARS] += 1
+                    if part == 0:
+                        first_reason[r] = TOO_FEW_CHARS
+        # texts are normalised already; sentencepiece directly avoids a second NFC pass
+        encoded = self.tokenizer.sp.encode(texts, add_bos=rules.rules.add_bos, add_eos=rules.rules.add_eos,
+                                           num_threads=1) if texts else []
+        for (r, part), text, ids in zip(candidates, texts, encoded):
+            reason = None
+            if not rules.has_enough_tokens(ids):
+                reason = TOO_FEW_TOKENS
+            else:
+                for f in self.filters:
+                    keep, detail = f.check(text)
+                    if not keep:
+                        reason = f.name
+                        counts.drop_details[f"{f.name}:{detail or 'rejected'}"] += 1
+                        break
+            if reason is not None:
+                counts.chunks_dropped[reason] += 1
+                if part == 0:
+                    first_reason[r] = reason
+                continue
+            kept_any[r] = True
+            out.chunks.append(np.asarray(ids, dtype=np.uint16))
+            out.origin_location.append(records[r].location)
+            out.origin_part.append(part)
+            counts.chunks_kept += 1
+            counts.tokens += len(ids)
+        for r in range(len(records)):
+            if kept_any[r]:
+                counts.kept += 1
+            else:
+                counts.dropped[first_reason[r]] += 1

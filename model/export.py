@@ -1,0 +1,324 @@
+"""`elm-train export`: a run (or any Hugging Face-format OpenELM folder) to an MLX or Hugging Face folder.
+
+    elm-train export SOURCE --format mlx|hf --out DIR [--dtype float32|float16|bfloat16]
+                     [--quantize 4|8] [--group-size 64] [--tokenizer SPEC] [--step N] [--force]
+
+SOURCE is a run folder (its highest-step checkpoint is taken), one checkpoint folder, or a
+plain Hugging Face-format folder such as Apple's released checkpoint. Both formats hold
+`config.json` with Apple's keys (per-layer lists, which mlx-lm reads unchanged),
+`model.safetensors` under Apple's weight names, the tokenizer files with BOS added and a
+`README.md` model card carrying the run's provenance. `--quantize` runs mlx-lm's own
+quantization, so only the MLX format takes it. The folder is written beside `--out` and
+renamed into place, so a failed export never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, HFFolderError, read_hf_folder,
+                             write_hf_folder)
+
+FORMATS = ("mlx", "hf")
+QUANT_BITS = (4, 8)
+CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
+# Keys transformers writes into tokenizer_config.json about how it was loaded here, not about the tokenizer.
+_LOAD_TIME_TOKENIZER_KEYS = ("is_local", "local_files_only")
+
+
+class ExportError(ValueError):
+    """An export that cannot be done as asked; the message names the input and the way out."""
+
+
+@dataclass
+class ExportSource:
+    """Where the weights come from and what is known about how they were made."""
+
+    weights_dir: Path
+    run_dir: Path | None = None
+    run: dict = field(default_factory=dict)
+    step: int | None = None
+
+
+def find_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """Finished checkpoints by step; in-progress folders (any other name) are ignored."""
+    root = run_dir / "checkpoints"
+    found = {}
+    for path in root.iterdir() if root.is_dir() else ():
+        match = CHECKPOINT_NAME.match(path.name)
+        if match and path.is_dir() and (path / CONFIG_FILE).is_file():
+            found[int(match.group(1))] = path
+    return found
+
+
+def read_run_json(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(run, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    return run
+
+
+def resolve_source(path: str | Path, step: int | None = None) -> ExportSource:
+    """A run folder, one of its checkpoints, or a plain HF-format folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path}: no such run or model folder")
+    if (path / "checkpoints").is_dir():
+        checkpoints = find_checkpoints(path)
+        if not checkpoints:
+            raise ExportError(f"{path}: the run has no finished checkpoint under checkpoints/ yet")
+        chosen = max(checkpoints) if step is None else step
+        if chosen not in checkpoints:
+            raise ExportError(f"{path}: no checkpoint for step {step}; it has steps {sorted(checkpoints)}")
+        return ExportSource(checkpoints[chosen], path, read_run_json(path), chosen)
+    match = CHECKPOINT_NAME.match(path.name)
+    if match and path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+        return ExportSource(path, run_dir, read_run_json(run_dir), int(match.group(1)))
+    if (path / CONFIG_FILE).is_file():
+        if step is not None:
+            raise ExportError(f"{path}: --step applies to a run folder; this is a single model folder")
+        return ExportSource(path)
+    raise ExportError(f"{path}: neither a run folder (no checkpoints/) nor a Hugging Face-format folder "
+                      f"(no {CONFIG_FILE})")
+
+
+def run_field(run: dict, *paths: str):
+    """The first of the dotted `paths` present in run.json, else None."""
+    for dotted in paths:
+        value = run
+        for part in dotted.split("."):
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            return value
+    return None
+
+
+def resolve_tokenizer(source: ExportSource, explicit: str | None):
+    """--tokenizer, else the one run.json records (its sha256 checked), else a tokenizer.model beside the weights."""
+    from corpus.tokenizer import Tokenizer
+
+    if explicit:
+        return _open_tokenizer(explicit, "--tokenizer")
+    spec = run_field(source.run, "tokenizer.spec", "tokenizer_spec", "tokenizer")
+    if isinstance(spec, str):
+        tokenizer = _open_tokenizer(spec, f"{source.run_dir}/run.json")
+        recorded = run_field(source.run, "tokenizer.sha256", "tokenizer_sha256")
+        if recorded and recorded != tokenizer.sha256:
+            raise ExportError(f"{source.run_dir}/run.json: the run used tokenizer sha256 {recorded}, but {spec} now has "
+                              f"{tokenizer.sha256}; pass --tokenizer with the model the run was trained with")
+        return tokenizer
+    beside = source.weights_dir / "tokenizer.model"
+    if beside.is_file():
+        return Tokenizer(beside)
+    raise ExportError(f"{source.weights_dir}: no tokenizer recorded or included (Apple's checkpoints ship none; "
+                      "they use LLaMA-2's); pass --tokenizer PATH/tokenizer.model, or --tokenizer default for "
+                      "this project's default model")
+
+
+def _open_tokenizer(spec: str, where: str):
+    from corpus.tokenizer import Tokenizer
+    try:
+        return Tokenizer(spec)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise ExportError(f"{where}: cannot open tokenizer {spec!r}: {e}") from None
+
+
+def write_tokenizer(tokenizer, folder: Path) -> None:
+    """The tokenizer files, with BOS added on encode (OpenELM was trained with it) for mlx-lm and transformers."""
+    tokenizer.export(folder)
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    for key in _LOAD_TIME_TOKENIZER_KEYS:
+        config.pop(key, None)
+    config["add_bos_token"] = True
+    config["add_eos_token"] = False
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def check_quantizable(checkpoint: HFCheckpoint, group_size: int) -> None:
+    """mlx-lm silently leaves a matrix unquantized when its input width does not split into groups: refuse instead."""
+    uneven = [name for name, t in checkpoint.tensors.items() if t.dim() == 2 and t.shape[1] % group_size]
+    if uneven:
+        raise ExportError(f"--group-size {group_size} does not divide the input width of {len(uneven)} weight(s) "
+                          f"(e.g. {uneven[0]} {tuple(checkpoint.tensors[uneven[0]].shape)}); choose 32, 64 or 128 "
+                          "dividing model_dim, head_dim x heads and every FFN width")
+
+
+def quantize_mlx_folder(folder: Path, bits: int, group_size: int) -> dict:
+    """Replace the folder's weights by mlx-lm's affine quantization of them; the quantization config is returned."""
+    from mlx_lm.utils import load_model, quantize_model, save_config, save_model
+
+    model, config = load_model(folder)
+    model, config = quantize_model(model, config, group_size=group_size, bits=bits)
+    (folder / WEIGHTS_FILE).unlink()
+    save_model(folder, model, donate_model=True)
+    save_config(config, folder / CONFIG_FILE)
+    return config["quantization"]
+
+
+def provenance(source: ExportSource, checkpoint: HFCheckpoint, tokenizer, fmt: str, dtype: str,
+               quantization: dict | None) -> dict:
+    """What the card records, as plain data (None where the source does not say)."""
+    run = source.run
+    return {
+        "source": str(source.weights_dir),
+        "run": str(source.run_dir) if source.run_dir else None,
+        "preset": run_field(run, "preset", "model.preset", "model"),
+        "parameters": checkpoint.config.num_parameters(),
+        "corpus": run_field(run, "corpus.name", "corpus_name", "corpus"),
+        "corpus_fingerprint": run_field(run, "corpus.fingerprint", "corpus_fingerprint", "fingerprint"),
+        "steps": source.step if source.step is not None else run_field(run, "steps_done", "step", "steps"),
+        "tokens_seen": run_field(run, "tokens_seen", "tokens"),
+        "final_train_loss": run_field(run, "final_train_loss", "final.train_loss", "train_loss"),
+        "final_val_loss": run_field(run, "final_val_loss", "final.val_loss", "val_loss"),
+        "tokenizer": tokenizer.spec,
+        "tokenizer_sha256": tokenizer.sha256,
+        "format": fmt,
+        "dtype": dtype,
+        "quantization": quantization,
+        "elm_corpus_version": _version("elm-corpus"),
+        "mlx_lm_version": _version("mlx-lm") if fmt == "mlx" else None,
+    }
+
+
+def model_card(facts: dict, name: str) -> str:
+    """README.md: front matter for the Hub, then provenance as a table and how to run the model."""
+    tags = ["openelm", "elm-corpus"] + (["mlx"] if facts["format"] == "mlx" else [])
+    front = ["---", "pipeline_tag: text-generation", "tags:"] + [f"- {t}" for t in tags]
+    if facts["format"] == "mlx":
+        front.append("library_name: mlx")
+    front.append("---")
+    rows = [(key.replace("_", " "), value) for key, value in facts.items() if value is not None]
+    table = ["| | |", "|---|---|"] + [f"| {key} | {_cell(value)} |" for key, value in rows]
+    if facts["format"] == "mlx":
+        usage = ["```", f"python -m mlx_lm generate --model {name} --prompt \"Once upon a time\"", "```", "",
+                 "```python", "from mlx_lm import load, generate", f"model, tokenizer = load(\"{name}\")",
+                 "print(generate(model, tokenizer, prompt=\"Once upon a time\", max_tokens=50))", "```"]
+    else:
+        usage = ["The layout of Apple's OpenELM release: `config.json` keys and weight names are Apple's.",
+                 "", "```python", "from model.hf_folder import load_hf_folder",
+                 f"config, model = load_hf_folder(\"{name}\")", "```", "",
+                 f"`elm-train export {name} --format mlx --out {name}-mlx` converts it for mlx-lm."]
+    text = ["\n".join(front), "", f"# {name}", "",
+            f"OpenELM ({facts['parameters']:,} parameters) exported by elm-corpus. The tokenizer adds BOS "
+            "to every prompt, as the model was trained.", "", "## Provenance", "", "\n".join(table), "",
+            "## Use", "", "\n".join(usage), ""]
+    return "\n".join(text)
+
+
+def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: str = "float32",
+           quantize: int | None = None, group_size: int = 64, tokenizer_spec: str | None = None,
+           step: int | None = None, force: bool = False) -> Path:
+    """Write the export folder `out` and return it."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if quantize is not None and fmt != "mlx":
+        raise ExportError("--quantize uses mlx-lm's quantization and applies to --format mlx only")
+    if quantize is not None and quantize not in QUANT_BITS:
+        raise ExportError(f"--quantize must be one of {QUANT_BITS}, got {quantize}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out}: already exists; pass --force to replace it")
+
+    source = resolve_source(source_path, step)
+    checkpoint = read_hf_folder(source.weights_dir)
+    if quantize is not None:
+        check_quantizable(checkpoint, group_size)
+    tokenizer = resolve_tokenizer(source, tokenizer_spec)
+    if tokenizer.vocab_size > checkpoint.config.vocab_size:
+        raise ExportError(f"tokenizer {tokenizer.spec} has {tokenizer.vocab_size} pieces but the model's vocab_size is "
+                          f"{checkpoint.config.vocab_size}; pass --tokenizer with the model the weights were trained with")
+
+    staging = out.parent / f".{out.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an export that was killed; it was never the output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Tokenizer first: transformers reads a config.json it finds beside the tokenizer and warns about it.
+        write_tokenizer(tokenizer, staging)
+        write_hf_folder(staging, checkpoint.config, checkpoint.tensors, dtype,
+                        safetensors_format="mlx" if fmt == "mlx" else "pt")
+        quantization = quantize_mlx_folder(staging, quantize, group_size) if quantize is not None else None
+        facts = provenance(source, checkpoint, tokenizer, fmt, dtype, quantization)
+        (staging / "README.md").write_text(model_card(facts, out.name))
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Rename the finished folder into place; an old `out` (with --force) is removed only after that."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.replaced"
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elm-train export",
+                                description="Export a run or a Hugging Face-format OpenELM folder to MLX or HF format.")
+    p.add_argument("source", metavar="RUN_DIR", help="run folder, one of its checkpoints/step_N, or an HF-format folder")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="mlx")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype (default float32)")
+    p.add_argument("--quantize", type=int, choices=QUANT_BITS, default=None, help="bits, with mlx-lm's quantization")
+    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64, help="quantization group size")
+    p.add_argument("--tokenizer", default=None,
+                   help="SentencePiece .model (path/URI or 'default'); default: the run's, or tokenizer.model in SOURCE")
+    p.add_argument("--step", type=int, default=None, help="export this checkpoint step instead of the latest")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    return p
+
+
+def cli_export(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = export(args.source, args.out, fmt=args.fmt, dtype=args.dtype, quantize=args.quantize,
+                     group_size=args.group_size, tokenizer_spec=args.tokenizer, step=args.step, force=args.force)
+    except (ExportError, HFFolderError) as e:
+        print(f"elm-train export: error: {e}", file=sys.stderr)
+        return 2
+    quant = f", {args.quantize}-bit" if args.quantize else ""
+    print(f"wrote {out} ({args.fmt}, {args.dtype}{quant})")
+    if args.fmt == "mlx":
+        print(f"try: python -m mlx_lm generate --model {out} --prompt \"Once upon a time\"")
+    return 0
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return f"`{value}`" if isinstance(value, str) and ("/" in value or len(value) == 64) else str(value)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

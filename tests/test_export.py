@@ -1,0 +1,364 @@
+"""Export to MLX and Hugging Face format, and reading Hugging Face-format OpenELM folders back."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.config import get_preset
+from model.export import ExportError, cli_export, export, resolve_source
+from model.hf_folder import HFFolderError, load_hf_folder, write_hf_folder
+from model.openelm import OpenELM
+
+mx = pytest.importorskip("mlx.core")
+mlx_lm = pytest.importorskip("mlx_lm")
+
+# tiny's widths (128, 64/128 query dims, FFN multiples of 64) all split into mlx-lm's 64-wide quantization groups.
+CONFIG = get_preset("tiny")
+PROMPT = "The quick brown fox jumps over the lazy dog, and then"
+OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
+RUN_FACTS = {
+    "preset": "tiny",
+    "corpus": {"name": "openelm-sample", "dir": "data/corpora/openelm-sample", "fingerprint": "f1e2d3c4b5a69788"},
+    "tokenizer": {"spec": "default"},
+    "steps_done": 20,
+    "final_train_loss": 7.125,
+    "final_val_loss": 7.5,
+}
+
+
+def random_state(seed: int) -> dict[str, torch.Tensor]:
+    """Seeded weights with every layer shaping the logits: norm weights off 1, residual projections full size."""
+    torch.manual_seed(seed)
+    model = OpenELM(CONFIG)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif p.dim() == 2 and "token_embeddings" not in name:
+                p.normal_(std=p.shape[1] ** -0.5)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def make_run(run_dir: Path, steps: tuple[int, ...] = (20,), run: dict | None = None) -> dict[int, dict]:
+    """A run folder as the trainer leaves it: run.json, checkpoints/step_N/{model.safetensors, config.json, state.json}."""
+    states = {}
+    for i, step in enumerate(steps):
+        folder = run_dir / "checkpoints" / f"step_{step:08d}"
+        states[step] = random_state(seed=i)
+        write_hf_folder(folder, CONFIG, states[step])
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+    (run_dir / "run.json").write_text(json.dumps(RUN_FACTS if run is None else run))
+    return states
+
+
+def mlx_subprocess_env() -> dict[str, str]:
+    """Offline, with Debian's OpenBLAS preloaded when it is installed (mlx's CPU matmul is far faster with it)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if OPENBLAS.exists():
+        env["LD_PRELOAD"] = str(OPENBLAS)
+    return env
+
+
+def torch_logits(model: OpenELM, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.tensor([ids]))[0].numpy()
+
+
+def mlx_greedy(model, ids: list[int], n: int) -> list[int]:
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+    steps = generate_step(mx.array(ids), model, max_tokens=n, sampler=make_sampler(temp=0.0))
+    return [int(token) for token, _ in steps]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("run")
+    make_run(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_model(run_dir) -> OpenELM:
+    _, model = load_hf_folder(run_dir / "checkpoints" / "step_00000020")
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mlx_dir(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "tiny-mlx"
+    assert cli_export([str(run_dir), "--format", "mlx", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def mlx_loaded(mlx_dir):
+    return mlx_lm.load(str(mlx_dir))
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(mlx_loaded) -> list[int]:
+    return mlx_loaded[1].encode(PROMPT)
+
+
+# --- MLX format -------------------------------------------------------------------------------
+
+def test_mlx_lm_logits_match_pytorch_within_1e_4(mlx_loaded, torch_model, prompt_ids):
+    model, _ = mlx_loaded
+    expected = torch_logits(torch_model, prompt_ids)
+    got = np.array(model(mx.array([prompt_ids]))[0])
+    assert got.shape == expected.shape == (len(prompt_ids), CONFIG.vocab_size)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_mlx_lm_greedy_continuation_equals_pytorch_generate(mlx_loaded, torch_model, prompt_ids):
+    expected = torch_model.generate(torch.tensor([prompt_ids]), max_new_tokens=20, eos_id=None)[0, len(prompt_ids):]
+    got = mlx_greedy(mlx_loaded[0], prompt_ids, 20)
+    assert len(set(got)) > 3, "a continuation that repeats one token would not exercise attention"
+    assert got == expected.tolist()
+
+
+def test_mlx_tokenizer_prepends_bos_like_training(mlx_dir, prompt_ids):
+    from corpus.tokenizer import Tokenizer
+    assert prompt_ids == Tokenizer().encode_one(PROMPT, bos=True, eos=False)
+    assert prompt_ids[0] == 1
+    config = json.loads((mlx_dir / "tokenizer_config.json").read_text())
+    assert config["add_bos_token"] is True and "local_files_only" not in config
+
+
+def test_mlx_config_has_every_key_mlx_lm_reads_as_per_layer_lists(mlx_dir):
+    import dataclasses
+    from mlx_lm.models.openelm import ModelArgs
+    config = json.loads((mlx_dir / "config.json").read_text())
+    assert {f.name for f in dataclasses.fields(ModelArgs)} <= set(config)
+    layers = CONFIG.num_transformer_layers
+    assert config["num_query_heads"] == list(CONFIG.num_query_heads) and len(config["num_query_heads"]) == layers
+    assert config["num_kv_heads"] == list(CONFIG.num_kv_heads) and len(config["num_kv_heads"]) == layers
+    assert len(config["ffn_multipliers"]) == layers
+    assert config["rms_norm_eps"] == 1e-6 and config["torch_dtype"] == "float32"
+
+
+def test_mlx_weights_carry_hugging_face_names_and_no_lm_head(mlx_dir, run_dir):
+    exported = load_file(mlx_dir / "model.safetensors")
+    source = load_file(run_dir / "checkpoints" / "step_00000020" / "model.safetensors")
+    assert set(exported) == set(source)
+    assert "transformer.layers.3.attn.qkv_proj.weight" in exported and "lm_head.weight" not in exported
+
+
+def test_model_card_records_provenance(mlx_dir):
+    card = (mlx_dir / "README.md").read_text()
+    from corpus.tokenizer import Tokenizer
+    for fact in ("library_name: mlx", "| corpus | openelm-sample |", "| corpus fingerprint | f1e2d3c4b5a69788 |",
+                 "| preset | tiny |", "| steps | 20 |", "| final train loss | 7.1250 |", "| final val loss | 7.5000 |",
+                 Tokenizer().sha256):
+        assert fact in card
+
+
+def test_mlx_lm_generate_command_runs_offline(mlx_dir, torch_model, prompt_ids, tokenizer):
+    result = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(mlx_dir), "--prompt", PROMPT,
+         "--max-tokens", "12", "--temp", "0"],
+        capture_output=True, text=True, env=mlx_subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = torch_model.generate(torch.tensor([prompt_ids]), max_new_tokens=12, eos_id=None)[0, len(prompt_ids):]
+    assert tokenizer.decode(expected.tolist()).strip() in result.stdout
+
+
+# --- quantization and dtypes ------------------------------------------------------------------
+
+def test_4bit_export_loads_and_generates_close_to_float(run_dir, tmp_path, mlx_loaded, prompt_ids):
+    out = tmp_path / "tiny-4bit"
+    export(run_dir, out, fmt="mlx", quantize=4)
+    model, tokenizer, config = mlx_lm.load(str(out), return_config=True)
+    assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 64
+    import mlx.nn as nn
+    assert isinstance(model.layers[0].attn.qkv_proj, nn.QuantizedLinear)
+    assert isinstance(model.transformer.token_embeddings, nn.QuantizedEmbedding)
+    quantized = np.array(model(mx.array([prompt_ids]))[0])
+    full = np.array(mlx_loaded[0](mx.array([prompt_ids]))[0])
+    assert np.isfinite(quantized).all()
+    assert np.corrcoef(quantized.ravel(), full.ravel())[0, 1] > 0.9
+    text = mlx_lm.generate(model, tokenizer, prompt=PROMPT, max_tokens=10)
+    assert len(tokenizer.encode(text, add_special_tokens=False)) >= 5
+
+
+def test_bfloat16_export_stores_bfloat16_and_loads(run_dir, tmp_path, prompt_ids):
+    out = tmp_path / "tiny-bf16"
+    export(run_dir, out, fmt="mlx", dtype="bfloat16")
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    model, _ = mlx_lm.load(str(out))
+    assert model.layers[0].ffn.proj_1.weight.dtype == mx.bfloat16
+    assert np.isfinite(np.array(model(mx.array([prompt_ids]))[0].astype(mx.float32))).all()
+
+
+def test_quantize_refuses_a_group_size_that_leaves_weights_unquantized(run_dir, tmp_path):
+    # tiny's first layer has 4 query heads of 16 = 64 inputs to out_proj, which 128-wide groups cannot split.
+    with pytest.raises(ExportError, match=r"--group-size 128 .*out_proj"):
+        export(run_dir, tmp_path / "q", fmt="mlx", quantize=4, group_size=128)
+    assert not (tmp_path / "q").exists()
+
+
+def test_quantize_applies_to_mlx_format_only(run_dir, tmp_path):
+    with pytest.raises(ExportError, match="--format mlx only"):
+        export(run_dir, tmp_path / "q", fmt="hf", quantize=4)
+
+
+# --- Hugging Face format ------------------------------------------------------------------------
+
+def test_hf_export_round_trips_to_identical_weights(run_dir, tmp_path):
+    out = tmp_path / "tiny-hf"
+    export(run_dir, out, fmt="hf")
+    config, model = load_hf_folder(out)
+    source = load_file(run_dir / "checkpoints" / "step_00000020" / "model.safetensors")
+    state = model.state_dict()
+    assert config == CONFIG and set(state) == set(source)
+    assert all(torch.equal(state[k], source[k]) for k in source)
+    assert "library_name: mlx" not in (out / "README.md").read_text()
+
+
+def test_hf_export_keeps_its_tokenizer_so_it_exports_to_mlx_without_flags(run_dir, tmp_path, mlx_dir):
+    export(run_dir, tmp_path / "hf", fmt="hf")
+    export(tmp_path / "hf", tmp_path / "mlx", fmt="mlx")
+    assert load_file(tmp_path / "mlx" / "model.safetensors").keys() == load_file(mlx_dir / "model.safetensors").keys()
+    assert (tmp_path / "mlx" / "tokenizer.model").read_bytes() == (mlx_dir / "tokenizer.model").read_bytes()
+
+
+def apple_layout_folder(folder: Path, state: dict[str, torch.Tensor]) -> Path:
+    """A folder shaped like Apple's release: its config.json keys (no rms_norm_eps), remote-code map, no tokenizer."""
+    folder.mkdir(parents=True)
+    config = {k: v for k, v in CONFIG.to_hf_config().items() if k != "rms_norm_eps"}
+    config.update({
+        "auto_map": {"AutoConfig": "configuration_openelm.OpenELMConfig",
+                     "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"},
+        "torch_dtype": "float32", "transformers_version": "4.39.3", "use_cache": True,
+    })
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_apple_layout_folder_loads_strictly_with_its_weights(tmp_path):
+    state = random_state(seed=7)
+    config, model = load_hf_folder(apple_layout_folder(tmp_path / "OpenELM", state))
+    assert config == CONFIG
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_apple_layout_folder_without_tokenizer_asks_for_one(tmp_path):
+    folder = apple_layout_folder(tmp_path / "OpenELM", random_state(seed=7))
+    with pytest.raises(ExportError, match="--tokenizer"):
+        export(folder, tmp_path / "mlx", fmt="mlx")
+    assert not (tmp_path / "mlx").exists()
+
+
+def test_apple_layout_folder_exports_to_mlx_with_a_named_tokenizer(tmp_path, prompt_ids):
+    state = random_state(seed=7)
+    folder = apple_layout_folder(tmp_path / "OpenELM", state)
+    export(folder, tmp_path / "mlx", fmt="mlx", tokenizer_spec="default")
+    model, _ = mlx_lm.load(str(tmp_path / "mlx"))
+    _, reference = load_hf_folder(folder)
+    got = np.array(model(mx.array([prompt_ids]))[0])
+    assert np.abs(got - torch_logits(reference, prompt_ids)).max() < 1e-4
+
+
+def test_tied_lm_head_copy_is_accepted_and_a_separate_one_refused(tmp_path):
+    state = random_state(seed=1)
+    tied = dict(state, **{"lm_head.weight": state["transformer.token_embeddings.weight"].clone()})
+    load_hf_folder(apple_layout_folder(tmp_path / "tied", tied))
+    separate = dict(state, **{"lm_head.weight": torch.randn_like(state["transformer.token_embeddings.weight"])})
+    with pytest.raises(HFFolderError, match="separate lm_head.weight"):
+        load_hf_folder(apple_layout_folder(tmp_path / "separate", separate))
+
+
+def _drop(name):
+    def edit(folder: Path):
+        state = load_file(folder / "model.safetensors")
+        del state[name]
+        save_file(state, folder / "model.safetensors")
+    return edit
+
+
+def _add(name):
+    def edit(folder: Path):
+        state = load_file(folder / "model.safetensors")
+        state[name] = torch.zeros(3)
+        save_file(state, folder / "model.safetensors")
+    return edit
+
+
+def _reshape(folder: Path):
+    state = load_file(folder / "model.safetensors")
+    state["transformer.layers.1.ffn.proj_2.weight"] = state["transformer.layers.1.ffn.proj_2.weight"][:, :64].clone()
+    save_file(state, folder / "model.safetensors")
+
+
+def _set_config(**changes):
+    def edit(folder: Path):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(changes)
+        (folder / "config.json").write_text(json.dumps(config))
+    return edit
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "config.json").unlink(), "no config.json"),
+    (lambda f: (f / "model.safetensors").unlink(), "no weights; expected model.safetensors"),
+    (_drop("transformer.norm.weight"), "missing 1 weight.*transformer.norm.weight"),
+    (_add("transformer.layers.0.attn.rotary.inv_freq"), "unknown 1 weight.*transformer.layers.0.attn.rotary.inv_freq"),
+    (_reshape, r"wrong shape .*layers.1.ffn.proj_2.weight \(128, 64\)"),
+    (_set_config(model_type="llama"), "model_type is 'llama', not 'openelm'"),
+    (_set_config(num_query_heads=[4, 4, 4, 4]), "num_query_heads"),
+], ids=["no-config", "no-weights", "missing-key", "unknown-key", "wrong-shape", "not-openelm", "heads-disagree"])
+def test_load_hf_folder_names_what_is_wrong(tmp_path, damage, message):
+    folder = write_hf_folder(tmp_path / "ckpt", CONFIG, random_state(seed=2))
+    damage(folder)
+    with pytest.raises(HFFolderError, match=message) as caught:
+        load_hf_folder(folder)
+    assert str(folder) in str(caught.value)
+
+
+# --- choosing the source and writing the output -----------------------------------------------
+
+def test_export_source_is_the_highest_finished_checkpoint(tmp_path):
+    make_run(tmp_path / "run", steps=(5, 40, 300))
+    (tmp_path / "run" / "checkpoints" / "step_00000900.tmp").mkdir()  # being written: not finished
+    assert resolve_source(tmp_path / "run").step == 300
+    assert resolve_source(tmp_path / "run", step=40).weights_dir.name == "step_00000040"
+    with pytest.raises(ExportError, match=r"no checkpoint for step 7; it has steps \[5, 40, 300\]"):
+        resolve_source(tmp_path / "run", step=7)
+
+
+def test_a_checkpoint_folder_exports_with_its_runs_provenance(run_dir):
+    source = resolve_source(run_dir / "checkpoints" / "step_00000020")
+    assert source.run_dir == run_dir and source.step == 20 and source.run["preset"] == "tiny"
+
+
+def test_a_run_without_checkpoints_is_refused(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ExportError, match="no finished checkpoint"):
+        resolve_source(tmp_path / "run")
+
+
+def test_tokenizer_changed_since_training_is_refused(tmp_path):
+    make_run(tmp_path / "run", run=dict(RUN_FACTS, tokenizer={"spec": "default", "sha256": "0" * 64}))
+    with pytest.raises(ExportError, match="the run used tokenizer sha256 0000"):
+        export(tmp_path / "run", tmp_path / "out")
+
+
+def test_existing_output_needs_force_and_is_then_replaced(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    assert cli_export([str(run_dir), "--format", "hf", "--out", str(out)]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert cli_export([str(run_dir), "--format", "hf", "--out", str(out), "--force"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -99,12 +99,12 @@ def list_files(upstream: Upstream) -> list[str]:
                 raise FileNotFoundError(f"upstream pattern {pattern!r} matches no files")
             uris.extend(fs.unstrip_protocol(p) for p in paths)
         return sorted(set(uris))
-    with fsspec.open(upstream.list, "rt", encoding="utf-8") as f:
+    with fsspec.open(upstream.listing, "rt", encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     match = re.compile(upstream.match) if upstream.match else None
     uris = [u for u in lines if u and not u.startswith("#") and (match is None or match.search(u))]
     if not uris:
-        raise FileNotFoundError(f"upstream list {upstream.list!r} names no file matching {upstream.match!r}")
+        raise FileNotFoundError(f"upstream list {upstream.listing!r} names no file matching {upstream.match!r}")
     return sorted(set(uris))
 
 

@@ -1,0 +1,156 @@
+"""Readers: listing upstream files and streaming one slice of one file, bad records included."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from corpus.manifest import Upstream
+from corpus.readers import BadRecord, Record, Slice, list_files, read_slice
+
+STDLIB = Path(json.__file__).parent.parent  # real text that ships with Python
+
+
+def real_texts(n: int) -> list[str]:
+    return [p.read_text(errors="replace") for p in sorted(STDLIB.glob("*.py"))[:n]]
+
+
+def jsonl_bytes(texts: list[str]) -> bytes:
+    return "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
+
+
+def records(sl: Slice, field: str = "text") -> list:
+    return list(read_slice(sl, field))
+
+
+def test_byte_ranges_read_every_line_exactly_once(tmp_path):
+    texts = real_texts(30)
+    data = jsonl_bytes(texts)
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(data)
+    line_starts = [0] + [i + 1 for i, b in enumerate(data) if b == 0x0A][:-1]
+    # cuts inside lines, exactly on line starts and one byte after a line start
+    cuts = sorted({len(data) // 7, line_starts[5], line_starts[9] + 1, len(data) // 2, len(data) - 3})
+    bounds = [0] + cuts + [None]
+    got = []
+    for a, b in zip(bounds, bounds[1:]):
+        got += records(Slice(str(path), "jsonl", start=a, end=b))
+    assert [r.text for r in got] == texts
+    assert [r.location for r in got] == line_starts
+
+
+def test_a_line_belongs_to_the_range_its_first_byte_is_in(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl_bytes(["one", "two", "three"]))
+    second = len(json.dumps({"text": "one"})) + 1
+    assert [r.text for r in records(Slice(str(path), "jsonl", start=0, end=second))] == ["one"]
+    assert [r.text for r in records(Slice(str(path), "jsonl", start=second, end=second + 1))] == ["two"]
+
+
+def test_bad_lines_become_bad_records_with_reasons_and_byte_offsets(tmp_path):
+    good = json.dumps({"text": "fine"}).encode() + b"\n"
+    lines = [good, b'{"text": "cut\n', b'{"text": "caf\xe9"}\n', b'{"body": "x"}\n',
+             b'{"text": 7}\n', b'[1, 2]\n', good]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"".join(lines))
+    got = records(Slice(str(path), "jsonl"))
+    kinds = [r.reason if isinstance(r, BadRecord) else "ok" for r in got]
+    assert kinds == ["ok", "broken_json", "invalid_utf8", "missing_text", "text_not_string", "broken_json", "ok"]
+    offsets = [sum(len(x) for x in lines[:i]) for i in range(len(lines))]
+    assert [r.location for r in got] == offsets
+    assert "caf" in got[2].excerpt
+
+
+def test_gzip_lines_are_streamed_and_a_cut_stream_is_a_truncated_gzip_record(tmp_path):
+    texts = real_texts(40)
+    blob = gzip.compress(jsonl_bytes(texts))
+    whole, cut = tmp_path / "whole.json.gz", tmp_path / "cut.json.gz"
+    whole.write_bytes(blob)
+    cut.write_bytes(blob[: len(blob) // 2])
+    assert [r.text for r in records(Slice(str(whole), "json.gz"))] == texts
+    got = records(Slice(str(cut), "json.gz"))
+    assert all(isinstance(r, Record) for r in got[:-1])
+    assert isinstance(got[-1], BadRecord) and got[-1].reason == "truncated_gzip"
+    assert 0 < len(got) - 1 < len(texts)
+    assert [r.text for r in got[:-1]] == texts[: len(got) - 1]
+
+
+def test_the_truncation_is_reported_once_by_the_range_it_falls_in(tmp_path):
+    blob = gzip.compress(jsonl_bytes(real_texts(40)))
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(blob[: len(blob) // 2])
+    ranges = [(0, 100_000), (100_000, 400_000), (400_000, None)]
+    bad = [r for a, b in ranges for r in records(Slice(str(cut), "json.gz", start=a, end=b))
+           if isinstance(r, BadRecord)]
+    assert [r.reason for r in bad] == ["truncated_gzip"]
+
+
+def test_zstd_reads_across_frames_and_reports_a_cut_frame(tmp_path):
+    texts = real_texts(20)
+    zc = zstandard.ZstdCompressor()
+    blob = zc.compress(jsonl_bytes(texts[:10])) + zc.compress(jsonl_bytes(texts[10:]))
+    path, cut = tmp_path / "a.jsonl.zst", tmp_path / "cut.jsonl.zst"
+    path.write_bytes(blob)
+    cut.write_bytes(blob[:-50])
+    assert [r.text for r in records(Slice(str(path), "jsonl.zst"))] == texts
+    assert records(Slice(str(cut), "jsonl.zst"))[-1].reason == "truncated_zstd"
+
+
+def test_parquet_row_groups_are_read_with_file_row_numbers(tmp_path):
+    texts = real_texts(25)
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"content": texts}), path, row_group_size=10)
+    first = records(Slice(str(path), "parquet", row_groups=(0, 1), row0=0), "content")
+    rest = records(Slice(str(path), "parquet", row_groups=(1, 3), row0=10), "content")
+    assert [r.text for r in first + rest] == texts
+    assert [r.location for r in rest] == list(range(10, 25))
+
+
+def test_parquet_null_text_is_missing_text(tmp_path):
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"text": ["a document", None]}), path)
+    got = records(Slice(str(path), "parquet"))
+    assert isinstance(got[0], Record) and got[1].reason == "missing_text" and got[1].location == 1
+
+
+def test_parquet_without_the_text_column_fails_naming_it(tmp_path):
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"body": ["x"]}), path)
+    with pytest.raises(ValueError, match="no column 'content'"):
+        records(Slice(str(path), "parquet"), "content")
+
+
+def test_a_file_that_is_not_gzip_fails(tmp_path):
+    path = tmp_path / "fake.json.gz"
+    path.write_bytes(b'{"text": "plain, not compressed"}\n')
+    with pytest.raises(OSError):
+        records(Slice(str(path), "json.gz"))
+
+
+def test_a_missing_file_fails(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        records(Slice(str(tmp_path / "gone.jsonl"), "jsonl"))
+
+
+def test_glob_patterns_expand_sorted(tmp_path):
+    for name in ("b.jsonl", "a.jsonl", "c.txt"):
+        (tmp_path / name).write_text("{}\n")
+    uris = list_files(Upstream(files=[str(tmp_path / "*.jsonl")]))
+    assert [u.rsplit("/", 1)[1] for u in uris] == ["a.jsonl", "b.jsonl"]
+
+
+def test_a_list_of_urls_is_filtered_by_match(tmp_path):
+    listing = tmp_path / "urls.txt"
+    listing.write_text("https://x/book/book.jsonl\nhttps://x/arxiv/a1.jsonl\n\nhttps://x/arxiv/a0.jsonl\n")
+    assert list_files(Upstream(list=str(listing), match="/arxiv/")) == \
+        ["https://x/arxiv/a0.jsonl", "https://x/arxiv/a1.jsonl"]
+
+
+def test_a_pattern_matching_nothing_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="matches no files"):
+        list_files(Upstream(files=[str(tmp_path / "*.parquet")]))

@@ -42,8 +42,8 @@ def _now() -> str:
 
 
 def default_out_dir(manifest: Manifest, sample: bool = False) -> Path:
-    from corpus.paths import data_root
-    return Path(data_root()) / "corpora" / (f"{manifest.name}-sample" if sample else manifest.name)
+    from corpus.paths import corpora_root
+    return corpora_root() / (f"{manifest.name}-sample" if sample else manifest.name)
 
 
 # ---------------------------------------------------------------- the worker side

@@ -1,0 +1,254 @@
+"""`elm-corpus build` on small real inputs of every format: shards, accounting, quarantine, resume."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from corpus.cli import main as cli_main
+from corpus.readers import read_slice, Slice
+from corpus.shards import Shard, read_corpus_json, sha256_file
+from corpus.text_rules import split_words
+from pipelines.build import BuildRefused, build
+
+STDLIB = Path(json.__file__).parent.parent  # real text that ships with Python
+SMALL_UNITS = 150_000
+
+
+def stdlib_texts(start: int, n: int) -> list[str]:
+    return [p.read_text(errors="replace") for p in sorted(STDLIB.glob("*.py"))[start:start + n]]
+
+
+def jsonl(texts: list[str]) -> bytes:
+    return "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
+
+
+BAD_LINES = [  # (line, reason)
+    (b'{"text": "an unfinished record\n', "broken_json"),
+    (b'{"text": "caf\xe9 au lait"}\n', "invalid_utf8"),
+    (b'{"title": "no text here"}\n', "missing_text"),
+]
+
+
+def write_manifest(path: Path, name: str, sources: list[str], **text_rules) -> Path:
+    rules = "".join(f"  {k}: {v}\n" for k, v in text_rules.items())
+    path.write_text(f"name: {name}\n" + (f"text:\n{rules}" if rules else "") + "sources:\n" + "".join(sources))
+    return path
+
+
+def source_yaml(name: str, group: str, pattern: str, fmt: str, field: str = "text") -> str:
+    return (f"  - name: {name}\n    group: {group}\n    upstream: {{files: [\"{pattern}\"]}}\n"
+            f"    format: {fmt}\n    text_field: {field}\n    tokens: 1M\n")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """One source per format; the books file carries three bad lines, one dolma file is cut short."""
+    root = tmp_path_factory.mktemp("inputs")
+    books = stdlib_texts(0, 30)
+    (root / "books.jsonl").write_bytes(jsonl(books[:10]) + b"".join(l for l, _ in BAD_LINES) + jsonl(books[10:]))
+    pq.write_table(pa.table({"content": stdlib_texts(30, 24)}), root / "web.parquet", row_group_size=4)
+    (root / "dolma").mkdir()
+    (root / "dolma" / "a.json.gz").write_bytes(gzip.compress(jsonl(stdlib_texts(54, 12))))
+    cut = gzip.compress(jsonl(stdlib_texts(66, 12)))
+    (root / "dolma" / "b.json.gz").write_bytes(cut[: len(cut) * 2 // 3])
+    zc = zstandard.ZstdCompressor()
+    (root / "slim.jsonl.zst").write_bytes(zc.compress(jsonl(stdlib_texts(78, 8))) + zc.compress(jsonl(stdlib_texts(86, 8))))
+    (root / "many").mkdir()
+    for i in range(10):
+        (root / "many" / f"part-{i:02d}.jsonl").write_bytes(jsonl(stdlib_texts(94 + 6 * i, 6)))
+    write_manifest(root / "mixed.yaml", "mixed", [
+        source_yaml("books", "redpajama", f"{root}/books.jsonl", "jsonl"),
+        source_yaml("web", "refinedweb", f"{root}/web.parquet", "parquet", "content"),
+        source_yaml("dolma", "dolma", f"{root}/dolma/*.json.gz", "json.gz"),
+        source_yaml("slim", "redpajama", f"{root}/slim.jsonl.zst", "jsonl.zst"),
+    ])
+    write_manifest(root / "many.yaml", "many", [source_yaml("many", "redpajama", f"{root}/many/*.jsonl", "jsonl")])
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(inputs, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("built") / "mixed"
+    result = build(inputs / "mixed.yaml", out, workers=2, progress=False, unit_bytes=SMALL_UNITS)
+    return result
+
+
+def checksums(corpus_dir: Path) -> dict[str, str]:
+    files = [p for sub in ("shards", "quarantine") for p in (corpus_dir / sub).rglob("*") if p.is_file()]
+    return {p.relative_to(corpus_dir).as_posix(): sha256_file(p) for p in sorted(files)}
+
+
+def test_every_source_yields_shards_and_the_build_completes(built):
+    assert built.status == "complete" and not built.failed
+    index = read_corpus_json(built.out_dir)
+    assert index["status"] == "complete"
+    for name in ("books", "web", "dolma", "slim"):
+        src = index["sources"][name]
+        assert src["units"]["done"] == src["units"]["total"] > 0
+        assert src["totals"]["tokens"] > 0
+    assert index["sources"]["books"]["units"]["total"] > 1  # one file spread over several units
+
+
+def test_documents_read_equal_kept_plus_dropped_plus_quarantined_per_source_and_unit(built):
+    index = read_corpus_json(built.out_dir)
+    for name, src in index["sources"].items():
+        t = src["totals"]
+        assert t["documents_read"] == t["kept"] + sum(t["dropped"].values()) + t["quarantined"], name
+        assert t["chunks_split"] == t["chunks_kept"] + sum(t["chunks_dropped"].values()), name
+        for shard in src["shards"]:
+            side = json.loads((built.out_dir / shard["json"]).read_text())
+            assert side["documents_read"] == side["kept"] + sum(side["dropped"].values()) + side["quarantined"]
+    assert sum(s["totals"]["documents_read"] for s in index["sources"].values()) == index["totals"]["documents_read"]
+
+
+def test_documents_read_count_every_line_and_row_of_the_inputs(built):
+    src = read_corpus_json(built.out_dir)["sources"]
+    assert src["books"]["totals"]["documents_read"] == 30 + len(BAD_LINES)
+    assert src["web"]["totals"]["documents_read"] == 24
+    assert src["slim"]["totals"]["documents_read"] == 16
+
+
+def test_bad_records_are_quarantined_with_reason_and_location(built, inputs):
+    rows = [json.loads(line) for p in sorted((built.out_dir / "quarantine").rglob("*.jsonl"))
+            for line in p.read_text().splitlines()]
+    books = [r for r in rows if r["source"] == "books"]
+    assert sorted(r["reason"] for r in books) == sorted(reason for _, reason in BAD_LINES)
+    data = (inputs / "books.jsonl").read_bytes()
+    for r in books:
+        line = data[r["byte"]:data.index(b"\n", r["byte"]) + 1]
+        assert line == dict((reason, l) for l, reason in BAD_LINES)[r["reason"]]
+    (cut,) = [r for r in rows if r["source"] == "dolma"]
+    assert cut["reason"] == "truncated_gzip" and cut["file"].endswith("b.json.gz")
+
+
+def test_shards_match_their_sidecars_and_chunks_carry_bos_and_eos(built, tokenizer):
+    index = read_corpus_json(built.out_dir)
+    for src in index["sources"].values():
+        for entry in src["shards"]:
+            shard = Shard.open(built.out_dir / entry["bin"])
+            side = shard.sidecar()
+            assert len(shard) == side["chunks"] == entry["chunks"] == len(side["origin"]["record"])
+            assert shard.num_tokens == side["tokens"]
+            assert sha256_file(built.out_dir / entry["bin"]) == side["sha256_bin"] == entry["sha256_bin"]
+            lengths = shard.chunk_lengths()
+            assert (lengths >= 256).all()
+            starts, ends = shard.offsets[:-1].astype(np.int64), shard.offsets[1:].astype(np.int64) - 1
+            assert (shard.tokens[starts] == tokenizer.bos_id).all() and (shard.tokens[ends] == tokenizer.eos_id).all()
+
+
+def test_a_chunks_origin_leads_back_to_its_text_in_the_input(built, tokenizer):
+    shards = [Shard.open(p.with_suffix("")) for p in sorted((built.out_dir / "shards" / "books").glob("*.idx"))]
+    shard, side = next((s, s.sidecar()) for s in shards if max(s.sidecar()["origin"]["part"], default=0) > 0)
+    i = side["origin"]["part"].index(max(side["origin"]["part"]))  # a chunk from inside a long document
+    (record,) = [r for r in read_slice(Slice.from_dict(side["input"]), "text")
+                 if r.location == side["origin"]["record"][i]]
+    chunk_text = split_words(record.text, 2048)[side["origin"]["part"][i]]
+    assert shard.chunk(i).tolist() == tokenizer.encode([chunk_text])[0]
+
+
+def test_workers_1_and_2_give_byte_identical_shards(built, inputs, tmp_path, ray_session):
+    one = build(inputs / "mixed.yaml", tmp_path / "one", workers=1, progress=False, unit_bytes=SMALL_UNITS)
+    assert one.status == "complete"
+    assert checksums(one.out_dir) == checksums(built.out_dir)
+
+
+def test_rerunning_a_finished_build_skips_every_unit(built, inputs, ray_session):
+    before = checksums(built.out_dir)
+    again = build(inputs / "mixed.yaml", built.out_dir, workers=2, progress=False)
+    assert again.units_run == 0 and again.units_skipped == again.units_total
+    assert checksums(built.out_dir) == before
+
+
+def test_a_changed_manifest_is_refused_naming_what_changed(inputs, tmp_path, ray_session):
+    out = tmp_path / "many"
+    assert build(inputs / "many.yaml", out, workers=2, progress=False).status == "complete"
+    changed = write_manifest(tmp_path / "many.yaml", "many",
+                             [source_yaml("many", "redpajama", f"{inputs}/many/*.jsonl", "jsonl")], min_chars=300)
+    with pytest.raises(BuildRefused, match="text rules.*--force"):
+        build(changed, out, workers=2, progress=False)
+
+
+def test_force_moves_the_old_build_aside_and_builds_afresh(inputs, tmp_path, ray_session):
+    out = tmp_path / "many"
+    first = build(inputs / "many.yaml", out, workers=2, progress=False)
+    changed = write_manifest(tmp_path / "many.yaml", "many",
+                             [source_yaml("many", "redpajama", f"{inputs}/many/*.jsonl", "jsonl")], min_chars=300)
+    second = build(changed, out, workers=2, progress=False, force=True)
+    assert second.status == "complete" and second.units_skipped == 0
+    assert second.moved_aside is not None and (second.moved_aside / "plan.json").exists()
+    assert read_corpus_json(out)["manifest_fingerprint"] != first.corpus["manifest_fingerprint"]
+
+
+def test_an_unreadable_file_fails_its_unit_the_rest_finish_and_a_rerun_retries_it(inputs, tmp_path, ray_session):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.json.gz").write_bytes(gzip.compress(jsonl(stdlib_texts(0, 4))))
+    (folder / "b.json.gz").write_bytes(b"this is not gzip data\n")
+    manifest = write_manifest(tmp_path / "m.yaml", "m", [source_yaml("d", "dolma", f"{folder}/*.json.gz", "json.gz")])
+    first = build(manifest, tmp_path / "out", workers=2, progress=False)
+    assert first.status == "failed"
+    assert [(f["unit"], "gzip" in f["error"].lower()) for f in first.failed] == [("00001-00000", True)]
+    assert (tmp_path / "out" / "failed" / "d" / "00001-00000.json").exists()
+    assert read_corpus_json(tmp_path / "out")["sources"]["d"]["units"] == {"total": 2, "done": 1, "failed": 1}
+
+    (folder / "b.json.gz").write_bytes(gzip.compress(jsonl(stdlib_texts(4, 4))))
+    second = build(manifest, tmp_path / "out", workers=2, progress=False)
+    assert second.status == "complete" and second.units_run == 1
+    assert not (tmp_path / "out" / "failed" / "d" / "00001-00000.json").exists()
+
+
+def test_the_cli_exits_non_zero_listing_failed_units(tmp_path, capsys, ray_session):
+    (tmp_path / "x.json.gz").write_bytes(b"not gzip")
+    manifest = write_manifest(tmp_path / "m.yaml", "m", [source_yaml("d", "dolma", f"{tmp_path}/x.json.gz", "json.gz")])
+    code = cli_main(["build", str(manifest), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 1
+    assert "d/00000-00000" in capsys.readouterr().err
+
+
+def _ledger_count(out: Path) -> int:
+    return len(list((out / "ledger").rglob("*.json"))) if (out / "ledger").exists() else 0
+
+
+def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
+    """Start the CLI, SIGKILL its whole process group once a new unit has finished; return units done then."""
+    before = _ledger_count(out)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(Path(__file__).parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "corpus.cli", "build", str(manifest), "--out", str(out),
+                             "--workers", "1", "--no-progress"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while _ledger_count(out) <= before:
+            assert proc.poll() is None, f"build ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no unit finished within 120 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return _ledger_count(out)
+
+
+def test_a_build_killed_twice_then_rerun_equals_a_clean_build(inputs, tmp_path, ray_session):
+    clean = build(inputs / "many.yaml", tmp_path / "clean", workers=2, progress=False)
+    total = clean.units_total
+    out = tmp_path / "killed"
+    first = _run_and_kill(inputs / "many.yaml", out, total)
+    second = _run_and_kill(inputs / "many.yaml", out, total)
+    assert 0 < first < second < total, (first, second, total)
+    resumed = build(inputs / "many.yaml", out, workers=2, progress=False)
+    assert resumed.status == "complete" and resumed.units_skipped >= second
+    assert checksums(out) == checksums(clean.out_dir)
+    assert not list(out.rglob("*.tmp"))

@@ -1,0 +1,251 @@
+"""Chunk streams: one source's chunks as an endless, ordered stream the sampler reads from.
+
+A stream is addressed by *ordinal* ``i`` (the i-th chunk served, across epochs) and by
+*token position* ``p`` (offset into the concatenation of those chunks). Two kinds:
+
+- :class:`ShuffledChunks` reads a built corpus: one split (train or val) of one source,
+  each epoch in a fresh seeded order. Orders are keyed permutations over the
+  memory-mapped ``.idx`` files, evaluated in blocks, so nothing is materialised.
+- :class:`LiveChunks` pulls chunks from a callable (the Ray pipeline's live stream) in
+  the order it produces them, repeating the pass when it runs dry. It reads forward only.
+
+The validation split is held out per source and never overlaps train: on disk the
+first ``val_chunk_count(n, f)`` positions of a keyed permutation of all ``n`` chunks
+are validation and the rest are train; live, a chunk is validation when a keyed hash
+of its position in the pass falls below ``f``.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from corpus.permutation import KeyedPermutation, derive_key
+from corpus.shards import Shard
+
+SPLITS = ("train", "val")
+
+
+def val_chunk_count(n: int, fraction: float) -> int:
+    """Chunks held out for validation: ceil(fraction * n), at least one, never all of a source."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, math.ceil(fraction * n))
+
+
+class SourceChunks:
+    """Every chunk of one source across its shards, numbered 0..n-1 in shard order."""
+
+    def __init__(self, shards: list[Shard]):
+        self.shards = shards
+        self.first = np.zeros(len(shards) + 1, dtype=np.int64)
+        np.cumsum([len(s) for s in shards], out=self.first[1:])
+        self.n = int(self.first[-1])
+        self.num_tokens = sum(s.num_tokens for s in shards)
+
+    def spans(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For chunk ids: the shard holding each, its first token in that shard, its length."""
+        shard = np.searchsorted(self.first, ids, side="right") - 1
+        begin = np.empty(len(ids), dtype=np.int64)
+        end = np.empty(len(ids), dtype=np.int64)
+        for s in np.unique(shard):
+            where = shard == s if len(self.shards) > 1 else slice(None)
+            local = ids[where] - self.first[s]
+            offsets = self.shards[s].offsets
+            begin[where] = offsets[local]
+            end[where] = offsets[local + 1]
+        return shard, begin, end - begin
+
+
+@dataclass
+class _Block:
+    """Chunks ``first .. first+len-1`` of one epoch's order, with their spans."""
+    shard: list[int]
+    begin: list[int]
+    length: list[int]
+    starts: list[int]        # token offset of each chunk from the block's start, plus the block's total
+    offset: int              # token offset of the block from the epoch's start
+
+
+class ShuffledChunks:
+    """One split of one source, repeated in epochs, each epoch in its own seeded order."""
+
+    def __init__(self, chunks: SourceChunks, source: str, split: str, *, seed: int, split_seed: int,
+                 val_fraction: float, block_chunks: int = 8192):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.chunks, self.source, self.split = chunks, source, split
+        self.seed, self.block_chunks = seed, int(block_chunks)
+        n_val = val_chunk_count(chunks.n, val_fraction)
+        self._split_order = KeyedPermutation(chunks.n, derive_key("split", split_seed, source))
+        self._base, self.n = (0, n_val) if split == "val" else (n_val, chunks.n - n_val)
+        self.epoch_tokens = self._split_tokens(n_val)
+        self._epoch_order: dict[int, KeyedPermutation] = {}
+        self._block_offsets: dict[int, list[int]] = {}
+        self._blocks: dict[tuple[int, int], _Block] = {}
+
+    def _split_tokens(self, n_val: int) -> int:
+        val_tokens = 0
+        for lo in range(0, n_val, 1 << 20):
+            ids = self._split_order(np.arange(lo, min(n_val, lo + (1 << 20))))
+            val_tokens += int(self.chunks.spans(ids)[2].sum())
+        return val_tokens if self.split == "val" else self.chunks.num_tokens - val_tokens
+
+    def chunk_ids(self, epoch: int, positions: np.ndarray) -> np.ndarray:
+        """Source-wide chunk ids at ``positions`` of ``epoch``'s order."""
+        order = self._epoch_order.get(epoch)
+        if order is None:
+            if len(self._epoch_order) > 2:
+                self._epoch_order.clear()
+            order = self._epoch_order[epoch] = KeyedPermutation(
+                self.n, derive_key("order", self.seed, self.source, self.split, epoch))
+        return self._split_order(self._base + order(positions))
+
+    def _block(self, epoch: int, b: int) -> _Block:
+        block = self._blocks.get((epoch, b))
+        if block is not None:
+            return block
+        offsets = self._offsets_through(epoch, b)
+        lo = b * self.block_chunks
+        ids = self.chunk_ids(epoch, np.arange(lo, min(self.n, lo + self.block_chunks)))
+        shard, begin, length = self.chunks.spans(ids)
+        starts = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(length, out=starts[1:])
+        block = _Block(shard.tolist(), begin.tolist(), length.tolist(), starts.tolist(), offsets[b])
+        if len(self._blocks) >= 2 * len(SPLITS) + 2:
+            self._blocks.clear()
+        self._blocks[(epoch, b)] = block
+        return block
+
+    def _offsets_through(self, epoch: int, b: int) -> list[int]:
+        """Token offsets of blocks 0..b+1 of ``epoch``, computed once in order."""
+        offsets = self._block_offsets.get(epoch)
+        if offsets is None:
+            if len(self._block_offsets) > 2:
+                self._block_offsets.clear()
+            offsets = self._block_offsets[epoch] = [0]
+        while len(offsets) < b + 2 and (len(offsets) - 1) * self.block_chunks < self.n:
+            lo = (len(offsets) - 1) * self.block_chunks
+            ids = self.chunk_ids(epoch, np.arange(lo, min(self.n, lo + self.block_chunks)))
+            offsets.append(offsets[-1] + int(self.chunks.spans(ids)[2].sum()))
+        return offsets
+
+    def _where(self, i: int) -> tuple[_Block, int]:
+        epoch, j = divmod(i, self.n)
+        b, r = divmod(j, self.block_chunks)
+        return self._block(epoch, b), r
+
+    def length(self, i: int) -> int:
+        block, r = self._where(i)
+        return block.length[r]
+
+    def chunk(self, i: int) -> np.ndarray:
+        block, r = self._where(i)
+        a = block.begin[r]
+        return self.chunks.shards[block.shard[r]].tokens[a:a + block.length[r]]
+
+    def locate(self, p: int) -> tuple[int, int]:
+        """The ordinal of the chunk that holds token position ``p``, and that chunk's start position."""
+        epoch, q = divmod(p, self.epoch_tokens)
+        offsets = self._block_offsets.get(epoch) or [0]
+        while offsets[-1] <= q and (len(offsets) - 1) * self.block_chunks < self.n:
+            offsets = self._offsets_through(epoch, len(offsets) - 1)
+        b = bisect.bisect_right(offsets, q) - 1
+        block = self._block(epoch, b)
+        r = bisect.bisect_right(block.starts, q - block.offset) - 1
+        i = epoch * self.n + b * self.block_chunks + r
+        return i, epoch * self.epoch_tokens + block.offset + block.starts[r]
+
+    def epochs(self, tokens: int | None = None, chunks: int | None = None) -> float:
+        """Passes over this split that ``tokens`` consumed tokens (or ``chunks`` consumed chunks) make."""
+        if chunks is not None:
+            return chunks / self.n
+        return tokens / self.epoch_tokens
+
+
+def _unit_hash(key: int, i: int) -> float:
+    """A keyed hash of ``i`` in [0, 1)."""
+    x = (key ^ (i * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return ((x ^ (x >> 31)) >> 11) / float(1 << 53)
+
+
+class LiveChunks:
+    """One split of one live source, in the order its stream produces chunks; forward only.
+
+    ``open_stream()`` starts a pass; when a pass ends the next one starts, so small
+    sources repeat like epochs (``passes`` counts finished ones). Reading ordinal ``i``
+    forgets every earlier chunk, which is what keeps memory bounded.
+    """
+
+    def __init__(self, source: str, open_stream: Callable[[], Iterable], split: str, *,
+                 split_seed: int, val_fraction: float):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.source, self.split = source, split
+        self._open, self._fraction = open_stream, float(val_fraction)
+        self._key = derive_key("live-split", split_seed, source)
+        self._buffer: deque[np.ndarray] = deque()
+        self._first = 0          # ordinal of _buffer[0]
+        self._first_start = 0    # token position of _buffer[0]
+        self._pass: Iterator | None = None
+        self._pass_position = 0
+        self._pass_kept = 0
+        self.passes = 0
+
+    def _is_val(self, position: int) -> bool:
+        return self._fraction > 0 and _unit_hash(self._key, position) < self._fraction
+
+    def _pull(self) -> np.ndarray:
+        while True:
+            if self._pass is None:
+                self._pass = iter(self._open())
+                self._pass_position = self._pass_kept = 0
+            for raw in self._pass:
+                position = self._pass_position
+                self._pass_position += 1
+                if self._is_val(position) == (self.split == "val"):
+                    self._pass_kept += 1
+                    return np.asarray(raw)
+            if self._pass_kept == 0:
+                raise ValueError(f"live source {self.source!r}: a whole pass of its stream gave no chunk for the "
+                                 f"{self.split!r} split ({self._pass_position} chunks read)")
+            self._pass = None
+            self.passes += 1
+
+    def _forget_before(self, i: int) -> None:
+        if i < self._first:
+            raise ValueError(f"live source {self.source!r} reads forward only: chunk {i} was already passed "
+                             f"(now at {self._first})")
+        while self._first < i:
+            if not self._buffer:
+                self._buffer.append(self._pull())
+            self._first_start += len(self._buffer.popleft())
+            self._first += 1
+
+    def chunk(self, i: int) -> np.ndarray:
+        self._forget_before(i)
+        if not self._buffer:
+            self._buffer.append(self._pull())
+        return self._buffer[0]
+
+    def length(self, i: int) -> int:
+        return len(self.chunk(i))
+
+    def locate(self, p: int) -> tuple[int, int]:
+        if p < self._first_start:
+            raise ValueError(f"live source {self.source!r} reads forward only: token {p} was already passed")
+        while True:
+            current = self.chunk(self._first)
+            if p < self._first_start + len(current):
+                return self._first, self._first_start
+            self._forget_before(self._first + 1)
+
+    def epochs(self, tokens: int | None = None, chunks: int | None = None) -> float:
+        """Finished passes (a live stream's length is unknown until it ends)."""
+        return float(self.passes)

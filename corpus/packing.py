@@ -1,0 +1,68 @@
+"""How chunks become training sequences of ``sequence_length + 1`` tokens.
+
+- ``pack`` (default): the source's chunks, each with its BOS and EOS, are concatenated
+  and cut into windows; sequence ``k`` is tokens ``[k*L, k*L + L + 1)``, so consecutive
+  sequences share one token and every token after the first is a target exactly once.
+  No padding; attention is not masked at chunk boundaries (EOS -> BOS is a target).
+- ``corenet``: one chunk per sequence, truncated to ``L + 1`` tokens and right-padded,
+  with the padded positions excluded from the loss. The chunk's tail beyond ``L + 1``
+  tokens is never trained on, as in CoreNet.
+
+A sequence's *cost*, what the mixture counts, is its number of loss targets.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MODES = ("pack", "corenet")
+IGNORE_INDEX = -100
+
+
+class PackedSequences:
+    def __init__(self, stream, sequence_length: int):
+        self.stream, self.length = stream, sequence_length
+
+    def cost(self, k: int) -> int:
+        return self.length
+
+    def fill(self, k: int, out: np.ndarray) -> int:
+        """Write sequence ``k`` into ``out`` (``L + 1`` slots); return how many tokens are real."""
+        p, want = k * self.length, self.length + 1
+        i, start = self.stream.locate(p)
+        offset, filled = p - start, 0
+        while filled < want:
+            piece = self.stream.chunk(i)[offset:offset + want - filled]
+            out[filled:filled + len(piece)] = piece
+            filled += len(piece)
+            i, offset = i + 1, 0
+        return want
+
+    def epochs(self, items: int) -> float:
+        return self.stream.epochs(tokens=items * self.length)
+
+
+class ChunkSequences:
+    def __init__(self, stream, sequence_length: int, pad_id: int):
+        self.stream, self.length, self.pad_id = stream, sequence_length, pad_id
+
+    def cost(self, k: int) -> int:
+        return max(0, min(self.stream.length(k), self.length + 1) - 1)
+
+    def fill(self, k: int, out: np.ndarray) -> int:
+        tokens = self.stream.chunk(k)[:self.length + 1]
+        m = len(tokens)
+        out[:m] = tokens
+        out[m:] = self.pad_id
+        return m
+
+    def epochs(self, items: int) -> float:
+        return self.stream.epochs(chunks=items)
+
+
+def split_inputs_and_labels(window: np.ndarray, real: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs are the window minus its last token; labels are the window shifted by one,
+    with ``IGNORE_INDEX`` wherever the target is padding."""
+    labels = window[1:].copy()
+    if real < len(window):
+        labels[max(real - 1, 0):] = IGNORE_INDEX
+    return window[:-1], labels

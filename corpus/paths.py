@@ -1,0 +1,24 @@
+"""Where the project keeps its data: ``$ELM_CORPUS_DATA`` if set, else ``./data``.
+
+Corpora go to ``data_root()/corpora/<name>``, the offline sample mirror to
+``data_root()/sample``. Resolved at call time so a changed environment is honoured.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ENV = "ELM_CORPUS_DATA"
+
+
+def data_root() -> Path:
+    value = os.environ.get(DATA_ENV)
+    return Path(value).expanduser() if value else Path("data")
+
+
+def corpora_root() -> Path:
+    return data_root() / "corpora"
+
+
+def sample_root() -> Path:
+    return data_root() / "sample"

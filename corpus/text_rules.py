@@ -51,7 +51,12 @@ class CoreNetRules:
         return split_words(text, self.rules.split_words)
 
     def has_enough_chars(self, chunk: str) -> bool:
-        return content_chars(chunk) >= self.rules.min_chars
+        need = self.rules.min_chars
+        # the count of a prefix never exceeds the count of the whole, so a passing head decides a long chunk
+        head = chunk[:4 * need + 64]
+        if content_chars(head) >= need:
+            return True
+        return len(head) < len(chunk) and content_chars(chunk) >= need
 
     def has_enough_tokens(self, ids: Sequence[int]) -> bool:
         return len(ids) >= self.rules.min_tokens

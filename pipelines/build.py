@@ -288,8 +288,12 @@ class _Progress:
 
 def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sample: bool = False,
           workers: int | None = None, address: str | None = None, force: bool = False, progress: bool = True,
-          unit_bytes: int = DEFAULT_UNIT_BYTES) -> BuildResult:
-    """Build or resume a corpus; see the module docstring. ``unit_bytes`` applies when a plan is first made."""
+          unit_bytes: int = DEFAULT_UNIT_BYTES, sample_root: str | Path | None = None) -> BuildResult:
+    """Build or resume a corpus; see the module docstring.
+
+    ``unit_bytes`` applies when a plan is first made; ``sample_root`` is where the sample
+    mirror lives (default ``data_root()/sample``).
+    """
     started, t0 = _now(), time.perf_counter()
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
@@ -315,7 +319,8 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sa
         build_filters(s.filters, where=f"source {s.name}: ")
 
     if plan is None:
-        units = plan_build(manifest, sample=sample, unit_bytes=unit_bytes)
+        units = plan_build(manifest, sample=sample, unit_bytes=unit_bytes,
+                           sample_root=str(sample_root) if sample_root is not None else None)
         plan = {"version": PLAN_VERSION, "name": manifest.name, "sample": sample, "fingerprint": fingerprint,
                 "fingerprint_parts": parts, "unit_bytes": unit_bytes, "created_at": _now(),
                 "units": [u.to_dict() for u in units]}

@@ -51,11 +51,11 @@ def unit_id(file_index: int, part: int) -> str:
     return f"{file_index:05d}-{part:05d}"
 
 
-def source_files(manifest: Manifest, source: Source, sample: bool) -> list[str]:
+def source_files(manifest: Manifest, source: Source, sample: bool, sample_root: str | None = None) -> list[str]:
     """The files a source reads: upstream, or the offline sample mirror with ``sample``."""
     if sample:
         from corpus.sample_mirror import sample_files
-        return list(sample_files(manifest, source.name))
+        return list(sample_files(manifest, source.name, sample_root))
     return list_files(source.upstream)
 
 
@@ -99,11 +99,12 @@ def plan_source(source: Source, files: list[str], unit_bytes: int = DEFAULT_UNIT
         return [u for units in per_file for u in units]
 
 
-def plan_build(manifest: Manifest, sample: bool = False, unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[WorkUnit]:
+def plan_build(manifest: Manifest, sample: bool = False, unit_bytes: int = DEFAULT_UNIT_BYTES,
+               sample_root: str | None = None) -> list[WorkUnit]:
     """Every unit of every source, sources in manifest order, units in input order."""
     units: list[WorkUnit] = []
     for source in manifest.sources:
-        files = source_files(manifest, source, sample)
+        files = source_files(manifest, source, sample, sample_root)
         if not files:
             raise FileNotFoundError(f"source {source.name!r} has no input files"
                                     + (" in the sample mirror" if sample else ""))

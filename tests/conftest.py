@@ -27,3 +27,69 @@ def ray_session():
 def tokenizer():
     from corpus.tokenizer import Tokenizer
     return Tokenizer()
+
+
+def write_token_corpus(folder, tokenizer, documents: dict, name: str = "trainer-test"):
+    """A built-corpus folder (shards + corpus.json in the build's layout) from real text, one source per key.
+
+    Each document becomes one BOS..EOS chunk; the manifest entry of a source reuses an
+    `manifests/openelm.yaml` source of the same group so the folder passes manifest validation.
+    """
+    from pathlib import Path
+
+    from corpus.manifest import load_manifest
+    from corpus.shards import atomic_write_json, write_shard
+
+    folder = Path(folder)
+    template = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
+    base = template.sources[0]
+    sources, entries, total = [], {}, 0
+    for source_name, texts in documents.items():
+        chunks = [ids for ids in tokenizer.encode(list(texts)) if len(ids) > 2]
+        meta = write_shard(folder / "shards" / source_name / "u00000", chunks, {"source": source_name})
+        sources.append(base.model_copy(update={"name": source_name, "tokens": meta["tokens"], "weight": None}))
+        entries[source_name] = {"shards": [{"unit": "u00000", "bin": f"shards/{source_name}/u00000.bin",
+                                            "idx": f"shards/{source_name}/u00000.idx", "chunks": meta["chunks"],
+                                            "tokens": meta["tokens"]}],
+                                "totals": {"chunks_kept": meta["chunks"], "tokens": meta["tokens"]}}
+        total += meta["tokens"]
+    manifest = template.model_copy(update={"name": name, "sources": sources})
+    atomic_write_json(folder / "corpus.json", {
+        "name": name, "status": "complete", "manifest": {"path": None, "dump": manifest.model_dump(mode="json")},
+        "manifest_fingerprint": manifest.build_fingerprint(tokenizer.sha256), "tokenizer": tokenizer.describe(),
+        "sources": entries, "totals": {"tokens": total}})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def token_corpus(tmp_path_factory, tokenizer):
+    """About 0.8M tokens of real text in three sources: KJV chapters, stdlib code, Python's reference docs."""
+    from corpus.sample_text import doc_topics, kjv_chapters, stdlib_sources
+    documents = {
+        "kjv": [p.text for p in kjv_chapters()[:600]],
+        "stdlib": [p.text for p in stdlib_sources()[:60]],
+        "pydoc": [p.text for p in doc_topics()],
+    }
+    return write_token_corpus(tmp_path_factory.mktemp("corpora") / "trainer-test", tokenizer, documents)
+
+
+@pytest.fixture(scope="session")
+def sample_mirror(tmp_path_factory):
+    """The offline sample mirror of manifests/openelm.yaml, written once per session into a temporary folder."""
+    from pathlib import Path
+
+    from corpus.manifest import load_manifest
+    from corpus.sample_mirror import ensure_sample_mirror
+    manifest = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
+    return ensure_sample_mirror(manifest, tmp_path_factory.mktemp("sample-mirror"))
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(sample_mirror, tmp_path_factory, ray_session):
+    """`elm-corpus build manifests/openelm.yaml --sample`, built once per session; yields its BuildResult."""
+    from pathlib import Path
+
+    from pipelines.build import build
+    manifest = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
+    out = tmp_path_factory.mktemp("corpora") / "openelm-sample"
+    return build(manifest, out, sample=True, workers=2, progress=False, sample_root=sample_mirror)

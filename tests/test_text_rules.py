@@ -33,6 +33,12 @@ def test_punctuation_only_text_has_no_characters():
     assert not RULES.has_enough_chars(text)
 
 
+def test_a_long_chunk_whose_letters_come_late_is_counted_in_full():
+    text = "!" * 5000 + " " + "a" * 200
+    assert RULES.has_enough_chars(text)
+    assert not RULES.has_enough_chars("!" * 5000 + " " + "a" * 199)
+
+
 def test_case_does_not_change_the_count():
     assert content_chars("ABC DEF") == content_chars("abc def") == 7
 

@@ -1,0 +1,346 @@
+"""`elm-corpus stats NAME --report DIR`: an HTML page and PNG charts of where a corpus's text went.
+
+The folder is self-contained: ``index.html`` refers only to the PNGs next to it (by
+relative name) and carries its style inline; no script, font or image comes from the
+network. ``stats.json`` beside them holds the numbers the page shows (docs/stats.md).
+
+Charts (matplotlib, drawn on ``Figure`` objects so no global pyplot state is touched):
+``funnel.png``, ``mixture.png``, ``chunk_lengths.png``, ``drops.png``, ``quarantine.png``.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from corpus.stats import CorpusStats, quarantine_examples
+from corpus.stats_view import human_bytes, human_count
+
+CHARTS = {
+    "funnel.png": "Funnel per source: documents read and kept, then chunks split, past the character rule, past "
+                  "the token rule and past the source's filters (kept). Colour is the share of the stage's "
+                  "starting count still left; kept tokens are on the right.",
+    "mixture.png": "Target share of each source (from the manifest) against the share of the corpus's tokens it "
+                   "holds now.",
+    "chunk_lengths.png": "Tokens per kept chunk (BOS and EOS included), per source; the dashed line is the "
+                         "manifest's min_tokens, the solid one the median.",
+    "drops.png": "Documents and chunks dropped, per source and reason (a document is dropped when none of its "
+                 "chunks is kept, under the reason of its first chunk).",
+    "quarantine.png": "Records quarantined (unreadable or without text), per source and reason; examples below.",
+}
+_EXAMPLES_PER_SOURCE = 5
+_DPI = 100
+
+
+def _reason_colors(reasons: list[str]) -> dict[str, tuple]:
+    from matplotlib import colormaps
+    cmap = colormaps["tab10" if len(reasons) <= 10 else "tab20"]
+    return {r: cmap(i % cmap.N) for i, r in enumerate(reasons)}
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+
+
+def _rows_height(n: int, per_row: float = 0.42, base: float = 1.6) -> float:
+    return base + per_row * max(n, 1)
+
+
+def _chart_funnel(stats: CorpusStats, path: Path) -> None:
+    sources = stats.sources
+    stages = ["documents\nread", "documents\nkept", "chunks\nsplit", "chunks\n>= min_chars", "chunks\n>= min_tokens",
+              "chunks kept\n(after filters)"]
+    counts = np.zeros((len(sources), len(stages)), dtype=np.int64)
+    for i, s in enumerate(sources):
+        d, ch = s["documents"], s["chunks"]
+        after_chars = ch["split"] - ch["dropped"].get("too_few_chars", 0)
+        after_tokens = after_chars - ch["dropped"].get("too_few_tokens", 0)
+        counts[i] = [d["read"], d["kept"], ch["split"], after_chars, after_tokens, ch["kept"]]
+    base = np.repeat(counts[:, [0]], 2, axis=1), np.repeat(counts[:, [2]], 4, axis=1)
+    base = np.concatenate(base, axis=1).astype(float)
+    left = np.divide(counts, base, out=np.zeros_like(base), where=base > 0)
+    fig = _figure(11, _rows_height(len(sources), 0.45, 2.0))
+    ax = fig.add_subplot()
+    image = ax.imshow(left, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(len(sources)):
+        for j in range(len(stages)):
+            ax.text(j, i, human_count(int(counts[i, j])), ha="center", va="center", fontsize=9,
+                    color="white" if left[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(stages)), stages, fontsize=9)
+    ax.set_yticks(range(len(sources)), [s["name"] for s in sources])
+    ax.xaxis.tick_top()
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(range(len(sources)), [f"{human_count(s['tokens'])} tokens" for s in sources])
+    fig.colorbar(image, ax=ax, label="share of the stage's start still left", shrink=0.8, pad=0.02)
+    ax.set_title("where the text went, per source")
+    fig.savefig(path)
+
+
+def _chart_mixture(stats: CorpusStats, path: Path) -> None:
+    sources = stats.sources
+    names = [s["name"] for s in sources]
+    target = [100 * (s["share"]["target"] or 0) for s in sources]
+    got = [100 * (s["share"]["achieved"] or 0) for s in sources]
+    y = np.arange(len(sources))
+    fig = _figure(9, _rows_height(len(sources), 0.5))
+    ax = fig.add_subplot()
+    ax.barh(y - 0.2, target, height=0.4, label="target (manifest)", color="#9aa5b1")
+    ax.barh(y + 0.2, got, height=0.4, label="achieved (tokens on disk)", color="#2b7bba")
+    for yi, want, value in zip(y, target, got):
+        ax.text(want, yi - 0.2, f" {want:.1f}%", va="center", fontsize=8, color="#52606d")
+        ax.text(value, yi + 0.2, f" {value:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the corpus's tokens (%)")
+    ax.set_xlim(0, max([*target, *got, 1]) * 1.15)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
+    ax.set_title("target vs achieved mixture")
+    fig.savefig(path)
+
+
+def _chart_lengths(stats: CorpusStats, path: Path, min_tokens: int | None) -> None:
+    sources = stats.sources
+    cols = min(3, max(len(sources), 1))
+    rows = max(1, math.ceil(len(sources) / cols))
+    fig = _figure(4.2 * cols, 2.6 * rows + 0.6)
+    everything = [v for s in sources for v in stats.lengths.get(s["name"], {})]
+    top = max(everything) if everything else 1
+    bins = np.linspace(0, top + 1, 41)
+    for k, s in enumerate(sources):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        lengths = stats.lengths.get(s["name"], Counter())
+        if lengths:
+            ax.hist(list(lengths), bins=bins, weights=list(lengths.values()), color="#2b7bba")
+            ax.axvline(s["tokens_per_chunk"]["median"], color="black", linewidth=1)
+        else:
+            ax.text(0.5, 0.5, "no chunks yet", ha="center", va="center", transform=ax.transAxes)
+        if min_tokens:
+            ax.axvline(min_tokens, color="#c0392b", linestyle="--", linewidth=1)
+        ax.set_title(f"{s['name']} ({s['chunks']['kept']:,} chunks)", fontsize=10)
+        ax.set_xlabel("tokens per chunk", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("chunk lengths per source")
+    fig.savefig(path)
+
+
+def _stacked(ax, names: list[str], by_reason: list[dict], colors: dict, title: str) -> None:
+    y = np.arange(len(names))
+    left = np.zeros(len(names))
+    for reason, color in colors.items():
+        values = np.array([d.get(reason, 0) for d in by_reason], dtype=float)
+        if values.any():
+            ax.barh(y, values, left=left, color=color, label=reason)
+            left += values
+    for yi, total in zip(y, left):
+        ax.text(total, yi, f" {int(total):,}", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    if not ax.yaxis_inverted():  # axes sharing y invert together; flipping twice would undo it
+        ax.invert_yaxis()
+    ax.set_xlim(0, max(left.max() if len(left) else 0, 1) * 1.15)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title, fontsize=10)
+
+
+def _chart_drops(stats: CorpusStats, path: Path) -> None:
+    sources = stats.sources
+    names = [s["name"] for s in sources]
+    reasons = sorted({r for s in sources for r in s["chunks"]["dropped"]} |
+                     {r for s in sources for r in s["documents"]["dropped"]})
+    colors = _reason_colors(reasons)
+    fig = _figure(12, _rows_height(len(sources), 0.45, 2.2))
+    if not reasons:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "nothing dropped", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        ax1, ax2 = fig.subplots(1, 2, sharey=True)
+        _stacked(ax1, names, [s["documents"]["dropped"] for s in sources], colors, "documents dropped")
+        _stacked(ax2, names, [s["chunks"]["dropped"] for s in sources], colors, "chunks dropped")
+        fig.legend(*ax2.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(reasons), 5))
+    fig.suptitle("drops by reason")
+    fig.savefig(path)
+
+
+def _chart_quarantine(stats: CorpusStats, path: Path) -> None:
+    sources = stats.sources
+    names = [s["name"] for s in sources]
+    reasons = sorted({r for s in sources for r in s["documents"]["quarantined_by_reason"]})
+    fig = _figure(9, _rows_height(len(sources), 0.45, 2.0))
+    ax = fig.add_subplot()
+    if not reasons:
+        ax.text(0.5, 0.5, "nothing quarantined: every record read was a document", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        colors = _reason_colors(reasons)
+        _stacked(ax, names, [s["documents"]["quarantined_by_reason"] for s in sources], colors,
+                 "records quarantined")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle("quarantine by reason")
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------- the page
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
+th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #e4e7eb; }
+th { background: #f0f4f8; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.total td { font-weight: bold; border-top: 2px solid #9aa5b1; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #e4e7eb; }
+figcaption { font-size: 0.85rem; color: #52606d; max-width: 900px; }
+.status { display: inline-block; padding: 0.1rem 0.5rem; border-radius: 0.3rem; color: white; }
+.complete { background: #2f8132; } .building, .partial { background: #b7791f; } .failed { background: #c0392b; }
+.planned { background: #52606d; }
+code, .mono { font-family: ui-monospace, monospace; font-size: 0.85em; word-break: break-all; }
+.excerpt { white-space: pre-wrap; max-width: 36rem; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; font-size: 0.9rem; }
+dt { color: #52606d; }
+"""
+
+
+def _e(value) -> str:
+    return html.escape("-" if value is None else str(value))
+
+
+def _n(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _sources_table(numbers: dict) -> str:
+    heads = ["source", "units done/total", "failed", "docs read", "docs kept", "docs dropped", "quarantined",
+             "chunks split", "chunks kept", "tokens", "mean tok/chunk", "median tok/chunk", "share", "target share",
+             "shards on disk"]
+    rows = []
+    for s in [*numbers["sources"], {"name": "total", **numbers["total"]}]:
+        d, ch, u, per = s["documents"], s["chunks"], s["units"], s["tokens_per_chunk"]
+        cells = [f"{u['done']:,}/{u['total']:,}", _n(u["failed"]), _n(d["read"]), _n(d["kept"]),
+                 _n(d["dropped_total"]), _n(d["quarantined"]), _n(ch["split"]), _n(ch["kept"]), _n(s["tokens"]),
+                 _n(per["mean"], 1), _n(per["median"], 1), _pct(s["share"]["achieved"]),
+                 _pct(s["share"]["target"]), human_bytes(s["bytes_on_disk"]["shards"])]
+        cls = ' class="total"' if s["name"] == "total" else ""
+        rows.append(f"<tr{cls}><td>{_e(s['name'])}</td>" + "".join(f'<td class="n">{_e(c)}</td>' for c in cells)
+                    + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _reasons_table(numbers: dict) -> str:
+    sources = [*numbers["sources"], {"name": "total", **numbers["total"]}]
+    drops = sorted({r for s in sources for r in s["chunks"]["dropped"]} | {r for s in sources for r in s["documents"]["dropped"]})
+    bad = sorted({r for s in sources for r in s["documents"]["quarantined_by_reason"]})
+    details = sorted({r for s in sources for r in s["filter_details"]})
+    if not (drops or bad or details):
+        return "<p>Nothing was dropped or quarantined.</p>"
+    heads = ["source"] + [f"dropped: {r} (docs / chunks)" for r in drops] + [f"quarantined: {r}" for r in bad] \
+        + [f"filter detail: {r} (chunks)" for r in details]
+    rows = []
+    for s in sources:
+        cells = [f"{s['documents']['dropped'].get(r, 0):,} / {s['chunks']['dropped'].get(r, 0):,}" for r in drops]
+        cells += [f"{s['documents']['quarantined_by_reason'].get(r, 0):,}" for r in bad]
+        cells += [f"{s['filter_details'].get(r, 0):,}" for r in details]
+        cls = ' class="total"' if s["name"] == "total" else ""
+        rows.append(f"<tr{cls}><td>{_e(s['name'])}</td>" + "".join(f'<td class="n">{c}</td>' for c in cells)
+                    + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _quarantine_table(examples: dict[str, list[dict]]) -> str:
+    if not examples:
+        return "<p>No record was quarantined.</p>"
+    rows = []
+    for source, items in examples.items():
+        for q in items:
+            where = f"byte {q['byte']}" if "byte" in q else (f"row {q['row']}" if "row" in q else "-")
+            rows.append(f"<tr><td>{_e(source)}</td><td>{_e(q.get('reason'))}</td><td class=\"mono\">"
+                        f"{_e(q.get('file'))}</td><td>{_e(where)}</td><td>{_e(q.get('detail'))}</td>"
+                        f"<td class=\"mono excerpt\">{_e(q.get('excerpt') or '')}</td></tr>")
+    return ("<table><thead><tr><th>source</th><th>reason</th><th>file</th><th>where</th><th>detail</th>"
+            "<th>excerpt</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _failed_section(numbers: dict) -> str:
+    parts = []
+    if numbers["failed_units"]:
+        items = "".join(f"<li><code>{_e(f['source'])}/{_e(f['unit'])}</code>: {_e(f['error'])}</li>"
+                        for f in numbers["failed_units"])
+        parts.append(f"<h2>Failed units</h2><p>Rerun <code>elm-corpus build</code> to retry them.</p><ul>{items}</ul>")
+    if numbers["problems"]:
+        items = "".join(f"<li>{_e(p)}</li>" for p in numbers["problems"])
+        parts.append(f"<h2>Problems found on disk</h2><ul>{items}</ul>")
+    return "".join(parts)
+
+
+def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
+    n = stats.numbers
+    c, t = n["corpus"], n["total"]
+    status = c["status"]
+    note = ""
+    if status != "complete":
+        note = (f"<p><strong>This corpus is {status}:</strong> {t['units']['done']:,} of {t['units']['total']:,} "
+                f"work units are done; the numbers below count those. Rerun <code>elm-corpus build</code> "
+                f"to finish it.</p>")
+    facts = [("folder", c["path"]), ("manifest", c["manifest_path"]), ("manifest fingerprint", c["manifest_fingerprint"]),
+             ("tokenizer", c["tokenizer"]["spec"]), ("tokenizer sha256", c["tokenizer"]["sha256"]),
+             ("started", c["started_at"]), ("finished", c["finished_at"]),
+             ("units", f"{t['units']['done']:,} done, {t['units']['failed']:,} failed, "
+                       f"{t['units']['pending']:,} pending of {t['units']['total']:,}"),
+             ("tokens", f"{t['tokens']:,}"), ("folder size", human_bytes(t["bytes_on_disk"]["folder"]))]
+    figures = "".join(f'<figure id="{Path(name).stem}"><img src="{name}" alt="{_e(caption)}">'
+                      f"<figcaption>{_e(caption)}</figcaption></figure>" for name, caption in CHARTS.items())
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(c['name'])}: corpus report</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{_e(c['name'])} <span class="status {_e(status)}">{_e(status)}</span></h1>
+{note}
+<dl>{''.join(f'<dt>{_e(k)}</dt><dd class="mono">{_e(v)}</dd>' for k, v in facts)}</dl>
+<h2>Per source</h2>
+{_sources_table(n)}
+<h2>Drops and quarantine by reason</h2>
+{_reasons_table(n)}
+<h2>Charts</h2>
+{figures}
+<h2>Quarantined records (first {_EXAMPLES_PER_SOURCE} per source)</h2>
+{_quarantine_table(examples)}
+{_failed_section(n)}
+<p><small>Numbers as JSON: <a href="stats.json">stats.json</a> (schema: docs/stats.md in elm-corpus).</small></p>
+</body>
+</html>
+"""
+
+
+def write_report(stats: CorpusStats, out_dir: str | Path) -> Path:
+    """Write ``index.html``, the PNG charts and ``stats.json`` into ``out_dir``; return the page's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_json_path = stats.path / "corpus.json"
+    rules = json.loads(corpus_json_path.read_text()).get("text_rules", {}) if corpus_json_path.exists() else {}
+    _chart_funnel(stats, out / "funnel.png")
+    _chart_mixture(stats, out / "mixture.png")
+    _chart_lengths(stats, out / "chunk_lengths.png", rules.get("min_tokens"))
+    _chart_drops(stats, out / "drops.png")
+    _chart_quarantine(stats, out / "quarantine.png")
+    (out / "stats.json").write_text(json.dumps(stats.numbers, indent=2) + "\n")
+    page = out / "index.html"
+    page.write_text(_page(stats, quarantine_examples(stats.path, _EXAMPLES_PER_SOURCE)), encoding="utf-8")
+    return page

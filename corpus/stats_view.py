@@ -1,0 +1,181 @@
+"""Terminal views of corpus stats: the corpora list, the per-source tables, decoded chunks (rich)."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+# Wide enough for the per-source table even when output goes to a file or a pipe (rich then assumes 80).
+_MIN_WIDTH = 120
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, _MIN_WIDTH))
+    return console
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def human_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for suffix, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return str(n)
+
+
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _number(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _status_style(status: str) -> str:
+    return {"complete": "green", "building": "yellow", "partial": "yellow", "failed": "red"}.get(status, "white")
+
+
+def print_corpora(rows: list[dict], folder: Path) -> None:
+    console = _console()
+    if not rows:
+        console.print(f"no corpora under {folder} (build one with 'elm-corpus build MANIFEST [--sample]')")
+        return
+    table = Table(title=f"corpora under {folder}", title_justify="left")
+    for name, justify in (("name", "left"), ("status", "left"), ("sources", "right"), ("units done", "right"),
+                          ("tokens", "right"), ("size", "right"), ("last build", "left")):
+        table.add_column(name, justify=justify)
+    for r in rows:
+        table.add_row(r["name"], Text(r["status"], style=_status_style(r["status"])), str(r["sources"]),
+                      f"{r['units']['done']}/{r['units']['total']}", human_count(r["tokens"]),
+                      human_bytes(r["bytes_on_disk"]), r["last_build"] or "-")
+    console.print(table)
+
+
+def _header(numbers: dict) -> Panel:
+    c, t = numbers["corpus"], numbers["total"]
+    units = t["units"]
+    lines = [
+        f"[bold]{c['name']}[/bold]  {c['path']}",
+        f"status [{_status_style(c['status'])}]{c['status']}[/]   units {units['done']}/{units['total']} done"
+        f"   {units['failed']} failed   {units['pending']} pending",
+        f"manifest {c['manifest_path'] or '-'}   fingerprint {c['manifest_fingerprint'] or '-'}",
+        f"tokenizer {c['tokenizer']['spec'] or '-'}   sha256 {c['tokenizer']['sha256'] or '-'}",
+        f"started {c['started_at'] or '-'}   finished {c['finished_at'] or '-'}",
+    ]
+    if c["status"] == "building":
+        lines.append("[yellow]a build is running, or was killed: rerun 'elm-corpus build' to resume[/yellow]")
+    elif c["status"] in ("partial", "failed"):
+        lines.append("[yellow]not every unit is done: rerun 'elm-corpus build' to finish it[/yellow]")
+    return Panel("\n".join(lines), expand=False)
+
+
+def _count_cells(s: dict) -> list[str]:
+    d, ch, u = s["documents"], s["chunks"], s["units"]
+    return [f"{u['done']:,}/{u['total']:,}", _number(u["failed"]), _number(d["read"]), _number(d["kept"]),
+            _number(d["dropped_total"]), _number(d["quarantined"]), _number(ch["split"]), _number(ch["kept"]),
+            _number(ch["dropped_total"])]
+
+
+def _token_cells(s: dict) -> list[str]:
+    per_chunk, share = s["tokens_per_chunk"], s["share"]
+    return [_number(s["tokens"]), _number(per_chunk["mean"], 1), _number(per_chunk["median"], 1),
+            _percent(share["achieved"]), _percent(share["target"]), human_bytes(s["bytes_on_disk"]["shards"])]
+
+
+def _table(title: str, heads: tuple[str, ...], cells, numbers: dict) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("source", no_wrap=True)
+    for name in heads:
+        table.add_column(name, justify="right", no_wrap=True)
+    for s in numbers["sources"]:
+        table.add_row(s["name"], *cells(s))
+    table.add_section()
+    table.add_row(Text("total", style="bold"), *cells(numbers["total"]))
+    return table
+
+
+def _sources_tables(numbers: dict) -> list[Table]:
+    return [
+        _table("work units, documents and chunks (pieces of at most split_words words)",
+               ("units done", "failed", "docs read", "kept", "dropped", "quarantined", "chunks", "kept", "dropped"),
+               _count_cells, numbers),
+        _table("tokens and mixture", ("tokens", "tokens/chunk mean", "median", "share", "target share", "on disk"),
+               _token_cells, numbers),
+    ]
+
+
+def _by_reason_table(numbers: dict, title: str, reasons: list[str], cell) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("source", no_wrap=True)
+    for r in reasons:
+        table.add_column(r, justify="right")
+    for s in numbers["sources"]:
+        table.add_row(s["name"], *(cell(s, r) for r in reasons))
+    table.add_section()
+    table.add_row(Text("total", style="bold"), *(cell(numbers["total"], r) for r in reasons))
+    return table
+
+
+def _reason_tables(numbers: dict) -> list[Table]:
+    """Documents / chunks dropped by each reason; quarantined records by reason."""
+    everything = [*numbers["sources"], numbers["total"]]
+    drops = sorted({r for s in everything for r in (*s["chunks"]["dropped"], *s["documents"]["dropped"])})
+    bad = sorted({r for s in everything for r in s["documents"]["quarantined_by_reason"]})
+    tables = []
+    if drops:
+        tables.append(_by_reason_table(
+            numbers, "dropped by reason: documents / chunks", drops,
+            lambda s, r: f"{s['documents']['dropped'].get(r, 0):,} / {s['chunks']['dropped'].get(r, 0):,}"))
+    if bad:
+        tables.append(_by_reason_table(
+            numbers, "quarantined records by reason", bad,
+            lambda s, r: f"{s['documents']['quarantined_by_reason'].get(r, 0):,}"))
+    return tables
+
+
+def print_corpus(numbers: dict) -> None:
+    console = _console()
+    console.print(_header(numbers))
+    for table in _sources_tables(numbers):
+        console.print(table)
+    for table in _reason_tables(numbers):
+        console.print(table)
+    for f in numbers["failed_units"]:
+        console.print(f"[red]failed[/red] {f['source']}/{f['unit']}: {f['error']}")
+    for p in numbers["problems"]:
+        console.print(f"[red]problem[/red] {p}")
+
+
+_PREVIEW_CHARS = 1200
+
+
+def print_chunks(chunks: list, full: bool) -> None:
+    """Each chunk's provenance, then its text (the first characters only unless ``full``)."""
+    console = _console()
+    for c in chunks:
+        where = f"{c.location_kind} {c.location:,}" if c.location is not None else "location unknown"
+        console.print(f"[bold]{c.source}[/bold] unit {c.unit}, chunk {c.index} of {c.shard}", highlight=False)
+        console.print(f"  {c.num_tokens:,} tokens at token offset {c.token_offset:,}; from {c.input_uri} {where}, "
+                      f"part {c.part} of that record", highlight=False)
+        again = f"elm-corpus inspect --shard {shlex.quote(str(c.shard))} --index {c.index}"
+        console.print(f"  this chunk alone: {again}", highlight=False, style="dim")
+        text = c.text
+        if not full and len(text) > _PREVIEW_CHARS:
+            text = text[:_PREVIEW_CHARS] + f" [... {len(c.text) - _PREVIEW_CHARS:,} more characters]"
+        console.print(Panel(Text(text)))

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from model import checkpoint as ckpt
 from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, HFFolderError, read_hf_folder,
                              write_hf_folder)
 
 FORMATS = ("mlx", "hf")
 QUANT_BITS = (4, 8)
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
+RUN_JSON = "run.json"
 # Keys transformers writes into tokenizer_config.json about how it was loaded here, not about the tokenizer.
 _LOAD_TIME_TOKENIZER_KEYS = ("is_local", "local_files_only")
 
@@ -44,30 +46,20 @@ class ExportSource:
     run_dir: Path | None = None
     run: dict = field(default_factory=dict)
     step: int | None = None
+    state: dict = field(default_factory=dict)  # the checkpoint's state.json: its own losses and token count
 
 
-def find_checkpoints(run_dir: Path) -> dict[int, Path]:
-    """Finished checkpoints by step; in-progress folders (any other name) are ignored."""
-    root = run_dir / "checkpoints"
-    found = {}
-    for path in root.iterdir() if root.is_dir() else ():
-        match = CHECKPOINT_NAME.match(path.name)
-        if match and path.is_dir() and (path / CONFIG_FILE).is_file():
-            found[int(match.group(1))] = path
-    return found
-
-
-def read_run_json(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
+def read_json(path: Path) -> dict:
+    """A JSON object file, {} when absent; a clear error when it is not valid."""
     if not path.is_file():
         return {}
     try:
-        run = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ExportError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(run, dict):
+    if not isinstance(value, dict):
         raise ExportError(f"{path}: expected a JSON object")
-    return run
+    return value
 
 
 def resolve_source(path: str | Path, step: int | None = None) -> ExportSource:
@@ -75,18 +67,20 @@ def resolve_source(path: str | Path, step: int | None = None) -> ExportSource:
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path}: no such run or model folder")
-    if (path / "checkpoints").is_dir():
-        checkpoints = find_checkpoints(path)
+    if (path / ckpt.CHECKPOINTS_DIR).is_dir():
+        checkpoints = dict(ckpt.list_checkpoints(path))
         if not checkpoints:
             raise ExportError(f"{path}: the run has no finished checkpoint under checkpoints/ yet")
         chosen = max(checkpoints) if step is None else step
         if chosen not in checkpoints:
             raise ExportError(f"{path}: no checkpoint for step {step}; it has steps {sorted(checkpoints)}")
-        return ExportSource(checkpoints[chosen], path, read_run_json(path), chosen)
+        folder = checkpoints[chosen]
+        return ExportSource(folder, path, read_json(path / RUN_JSON), chosen, read_json(folder / ckpt.STATE_FILE))
     match = CHECKPOINT_NAME.match(path.name)
-    if match and path.parent.name == "checkpoints":
+    if match and path.parent.name == ckpt.CHECKPOINTS_DIR:
         run_dir = path.parent.parent
-        return ExportSource(path, run_dir, read_run_json(run_dir), int(match.group(1)))
+        return ExportSource(path, run_dir, read_json(run_dir / RUN_JSON), int(match.group(1)),
+                            read_json(path / ckpt.STATE_FILE))
     if (path / CONFIG_FILE).is_file():
         if step is not None:
             raise ExportError(f"{path}: --step applies to a run folder; this is a single model folder")
@@ -95,39 +89,37 @@ def resolve_source(path: str | Path, step: int | None = None) -> ExportSource:
                       f"(no {CONFIG_FILE})")
 
 
-def run_field(run: dict, *paths: str):
-    """The first of the dotted `paths` present in run.json, else None."""
-    for dotted in paths:
-        value = run
-        for part in dotted.split("."):
-            if not isinstance(value, dict) or part not in value:
-                break
-            value = value[part]
-        else:
-            return value
-    return None
+def run_field(run: dict, dotted: str):
+    """run.json's value at a dotted path (`corpus.fingerprint`), None when the run does not record it."""
+    value = run
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 def resolve_tokenizer(source: ExportSource, explicit: str | None):
     """--tokenizer, else the one run.json records (its sha256 checked), else a tokenizer.model beside the weights."""
     from corpus.tokenizer import Tokenizer
 
-    if explicit:
-        return _open_tokenizer(explicit, "--tokenizer")
-    spec = run_field(source.run, "tokenizer.spec", "tokenizer_spec", "tokenizer")
-    if isinstance(spec, str):
-        tokenizer = _open_tokenizer(spec, f"{source.run_dir}/run.json")
-        recorded = run_field(source.run, "tokenizer.sha256", "tokenizer_sha256")
-        if recorded and recorded != tokenizer.sha256:
-            raise ExportError(f"{source.run_dir}/run.json: the run used tokenizer sha256 {recorded}, but {spec} now has "
-                              f"{tokenizer.sha256}; pass --tokenizer with the model the run was trained with")
-        return tokenizer
+    recorded = run_field(source.run, "tokenizer.sha256")
+    spec = run_field(source.run, "tokenizer.spec")
     beside = source.weights_dir / "tokenizer.model"
-    if beside.is_file():
-        return Tokenizer(beside)
-    raise ExportError(f"{source.weights_dir}: no tokenizer recorded or included (Apple's checkpoints ship none; "
-                      "they use LLaMA-2's); pass --tokenizer PATH/tokenizer.model, or --tokenizer default for "
-                      "this project's default model")
+    if explicit:
+        tokenizer, where = _open_tokenizer(explicit, "--tokenizer"), "--tokenizer"
+    elif isinstance(spec, str):
+        tokenizer, where = _open_tokenizer(spec, f"{source.run_dir}/run.json"), f"run.json's {spec}"
+    elif beside.is_file():
+        tokenizer, where = _open_tokenizer(str(beside), str(beside)), str(beside)
+    else:
+        raise ExportError(f"{source.weights_dir}: no tokenizer recorded or included (Apple's checkpoints ship none; "
+                          "they use LLaMA-2's); pass --tokenizer PATH/tokenizer.model, or --tokenizer default for "
+                          "this project's default model")
+    if recorded and recorded != tokenizer.sha256:
+        raise ExportError(f"{source.run_dir}/{RUN_JSON}: the run was trained with tokenizer sha256 {recorded}, but "
+                          f"{where} has {tokenizer.sha256}; pass --tokenizer with the model the run was trained with")
+    return tokenizer
 
 
 def _open_tokenizer(spec: str, where: str):
@@ -174,18 +166,21 @@ def quantize_mlx_folder(folder: Path, bits: int, group_size: int) -> dict:
 def provenance(source: ExportSource, checkpoint: HFCheckpoint, tokenizer, fmt: str, dtype: str,
                quantization: dict | None) -> dict:
     """What the card records, as plain data (None where the source does not say)."""
-    run = source.run
+    run, state = source.run, source.state
+    # A checkpoint's state.json describes that very checkpoint; run.json describes the run's latest one.
     return {
         "source": str(source.weights_dir),
         "run": str(source.run_dir) if source.run_dir else None,
-        "preset": run_field(run, "preset", "model.preset", "model"),
+        "run_status": run_field(run, "status"),
+        "init_from": run_field(run, "init_from"),
+        "preset": run_field(run, "preset"),
         "parameters": checkpoint.config.num_parameters(),
-        "corpus": run_field(run, "corpus.name", "corpus_name", "corpus"),
-        "corpus_fingerprint": run_field(run, "corpus.fingerprint", "corpus_fingerprint", "fingerprint"),
-        "steps": source.step if source.step is not None else run_field(run, "steps_done", "step", "steps"),
-        "tokens_seen": run_field(run, "tokens_seen", "tokens"),
-        "final_train_loss": run_field(run, "final_train_loss", "final.train_loss", "train_loss"),
-        "final_val_loss": run_field(run, "final_val_loss", "final.val_loss", "val_loss"),
+        "corpus": run_field(run, "corpus.name"),
+        "corpus_fingerprint": run_field(run, "corpus.fingerprint"),
+        "steps": source.step if source.step is not None else run_field(run, "steps_done"),
+        "tokens_seen": state.get("tokens_seen", run_field(run, "tokens_seen")),
+        "final_train_loss": state.get("train_loss", run_field(run, "final_train_loss")),
+        "final_val_loss": state.get("val_loss", run_field(run, "final_val_loss")),
         "tokenizer": tokenizer.spec,
         "tokenizer_sha256": tokenizer.sha256,
         "format": fmt,

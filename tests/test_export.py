@@ -29,8 +29,10 @@ RUN_FACTS = {
     "corpus": {"name": "openelm-sample", "dir": "data/corpora/openelm-sample", "fingerprint": "f1e2d3c4b5a69788"},
     "tokenizer": {"spec": "default"},
     "steps_done": 20,
-    "final_train_loss": 7.125,
-    "final_val_loss": 7.5,
+    "tokens_seen": 20480,
+    "final_train_loss": 7.05,
+    "final_val_loss": 7.55,
+    "status": "complete",
 }
 
 
@@ -54,7 +56,8 @@ def make_run(run_dir: Path, steps: tuple[int, ...] = (20,), run: dict | None = N
         folder = run_dir / "checkpoints" / f"step_{step:08d}"
         states[step] = random_state(seed=i)
         write_hf_folder(folder, CONFIG, states[step])
-        (folder / "state.json").write_text(json.dumps({"step": step}))
+        (folder / "state.json").write_text(json.dumps({"step": step, "tokens_seen": 1024 * step,
+                                                       "train_loss": 7.0 + 1 / step, "val_loss": 7.5 + 1 / step}))
     (run_dir / "run.json").write_text(json.dumps(RUN_FACTS if run is None else run))
     return states
 
@@ -157,7 +160,8 @@ def test_model_card_records_provenance(mlx_dir):
     card = (mlx_dir / "README.md").read_text()
     from corpus.tokenizer import Tokenizer
     for fact in ("library_name: mlx", "| corpus | openelm-sample |", "| corpus fingerprint | f1e2d3c4b5a69788 |",
-                 "| preset | tiny |", "| steps | 20 |", "| final train loss | 7.1250 |", "| final val loss | 7.5000 |",
+                 "| preset | tiny |", "| steps | 20 |", "| tokens seen | 20480 |", "| final train loss | 7.0500 |",
+                 "| final val loss | 7.5500 |",
                  Tokenizer().sha256):
         assert fact in card
 
@@ -329,8 +333,10 @@ def test_load_hf_folder_names_what_is_wrong(tmp_path, damage, message):
 
 def test_export_source_is_the_highest_finished_checkpoint(tmp_path):
     make_run(tmp_path / "run", steps=(5, 40, 300))
-    (tmp_path / "run" / "checkpoints" / "step_00000900.tmp").mkdir()  # being written: not finished
-    assert resolve_source(tmp_path / "run").step == 300
+    (tmp_path / "run" / "checkpoints" / ".tmp-step_00000900-4242").mkdir()  # being written by the trainer
+    (tmp_path / "run" / "checkpoints" / "step_00000800").mkdir()  # no state.json: not complete
+    source = resolve_source(tmp_path / "run")
+    assert source.step == 300 and source.state["tokens_seen"] == 300 * 1024
     assert resolve_source(tmp_path / "run", step=40).weights_dir.name == "step_00000040"
     with pytest.raises(ExportError, match=r"no checkpoint for step 7; it has steps \[5, 40, 300\]"):
         resolve_source(tmp_path / "run", step=7)
@@ -349,8 +355,15 @@ def test_a_run_without_checkpoints_is_refused(tmp_path):
 
 def test_tokenizer_changed_since_training_is_refused(tmp_path):
     make_run(tmp_path / "run", run=dict(RUN_FACTS, tokenizer={"spec": "default", "sha256": "0" * 64}))
-    with pytest.raises(ExportError, match="the run used tokenizer sha256 0000"):
+    with pytest.raises(ExportError, match="trained with tokenizer sha256 0000"):
         export(tmp_path / "run", tmp_path / "out")
+
+
+def test_card_of_an_earlier_checkpoint_shows_that_checkpoints_losses(tmp_path):
+    make_run(tmp_path / "run", steps=(10, 20))
+    export(tmp_path / "run", tmp_path / "out", fmt="hf", step=10)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| steps | 10 |" in card and "| final train loss | 7.1000 |" in card and "| tokens seen | 10240 |" in card
 
 
 def test_existing_output_needs_force_and_is_then_replaced(run_dir, tmp_path, capsys):

@@ -89,32 +89,47 @@ class Tokenizer:
                 "normalize": self.normalize}
 
     def export(self, out_dir: str | Path) -> Path:
-        """Write tokenizer.model, tokenizer.json and tokenizer_config.json (converted offline)."""
+        """Write tokenizer.model, tokenizer.json and tokenizer_config.json (converted offline).
+
+        For a BPE model (LLaMA's layout) tokenizer.json is built to give this tokenizer's ids exactly,
+        NFC included (:mod:`corpus.hf_tokenizer`); other models fall back to transformers' own conversion, with a
+        warning naming the inputs where the two differ. A literal ``<s>`` in text stays text either way.
+        """
+        import warnings
+
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # heavy import, only where exporting
+
+        from corpus import hf_tokenizer
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "tokenizer.model").write_bytes(self.model_bytes)
-        config = {
-            "tokenizer_class": "LlamaTokenizer",
-            "add_bos_token": True,
-            "add_eos_token": False,
-            "bos_token": self.sp.id_to_piece(self.bos_id),
-            "eos_token": self.sp.id_to_piece(self.eos_id),
-            "unk_token": self.sp.id_to_piece(self.unk_id),
-            "pad_token": None,
-            "legacy": True,
-            "clean_up_tokenization_spaces": False,
-            "model_max_length": 2048,
-        }
-        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        from transformers import AutoTokenizer  # heavy import, only where exporting
-        hf = AutoTokenizer.from_pretrained(str(out))
+        names = {"bos_token": self.sp.id_to_piece(self.bos_id), "eos_token": self.sp.id_to_piece(self.eos_id),
+                 "unk_token": self.sp.id_to_piece(self.unk_id)}
+        config = {**names, "add_bos_token": True, "add_eos_token": False, "split_special_tokens": True,
+                  "clean_up_tokenization_spaces": False, "model_max_length": 2048}
+        exact = hf_tokenizer.supported(self.model_bytes) is None
+        if exact:
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+            twin = hf_tokenizer.build(self.model_bytes, nfc=self.normalize == "NFC")
+            hf = PreTrainedTokenizerFast(tokenizer_object=twin, **config)
+        else:
+            config.update({"tokenizer_class": "LlamaTokenizer", "legacy": True})
+            (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            hf = AutoTokenizer.from_pretrained(str(out))
         hf.save_pretrained(str(out))
-        # save_pretrained rewrites the config; keep ours (BOS added, legacy spacing) on top of what it wrote
+        # save_pretrained rewrites the config; keep ours (BOS added, special tokens in text not parsed) on top
         written = json.loads((out / "tokenizer_config.json").read_text())
-        written.update({k: v for k, v in config.items() if v is not None})
+        written.update(config)
         (out / "tokenizer_config.json").write_text(json.dumps(written, indent=2) + "\n")
         if not (out / "tokenizer.json").exists():
             raise RuntimeError(f"{out}: transformers did not write tokenizer.json")
+        differ = hf_tokenizer.mismatches(lambda texts: self.encode(texts, bos=False, eos=False),
+                                         AutoTokenizer.from_pretrained(str(out)))
+        if differ and exact:
+            raise RuntimeError(f"{out}: the exported tokenizer differs from sentencepiece on {differ[:3]!r}")
+        if differ:
+            warnings.warn(f"{self.spec}: {hf_tokenizer.supported(self.model_bytes)}; the exported Hugging Face "
+                          f"tokenizer differs from sentencepiece on {len(differ)} probe texts, e.g. {differ[0]!r}")
         return out
 
 

@@ -1,0 +1,56 @@
+"""Extra datatrove filters a source declares: each runs on real text and counts its drops under its own name."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from corpus.manifest import FILTER_TYPES
+from corpus.shards import read_corpus_json
+from pipelines.build import build
+
+LICENSES = Path("/usr/share/common-licenses")  # English prose that ships with Debian's base-files
+STDLIB = Path(json.__file__).parent.parent
+
+
+def real_documents() -> list[str]:
+    """Licence prose that every filter keeps some of, plus Python files that C4 and language ID drop."""
+    prose = [(LICENSES / name).read_text() for name in ("Apache-2.0", "MPL-2.0", "GPL-3")]
+    code = [(STDLIB / name).read_text() for name in ("py_compile.py", "reprlib.py")]
+    return prose + code
+
+
+def filtered_source(kind: str, path: Path, params: str = "") -> str:
+    return (f"  - name: {kind.replace('_', '-')}\n    group: redpajama\n    upstream: {{files: [\"{path}\"]}}\n"
+            f"    format: jsonl\n    tokens: 1M\n    filters:\n      - type: {kind}\n{params}")
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("filters")
+    data = root / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in real_documents()))
+    manifest = root / "filters.yaml"
+    manifest.write_text("name: filtered\nsources:\n" + "".join(filtered_source(k, data) for k in FILTER_TYPES))
+    return build(manifest, root / "out", workers=2, progress=False)
+
+
+@pytest.mark.parametrize("kind", FILTER_TYPES)
+def test_each_declared_filter_drops_some_chunks_under_its_own_reason(filtered, kind):
+    assert filtered.status == "complete", filtered.failed
+    totals = read_corpus_json(filtered.out_dir)["sources"][kind.replace("_", "-")]["totals"]
+    assert totals["chunks_dropped"].get(kind, 0) > 0
+    assert totals["chunks_kept"] > 0
+    assert sum(n for k, n in totals["drop_details"].items() if k.startswith(f"{kind}:")) == totals["chunks_dropped"][kind]
+    assert totals["documents_read"] == totals["kept"] + sum(totals["dropped"].values()) + totals["quarantined"]
+
+
+def test_a_filter_with_unknown_params_is_refused_before_any_work(tmp_path, ray_session):
+    data = tmp_path / "docs.jsonl"
+    data.write_text(json.dumps({"text": "x"}) + "\n")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("name: bad\nsources:\n" + filtered_source("gopher_quality", data, "        params: {min_doc_wrds: 5}\n"))
+    with pytest.raises(ValueError, match=r"source gopher-quality: filters\[0\] \(gopher_quality\)"):
+        build(manifest, tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out" / "shards").exists()

@@ -1,0 +1,207 @@
+"""Build throughput on ~50 MB of real text: the build with 1 and 2 workers against bare
+sentencepiece encoding of the same chunks and datatrove's LocalPipelineExecutor doing the same steps.
+
+    .venv/bin/python benchmarks/build_throughput.py [--mb 50] [--repeats 3]
+
+Text: Python standard-library sources, the King James Bible and Python's reference topics
+(all installed offline), repeated in order until the size is reached, as JSON lines. Our
+build reads one file cut into work units; datatrove reads the same lines split over 8
+files (its reader gives each task whole files). Timings exclude ``ray.init`` (printed on
+its own) and run on warm Ray workers, as in a long build. Medians over ``--repeats``.
+
+datatrove's pipeline: JsonlReader -> NFC + 2048-word split -> the min-characters filter ->
+DocumentTokenizer (the exported tokenizer.json, BOS and EOS added, no shuffling). It has
+no min-tokens filter: that would need a second encoding, so it is left out in its favour.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from corpus.manifest import TextRules  # noqa: E402
+from corpus.text_rules import CoreNetRules  # noqa: E402
+from corpus.tokenizer import Tokenizer  # noqa: E402
+
+RULES = CoreNetRules(TextRules())
+UNIT_BYTES = 2 << 20
+DATATROVE_FILES = 8
+
+
+def real_documents(target_bytes: int) -> list[str]:
+    from corpus.sample_text import doc_topics, kjv_chapters, stdlib_sources
+    pool = [p.text for p in stdlib_sources()] + [p.text for p in kjv_chapters()] + [p.text for p in doc_topics()]
+    docs, size, i = [], 0, 0
+    while size < target_bytes:
+        text = pool[i % len(pool)]
+        docs.append(text)
+        size += len(text.encode("utf-8"))
+        i += 1
+    return docs
+
+
+def write_inputs(work: Path, docs: list[str]) -> tuple[Path, Path]:
+    lines = [json.dumps({"text": t}) + "\n" for t in docs]
+    one = work / "input" / "book.jsonl"
+    one.parent.mkdir(parents=True)
+    one.write_text("".join(lines))
+    many = work / "dt-input"
+    many.mkdir()
+    per = -(-len(lines) // DATATROVE_FILES)
+    for k in range(DATATROVE_FILES):
+        (many / f"part-{k:02d}.jsonl").write_text("".join(lines[k * per:(k + 1) * per]))
+    return one, many
+
+
+def write_manifest(path: Path, data: Path, name: str) -> Path:
+    path.write_text(f"name: {name}\nsources:\n  - name: text\n    group: redpajama\n"
+                    f"    upstream: {{files: [\"{data}\"]}}\n    format: jsonl\n    tokens: 1M\n")
+    return path
+
+
+def chunks_for_bare_encoding(docs: list[str]) -> list[str]:
+    """The chunks the build encodes: NFC, split, and past the min-characters rule."""
+    return [c for d in docs for c in RULES.split(RULES.normalize(d)) if RULES.has_enough_chars(c)]
+
+
+def bare_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float]:
+    """sp.encode in one process, one thread, in batches of about 1 MB of text like the build's."""
+    tokens, batch, size = 0, [], 0
+    start = time.perf_counter()
+    for c in chunks:
+        batch.append(c)
+        size += len(c)
+        if size >= 1 << 20:
+            tokens += sum(map(len, tokenizer.sp.encode(batch, add_bos=True, add_eos=True, num_threads=1)))
+            batch, size = [], 0
+    if batch:
+        tokens += sum(map(len, tokenizer.sp.encode(batch, add_bos=True, add_eos=True, num_threads=1)))
+    return tokens, time.perf_counter() - start
+
+
+def our_build(manifest: Path, out: Path, workers: int) -> tuple[int, float]:
+    from pipelines.build import build
+    shutil.rmtree(out, ignore_errors=True)
+    result = build(manifest, out, workers=workers, progress=False, unit_bytes=UNIT_BYTES)
+    assert result.status == "complete", result.failed
+    return result.corpus["totals"]["tokens"], result.seconds
+
+
+# ---------------------------------------------------------------- datatrove, same steps
+
+def _datatrove_split_step():
+    from datatrove.data import Document
+    from datatrove.pipeline.base import PipelineStep
+
+    class SplitWords(PipelineStep):
+        name = "NFC + 2048-word chunks"
+
+        def run(self, data, rank: int = 0, world_size: int = 1):
+            for doc in data:
+                for i, chunk in enumerate(RULES.split(RULES.normalize(doc.text))):
+                    yield Document(text=chunk, id=f"{doc.id}/{i}")
+    return SplitWords()
+
+
+def _enough_chars(doc) -> bool:
+    return RULES.has_enough_chars(doc.text)
+
+
+def datatrove_build(inputs: Path, tokenizer_json: Path, out: Path) -> tuple[int, float]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.filters import LambdaFilter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+    from loguru import logger
+    from tokenizers.processors import TemplateProcessing
+    logger.remove()  # datatrove's per-task stats would bury the table
+    logger.add(sys.stderr, level="WARNING")
+    shutil.rmtree(out, ignore_errors=True)
+    tokenize = DocumentTokenizer(output_folder=str(out / "tokens"), tokenizer_name_or_path=str(tokenizer_json),
+                                 shuffle_documents=False, save_final_metadata=False)
+    tokenize.post_processor = TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    executor = LocalPipelineExecutor(
+        pipeline=[JsonlReader(str(inputs)), _datatrove_split_step(), LambdaFilter(_enough_chars), tokenize],
+        tasks=DATATROVE_FILES, workers=2, logging_dir=str(out / "logs"), skip_completed=False)
+    start = time.perf_counter()
+    executor.run()
+    seconds = time.perf_counter() - start
+    tokens = sum(p.stat().st_size for p in (out / "tokens").rglob("*.ds")) // 2
+    return tokens, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mb", type=float, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--skip-datatrove", action="store_true")
+    args = ap.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="build-throughput-"))
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    docs = real_documents(int(args.mb * 1e6))
+    one_file, many_files = write_inputs(work, docs)
+    manifest = write_manifest(work / "bench.yaml", one_file, "bench")
+    warm = write_manifest(work / "warm.yaml", work / "warm.jsonl", "warm")
+    (work / "warm.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[:200]))
+    tokenizer = Tokenizer()
+    tokenizer_json = tokenizer.export(work / "tokenizer") / "tokenizer.json"
+    chunks = chunks_for_bare_encoding(docs)
+    print(f"input: {one_file.stat().st_size / 1e6:.1f} MB, {len(docs):,} documents, {len(chunks):,} chunks "
+          f"past the min-characters rule; units of {UNIT_BYTES >> 20} MB; {os.cpu_count()} CPUs")
+
+    import ray
+    t = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"ray.init(num_cpus=2): {time.perf_counter() - t:.1f} s (not counted below)")
+    our_build(warm, work / "out-warm", 2)  # start both Ray workers and load the tokenizer in each
+
+    runs: dict[str, list[float]] = {"bare": [], "w1": [], "w2": [], "datatrove": []}
+    counts: dict[str, int] = {}
+    for r in range(args.repeats):
+        for key, fn in (("bare", lambda: bare_encoding(tokenizer, chunks)),
+                        ("w1", lambda: our_build(manifest, work / "out-w1", 1)),
+                        ("w2", lambda: our_build(manifest, work / "out-w2", 2)),
+                        ("datatrove", lambda: datatrove_build(many_files, tokenizer_json, work / "out-dt"))):
+            if key == "datatrove" and args.skip_datatrove:
+                continue
+            tokens, seconds = fn()
+            counts[key] = tokens
+            runs[key].append(tokens / seconds)
+            print(f"  run {r + 1} {key:<10} {tokens:>12,} tokens {seconds:7.2f} s {tokens / seconds / 1e6:6.3f} M tokens/s",
+                  flush=True)
+    ray.shutdown()
+    med = {k: statistics.median(v) for k, v in runs.items() if v}
+
+    print("\nmedian tokens/s")
+    labels = {"bare": "bare sp.encode, 1 process", "w1": "build, 1 worker", "w2": "build, 2 workers",
+              "datatrove": "datatrove LocalPipelineExecutor, 2 workers"}
+    for k, v in med.items():
+        print(f"  {labels[k]:<44} {v / 1e6:6.3f} M  ({counts[k]:,} tokens)")
+    checks = [("build 1 worker / bare encoding", med["w1"] / med["bare"], 0.85),
+              ("build 2 workers / build 1 worker", med["w2"] / med["w1"], 1.6)]
+    if "datatrove" in med:
+        checks.append(("build 2 workers / datatrove", med["w2"] / med["datatrove"], 2.0))
+    print("\nratios (target)")
+    ok = True
+    for name, ratio, target in checks:
+        ok &= ratio >= target
+        print(f"  {name:<36} {ratio:5.2f}x  (>= {target}x) {'ok' if ratio >= target else 'MISSED'}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

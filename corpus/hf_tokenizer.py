@@ -16,7 +16,8 @@ WS = "\u2581"  # sentencepiece's visible space
 # Inputs whose ids are compared with sentencepiece's before an export is trusted: runs of
 # spaces of every length before words, newlines, CJK (byte fallback) and at the ends.
 PROBES = tuple(["", " ", "hello world", " leading", "trailing ", "a\n\n  b\tc", "x <s> y </s> z <unk>",
-                "naïve café 東京 😀", unicodedata.normalize("NFD", "crème brûlée"), "def f(x):\n    return x\n"]
+                "naïve café 東京 😀", unicodedata.normalize("NFD", "crème brûlée"),
+                "def f(x):\n    return x\n"]
                + [f"x{' ' * n}{c}" for n in range(1, 40) for c in ("y", "\n", "(", "\u4e2d", "")])
 
 

@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import os
 import re
+import sys
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,6 +90,12 @@ def doc_topics() -> tuple[Passage, ...]:
     """The Python reference documentation topics (``help('assignment')`` and friends)."""
     from pydoc_data.topics import topics
     return tuple(Passage(name, text.strip(), f"pydoc:{name}") for name, text in sorted(topics.items()))
+
+
+def inputs_fingerprint() -> str:
+    """What the text above is read from (Python's version and library, the Bible file): a change means new text."""
+    kjv = _kjv_file()
+    return f"python {sys.version.split()[0]} at {stdlib_root()}; {kjv.name} {kjv.stat().st_size} bytes"
 
 
 def stdlib_root() -> Path:
@@ -174,6 +181,12 @@ def stdlib_documented() -> tuple[tuple[Passage, tuple[Function, ...]], ...]:
 
 # A top-level block ends where a line starts with something other than space, '#' or a closing bracket.
 _BLOCK_END = re.compile(r"^[^\s#)\]}]", re.M)
+
+
+def accented_docs() -> tuple[Passage, ...]:
+    """Prose with accented names: the heap essay and module docstrings such as sqlite3's (Gerhard Häring)."""
+    docs = [mod for mod, _ in stdlib_documented() if any(ord(c) > 127 and c.isalpha() for c in mod.text)]
+    return (accented_prose(), *docs)
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import re
 import subprocess
@@ -16,8 +17,8 @@ import zstandard
 
 from corpus import paths
 from corpus.manifest import load_manifest, parse_manifest
-from corpus.sample_mirror import (BAD_REASONS, INDEX_NAME, cli_sample, ensure_sample_mirror, iter_documents,
-                                  read_index, sample_files)
+from corpus.sample_mirror import (BAD_REASONS, INDEX_NAME, cli_sample, ensure_sample_mirror, generator_fingerprint,
+                                  iter_documents, read_index, sample_files)
 
 REPO = Path(__file__).resolve().parent.parent
 OPENELM = REPO / "manifests" / "openelm.yaml"
@@ -166,7 +167,6 @@ def test_text_is_real_prose_and_code(mirror):
 
 
 def test_index_lists_files_with_their_sha256(mirror):
-    import hashlib
     root, sources = mirror
     for entry in sources.values():
         for f in entry["files"]:
@@ -271,6 +271,21 @@ def test_a_damaged_file_is_regenerated(tmp_path):
     target.write_bytes(original[:100])
     ensure_sample_mirror(manifest, root)
     assert target.read_bytes() == original
+
+
+def test_a_mirror_from_another_generator_is_rewritten(tmp_path):
+    manifest = one_source_manifest()
+    root = ensure_sample_mirror(manifest, tmp_path)
+    index = read_index(root)
+    stale = root / index["sources"]["dolma-wiki"]["files"][0]["path"]
+    original = stale.read_bytes()
+    stale.write_bytes(b"written by an older generator")
+    index["fingerprint"] = "an older generator"
+    index["sources"]["dolma-wiki"]["files"][0]["sha256"] = hashlib.sha256(stale.read_bytes()).hexdigest()
+    index["sources"]["dolma-wiki"]["files"][0]["bytes"] = stale.stat().st_size
+    (root / INDEX_NAME).write_text(json.dumps(index))
+    ensure_sample_mirror(manifest, root)
+    assert stale.read_bytes() == original and read_index(root)["fingerprint"] == generator_fingerprint()
 
 
 def test_a_changed_source_spec_regenerates_that_source(tmp_path):

@@ -1,0 +1,138 @@
+"""The tokenizer: NFC + sentencepiece, exact round trips, BOS/EOS, an exported HF tokenizer agreeing id for id."""
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from corpus.manifest import parse_manifest
+from corpus.sample_mirror import iter_documents, read_index
+from corpus.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def sample_texts(sample_mirror) -> list[str]:
+    """Every document of every source of the sample mirror (the deliberately bad records left out)."""
+    return [text for name in read_index(sample_mirror)["sources"] for _, text in iter_documents(sample_mirror, name)]
+
+
+@pytest.fixture(scope="module")
+def sample_ids(tokenizer, sample_texts) -> list[list[int]]:
+    """sentencepiece's ids (NFC first, no BOS/EOS) of every sample document, encoded once on both cores."""
+    return tokenizer.encode(sample_texts, bos=False, eos=False, num_threads=2)
+
+
+@pytest.fixture(scope="module")
+def exported(tokenizer, tmp_path_factory) -> Path:
+    return tokenizer.export(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def hf(exported):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(exported))
+
+
+def test_sample_documents_include_the_hard_cases(sample_texts):
+    assert len(sample_texts) > 2500
+    assert any(unicodedata.normalize("NFC", t) != t for t in sample_texts)
+    assert any("<s>" in t for t in sample_texts)
+    assert any(len(t.split(" ")) > 2048 for t in sample_texts)
+    assert any("\n    " in t for t in sample_texts) and "" in sample_texts
+
+
+def test_decode_of_encode_is_the_nfc_text_for_every_sample_document(tokenizer, sample_texts, sample_ids):
+    nfc = [unicodedata.normalize("NFC", t) for t in sample_texts]
+    wrong = [t[:80] for t, ids in zip(nfc, sample_ids) if tokenizer.decode(ids) != t]
+    assert wrong == []
+
+
+def test_batch_encode_equals_one_at_a_time(tokenizer, sample_texts, sample_ids):
+    assert sample_ids[::7] == [tokenizer.encode_one(t, bos=False, eos=False) for t in sample_texts[::7]]
+
+
+def test_bos_and_eos_are_1_and_2_at_the_ends_by_default(tokenizer):
+    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id) == (1, 2, 0)
+    ids = tokenizer.encode_one("In the beginning God created the heaven and the earth.")
+    assert ids[0] == 1 and ids[-1] == 2 and 1 not in ids[1:-1] and 2 not in ids[1:-1]
+    for batch in tokenizer.encode(["Let there be light.", ""]):
+        assert batch[0] == 1 and batch[-1] == 2
+    assert tokenizer.encode_one("") == [1, 2]
+
+
+def test_non_nfc_text_encodes_like_its_nfc_form(tokenizer):
+    decomposed = unicodedata.normalize("NFD", "François Pinard, café")
+    assert decomposed != unicodedata.normalize("NFC", decomposed)
+    assert tokenizer.encode_one(decomposed) == tokenizer.encode_one(unicodedata.normalize("NFC", decomposed))
+
+
+def test_a_literal_special_token_in_text_is_text(tokenizer):
+    ids = tokenizer.encode_one(r"(?P<s>\d{2})</s><unk>", bos=False, eos=False)
+    assert not {0, 1, 2} & set(ids)
+    assert tokenizer.decode(ids) == r"(?P<s>\d{2})</s><unk>"
+
+
+def test_export_writes_the_three_files(exported, tokenizer):
+    assert sorted(p.name for p in exported.iterdir()) == ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
+    assert (exported / "tokenizer.model").read_bytes() == tokenizer.model_bytes
+    config = json.loads((exported / "tokenizer_config.json").read_text())
+    assert config["add_bos_token"] is True and config["add_eos_token"] is False
+    assert config["split_special_tokens"] is True
+    assert (config["bos_token"], config["eos_token"], config["unk_token"]) == ("<s>", "</s>", "<unk>")
+
+
+def test_exported_tokenizer_gives_sentencepiece_ids_on_every_sample_document(hf, sample_texts, sample_ids):
+    got = hf(sample_texts, add_special_tokens=False)["input_ids"]
+    wrong = [t[:80] for t, a, b in zip(sample_texts, sample_ids, got) if a != b]
+    assert wrong == []
+
+
+def test_exported_tokenizer_prepends_bos_like_training(hf, tokenizer, sample_texts):
+    some = sample_texts[::40]
+    assert hf(some)["input_ids"] == tokenizer.encode(some, bos=True, eos=False)
+    assert (hf.bos_token_id, hf.eos_token_id) == (1, 2)
+
+
+def test_exported_tokenizer_decodes_back_to_the_nfc_text(hf, sample_texts, sample_ids):
+    ids = [[1] + x + [2] for x in sample_ids[::10]]
+    nfc = [unicodedata.normalize("NFC", t) for t in sample_texts[::10]]
+    assert hf.batch_decode(ids, skip_special_tokens=True) == nfc
+
+
+def test_exported_tokenizer_keeps_literal_special_tokens_as_text(hf, tokenizer):
+    text = "a regex group (?P<s>x) and </s> and <unk>"
+    assert hf(text, add_special_tokens=False)["input_ids"] == tokenizer.encode_one(text, bos=False, eos=False)
+
+
+def test_manifest_naming_a_missing_model_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nowhere" / "tokenizer.model"
+    manifest = parse_manifest(f"""
+name: t
+tokenizer: {{model: {missing}}}
+sources:
+  - {{name: a, group: dolma, upstream: {{files: ["x"]}}, format: json.gz, tokens: 1M}}
+""")
+    with pytest.raises(FileNotFoundError, match=f"tokenizer model not found: {missing}"):
+        Tokenizer(manifest.tokenizer.model)
+
+
+def test_cli_export_with_a_missing_model_exits_2_naming_it(tmp_path, capsys):
+    from corpus.cli import main
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"""
+name: t
+tokenizer: {{model: {tmp_path}/missing.model}}
+sources:
+  - {{name: a, group: dolma, upstream: {{files: ["x"]}}, format: json.gz, tokens: 1M}}
+""")
+    assert main(["tokenizer", "export", str(tmp_path / "out"), "--manifest", str(manifest)]) == 2
+    assert f"{tmp_path}/missing.model" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "bogus.model"
+    bogus.write_text("not a model")
+    with pytest.raises(ValueError, match="not a SentencePiece model"):
+        Tokenizer(str(bogus))

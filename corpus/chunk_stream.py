@@ -46,6 +46,8 @@ class SourceChunks:
         np.cumsum([len(s) for s in shards], out=self.first[1:])
         self.n = int(self.first[-1])
         self.num_tokens = sum(s.num_tokens for s in shards)
+        # Plain ndarray views of the maps: slicing an np.memmap runs Python code on every cut.
+        self.tokens = [s.tokens.view(np.ndarray) for s in shards]
 
     def spans(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For chunk ids: the shard holding each, its first token in that shard, its length."""
@@ -87,6 +89,7 @@ class ShuffledChunks:
         self._epoch_order: dict[int, KeyedPermutation] = {}
         self._block_offsets: dict[int, list[int]] = {}
         self._blocks: dict[tuple[int, int], _Block] = {}
+        self._recent: tuple[int, int, _Block] = (-1, 0, None)   # ordinal range [lo, hi) of the last block used
 
     def _split_tokens(self, n_val: int) -> int:
         val_tokens = 0
@@ -135,9 +138,15 @@ class ShuffledChunks:
         return offsets
 
     def _where(self, i: int) -> tuple[_Block, int]:
+        lo, hi, block = self._recent
+        if lo <= i < hi:
+            return block, i - lo
         epoch, j = divmod(i, self.n)
         b, r = divmod(j, self.block_chunks)
-        return self._block(epoch, b), r
+        block = self._block(epoch, b)
+        lo = i - r
+        self._recent = (lo, lo + len(block.length), block)
+        return block, r
 
     def length(self, i: int) -> int:
         block, r = self._where(i)
@@ -146,7 +155,7 @@ class ShuffledChunks:
     def chunk(self, i: int) -> np.ndarray:
         block, r = self._where(i)
         a = block.begin[r]
-        return self.chunks.shards[block.shard[r]].tokens[a:a + block.length[r]]
+        return self.chunks.tokens[block.shard[r]][a:a + block.length[r]]
 
     def locate(self, p: int) -> tuple[int, int]:
         """The ordinal of the chunk that holds token position ``p``, and that chunk's start position."""

@@ -21,8 +21,8 @@ counters (where each source's data stream stands) carry on, so no data is replay
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -50,20 +50,17 @@ class TokenMixture:
             if not getattr(self, name):
                 setattr(self, name, [0] * n)
         self._active = [i for i, w in enumerate(self.weights) if w > 0]
+        self.segment_total = sum(self.segment_tokens)
 
-    @property
-    def segment_total(self) -> int:
-        return sum(self.segment_tokens)
-
-    def pick(self, cost: Callable[[int], int]) -> int:
-        """The source of the next sequence; ``cost(s)`` is the token count of source s's next sequence."""
-        total = self.segment_total
-        best, best_due = -1, 0.0
+    def pick(self, costs: list[int]) -> int:
+        """The source of the next sequence; ``costs[s]`` is the token count of source s's next sequence."""
+        total, weights, have = self.segment_total, self.weights, self.segment_tokens
+        best, best_due = -1, math.inf
         for s in self._active:
-            w, have, c = self.weights[s], self.segment_tokens[s], cost(s)
-            if w * (total + c) > have:
-                due = (have + c) / w
-                if best < 0 or due < best_due:
+            w, h, c = weights[s], have[s], costs[s]
+            if w * (total + c) > h:
+                due = (h + c) / w
+                if due < best_due:
                     best, best_due = s, due
         if best < 0:
             # Unreachable in exact arithmetic (the eligibility margins sum to a positive number);
@@ -75,6 +72,7 @@ class TokenMixture:
         self.items[s] += 1
         self.tokens[s] += cost
         self.segment_tokens[s] += cost
+        self.segment_total += cost
         self.sequences += 1
 
     def reweighted(self, weights: list[float]) -> "TokenMixture":

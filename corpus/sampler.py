@@ -22,6 +22,27 @@ trainer says how many batches this rank consumed: ``state_dict(batches=t)``; the
 replays the schedule (counters only, no tokens) to that index. Iterated in-process
 (``batches()`` or ``num_workers=0``) it counts by itself and ``state_dict()`` suffices.
 
+Trainer recipe (DDP, DataLoader workers)::
+
+    sampler = MixtureSampler(corpus, rank=rank, world_size=world, batch_size=B, seed=seed)
+    if resuming:
+        sampler.load_state_dict(checkpoint["sampler"])     # before iterating
+    loader = DataLoader(sampler, batch_size=B, num_workers=W)
+    for t, batch in enumerate(loader, start=1):          # t: batches consumed since the load
+        ...
+        log(sampler.shares(batches=t))                   # target vs achieved share per source
+        checkpoint["sampler"] = sampler.state_dict(batches=t)
+
+The replay behind ``state_dict(batches=t)`` is incremental (about 4 us per sequence, each
+call continuing from the last), and a loaded state holds the counters, so resuming never
+replays from the start. World size and batch size may change across a resume.
+
+Live mode (``streams=``, no shards on disk) mixes the same way. Each consumer reads
+every live stream in full (there is no index to skip by), so use one process without
+DataLoader workers; resume skips each source's consumed chunks, which is exact as long
+as the streams are deterministic. Validation chunks are chosen by a keyed hash of their
+position in the pass.
+
 Samples are dicts: ``input_ids`` and ``labels`` (``LongTensor[sequence_length]``; labels
 are inputs shifted by one, ``-100`` where the target is padding), ``source`` (an index
 into ``sampler.source_names``) and ``index`` (the global index). Padded input positions
@@ -196,21 +217,25 @@ class MixtureSampler(IterableDataset):
         always describes the stream just after the last sequence yielded.
         """
         start = mix.sequences
-        length = self.sequence_length
-        if self.mode == "pack":
-            def cost(s):
-                return length
-        else:
-            def cost(s):
-                return readers[s].cost(mix.items[s])
+        costs = self._next_costs(mix, readers)
+        pack, stale = self.mode == "pack", -1
         while True:
+            if stale >= 0:
+                # Looked up only now: a live stream forgets a chunk once the next one is read.
+                costs[stale] = readers[stale].cost(mix.items[stale])
             g = mix.sequences
-            s = mix.pick(cost)
+            s = mix.pick(costs)
             k = mix.items[s]
             b = (g - start) // block
-            mix.commit(s, cost(s))
+            mix.commit(s, costs[s])
+            stale = -1 if pack else s
             if b % world == rank and (b // world) % workers == worker:
                 yield g, s, k
+
+    def _next_costs(self, mix: TokenMixture, readers: list) -> list[int]:
+        """Token cost of each source's next sequence (0 for sources that are never dealt)."""
+        return [r.cost(mix.items[s]) if r is not None and mix.weights[s] > 0 else 0
+                for s, r in enumerate(readers)]
 
     # ------------------------------------------------------------------ serving
 
@@ -292,16 +317,13 @@ class MixtureSampler(IterableDataset):
                 [None] * len(self.source_names)
             self._tracker = (self._start.copy(), readers)
         mix, readers = self._tracker
-        length = self.sequence_length
-        if self.mode == "pack":
-            def cost(s):
-                return length
-        else:
-            def cost(s):
-                return readers[s].cost(mix.items[s])
-        while mix.sequences < n:
-            s = mix.pick(cost)
-            mix.commit(s, cost(s))
+        if mix.sequences < n:
+            costs = self._next_costs(mix, readers) if self.mode == "corenet" else [self.sequence_length] * len(readers)
+            while mix.sequences < n:
+                s = mix.pick(costs)
+                mix.commit(s, costs[s])
+                if self.mode == "corenet":
+                    costs[s] = readers[s].cost(mix.items[s])
         return mix.copy(), readers
 
     def state_dict(self, batches: int | None = None) -> dict:

@@ -142,6 +142,16 @@ def test_pack_windows_are_the_shuffled_chunks_concatenated_without_padding(tmp_p
     assert all(len(c) == expected[chunk_id_of(c[1])[1]] for c in chunks)
 
 
+def test_a_source_smaller_than_one_sequence_fills_full_windows_by_repeating(tmp_path):
+    root = make_corpus(tmp_path, {"tiny": ([5, 6], "1B")}, shards=1)  # 11 tokens, windows of 17
+    samples = take(MixtureSampler(root, val_fraction=0), 4)
+    assert all(s["labels"].ne(-100).all() for s in samples)
+    stream = [t for s in samples for t in s["input_ids"].tolist()]  # inputs of consecutive windows abut
+    epochs = [stream[i:i + 11] for i in range(0, 55, 11)]
+    assert all(e in (chunk_tokens(0, 0, 5) + chunk_tokens(0, 1, 6), chunk_tokens(0, 1, 6) + chunk_tokens(0, 0, 5))
+               for e in epochs)
+
+
 def test_shuffle_order_follows_the_seed(tmp_path):
     root = make_corpus(tmp_path, {"web": (lengths(40, 5), "1B")})
 
@@ -251,6 +261,22 @@ def test_two_ranks_with_two_workers_each_cover_the_single_stream_exactly(corpus)
     reference = MixtureSampler(corpus, batch_size=batch, block_chunks=4)
     take(reference, steps * 2 * batch)
     assert rank1.state_dict(batches=steps) == reference.state_dict()
+
+
+def test_a_resume_may_change_world_size_and_batch_size(corpus):
+    single = MixtureSampler(corpus, mode="corenet")
+    full = take(single, 50)
+    state = MixtureSampler(corpus, mode="corenet")
+    take(state, 18)
+    ranks = []
+    for rank in range(2):
+        sampler = MixtureSampler(corpus, mode="corenet", rank=rank, world_size=2, batch_size=4)
+        sampler.load_state_dict(state.state_dict())
+        ranks.append(list(islice(sampler.batches(), 4)))
+    index = [i for step in range(4) for rank in range(2) for i in ranks[rank][step]["index"].tolist()]
+    inputs = torch.cat([ranks[rank][step]["input_ids"] for step in range(4) for rank in range(2)])
+    assert index == list(range(18, 50))
+    assert torch.equal(inputs, torch.stack([x["input_ids"] for x in full[18:]]))
 
 
 def test_batches_are_the_per_sample_stream_stacked(corpus):

@@ -15,7 +15,7 @@ def _deal(mix: TokenMixture, steps: int, cost) -> list[int]:
     """Run the schedule ``steps`` times; after every step assert the one-sequence bound."""
     picks = []
     for _ in range(steps):
-        s = mix.pick(lambda i: cost(i, mix.items[i]))
+        s = mix.pick([cost(i, mix.items[i]) for i in range(len(mix.names))])
         mix.commit(s, cost(s, mix.items[s]))
         picks.append(s)
         total = mix.segment_total

@@ -14,8 +14,11 @@ file or none, and a unit without a ledger entry is simply computed again.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from corpus.shards import CORPUS_JSON, SHARDS_DIR, atomic_write_bytes, atomic_write_json
@@ -24,6 +27,11 @@ PLAN_JSON = "plan.json"
 LEDGER_DIR = "ledger"
 FAILED_DIR = "failed"
 QUARANTINE_DIR = "quarantine"
+LOCK_FILE = ".build.lock"
+
+
+class CorpusBusy(RuntimeError):
+    """Another build holds the corpus folder."""
 
 
 class CorpusDir:
@@ -71,9 +79,25 @@ class CorpusDir:
 
     # ------------------------------------------------------------ writing
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the folder for one build; the lock dies with its process, however that ends."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CorpusBusy(f"{self.root}: another build is writing this folder; wait for it or stop it") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def write_quarantine(self, source: str, unit: str, rows: list[dict]) -> Path | None:
         path = self.quarantine_path(source, unit)
         if not rows:
+            if path.exists():  # left by an attempt on an input that has since been repaired
+                path.unlink()
             return None
         atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n"
                                          for r in rows).encode("utf-8"))

@@ -17,14 +17,15 @@ import sys
 import time
 import traceback
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from corpus.filters import build_filters
-from corpus.ledger import CorpusDir
+from corpus.ledger import CorpusBusy, CorpusDir
 from corpus.manifest import Manifest, Source, TextRules, load_manifest
-from corpus.shards import write_shard
+from corpus.shards import atomic_write_json, write_shard
 from corpus.text_rules import CoreNetRules
 from corpus.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
@@ -298,75 +299,87 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sa
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
-    fingerprint = manifest.build_fingerprint(tokenizer.sha256)
-    parts = _fingerprint_parts(manifest, tokenizer.sha256)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(manifest, sample)
-    corpus = CorpusDir(out)
-
-    plan, moved = corpus.read_plan(), None
-    if plan is not None and (plan["fingerprint"] != fingerprint or plan["sample"] != sample):
-        what = _what_changed(plan.get("fingerprint_parts", {}), parts) if plan["fingerprint"] != fingerprint \
-            else [f"sample={plan['sample']} there, sample={sample} now"]
-        if not force:
-            raise BuildRefused(
-                f"{out} was built from a different manifest (fingerprint {plan['fingerprint'][:12]}, now "
-                f"{fingerprint[:12]}; changed: {', '.join(what)}). Its shards would not match this manifest. "
-                f"Rerun with --force to move it aside to {out.name}.stale-{plan['fingerprint'][:8]} and build "
-                f"afresh, or pass another --out.")
-        moved = _move_aside(out, plan["fingerprint"])
-        plan = None
     for s in manifest.sources:  # bad filter params fail here, before any work starts
         build_filters(s.filters, where=f"source {s.name}: ")
-
-    if plan is None:
-        units = plan_build(manifest, sample=sample, unit_bytes=unit_bytes,
-                           sample_root=str(sample_root) if sample_root is not None else None)
-        plan = {"version": PLAN_VERSION, "name": manifest.name, "sample": sample, "fingerprint": fingerprint,
-                "fingerprint_parts": parts, "unit_bytes": unit_bytes, "created_at": _now(),
-                "units": [u.to_dict() for u in units]}
-        corpus.write_plan(plan)
-    else:
+    out = Path(out_dir) if out_dir is not None else default_out_dir(manifest, sample)
+    with ExitStack() as held:
+        corpus = _hold(held, CorpusDir(out))
+        plan, moved = _check_plan(corpus, manifest, tokenizer, sample, force)
+        if moved is not None:
+            corpus = _hold(held, CorpusDir(out))
+        if plan is None:
+            units = plan_build(manifest, sample=sample, unit_bytes=unit_bytes,
+                               sample_root=str(sample_root) if sample_root is not None else None)
+            plan = {"version": PLAN_VERSION, "name": manifest.name, "sample": sample,
+                    "fingerprint": manifest.build_fingerprint(tokenizer.sha256),
+                    "fingerprint_parts": _fingerprint_parts(manifest, tokenizer.sha256), "unit_bytes": unit_bytes,
+                    "created_at": _now(), "units": [u.to_dict() for u in units]}
+            corpus.write_plan(plan)
         units = [WorkUnit.from_dict(d) for d in plan["units"]]
-    corpus.remove_stale_temporaries()
-    corpus_json = corpus.corpus_json_path
+        corpus.remove_stale_temporaries()
 
-    def write_index(status: str, finished: str | None) -> dict:
-        from corpus.shards import atomic_write_json
-        index = corpus_index(manifest, tokenizer, plan, corpus, status, started, finished)
-        atomic_write_json(corpus_json, index)
-        return index
+        def write_index(status: str, finished: str | None) -> dict:
+            index = corpus_index(manifest, tokenizer, plan, corpus, status, started, finished)
+            atomic_write_json(corpus.corpus_json_path, index)
+            return index
 
-    write_index("building", None)
-    pending = [u for u in units if not corpus.is_done(u.source, u.unit_id)]
-    skipped = len(units) - len(pending)
-    failed: list[dict] = []
-    ran = 0
-    started_ray = False
-    interrupted = True
-    bar = None
-    try:
-        if pending:
-            started_ray = _start_ray(workers or os.cpu_count() or 1, address)
-            workers = workers or _default_workers(address)
-            bar = _Progress(progress, len(units), skipped)
-            job = BuildJob(str(out), fingerprint, manifest.text, {s.name: s for s in manifest.sources},
-                           tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256)
-            for summary in run_units(job, pending, workers):
-                ran += 1
-                if summary["status"] == "failed":
-                    failed.append(summary)
-                bar.advance(summary)
-        interrupted = False
-    finally:
-        if bar is not None:
-            bar.close()
-        status = "partial" if interrupted else ("failed" if failed else "complete")
-        index = write_index(status, _now())
-        if started_ray:
-            import ray
-            ray.shutdown()
+        write_index("building", None)
+        pending = [u for u in units if not corpus.is_done(u.source, u.unit_id)]
+        skipped = len(units) - len(pending)
+        failed: list[dict] = []
+        ran, started_ray, interrupted, bar = 0, False, True, None
+        try:
+            if pending:
+                started_ray = _start_ray(workers or os.cpu_count() or 1, address)
+                workers = workers or _default_workers(address)
+                bar = _Progress(progress, len(units), skipped)
+                job = BuildJob(str(out), plan["fingerprint"], manifest.text, {s.name: s for s in manifest.sources},
+                               tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256)
+                for summary in run_units(job, pending, workers):
+                    ran += 1
+                    if summary["status"] == "failed":
+                        failed.append(summary)
+                    bar.advance(summary)
+            interrupted = False
+        finally:
+            if bar is not None:
+                bar.close()
+            status = "partial" if interrupted else ("failed" if failed else "complete")
+            index = write_index(status, _now())
+            if started_ray:
+                import ray
+                ray.shutdown()
     return BuildResult(out, status, len(units), skipped, ran, index["failed_units"], index, moved,
                        time.perf_counter() - t0)
+
+
+def _hold(stack: ExitStack, corpus: CorpusDir) -> CorpusDir:
+    try:
+        stack.enter_context(corpus.exclusive())
+    except CorpusBusy as e:
+        raise BuildRefused(str(e)) from None
+    return corpus
+
+
+def _check_plan(corpus: CorpusDir, manifest: Manifest, tokenizer: Tokenizer, sample: bool,
+                force: bool) -> tuple[dict | None, Path | None]:
+    """The stored plan if it fits this manifest; refuse a misfit, or with ``force`` move the folder aside."""
+    plan = corpus.read_plan()
+    fingerprint = manifest.build_fingerprint(tokenizer.sha256)
+    if plan is None or (plan["fingerprint"] == fingerprint and plan["sample"] == sample):
+        return plan, None
+    if plan["fingerprint"] != fingerprint:
+        what = _what_changed(plan.get("fingerprint_parts", {}), _fingerprint_parts(manifest, tokenizer.sha256))
+    else:
+        what = [f"it is a {'sample' if plan['sample'] else 'full'} build"]
+    out = corpus.root
+    if not force:
+        raise BuildRefused(
+            f"{out} was built from a different manifest (fingerprint {plan['fingerprint'][:12]}, now "
+            f"{fingerprint[:12]}; changed: {', '.join(what)}). Its shards would not match this manifest. "
+            f"Rerun with --force to move it aside to {out.name}.stale-{plan['fingerprint'][:8]} and build "
+            f"afresh, or pass another --out.")
+    return None, _move_aside(out, plan["fingerprint"])
 
 
 def run_units(job: BuildJob, units: list[WorkUnit], workers: int):

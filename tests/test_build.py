@@ -252,3 +252,10 @@ def test_a_build_killed_twice_then_rerun_equals_a_clean_build(inputs, tmp_path, 
     assert resumed.status == "complete" and resumed.units_skipped >= second
     assert checksums(out) == checksums(clean.out_dir)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_second_build_into_a_folder_being_built_is_refused(inputs, tmp_path, ray_session):
+    from corpus.ledger import CorpusDir
+    with CorpusDir(tmp_path / "busy").exclusive():
+        with pytest.raises(BuildRefused, match="another build is writing"):
+            build(inputs / "many.yaml", tmp_path / "busy", workers=1, progress=False)

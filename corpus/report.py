@@ -182,7 +182,7 @@ def _chart_quarantine(stats: CorpusStats, path: Path) -> None:
         colors = _reason_colors(reasons)
         _stacked(ax, names, [s["documents"]["quarantined_by_reason"] for s in sources], colors,
                  "records quarantined")
-        ax.legend(loc="lower right", fontsize=8)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(reasons), 5))
     fig.suptitle("quarantine by reason")
     fig.savefig(path)
 
@@ -190,11 +190,12 @@ def _chart_quarantine(stats: CorpusStats, path: Path) -> None:
 # ---------------------------------------------------------------- the page
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; padding: 0 1rem; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1400px; color: #1f2933; padding: 0 1rem; }
 h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
 th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #e4e7eb; }
-th { background: #f0f4f8; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f0f4f8; text-align: left; } td:first-child { white-space: nowrap; }
+.scroll { overflow-x: auto; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.total td { font-weight: bold; border-top: 2px solid #9aa5b1; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #e4e7eb; }
 figcaption { font-size: 0.85rem; color: #52606d; max-width: 900px; }
@@ -315,13 +316,13 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
 {note}
 <dl>{''.join(f'<dt>{_e(k)}</dt><dd class="mono">{_e(v)}</dd>' for k, v in facts)}</dl>
 <h2>Per source</h2>
-{_sources_table(n)}
+<div class="scroll">{_sources_table(n)}</div>
 <h2>Drops and quarantine by reason</h2>
-{_reasons_table(n)}
+<div class="scroll">{_reasons_table(n)}</div>
 <h2>Charts</h2>
 {figures}
 <h2>Quarantined records (first {_EXAMPLES_PER_SOURCE} per source)</h2>
-{_quarantine_table(examples)}
+<div class="scroll">{_quarantine_table(examples)}</div>
 {_failed_section(n)}
 <p><small>Numbers as JSON: <a href="stats.json">stats.json</a> (schema: docs/stats.md in elm-corpus).</small></p>
 </body>

@@ -150,16 +150,18 @@ class _Tally:
                 "min": int(values[0]), "max": int(values[-1])}
 
     def numbers(self) -> dict:
+        def by_reason(counter: Counter) -> dict:
+            return {k: v for k, v in sorted(counter.items()) if v}
         return {
             "documents": {"read": self.documents_read, "kept": self.documents_kept,
-                          "dropped": dict(sorted(self.documents_dropped.items())),
+                          "dropped": by_reason(self.documents_dropped),
                           "dropped_total": sum(self.documents_dropped.values()),
                           "quarantined": self.quarantined,
-                          "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items()))},
+                          "quarantined_by_reason": by_reason(self.quarantined_by_reason)},
             "chunks": {"split": self.chunks_split, "kept": self.chunks_kept,
-                       "dropped": dict(sorted(self.chunks_dropped.items())),
+                       "dropped": by_reason(self.chunks_dropped),
                        "dropped_total": sum(self.chunks_dropped.values())},
-            "filter_details": dict(sorted(self.filter_details.items())),
+            "filter_details": by_reason(self.filter_details),
             "tokens": self.tokens,
             "tokens_per_chunk": self.length_summary(),
             "shards": self.shards,

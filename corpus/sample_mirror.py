@@ -162,6 +162,8 @@ def _edge_docs(style: str, rng: random.Random) -> list[Doc]:
     if style == "code":
         small = [p for p in sample_text.stdlib_sources() if 20 <= len(p.text.strip()) < 200]
         out += [_doc(p, kind="short") for p in rng.sample(small, min(3, len(small)))]
+        for p in rng.sample(code, max(0, 3 - len(small))):  # another Python may have fewer tiny modules
+            out.append(Doc(p.text[:150].rsplit("\n", 1)[0], p.origin, p.title, kind="short"))
         long_pool = sorted(code, key=lambda p: p.title)
     else:
         verses = [v for c in rng.sample(chapters, 12) for v in c.text.split(". ") if 20 < len(v) < 150]
@@ -178,6 +180,7 @@ def _edge_docs(style: str, rng: random.Random) -> list[Doc]:
     for lo, hi in ((2100, 4000), (4200, 6000), (8300, 10_000)):
         if long_pool is not None:
             fits = [p for p in long_pool if lo <= _words(p.text) <= hi]
+            fits = fits or sorted((p for p in long_pool if _words(p.text) >= lo), key=lambda p: _words(p.text))[:1]
             out.append(_doc(rng.choice(fits), kind="long"))
         else:
             start = rng.randrange(len(chapters) - 40)

@@ -53,6 +53,7 @@ as ``-100`` is here). Only corenet mode pads.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -108,9 +109,13 @@ class MixtureSampler(IterableDataset):
 
         if self.corpus_dir is not None:
             corpus = read_corpus_json(self.corpus_dir)
-            if "manifest" not in corpus:
-                raise ValueError(f"{self.corpus_dir}/corpus.json has no 'manifest'; was the build finished?")
-            manifest = Manifest.model_validate(corpus["manifest"])
+            if not isinstance(corpus.get("manifest"), dict):
+                raise ValueError(f"{self.corpus_dir}/corpus.json has no 'manifest'; rebuild it with 'elm-corpus build'")
+            # The build stores {"path", "dump"}; a bare manifest dump is accepted too.
+            manifest = Manifest.model_validate(corpus["manifest"].get("dump", corpus["manifest"]))
+            if corpus.get("status", "complete") != "complete":
+                warnings.warn(f"{self.corpus_dir}: corpus status is {corpus['status']!r}; the sampler uses the shards "
+                              f"present now, and its states will not load once the corpus changes", stacklevel=2)
             self.source_names = [s.name for s in manifest.sources]
         else:
             names = list(self._streams_spec)
@@ -144,7 +149,7 @@ class MixtureSampler(IterableDataset):
             unknown = sorted(set(weights) - set(names))
             if unknown:
                 raise ValueError(f"weights name unknown sources {unknown}; the sources are {names}")
-            bad = {k: v for k, v in weights.items() if not (isinstance(v, (int, float)) and v >= 0)}
+            bad = {k: v for k, v in weights.items() if not (isinstance(v, numbers.Real) and v >= 0)}
             if bad:
                 raise ValueError(f"weights must be numbers >= 0, got {bad}")
             raw = [float(weights.get(n, 0.0)) for n in names]

@@ -40,8 +40,8 @@ def make_corpus(root: Path, sources: dict, *, shards: int = 2, seed: int = 0, sp
         entries.append(entry)
     manifest = Manifest.model_validate({"name": "tiny", "sources": entries, "seed": split_seed,
                                         "sequence_length": L})
-    atomic_write_json(root / "corpus.json", {"manifest": manifest.model_dump(mode="json"),
-                                             "tokenizer": {"bos_id": BOS, "eos_id": EOS}})
+    atomic_write_json(root / "corpus.json", {"manifest": {"path": "tiny.yaml", "dump": manifest.model_dump(mode="json")},
+                                             "status": "complete", "tokenizer": {"bos_id": BOS, "eos_id": EOS}})
     return root
 
 
@@ -102,6 +102,15 @@ def test_a_weighted_source_without_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\['empty'\] have no chunks in the train split"):
         MixtureSampler(root)
     assert MixtureSampler(root, weights={"web": 1}).shares()["empty"]["target"] == 0
+
+
+def test_an_unfinished_corpus_is_served_with_a_warning(corpus):
+    index = json.loads((corpus / "corpus.json").read_text())
+    index["status"] = "partial"
+    (corpus / "corpus.json").write_text(json.dumps(index))
+    with pytest.warns(UserWarning, match="corpus status is 'partial'"):
+        sampler = MixtureSampler(corpus)
+    assert len(take(sampler, 5)) == 5
 
 
 def test_small_sources_repeat_with_epochs_reported_and_large_ones_are_cut_short(tmp_path):

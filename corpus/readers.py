@@ -163,8 +163,13 @@ def _read_parquet(sl: Slice, text_field: str) -> Iterator[Record | BadRecord]:
                 row += 1
 
 
-def _open_stream(uri: str, fmt: str):
-    raw = fsspec.open(uri, "rb").open()
+def _open_stream(uri: str, fmt: str, start: int):
+    options = {}
+    if (fmt != "jsonl" or start == 0) and uri.split("://", 1)[0] in ("http", "https"):
+        options["block_size"] = 0  # read front to back as one stream, no range requests
+    raw = fsspec.open(uri, "rb", **options).open()
+    if options and fmt == "jsonl":  # a streaming HTTP file cannot seek, which its own readline needs
+        return raw, io.BufferedReader(raw, buffer_size=1 << 20)
     if fmt == "json.gz":
         return raw, gzip.GzipFile(fileobj=raw, mode="rb")
     if fmt == "jsonl.zst":
@@ -208,7 +213,7 @@ class _ZstdFrames(io.RawIOBase):
 
 
 def _read_json_lines(sl: Slice, text_field: str) -> Iterator[Record | BadRecord]:
-    raw, stream = _open_stream(sl.uri, sl.format)
+    raw, stream = _open_stream(sl.uri, sl.format, sl.start)
     try:
         pos = 0
         if sl.start and sl.format == "jsonl":

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -154,3 +158,46 @@ def test_a_list_of_urls_is_filtered_by_match(tmp_path):
 def test_a_pattern_matching_nothing_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no files"):
         list_files(Upstream(files=[str(tmp_path / "*.parquet")]))
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """A static file server that answers byte-range requests, as upstream hosts do."""
+
+    def send_head(self):
+        wanted = self.headers.get("Range")
+        if not wanted:
+            return super().send_head()
+        data = Path(self.translate_path(self.path)).read_bytes()
+        first, last = wanted.removeprefix("bytes=").split("-")
+        first, last = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        return io.BytesIO(data[first:last + 1])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_files_listed_and_read_over_http_in_byte_ranges(http_root):
+    root, url = http_root
+    texts = real_texts(20)
+    (root / "part.jsonl").write_bytes(jsonl_bytes(texts))
+    (root / "part.json.gz").write_bytes(gzip.compress(jsonl_bytes(texts)))
+    (root / "urls.txt").write_text(f"{url}/part.jsonl\n{url}/part.json.gz\n{url}/other.txt\n")
+    packed, plain = list_files(Upstream(list=f"{url}/urls.txt", match=r"\.json"))
+    assert packed == f"{url}/part.json.gz" and plain == f"{url}/part.jsonl"
+    size = len(jsonl_bytes(texts))
+    halves = records(Slice(plain, "jsonl", start=0, end=size // 2)) + records(Slice(plain, "jsonl", start=size // 2))
+    assert [r.text for r in halves] == texts
+    assert [r.text for r in records(Slice(packed, "json.gz"))] == texts

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from corpus.stats import CorpusStats, quarantine_examples
-from corpus.stats_view import human_bytes, human_count
+from corpus.stats_view import human_bytes, human_count, progress_note
 
 CHARTS = {
     "funnel.png": "Funnel per source: documents read and kept, then chunks split, past the character rule, past "
@@ -241,7 +241,7 @@ def _sources_table(numbers: dict) -> str:
 
 def _reasons_table(numbers: dict) -> str:
     sources = [*numbers["sources"], {"name": "total", **numbers["total"]}]
-    drops = sorted({r for s in sources for r in s["chunks"]["dropped"]} | {r for s in sources for r in s["documents"]["dropped"]})
+    drops = sorted({r for s in sources for r in (*s["chunks"]["dropped"], *s["documents"]["dropped"])})
     bad = sorted({r for s in sources for r in s["documents"]["quarantined_by_reason"]})
     details = sorted({r for s in sources for r in s["filter_details"]})
     if not (drops or bad or details):
@@ -291,11 +291,12 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
     c, t = n["corpus"], n["total"]
     status = c["status"]
     note = ""
-    if status != "complete":
-        note = (f"<p><strong>This corpus is {status}:</strong> {t['units']['done']:,} of {t['units']['total']:,} "
-                f"work units are done; the numbers below count those. Rerun <code>elm-corpus build</code> "
-                f"to finish it.</p>")
-    facts = [("folder", c["path"]), ("manifest", c["manifest_path"]), ("manifest fingerprint", c["manifest_fingerprint"]),
+    advice = progress_note(status, c.get("build_running"), c.get("build_pid"))
+    if advice:
+        note = (f"<p><strong>This corpus is {_e(status)}:</strong> {t['units']['done']:,} of "
+                f"{t['units']['total']:,} work units are done; the numbers below count those. {_e(advice)}.</p>")
+    facts = [("folder", c["path"]), ("manifest", c["manifest_path"]),
+             ("manifest fingerprint", c["manifest_fingerprint"]),
              ("tokenizer", c["tokenizer"]["spec"]), ("tokenizer sha256", c["tokenizer"]["sha256"]),
              ("started", c["started_at"]), ("finished", c["finished_at"]),
              ("units", f"{t['units']['done']:,} done, {t['units']['failed']:,} failed, "

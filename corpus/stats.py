@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.ledger import FAILED_DIR, LEDGER_DIR, PLAN_JSON, QUARANTINE_DIR
+from corpus.ledger import FAILED_DIR, LEDGER_DIR, LOCK_FILE, PLAN_JSON, QUARANTINE_DIR
 from corpus.shards import CORPUS_JSON, SHARDS_DIR, Shard
 
 SCHEMA_VERSION = 1
@@ -73,6 +73,8 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def _unit_files(folder: Path) -> dict[tuple[str, str], Path]:
@@ -94,6 +96,26 @@ def _folder_bytes(folder: Path) -> int:
             except FileNotFoundError:  # a build renamed a temporary file away under us
                 pass
     return total
+
+
+def build_holder(corpus_dir: Path) -> int | None:
+    """The pid of the build holding the folder's lock, 0 when none does, None when this system cannot say.
+
+    Read from /proc/locks (Linux) rather than by taking the lock, which could make a build
+    that starts at that moment refuse to run.
+    """
+    lock, locks = corpus_dir / LOCK_FILE, Path("/proc/locks")
+    if not lock.exists():
+        return 0
+    if not locks.exists():
+        return None
+    st = lock.stat()
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in locks.read_text().splitlines():
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"; waiters have "->"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
+            return int(fields[4])
+    return 0
 
 
 @dataclass
@@ -221,11 +243,11 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
         failed_here = [u for u in units if (name, u) in failed and (name, u) not in ledger]
         for unit in done:
             stem = root / SHARDS_DIR / name / unit
-            meta = _read_json(stem.with_suffix(".json"))
-            if meta is None:
-                problems.append(f"{name}/{unit}: the ledger says done but {stem}.json is missing")
-                continue
             try:
+                meta = _read_json(stem.with_suffix(".json"))
+                if meta is None:
+                    problems.append(f"{name}/{unit}: the ledger says done but {stem}.json is missing")
+                    continue
                 lengths = Shard.open(stem).chunk_lengths()
             except (FileNotFoundError, ValueError) as e:
                 problems.append(f"{name}/{unit}: unreadable shard: {e}")
@@ -260,6 +282,7 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
     units_total = {k: sum(s["units"][k] for s in per_source.values()) for k in ("total", "done", "failed", "pending")}
     corpus_json = corpus_json or {}
     tokenizer = corpus_json.get("tokenizer") or {}
+    holder = build_holder(root)
     numbers = {
         "schema_version": SCHEMA_VERSION,
         "corpus": {
@@ -273,6 +296,8 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
                           "vocab_size": tokenizer.get("vocab_size")},
             "started_at": corpus_json.get("started_at"),
             "finished_at": corpus_json.get("finished_at"),
+            "build_pid": holder or None,
+            "build_running": None if holder is None else bool(holder),
         },
         "sources": list(per_source.values()),
         "total": {
@@ -300,10 +325,12 @@ def summary_row(corpus_dir: Path) -> dict:
     units_total = len(plan.get("units", [])) or len(ledger)
     tokens = sum((_read_json(p) or {}).get("tokens", 0) for p in ledger.values())
     sources = corpus_json.get("sources") or {}
+    holder = build_holder(corpus_dir)
     return {
         "name": corpus_dir.name,
         "path": str(corpus_dir),
         "status": corpus_json.get("status", "planned"),
+        "build_running": None if holder is None else bool(holder),
         "sources": len(sources) or len({u["source"] for u in plan.get("units", [])}),
         "units": {"total": units_total, "done": len(ledger)},
         "tokens": tokens,

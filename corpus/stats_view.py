@@ -5,6 +5,7 @@ import shlex
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -54,34 +55,52 @@ def _status_style(status: str) -> str:
 def print_corpora(rows: list[dict], folder: Path) -> None:
     console = _console()
     if not rows:
-        console.print(f"no corpora under {folder} (build one with 'elm-corpus build MANIFEST [--sample]')")
+        console.print(f"no corpora under {escape(str(folder))} (build one with 'elm-corpus build MANIFEST [--sample]')")
         return
-    table = Table(title=f"corpora under {folder}", title_justify="left")
+    table = Table(title=f"corpora under {escape(str(folder))}", title_justify="left")
     for name, justify in (("name", "left"), ("status", "left"), ("sources", "right"), ("units done", "right"),
                           ("tokens", "right"), ("size", "right"), ("last build", "left")):
         table.add_column(name, justify=justify)
     for r in rows:
-        table.add_row(r["name"], Text(r["status"], style=_status_style(r["status"])), str(r["sources"]),
+        status = _status_label(r["status"], r.get("build_running"))
+        table.add_row(r["name"], Text(status, style=_status_style(r["status"])), str(r["sources"]),
                       f"{r['units']['done']}/{r['units']['total']}", human_count(r["tokens"]),
                       human_bytes(r["bytes_on_disk"]), r["last_build"] or "-")
     console.print(table)
+
+
+def progress_note(status: str, running: bool | None, pid: int | None) -> str | None:
+    """What a reader should know about an unfinished corpus, or None when it is complete."""
+    if running:
+        return f"a build (pid {pid}) is writing this folder now; the numbers count the units finished so far"
+    if status == "building" and running is False:
+        return "no build is running: the last one was interrupted; rerun 'elm-corpus build MANIFEST' to resume"
+    if status == "building":
+        return "a build is running, or was interrupted: rerun 'elm-corpus build MANIFEST' to resume it"
+    if status in ("partial", "failed", "planned"):
+        return "not every unit is done: rerun 'elm-corpus build MANIFEST' to finish it"
+    return None
+
+
+def _status_label(status: str, running: bool | None) -> str:
+    return "building (interrupted)" if status == "building" and running is False else status
 
 
 def _header(numbers: dict) -> Panel:
     c, t = numbers["corpus"], numbers["total"]
     units = t["units"]
     lines = [
-        f"[bold]{c['name']}[/bold]  {c['path']}",
-        f"status [{_status_style(c['status'])}]{c['status']}[/]   units {units['done']}/{units['total']} done"
+        f"[bold]{escape(str(c['name']))}[/bold]  {escape(c['path'])}",
+        f"status [{_status_style(c['status'])}]{_status_label(c['status'], c.get('build_running'))}[/]"
+        f"   units {units['done']}/{units['total']} done"
         f"   {units['failed']} failed   {units['pending']} pending",
-        f"manifest {c['manifest_path'] or '-'}   fingerprint {c['manifest_fingerprint'] or '-'}",
-        f"tokenizer {c['tokenizer']['spec'] or '-'}   sha256 {c['tokenizer']['sha256'] or '-'}",
+        f"manifest {escape(c['manifest_path'] or '-')}   fingerprint {c['manifest_fingerprint'] or '-'}",
+        f"tokenizer {escape(c['tokenizer']['spec'] or '-')}   sha256 {c['tokenizer']['sha256'] or '-'}",
         f"started {c['started_at'] or '-'}   finished {c['finished_at'] or '-'}",
     ]
-    if c["status"] == "building":
-        lines.append("[yellow]a build is running, or was killed: rerun 'elm-corpus build' to resume[/yellow]")
-    elif c["status"] in ("partial", "failed"):
-        lines.append("[yellow]not every unit is done: rerun 'elm-corpus build' to finish it[/yellow]")
+    note = progress_note(c["status"], c.get("build_running"), c.get("build_pid"))
+    if note:
+        lines.append(f"[yellow]{escape(note)}[/yellow]")
     return Panel("\n".join(lines), expand=False)
 
 
@@ -157,9 +176,9 @@ def print_corpus(numbers: dict) -> None:
     for table in _reason_tables(numbers):
         console.print(table)
     for f in numbers["failed_units"]:
-        console.print(f"[red]failed[/red] {f['source']}/{f['unit']}: {f['error']}")
+        console.print(f"[red]failed[/red] {escape(f['source'])}/{escape(f['unit'])}: {escape(f['error'])}")
     for p in numbers["problems"]:
-        console.print(f"[red]problem[/red] {p}")
+        console.print(f"[red]problem[/red] {escape(p)}")
 
 
 _PREVIEW_CHARS = 1200
@@ -170,11 +189,12 @@ def print_chunks(chunks: list, full: bool) -> None:
     console = _console()
     for c in chunks:
         where = f"{c.location_kind} {c.location:,}" if c.location is not None else "location unknown"
-        console.print(f"[bold]{c.source}[/bold] unit {c.unit}, chunk {c.index} of {c.shard}", highlight=False)
-        console.print(f"  {c.num_tokens:,} tokens at token offset {c.token_offset:,}; from {c.input_uri} {where}, "
-                      f"part {c.part} of that record", highlight=False)
+        console.print(f"[bold]{escape(c.source)}[/bold] unit {escape(c.unit)}, chunk {c.index} of "
+                      f"{escape(str(c.shard))}", highlight=False)
+        console.print(f"  {c.num_tokens:,} tokens at token offset {c.token_offset:,}; "
+                      f"from {escape(c.input_uri)} {where}, part {c.part} of that record", highlight=False)
         again = f"elm-corpus inspect --shard {shlex.quote(str(c.shard))} --index {c.index}"
-        console.print(f"  this chunk alone: {again}", highlight=False, style="dim")
+        console.print(f"  this chunk alone: {escape(again)}", highlight=False, style="dim")
         text = c.text
         if not full and len(text) > _PREVIEW_CHARS:
             text = text[:_PREVIEW_CHARS] + f" [... {len(c.text) - _PREVIEW_CHARS:,} more characters]"

@@ -94,7 +94,8 @@ class HeadlessChromium:
             if ready:
                 data = os.read(self.from_browser, 1 << 16)
                 if not data:
-                    raise RuntimeError("Chromium exited: " + self.process.stderr.read().decode(errors="replace")[-2000:])
+                    tail = self.process.stderr.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"Chromium exited: {tail}")
                 self.buffer += data
 
     def load(self, page: Path) -> dict:

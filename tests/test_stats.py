@@ -247,10 +247,23 @@ def test_an_interrupted_build_shows_the_units_finished_so_far(sample_dir, tmp_pa
     want = recount(corpus_dir, OPENELM)
     assert_same(got["sources"], want["sources"], "sources")
     assert_same(got["total"], want["total"], "total")
-    assert got["corpus"]["status"] == "building"
+    assert got["corpus"]["status"] == "building" and got["corpus"]["build_running"] is False
     assert got["total"]["units"]["done"] == 11 and got["total"]["units"]["pending"] == len(removed)
     text = stats_text(capsys, str(corpus_dir))
-    assert "building" in text and "resume" in text
+    assert "building (interrupted)" in text and "rerun 'elm-corpus build MANIFEST' to resume" in text
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="telling a running build needs Linux's /proc/locks")
+def test_a_build_holding_the_folder_is_shown_as_running(sample_dir, tmp_path, capsys):
+    from corpus.ledger import CorpusDir
+    corpus_dir = copy_corpus(sample_dir, tmp_path / "busy")
+    interrupt(corpus_dir, keep=5)
+    with CorpusDir(corpus_dir).exclusive():  # what a build does while it runs
+        got = stats_json(capsys, str(corpus_dir))
+        text = stats_text(capsys, str(corpus_dir))
+    assert got["corpus"]["build_running"] is True and got["corpus"]["build_pid"] == os.getpid()
+    assert f"a build (pid {os.getpid()}) is writing this folder now" in text
+    assert stats_json(capsys, str(corpus_dir))["corpus"]["build_running"] is False
 
 
 def test_a_folder_with_only_a_plan_shows_zero_progress(sample_dir, tmp_path, capsys):
@@ -399,3 +412,11 @@ def test_inspect_unknown_source_lists_the_sources(sample_dir, capsys):
     err = capsys.readouterr().err
     assert "no finished units of source 'nope'" in err and "dolma-wiki" in err
 
+
+
+def test_an_unreadable_corpus_json_is_named_in_the_error(sample_dir, tmp_path, capsys):
+    corpus_dir = tmp_path / "garbled"
+    corpus_dir.mkdir()
+    (corpus_dir / "corpus.json").write_text('{"name": "cut off')
+    assert cli_main(["stats", str(corpus_dir)]) == 2
+    assert f"{corpus_dir / 'corpus.json'}: not valid JSON" in capsys.readouterr().err

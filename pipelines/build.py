@@ -25,7 +25,8 @@ from pathlib import Path
 from corpus.filters import build_filters
 from corpus.ledger import CorpusBusy, CorpusDir
 from corpus.manifest import Manifest, Source, TextRules, load_manifest
-from corpus.shards import atomic_write_json, write_shard
+from corpus.shard_writer import ShardWriter
+from corpus.shards import atomic_write_json
 from corpus.text_rules import CoreNetRules
 from corpus.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
@@ -95,12 +96,15 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
     """Run one unit and record it; returns a small summary (never raises for a unit's own failure)."""
     unit = WorkUnit.from_dict(unit_dict)
     corpus = CorpusDir(job.out_dir)
+    writer = None
     try:
-        output = processor_for(job, unit.source).run(unit)
+        processor = processor_for(job, unit.source)
+        stem = corpus.shard_stem(unit.source, unit.unit_id)
+        writer = ShardWriter(stem)
+        output = processor.run(unit, sink=writer)
         qpath = corpus.write_quarantine(unit.source, unit.unit_id, output.quarantine)
         qrel = corpus.relative(qpath) if qpath else None
-        stem = corpus.shard_stem(unit.source, unit.unit_id)
-        meta = write_shard(stem, output.chunks, sidecar_for(job, output, qrel))
+        meta = writer.close(sidecar_for(job, output, qrel))
         entry = {
             "source": unit.source, "unit": unit.unit_id, "input": unit.slice.to_dict(),
             "shard": corpus.relative(stem),
@@ -108,12 +112,15 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
             "sha256_bin": meta["sha256_bin"], "sha256_idx": meta["sha256_idx"],
             "quarantine": qrel,
             **output.counts.to_dict(),
-            "seconds": round(output.seconds, 3), "peak_rss_mb": round(output.peak_rss_mb, 1),
+            "seconds": round(output.seconds, 3), "cpu_seconds": round(output.cpu_seconds, 3),
+            "peak_rss_mb": round(output.peak_rss_mb, 1),
             "host": socket.gethostname(), "pid": os.getpid(), "finished_at": _now(),
         }
         corpus.write_ledger(unit.source, unit.unit_id, entry)
         return {"status": "done", **entry}
     except Exception as e:  # the unit fails alone; the build goes on and a rerun retries it
+        if writer is not None:
+            writer.abort()
         entry = {"source": unit.source, "unit": unit.unit_id, "input": unit.slice.to_dict(),
                  "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
                  "host": socket.gethostname(), "failed_at": _now()}
@@ -414,6 +421,10 @@ def cli_build(args) -> int:
     except BuildRefused as e:
         print(f"elm-corpus build: refused: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("elm-corpus build: interrupted; finished units are kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
     if result.moved_aside:
         print(f"moved the old build aside to {result.moved_aside}")
     totals = result.corpus["totals"]

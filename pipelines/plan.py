@@ -20,7 +20,7 @@ from corpus.manifest import Manifest, Source
 from corpus.readers import Slice, file_size, list_files, parquet_row_groups
 
 DEFAULT_UNIT_BYTES = 64 << 20
-MAX_COMPRESSED_PARTS = 8
+MAX_COMPRESSED_PARTS = 16
 COMPRESSED_EXPANSION = 4
 _PLANNING_THREADS = 16
 

@@ -59,12 +59,13 @@ class UnitCounts:
 @dataclass
 class UnitOutput:
     unit: WorkUnit
-    chunks: list[np.ndarray] = field(default_factory=list)
+    chunks: list[np.ndarray] = field(default_factory=list)   # kept chunks, unless a sink took them
     origin_location: list[int] = field(default_factory=list)  # input location of each kept chunk's record
     origin_part: list[int] = field(default_factory=list)      # chunk number within that record
     counts: UnitCounts = field(default_factory=UnitCounts)
     quarantine: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     peak_rss_mb: float = 0.0
 
 
@@ -76,9 +77,11 @@ class UnitProcessor:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces; uint16 shards hold at most 65536")
         self.rules, self.tokenizer, self.filters, self.text_field = rules, tokenizer, filters, text_field
 
-    def run(self, unit: WorkUnit) -> UnitOutput:
-        started = time.perf_counter()
+    def run(self, unit: WorkUnit, sink=None) -> UnitOutput:
+        """Process one unit; kept chunks go to ``sink.add(chunk)`` (a shard writer) or to ``out.chunks``."""
+        started, cpu_started = time.perf_counter(), time.process_time()
         out = UnitOutput(unit)
+        self._add = sink.add if sink is not None else out.chunks.append
         batch: list[Record] = []
         batch_chars = 0
         for item in read_slice(unit.slice, self.text_field):
@@ -94,6 +97,7 @@ class UnitProcessor:
         if batch:
             self._process(batch, out)
         out.seconds = time.perf_counter() - started
+        out.cpu_seconds = time.process_time() - cpu_started
         out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
 
@@ -144,7 +148,7 @@ class UnitProcessor:
                     first_reason[r] = reason
                 continue
             kept_any[r] = True
-            out.chunks.append(np.asarray(ids, dtype=np.uint16))
+            self._add(np.asarray(ids, dtype=np.uint16))
             out.origin_location.append(records[r].location)
             out.origin_part.append(part)
             counts.chunks_kept += 1

@@ -309,7 +309,8 @@ def _cell(value) -> str:
         return f"{value:.4f}"
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
-    return f"`{value}`" if isinstance(value, str) and ("/" in value or len(value) == 64) else str(value)
+    code_like = isinstance(value, str) and ("/" in value or (len(value) >= 16 and all(c in "0123456789abcdef" for c in value)))
+    return f"`{value}`" if code_like else str(value)  # paths and hashes as code
 
 
 def _version(package: str) -> str | None:

@@ -159,7 +159,7 @@ def test_mlx_weights_carry_hugging_face_names_and_no_lm_head(mlx_dir, run_dir):
 def test_model_card_records_provenance(mlx_dir):
     card = (mlx_dir / "README.md").read_text()
     from corpus.tokenizer import Tokenizer
-    for fact in ("library_name: mlx", "| corpus | openelm-sample |", "| corpus fingerprint | f1e2d3c4b5a69788 |",
+    for fact in ("library_name: mlx", "| corpus | openelm-sample |", "| corpus fingerprint | `f1e2d3c4b5a69788` |",
                  "| preset | tiny |", "| steps | 20 |", "| tokens seen | 20480 |", "| final train loss | 7.0500 |",
                  "| final val loss | 7.5500 |",
                  Tokenizer().sha256):
@@ -349,6 +349,31 @@ def test_load_hf_folder_names_what_is_wrong(tmp_path, damage, message):
     with pytest.raises(HFFolderError, match=message) as caught:
         load_hf_folder(folder)
     assert str(folder) in str(caught.value)
+
+
+# --- a run trained by elm-train ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(token_corpus, tmp_path_factory) -> Path:
+    from model.trainer import cli_train
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert cli_train(["--corpus", str(token_corpus), "--model", "tiny", "--steps", "2", "--out", str(run),
+                      "--no-progress", "--eval-every", "2", "--eval-batches", "1", "--checkpoint-every", "2"]) == 0
+    return run
+
+
+def test_a_trained_run_exports_to_mlx_with_its_provenance_and_logits(trained_run, tmp_path, tokenizer):
+    out = tmp_path / "trained-mlx"
+    assert cli_export([str(trained_run), "--format", "mlx", "--out", str(out)]) == 0
+    run = json.loads((trained_run / "run.json").read_text())
+    card = (out / "README.md").read_text()
+    assert f"| corpus fingerprint | `{run['corpus']['fingerprint']}` |" in card and "| steps | 2 |" in card
+    assert f"| final train loss | {run['final_train_loss']:.4f} |" in card
+    _, reference = load_hf_folder(trained_run / "checkpoints" / "step_00000002")
+    model, mlx_tokenizer = mlx_lm.load(str(out))
+    ids = mlx_tokenizer.encode(PROMPT)
+    assert ids == tokenizer.encode_one(PROMPT, eos=False)
+    assert np.abs(np.array(model(mx.array([ids]))[0]) - torch_logits(reference, ids)).max() < 1e-4
 
 
 # --- choosing the source and writing the output -----------------------------------------------

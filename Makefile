@@ -24,7 +24,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
+	@bash tests/setup_chromium.sh
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/elm-corpus build manifests/openelm.yaml --sample
+	$(VENV)/bin/elm-corpus stats openelm-sample --report $(DEMO_REPORT)

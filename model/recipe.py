@@ -1,0 +1,267 @@
+"""The training recipe as data: CoreNet's OpenELM defaults per preset, the LR schedule, optimizer groups, the loss.
+
+`TrainConfig` holds every setting of a run. `resolve_config` layers, from weakest to
+strongest, the CoreNet defaults, the preset's own values, a YAML run config and command-line
+flags, then fills what depends on the others (warmup length, gradient accumulation). The
+resolved config is what a run folder's `config.yaml` holds and what `--resume` reads back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+# CoreNet's full run: warmup length and total steps (projects/openelm/pretraining_configs).
+CORENET_WARMUP_STEPS = 5000
+CORENET_TOTAL_STEPS = 350_000
+# CoreNet's global batch: 2048 sequences of 2048 tokens.
+CORENET_BATCH_TOKENS = 2048 * 2048
+
+
+class ConfigError(ValueError):
+    """A run setting that is missing, unknown or inconsistent; the message names it."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Field names are the YAML keys; `--max-lr` sets `max_lr`."""
+
+    # What to train on and what to train.
+    corpus: str | None = None          # a corpus name under <data root>/corpora, or a folder
+    model: str = "tiny"                # preset name (model.config.PRESETS)
+    init_from: str | None = None       # a Hugging Face folder to start from instead of random weights
+    vocab_size: int | None = None      # override the preset's vocabulary (must equal the tokenizer's)
+    out: str | None = None             # run folder (default runs/<model>-<corpus>)
+    seed: int = 0
+
+    # Batch: the global batch in tokens, split into micro-batches per rank and accumulated.
+    steps: int = CORENET_TOTAL_STEPS
+    sequence_length: int = 2048
+    global_batch_tokens: int = CORENET_BATCH_TOKENS
+    micro_batch_size: int = 8          # sequences per forward pass on one rank
+
+    # Optimizer and schedule (CoreNet: AdamW, linear warmup from 1e-6, cosine to 0.1 x max).
+    max_lr: float = 5.3e-3
+    min_lr_ratio: float = 0.1
+    warmup_init_lr: float = 1e-6
+    warmup_steps: int | None = None    # None: 5000, shortened to a tenth of the run for short runs
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    z_loss: float = 1e-4
+
+    # Compute.
+    device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"                # auto (bf16 autocast where supported) | bf16 | fp32
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = False
+    threads: int | None = None         # torch CPU threads per process (None: torch's default)
+    flush_denormal: bool = True        # CPU: treat subnormal floats as zero (they slow x86 math up to ~10x)
+
+    # Data.
+    sampler_mode: str = "pack"         # pack (every token trained) | corenet (truncate + pad, as CoreNet)
+    weights: dict[str, float] | None = None  # mixture weights per source (None: the manifest's)
+    stream: bool = False               # pull tokens live from the build pipeline instead of shards
+    stream_workers: int = 2
+
+    # Observability and safety.
+    log_every: int = 10                # progress line / mixture record interval
+    eval_every: int = 100
+    eval_batches: int = 4              # micro-batches of the held-out split per evaluation, over all ranks
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    progress: bool = True
+
+    # Derived by resolve_config; stored so a resumed run needs no recomputation.
+    gradient_accumulation: int = field(default=0)
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch_size * self.sequence_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+# What CoreNet uses per released size; `tiny` and `small` are this project's CPU/GPU smoke sizes.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "openelm-270m": dict(max_lr=5.3e-3, activation_checkpointing=False),
+    "openelm-450m": dict(max_lr=3.9e-3, activation_checkpointing=True),
+    "openelm-1.1b": dict(max_lr=2.4e-3, activation_checkpointing=True),
+    "openelm-3b": dict(max_lr=1.2e-3, activation_checkpointing=True, fsdp=True),
+    "small": dict(max_lr=3e-3, steps=5000, sequence_length=1024, global_batch_tokens=64 * 1024,
+                  micro_batch_size=16, checkpoint_every=500, eval_every=250),
+    "tiny": dict(max_lr=1e-2, steps=300, sequence_length=256, global_batch_tokens=8 * 256,
+                 micro_batch_size=8, checkpoint_every=100, eval_every=50, log_every=10),
+}
+
+# Values a resumed run must share with the run it continues: anything else changes the data or the model.
+RESUME_INVARIANTS = ("corpus", "model", "vocab_size", "seed", "sequence_length", "global_batch_tokens",
+                     "sampler_mode", "weights", "stream")
+
+
+def resolve_config(yaml_values: dict[str, Any] | None, flag_values: dict[str, Any] | None,
+                   world_size: int = 1, base: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge defaults < preset < `base` (a saved run's config) < YAML < flags, then derive the rest."""
+    merged: dict[str, Any] = {}
+    for layer_name, layer in (("saved run config", base), ("run config", yaml_values), ("flags", flag_values)):
+        for key in layer or {}:
+            if key not in FIELD_NAMES:
+                raise ConfigError(f"{layer_name}: unknown setting {key!r}; known settings: {', '.join(FIELD_NAMES)}")
+        merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+    preset = merged.get("model", TrainConfig.model)
+    values = dict(PRESET_DEFAULTS.get(preset, {}))
+    values.update(merged)
+    values["gradient_accumulation"] = 0  # always derived from the batch settings and the world size
+    cfg = TrainConfig(**values)
+    _check_and_derive(cfg, world_size)
+    return cfg
+
+
+def _check_and_derive(cfg: TrainConfig, world_size: int) -> None:
+    for name in ("steps", "sequence_length", "global_batch_tokens", "micro_batch_size", "log_every",
+                 "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "stream_workers"):
+        if int(getattr(cfg, name)) <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    for name in ("max_lr", "warmup_init_lr", "eps"):
+        if not float(getattr(cfg, name)) > 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)!r}")
+    if not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {cfg.min_lr_ratio}")
+    if cfg.sampler_mode not in ("pack", "corenet"):
+        raise ConfigError(f"sampler_mode must be 'pack' or 'corenet', got {cfg.sampler_mode!r}")
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"dtype must be auto, bf16 or fp32, got {cfg.dtype!r}")
+    per_step = cfg.tokens_per_micro_batch * world_size
+    if cfg.global_batch_tokens % per_step:
+        raise ConfigError(
+            f"global_batch_tokens {cfg.global_batch_tokens} is not a multiple of micro_batch_size x "
+            f"sequence_length x world size = {cfg.micro_batch_size} x {cfg.sequence_length} x {world_size} = "
+            f"{per_step}; change --global-batch-tokens or --micro-batch-size")
+    cfg.gradient_accumulation = cfg.global_batch_tokens // per_step
+    if cfg.warmup_steps is None:
+        # A short run keeps CoreNet's shape: warmup is at most a tenth of it.
+        cfg.warmup_steps = min(CORENET_WARMUP_STEPS, max(1, cfg.steps // 10))
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"run config {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a run config is a mapping of setting: value, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {unknown}; known settings: {', '.join(FIELD_NAMES)}")
+    return values
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """LR for optimizer update `step` (0-based): linear warmup from `warmup_init_lr`, then cosine to min."""
+    max_lr, min_lr = cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio
+    warmup = int(cfg.warmup_steps or 0)
+    if step < warmup:
+        return cfg.warmup_init_lr + (max_lr - cfg.warmup_init_lr) * step / warmup
+    decay_steps = max(1, cfg.steps - warmup)
+    progress = min(1.0, (step - warmup) / decay_steps)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay every matrix (embedding included, as CoreNet); never a 1-D parameter (the norms)."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.warmup_init_lr,
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+@dataclass
+class LossSums:
+    """Per-batch sums; divide by the token count of the whole global batch, across ranks."""
+    total: Tensor   # cross entropy + z_loss coefficient x lse^2, summed over valid tokens (has grad)
+    ce: Tensor      # cross entropy summed (no grad)
+    z: Tensor       # lse^2 summed (no grad)
+    tokens: int     # valid target tokens
+
+
+class _CrossEntropyAndLogZ(torch.autograd.Function):
+    """Sums of cross entropy and of logsumexp^2 over valid rows, with a hand-written backward.
+
+    The output layer dominates small models on the CPU; this keeps one float32 copy of the
+    logits (their exponentials, reused as the softmax in backward) instead of the several
+    full-size temporaries autograd's logsumexp/gather graph makes.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        peak = logits.max(dim=-1, keepdim=True).values.to(dtype)
+        exps = (logits - peak).exp_()  # float32 by type promotion: the one full-size buffer
+        sums = exps.sum(dim=-1)
+        lse = peak.squeeze(-1) + sums.log()
+        target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(dtype)
+        mask = valid.to(dtype)
+        ce = ((lse - target_logits) * mask).sum()
+        z = (lse.square() * mask).sum()
+        ctx.save_for_backward(exps, sums, lse, targets, mask)
+        ctx.logits_dtype = logits.dtype
+        return ce, z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ce: Tensor, grad_z: Tensor):
+        exps, sums, lse, targets, mask = ctx.saved_tensors
+        # d ce_i / d logits = softmax_i - onehot_i ;  d lse_i^2 / d logits = 2 lse_i softmax_i
+        row = (grad_ce + 2.0 * grad_z * lse) * mask / sums
+        # exps is not needed again: reuse it (a second backward through this graph then fails loudly).
+        grad = exps.mul_(row.unsqueeze(1))
+        grad.scatter_add_(1, targets.unsqueeze(1), (-grad_ce * mask).unsqueeze(1))
+        return grad.to(ctx.logits_dtype), None, None
+
+
+def language_model_loss(logits: Tensor, targets: Tensor, z_loss: float, ignore_index: int = -100) -> LossSums:
+    """Cross entropy plus PaLM's z-loss (z_loss x logsumexp(logits)^2) over targets != ignore_index, in float32."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1)
+    valid = targets != ignore_index
+    ce, z = _CrossEntropyAndLogZ.apply(logits, targets.clamp(min=0), valid)
+    total = ce + z_loss * z if z_loss else ce
+    return LossSums(total=total, ce=ce.detach(), z=z.detach(), tokens=int(valid.sum()))
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA devices that support it; fp32 elsewhere unless asked (CPU bf16 is slow and inexact)."""
+    if cfg.dtype == "fp32":
+        return None
+    if cfg.dtype == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,240 @@
+"""elm-train: CoreNet's recipe, run folders, checkpoints, refusals, and the loss falling on real text."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from model import checkpoint as ckpt
+from model.config import get_preset
+from model.metrics import read_metrics
+from model.openelm import OpenELM
+from model.recipe import (ConfigError, TrainConfig, language_model_loss, learning_rate, parameter_groups,
+                          resolve_config)
+from model.trainer import cli_plot, cli_train
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A few CPU-cheap steps of `tiny` on short sequences.
+QUICK = ["--model", "tiny", "--sequence-length", "32", "--micro-batch-size", "4", "--global-batch-tokens", "128",
+         "--no-progress"]
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+# ---------------------------------------------------------------- the recipe
+
+def test_learning_rate_warms_up_linearly_from_1e_6_then_decays_by_cosine_to_a_tenth():
+    cfg = resolve_config({}, {"model": "openelm-270m"})
+    assert (cfg.steps, cfg.warmup_steps, cfg.max_lr) == (350_000, 5000, 5.3e-3)
+    assert learning_rate(0, cfg) == pytest.approx(1e-6)
+    assert learning_rate(2500, cfg) == pytest.approx(1e-6 + (5.3e-3 - 1e-6) / 2)
+    assert learning_rate(5000, cfg) == pytest.approx(5.3e-3)
+    halfway = 5000 + (350_000 - 5000) // 2
+    assert learning_rate(halfway, cfg) == pytest.approx((5.3e-3 + 5.3e-4) / 2, rel=1e-6)
+    assert learning_rate(350_000, cfg) == pytest.approx(5.3e-4)
+    assert all(learning_rate(s, cfg) >= learning_rate(s + 997, cfg) for s in range(5000, 349_000, 997))
+
+
+def test_a_short_run_warms_up_over_a_tenth_of_its_steps_unless_told_otherwise():
+    assert resolve_config({}, {"model": "openelm-270m", "steps": 300}).warmup_steps == 30
+    assert resolve_config({}, {"model": "openelm-270m", "steps": 300, "warmup_steps": 7}).warmup_steps == 7
+
+
+@pytest.mark.parametrize("preset, max_lr", [("openelm-270m", 5.3e-3), ("openelm-450m", 3.9e-3),
+                                            ("openelm-1.1b", 2.4e-3), ("openelm-3b", 1.2e-3)])
+def test_each_released_size_gets_corenets_peak_learning_rate_and_batch(preset, max_lr):
+    cfg = resolve_config({}, {"model": preset}, world_size=8)
+    assert (cfg.max_lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay) == (max_lr, 0.9, 0.95, 1e-8, 0.1)
+    assert (cfg.grad_clip, cfg.z_loss, cfg.min_lr_ratio, cfg.warmup_init_lr) == (1.0, 1e-4, 0.1, 1e-6)
+    assert cfg.global_batch_tokens == 2048 * 2048 and cfg.sequence_length == 2048
+    assert cfg.gradient_accumulation * cfg.micro_batch_size * 8 == 2048
+    assert cfg.activation_checkpointing == (preset != "openelm-270m")
+    assert cfg.fsdp == (preset == "openelm-3b")
+
+
+def test_norms_escape_weight_decay_while_embeddings_and_linears_get_it():
+    model = OpenELM(get_preset("tiny"))
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.ndim == 1}
+    assert all(n.endswith("norm.weight") for n in (names[id(p)] for p in no_decay["params"]))
+    assert "transformer.token_embeddings.weight" in {names[id(p)] for p in decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_is_cross_entropy_plus_z_loss_over_unpadded_targets_with_matching_gradients(dtype):
+    torch.manual_seed(0)
+    logits = (torch.randn(6, 10, 50) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, 50, (6, 10))
+    targets[:, 7:] = -100  # padding at the end of each row, as the sampler's corenet mode labels it
+    sums = language_model_loss(logits, targets, z_loss=1e-2)
+    (sums.total / sums.tokens).backward()
+
+    reference = logits.detach().float().reshape(-1, 50).requires_grad_()
+    flat = targets.reshape(-1)
+    ce = torch.nn.functional.cross_entropy(reference, flat, ignore_index=-100, reduction="sum")
+    z = (torch.logsumexp(reference, -1).square() * (flat != -100)).sum()
+    ((ce + 1e-2 * z) / 42).backward()
+    ce, z = ce.detach(), z.detach()
+
+    assert sums.tokens == 42
+    assert float(sums.ce) == pytest.approx(float(ce), rel=1e-5)
+    assert float(sums.z) == pytest.approx(float(z), rel=1e-5)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(logits.grad.float().reshape(-1, 50), reference.grad, atol=tolerance, rtol=tolerance)
+
+
+def test_settings_layer_preset_then_yaml_then_flags():
+    cfg = resolve_config({"max_lr": 2e-3, "steps": 50, "seed": 4}, {"steps": 80})
+    assert (cfg.model, cfg.max_lr, cfg.steps, cfg.seed) == ("tiny", 2e-3, 80, 4)
+    assert cfg.sequence_length == 256  # the tiny preset's own default
+
+
+def test_an_unknown_setting_or_an_indivisible_batch_is_refused_by_name():
+    with pytest.raises(ConfigError, match="unknown setting 'max_learning_rate'"):
+        resolve_config({"max_learning_rate": 1.0}, {})
+    with pytest.raises(ConfigError, match="global_batch_tokens 1000 is not a multiple"):
+        resolve_config({}, {"global_batch_tokens": 1000, "sequence_length": 64, "micro_batch_size": 2})
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _dummy_state(size: int = 8) -> dict:
+    return {"w": torch.arange(size, dtype=torch.float32)}
+
+
+def test_only_the_newest_k_checkpoints_are_kept(tmp_path):
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint(tmp_path, step, _dummy_state(), {"model_type": "openelm"}, {"step": step}, {}, keep=2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000003", "step_00000004"]
+
+
+_SLOW_SAVE = """
+import sys, torch
+from model import checkpoint as ckpt
+print("saving", flush=True)
+ckpt.save_checkpoint(sys.argv[1], 2, {"w": torch.ones(64 << 20)}, {}, {"big": torch.ones(64 << 20)}, {}, keep=5)
+"""
+
+
+def test_a_save_killed_half_way_leaves_the_previous_checkpoint_whole(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 1, _dummy_state(), {"model_type": "openelm"}, {"step": 1}, {"loss": 1.5}, keep=5)
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"saving"
+    deadline = time.time() + 60
+    while not list((tmp_path / "checkpoints").glob(".tmp-step_00000002-*/model.safetensors")):
+        assert time.time() < deadline and proc.poll() is None, "the save never started writing"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1]
+    model_state, trainer_state, state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
+    assert torch.equal(model_state["w"], _dummy_state()["w"]) and trainer_state == {"step": 1}
+    assert state == {"step": 1, "loss": 1.5}
+    ckpt.remove_stale_temporaries(tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000001"]
+
+
+# ---------------------------------------------------------------- refusals before training
+
+def test_a_missing_corpus_is_refused_with_the_command_that_builds_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(tmp_path / "data"))
+    assert cli_train(["--corpus", "openelm-sample", "--out", str(tmp_path / "run"), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "corpus 'openelm-sample' not found" in err
+    assert "elm-corpus build manifests/openelm.yaml --sample" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corpus_whose_tokenizer_does_not_fit_the_vocabulary_is_refused(token_corpus, tmp_path, capsys):
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(tmp_path / "run"), *QUICK,
+                      "--vocab-size", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "(32000 pieces)" in err and "vocabulary of 1000" in err and "--vocab-size 32000" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_starting_over_an_existing_run_without_resume_is_refused(token_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "1"]) == 0
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "2"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert train_losses(run) and len(train_losses(run)) == 1
+
+
+# ---------------------------------------------------------------- a run and its folder
+
+def test_a_run_folder_holds_provenance_resolved_config_metrics_checkpoints_and_curves(token_corpus, tmp_path):
+    run = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"steps": 4, "max_lr": 3e-3, "eval_every": 2, "eval_batches": 1,
+                                      "checkpoint_every": 2, "keep_checkpoints": 1, "log_every": 2}))
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), "--config", str(config), *QUICK]) == 0
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["steps"], saved["max_lr"], saved["sequence_length"], saved["warmup_steps"]) == (4, 3e-3, 32, 1)
+    info = json.loads((run / "run.json").read_text())
+    corpus = json.loads((token_corpus / "corpus.json").read_text())
+    assert info["corpus"] == {"name": "trainer-test", "dir": str(token_corpus.resolve()),
+                              "fingerprint": corpus["manifest_fingerprint"]}
+    assert info["tokenizer"]["sha256"] == corpus["tokenizer"]["sha256"] and info["preset"] == "tiny"
+    assert info["steps_done"] == 4 and info["status"] == "complete" and info["tokens_seen"] == 4 * 128
+    records = read_metrics(run / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert info["final_train_loss"] == train[-1]["loss"]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [2, 4]
+    mixture = [r for r in records if r["kind"] == "mixture"][-1]["sources"]
+    assert set(mixture) == {"kjv", "stdlib", "pydoc"}
+    assert sum(row["achieved"] for row in mixture.values()) == pytest.approx(1.0)
+
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [4]
+    step_dir = ckpt.checkpoint_dir(run, 4)
+    assert json.loads((step_dir / "config.json").read_text()) == get_preset("tiny").to_hf_config()
+    from model.hf_folder import load_hf_folder
+    _, exported = load_hf_folder(step_dir)  # the export side reads a checkpoint as an HF folder
+    assert exported.transformer.token_embeddings.weight.dtype == torch.float32
+    assert (run / "curves.png").stat().st_size > 10_000
+
+
+def test_plot_redraws_the_curves_of_a_run(token_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "2"]) == 0
+    (run / "curves.png").unlink()
+    assert cli_plot([str(run)]) == 0
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli_plot([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(token_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    # A learning rate of 1e30 blows the weights up after the first update.
+    code = cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "6",
+                      "--max-lr", "1e30", "--warmup-steps", "0", "--checkpoint-every", "1"])
+    err = capsys.readouterr().err
+    assert code == 3
+    good = ckpt.list_checkpoints(run)
+    assert [s for s, _ in good] == [1]
+    assert "step 2: the gradient norm is nan" in err or "step 2: the loss is nan" in err or "is inf" in err
+    assert f"last good checkpoint is {good[-1][1]}" in err
+    assert all(math.isfinite(l) for l in train_losses(run))
+    assert json.loads((run / "run.json").read_text())["status"] == "stopped: non-finite loss"
+    for _, path in good:
+        model_state, _, _ = ckpt.load_checkpoint(path)
+        assert all(torch.isfinite(t).all() for t in model_state.values())

@@ -104,9 +104,27 @@ def start_cluster(cfg: TrainConfig) -> Cluster:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Cluster(rank, world_size, local_rank, device)
+
+
+@contextlib.contextmanager
+def process_settings(cfg: TrainConfig):
+    """CPU threads and subnormal flushing for the run, restored afterwards (callers may be test processes)."""
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    return Cluster(rank, world_size, local_rank, device)
+    flushing = False
+    if cfg.flush_denormal:
+        import numpy as np
+        np.finfo(np.float32), np.finfo(np.float64)  # cached first, or numpy warns it sees no subnormals
+        # Tiny softmax probabilities and Adam moments go subnormal after some steps; x86 math then crawls.
+        flushing = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if flushing:
+            torch.set_flush_denormal(False)
 
 
 # ---------------------------------------------------------------- corpus and model checks
@@ -576,16 +594,8 @@ def cli_train(argv: list[str]) -> int:
         base = resolve_config(yaml_values, flags)  # device and threads are needed before the rest
         cluster = start_cluster(base)
         cfg, run_dir, resume_from = prepare_run(yaml_values, flags, args.resume, cluster)
-        # Tiny softmax probabilities and Adam moments go subnormal after a few steps; x86 then crawls.
-        if cfg.flush_denormal:
-            import numpy as np
-            np.finfo(np.float32), np.finfo(np.float64)  # cached first, or numpy warns it sees no subnormals
-        flushing = cfg.flush_denormal and torch.set_flush_denormal(True)
-        try:
+        with process_settings(cfg):
             train(cfg, run_dir, resume_from, cluster)
-        finally:
-            if flushing:
-                torch.set_flush_denormal(False)
         return 0
     except NonFiniteLoss as e:
         print(f"elm-train: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A few CPU-cheap steps of `tiny` on short sequences.
 QUICK = ["--model", "tiny", "--sequence-length", "32", "--micro-batch-size", "4", "--global-batch-tokens", "128",
-         "--no-progress"]
+         "--threads", "1", "--no-progress"]
 
 
 def train_losses(run_dir: Path) -> list[float]:
@@ -170,56 +170,88 @@ def test_a_corpus_whose_tokenizer_does_not_fit_the_vocabulary_is_refused(token_c
     assert not (tmp_path / "run").exists()
 
 
-def test_starting_over_an_existing_run_without_resume_is_refused(token_corpus, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "1"]) == 0
-    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "2"]) == 2
-    assert "pass --resume" in capsys.readouterr().err
-    assert train_losses(run) and len(train_losses(run)) == 1
+# ---------------------------------------------------------------- one short run, examined
+
+RUN_STEPS = 40
 
 
-# ---------------------------------------------------------------- a run and its folder
+@pytest.fixture(scope="module")
+def finished_run(token_corpus, tmp_path_factory):
+    """40 steps of `tiny` on 512-token batches of real text; settings from a YAML run config plus flags."""
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    config = run.parent / "run.yaml"
+    config.write_text(yaml.safe_dump({"steps": RUN_STEPS, "max_lr": 1e-2, "eval_every": 20, "eval_batches": 4,
+                                      "checkpoint_every": 20, "keep_checkpoints": 1, "log_every": 10}))
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), "--config", str(config), "--model", "tiny",
+                      "--sequence-length", "64", "--micro-batch-size", "8", "--global-batch-tokens", "512",
+                      "--threads", "1", "--no-progress"]) == 0
+    return run
 
-def test_a_run_folder_holds_provenance_resolved_config_metrics_checkpoints_and_curves(token_corpus, tmp_path):
-    run = tmp_path / "run"
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"steps": 4, "max_lr": 3e-3, "eval_every": 2, "eval_batches": 1,
-                                      "checkpoint_every": 2, "keep_checkpoints": 1, "log_every": 2}))
-    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), "--config", str(config), *QUICK]) == 0
 
+def test_tiny_training_and_validation_loss_fall_clearly_from_ln_vocab(finished_run):
+    train = train_losses(finished_run)
+    val = [r["val_loss"] for r in read_metrics(finished_run / "metrics.jsonl") if r["kind"] == "val"]
+    assert train[0] > 10.0  # about ln(32000) = 10.37 at initialisation
+    assert sum(train[-5:]) / 5 < 7.5
+    assert len(val) == 2 and val[1] < val[0] < 7.5
+
+
+def test_a_run_folder_holds_provenance_resolved_config_metrics_checkpoints_and_curves(finished_run, token_corpus):
+    run = finished_run
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert (saved["steps"], saved["max_lr"], saved["sequence_length"], saved["warmup_steps"]) == (4, 3e-3, 32, 1)
+    assert (saved["steps"], saved["max_lr"], saved["sequence_length"], saved["warmup_steps"]) == (40, 1e-2, 64, 4)
+    assert (saved["gradient_accumulation"], saved["z_loss"], saved["weight_decay"]) == (1, 1e-4, 0.1)
     info = json.loads((run / "run.json").read_text())
     corpus = json.loads((token_corpus / "corpus.json").read_text())
     assert info["corpus"] == {"name": "trainer-test", "dir": str(token_corpus.resolve()),
                               "fingerprint": corpus["manifest_fingerprint"]}
     assert info["tokenizer"]["sha256"] == corpus["tokenizer"]["sha256"] and info["preset"] == "tiny"
-    assert info["steps_done"] == 4 and info["status"] == "complete" and info["tokens_seen"] == 4 * 128
+    assert info["status"] == "complete" and info["steps_done"] == RUN_STEPS
+    assert info["tokens_seen"] == RUN_STEPS * 512
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
-    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert [r["step"] for r in train] == list(range(1, RUN_STEPS + 1))
     assert info["final_train_loss"] == train[-1]["loss"]
-    assert [r["step"] for r in records if r["kind"] == "val"] == [2, 4]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [20, 40]
+    assert [r["lr"] for r in train[:2]] == [1e-6, pytest.approx(1e-6 + (1e-2 - 1e-6) / 4)]
     mixture = [r for r in records if r["kind"] == "mixture"][-1]["sources"]
     assert set(mixture) == {"kjv", "stdlib", "pydoc"}
     assert sum(row["achieved"] for row in mixture.values()) == pytest.approx(1.0)
+    assert all(abs(row["achieved"] - row["target"]) < 0.05 for row in mixture.values())
 
-    assert [s for s, _ in ckpt.list_checkpoints(run)] == [4]
-    step_dir = ckpt.checkpoint_dir(run, 4)
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [RUN_STEPS]
+    step_dir = ckpt.checkpoint_dir(run, RUN_STEPS)
     assert json.loads((step_dir / "config.json").read_text()) == get_preset("tiny").to_hf_config()
     from model.hf_folder import load_hf_folder
     _, exported = load_hf_folder(step_dir)  # the export side reads a checkpoint as an HF folder
     assert exported.transformer.token_embeddings.weight.dtype == torch.float32
-    assert (run / "curves.png").stat().st_size > 10_000
-
-
-def test_plot_redraws_the_curves_of_a_run(token_corpus, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "2"]) == 0
-    (run / "curves.png").unlink()
-    assert cli_plot([str(run)]) == 0
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_the_curves_of_a_run_folder(finished_run, tmp_path, capsys):
+    assert cli_plot([str(finished_run), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert cli_plot([str(tmp_path / "nowhere")]) == 2
+    assert "no training records" in capsys.readouterr().err
+
+
+def test_starting_over_an_existing_run_without_resume_is_refused(finished_run, token_corpus, capsys):
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(finished_run), *QUICK]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert len(train_losses(finished_run)) == RUN_STEPS
+
+
+def test_init_from_starts_from_a_checkpoints_weights(finished_run, token_corpus, tmp_path):
+    start = ckpt.checkpoint_dir(finished_run, RUN_STEPS)
+    run = tmp_path / "finetune"
+    # A learning rate of 1e-30 leaves float32 weights unchanged: the saved model must be the starting one.
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "1",
+                      "--max-lr", "1e-30", "--warmup-init-lr", "1e-30", "--init-from", str(start)]) == 0
+    before, _, _ = ckpt.load_checkpoint(start)
+    after, _, _ = ckpt.load_checkpoint(ckpt.checkpoint_dir(run, 1))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert train_losses(run)[0] < 8.0  # a fresh model starts near 10.9
+    assert json.loads((run / "run.json").read_text())["init_from"] == str(start)
 
 
 def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(token_corpus, tmp_path, capsys):

@@ -5,8 +5,9 @@
 
 One seeded model is exported to MLX (float32) in a temporary folder; each mlx-lm measurement
 runs in a fresh process, since LD_PRELOAD must be set before mlx loads. Prefill is the prompt's
-forward pass; decode is greedy generation with a KV cache. The first tokens decoded by every
-runner must agree before any number is printed. Medians of --repeats runs.
+forward pass; decode is greedy generation with a KV cache. The runners take turns, round after
+round, and each figure is the median over --repeats rounds (each after a warm-up pass). The
+first tokens decoded by every runner must agree before any number is printed.
 """
 from __future__ import annotations
 
@@ -97,24 +98,27 @@ def main() -> int:
     config = get_preset(args.preset)
     torch.manual_seed(0)
     model = OpenELM(config).eval()
-    prompt = [1] + torch.randint(3, config.vocab_size, (args.prompt_tokens - 1,), generator=torch.Generator().manual_seed(1)).tolist()
+    ids = torch.randint(3, config.vocab_size, (args.prompt_tokens - 1,), generator=torch.Generator().manual_seed(1))
+    prompt = [1] + ids.tolist()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); preset {args.preset} ({config.num_parameters() / 1e6:.1f}M params), "
           f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, median of {args.repeats}")
 
+    runners = {"torch (baseline)": lambda: time_torch(model, prompt, args.new_tokens, 1),
+               "mlx-lm": lambda: time_mlx(folder, prompt, args.new_tokens, 1, False)}
+    if OPENBLAS.exists():
+        runners["mlx-lm + OpenBLAS preload"] = lambda: time_mlx(folder, prompt, args.new_tokens, 1, True)
+    else:
+        print(f"({OPENBLAS} not installed: apt-get install libopenblas0-pthread to measure the preload)")
+    runs: dict[str, list[dict]] = {name: [] for name in runners}
     with tempfile.TemporaryDirectory() as tmp:
         write_hf_folder(Path(tmp) / "src", config, model.state_dict())
         folder = export(Path(tmp) / "src", Path(tmp) / "mlx", fmt="mlx", tokenizer_spec="default")
-        rows = [summarize("torch (baseline)", time_torch(model, prompt, args.new_tokens, args.repeats),
-                          args.prompt_tokens, args.new_tokens)]
-        rows.append(summarize("mlx-lm", time_mlx(folder, prompt, args.new_tokens, args.repeats, False),
-                              args.prompt_tokens, args.new_tokens))
-        if OPENBLAS.exists():
-            rows.append(summarize("mlx-lm + OpenBLAS preload", time_mlx(folder, prompt, args.new_tokens,
-                                                                         args.repeats, True),
-                                  args.prompt_tokens, args.new_tokens))
-        else:
-            print(f"({OPENBLAS} not installed: apt-get install libopenblas0-pthread to measure the preload)")
+        # Rounds interleave the runners, so load from other processes on the machine hits them alike.
+        for _ in range(args.repeats):
+            for name, measure in runners.items():
+                runs[name] += measure()
+    rows = [summarize(name, measured, args.prompt_tokens, args.new_tokens) for name, measured in runs.items()]
 
     check = min(8, args.new_tokens)
     for row in rows[1:]:
@@ -126,6 +130,10 @@ def main() -> int:
     for row in rows:
         print(f"{row['name']:<28}{row['prefill_tok_s']:>15.1f}{row['prefill_tok_s'] / base['prefill_tok_s']:>9.2f}x"
               f"{row['decode_tok_s']:>15.1f}{row['decode_tok_s'] / base['decode_tok_s']:>9.2f}x")
+    if len(rows) == 3:
+        plain, preload = rows[1], rows[2]
+        print(f"OpenBLAS preload vs plain mlx: prefill {preload['prefill_tok_s'] / plain['prefill_tok_s']:.2f}x, "
+              f"decode {preload['decode_tok_s'] / plain['decode_tok_s']:.2f}x")
     return 0
 
 

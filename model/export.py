@@ -277,11 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elm-train export",
                                 description="Export a run or a Hugging Face-format OpenELM folder to MLX or HF format.")
     p.add_argument("source", metavar="RUN_DIR", help="run folder, one of its checkpoints/step_N, or an HF-format folder")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default="mlx")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="mlx",
+                   help="mlx: for mlx-lm; hf: the layout of Apple's Hugging Face release (default mlx)")
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype (default float32)")
     p.add_argument("--quantize", type=int, choices=QUANT_BITS, default=None, help="bits, with mlx-lm's quantization")
-    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64, help="quantization group size")
+    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64, help="quantization group size (default 64)")
     p.add_argument("--tokenizer", default=None,
                    help="SentencePiece .model (path/URI or 'default'); default: the run's, or tokenizer.model in SOURCE")
     p.add_argument("--step", type=int, default=None, help="export this checkpoint step instead of the latest")

@@ -71,7 +71,9 @@ class TrainConfig:
     # Data.
     sampler_mode: str = "pack"         # pack (every token trained) | corenet (truncate + pad, as CoreNet)
     weights: dict[str, float] | None = None  # mixture weights per source (None: the manifest's)
-    stream: bool = False               # pull tokens live from the build pipeline instead of shards
+    stream: bool = False               # tokenize the manifest's sources live (Ray) instead of reading shards
+    manifest: str | None = None        # the manifest to stream (default manifests/openelm.yaml)
+    stream_sample: bool = False        # stream the offline sample mirror instead of the upstream files
     stream_workers: int = 2
 
     # Observability and safety.
@@ -112,7 +114,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Values a resumed run must share with the run it continues: anything else changes the data or the model.
 RESUME_INVARIANTS = ("corpus", "model", "vocab_size", "seed", "sequence_length", "global_batch_tokens",
-                     "sampler_mode", "weights", "stream")
+                     "sampler_mode", "weights", "stream", "manifest", "stream_sample")
 
 
 def resolve_config(yaml_values: dict[str, Any] | None, flag_values: dict[str, Any] | None,

@@ -38,6 +38,7 @@ from model.recipe import (FIELD_NAMES, RESUME_INVARIANTS, ConfigError, TrainConf
 RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
 SAMPLE_BUILD_HINT = "elm-corpus build manifests/openelm.yaml --sample"
+DEFAULT_MANIFEST = "manifests/openelm.yaml"
 IGNORE_INDEX = -100
 
 
@@ -127,15 +128,55 @@ def process_settings(cfg: TrainConfig):
             torch.set_flush_denormal(False)
 
 
-# ---------------------------------------------------------------- corpus and model checks
+# ---------------------------------------------------------------- data and model checks
 
 def _data_root() -> Path:
     from corpus.paths import data_root
     return Path(data_root())
 
 
-def resolve_corpus(name_or_dir: str | None) -> tuple[Path, dict]:
-    """The corpus folder and its corpus.json; a missing or unfinished corpus is refused with what to run."""
+@dataclass
+class TrainingData:
+    """Where the tokens come from: a built corpus folder, or (`--stream`) the live pipelines of a manifest."""
+    name: str
+    folder: Path | None      # the built corpus; None when streaming
+    fingerprint: str | None  # the manifest fingerprint the shards were (or would be) built with
+    tokenizer: dict          # spec, sha256, vocab_size
+    manifest: Any = None     # streaming only: the manifest whose sources are tokenized on the fly
+    sample: bool = False     # streaming only: read the offline sample mirror
+
+    def where(self) -> str:
+        return str(self.folder) if self.folder is not None else f"the live pipeline of manifest {self.manifest.name}"
+
+    def sampler(self, cfg: TrainConfig, split: str, cluster: Cluster):
+        """This rank's share of the mixture. Ranks take alternate blocks of one micro-batch, so together
+        they read exactly the sequences one process would."""
+        from corpus.sampler import MixtureSampler
+        kwargs = dict(weights=cfg.weights, mode=cfg.sampler_mode, seed=cfg.seed, split=split, rank=cluster.rank,
+                      world_size=cluster.world_size, batch_size=cfg.micro_batch_size)
+        try:
+            if self.folder is not None:
+                return MixtureSampler(self.folder, cfg.sequence_length, **kwargs)
+            return MixtureSampler(None, cfg.sequence_length, streams=self._streams(cfg), manifest=self.manifest,
+                                  **kwargs)
+        except ValueError as e:
+            raise TrainError(f"cannot sample {self.where()} ({split} split): {e}") from None
+
+    def _streams(self, cfg: TrainConfig) -> dict:
+        import functools
+
+        import ray
+        from pipelines.stream import stream_source
+        if not ray.is_initialized():  # started here so that no single stream owns (and shuts down) Ray
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(num_cpus=cfg.stream_workers, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        return {s.name: functools.partial(stream_source, self.manifest, s.name, sample=self.sample,
+                                          workers=cfg.stream_workers) for s in self.manifest.sources}
+
+
+def resolve_corpus(name_or_dir: str | None) -> TrainingData:
+    """A built corpus by name (under the data root) or folder; a missing or unfinished one is refused with what to run."""
     if not name_or_dir:
         raise TrainError(f"no corpus given: pass --corpus NAME (a corpus under {_data_root() / 'corpora'}) "
                          f"or a corpus folder; build the sample one with '{SAMPLE_BUILD_HINT}' (--corpus openelm-sample)")
@@ -153,18 +194,36 @@ def resolve_corpus(name_or_dir: str | None) -> tuple[Path, dict]:
     except FileNotFoundError:
         raise TrainError(f"{folder} holds no corpus.json, so its build never finished; rerun 'elm-corpus build' "
                          f"with the same manifest to complete it") from None
-    if not info.get("tokenizer", {}).get("vocab_size"):
-        raise TrainError(f"{folder}/corpus.json records no tokenizer vocab_size; rebuild it with 'elm-corpus build'")
+    tokenizer = info.get("tokenizer") or {}
+    if not tokenizer.get("vocab_size") or not tokenizer.get("sha256"):
+        raise TrainError(f"{folder}/corpus.json records no tokenizer (vocab_size, sha256); rebuild it with "
+                         f"'elm-corpus build'")
     if int(info.get("totals", {}).get("tokens", 1)) <= 0:
         raise TrainError(f"{folder}: the corpus holds no tokens; check 'elm-corpus stats {folder}' for what was dropped")
-    return folder, info
+    return TrainingData(info.get("name", folder.name), folder, info.get("manifest_fingerprint"),
+                        {k: tokenizer.get(k) for k in ("spec", "sha256", "vocab_size")})
 
 
-def check_vocabulary(corpus_dir: Path, corpus_info: dict, model_config: OpenELMConfig, where: str) -> None:
-    tok = corpus_info["tokenizer"]
+def resolve_stream(cfg: TrainConfig) -> TrainingData:
+    """The manifest to stream (`--manifest`, default manifests/openelm.yaml) and its tokenizer."""
+    from corpus.manifest import load_manifest
+    from corpus.tokenizer import Tokenizer
+    try:
+        manifest = load_manifest(cfg.manifest or DEFAULT_MANIFEST)
+        tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TrainError(f"--stream: {e}") from None
+    name = cfg.corpus or (f"{manifest.name}-sample" if cfg.stream_sample else manifest.name)
+    return TrainingData(name, None, manifest.build_fingerprint(tokenizer.sha256),
+                        {"spec": tokenizer.spec, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
+                        manifest=manifest, sample=cfg.stream_sample)
+
+
+def check_vocabulary(data: TrainingData, model_config: OpenELMConfig, where: str) -> None:
+    tok = data.tokenizer
     if int(tok["vocab_size"]) != model_config.vocab_size:
         raise TrainError(
-            f"corpus {corpus_dir} was tokenized with {tok.get('spec')} ({tok['vocab_size']} pieces), but the model "
+            f"{data.where()} was tokenized with {tok.get('spec')} ({tok['vocab_size']} pieces), but the model "
             f"({where}) has a vocabulary of {model_config.vocab_size}. Train with --vocab-size {tok['vocab_size']} "
             f"(a fresh model), or rebuild the corpus with a {model_config.vocab_size}-piece tokenizer "
             f"(tokenizer.model in the manifest, then 'elm-corpus build MANIFEST')")
@@ -173,8 +232,11 @@ def check_vocabulary(corpus_dir: Path, corpus_info: dict, model_config: OpenELMC
 def build_model_config(cfg: TrainConfig) -> tuple[OpenELMConfig, dict[str, Tensor] | None]:
     """The model's config and, with --init-from, the weights to start from."""
     if cfg.init_from:
-        from model.hf_folder import load_hf_folder
-        config, model = load_hf_folder(cfg.init_from)
+        from model.hf_folder import HFFolderError, load_hf_folder
+        try:
+            config, model = load_hf_folder(cfg.init_from)
+        except (HFFolderError, OSError) as e:
+            raise TrainError(f"--init-from: {e}") from None
         if cfg.vocab_size and cfg.vocab_size != config.vocab_size:
             raise ConfigError(f"--vocab-size {cfg.vocab_size} conflicts with --init-from {cfg.init_from} "
                               f"(vocabulary {config.vocab_size})")
@@ -188,7 +250,7 @@ def build_model_config(cfg: TrainConfig) -> tuple[OpenELMConfig, dict[str, Tenso
     return config, None
 
 
-def check_init_tokenizer(cfg: TrainConfig, corpus_info: dict) -> None:
+def check_init_tokenizer(cfg: TrainConfig, data: TrainingData) -> None:
     """A starting checkpoint that ships its tokenizer must share the corpus's."""
     if not cfg.init_from:
         return
@@ -196,24 +258,9 @@ def check_init_tokenizer(cfg: TrainConfig, corpus_info: dict) -> None:
     if beside.is_file():
         import hashlib
         sha = hashlib.sha256(beside.read_bytes()).hexdigest()
-        if sha != corpus_info["tokenizer"]["sha256"]:
-            raise TrainError(f"{beside} (sha256 {sha[:12]}) is not the tokenizer corpus "
-                             f"{corpus_info.get('name')} was built with (sha256 "
-                             f"{corpus_info['tokenizer']['sha256'][:12]}); rebuild the corpus with it")
-
-
-# ---------------------------------------------------------------- data
-
-def make_sampler(cfg: TrainConfig, corpus_dir: Path, split: str, cluster: Cluster):
-    """This rank's share of the mixture; ranks split it in blocks of one micro-batch, so together they read
-    exactly the sequences one process would."""
-    from corpus.sampler import MixtureSampler
-    try:
-        return MixtureSampler(corpus_dir, cfg.sequence_length, weights=cfg.weights, mode=cfg.sampler_mode,
-                              seed=cfg.seed, split=split, rank=cluster.rank, world_size=cluster.world_size,
-                              batch_size=cfg.micro_batch_size)
-    except ValueError as e:
-        raise TrainError(f"cannot sample {corpus_dir} ({split} split): {e}") from None
+        if sha != data.tokenizer["sha256"]:
+            raise TrainError(f"{beside} (sha256 {sha[:12]}) is not the tokenizer {data.where()} uses (sha256 "
+                             f"{data.tokenizer['sha256'][:12]}); rebuild the corpus with it")
 
 
 class MicroBatches:
@@ -275,7 +322,8 @@ def load_full_state(model: OpenELM, optimizer: torch.optim.Optimizer, model_stat
 # ---------------------------------------------------------------- run folder
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"{cfg.model}-{Path(str(cfg.corpus)).name}"
+    data_name = Path(cfg.corpus).name if cfg.corpus else ("stream" if cfg.stream else "corpus")
+    return Path("runs") / f"{cfg.model}-{data_name}"
 
 
 def write_run_json(run_dir: Path, run: dict) -> None:
@@ -288,6 +336,11 @@ def prepare_run(cfg_yaml: dict, flags: dict, resume: bool, cluster: Cluster) -> 
     preview = resolve_config(cfg_yaml, flags, cluster.world_size)
     run_dir = Path(preview.out) if preview.out else default_run_dir(preview)
     saved_path = run_dir / CONFIG_YAML
+    if resume and not saved_path.exists():
+        # The same command can then start a job and restart it after preemption.
+        if cluster.is_main:
+            print(f"elm-train: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)
+        resume = False
     if not resume:
         existing = ckpt.latest_checkpoint(run_dir)
         if existing is not None:
@@ -295,9 +348,6 @@ def prepare_run(cfg_yaml: dict, flags: dict, resume: bool, cluster: Cluster) -> 
                              f"it, or choose another --out")
         preview.out = str(run_dir)
         return preview, run_dir, None
-    if not saved_path.exists():
-        raise TrainError(f"--resume: {run_dir} holds no {CONFIG_YAML}, so there is no run to resume; "
-                         f"start it without --resume")
     saved = yaml.safe_load(saved_path.read_text()) or {}
     cfg = resolve_config(cfg_yaml, flags, cluster.world_size, base=saved)
     changed = [k for k in RESUME_INVARIANTS if saved.get(k) != getattr(cfg, k)]
@@ -337,20 +387,20 @@ def evaluate(model: nn.Module, batches: list[tuple[Tensor, Tensor]], cfg: TrainC
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cluster) -> TrainResult:
-    corpus_dir, corpus_info = resolve_corpus(cfg.corpus)
+    data = resolve_stream(cfg) if cfg.stream else resolve_corpus(cfg.corpus)
     model_config, init_weights = build_model_config(cfg)
-    check_vocabulary(corpus_dir, corpus_info, model_config, f"--init-from {cfg.init_from}" if cfg.init_from
+    check_vocabulary(data, model_config, f"--init-from {cfg.init_from}" if cfg.init_from
                      else f"preset {cfg.model}" + (f" with --vocab-size {cfg.vocab_size}" if cfg.vocab_size else ""))
-    check_init_tokenizer(cfg, corpus_info)
+    check_init_tokenizer(cfg, data)
     if cfg.sequence_length > model_config.rope_max_length:
         raise ConfigError(f"sequence_length {cfg.sequence_length} exceeds the model's rope_max_length "
                           f"{model_config.rope_max_length}")
-    tokenizer = corpus_info["tokenizer"]
+    tokenizer = data.tokenizer
     run_path = run_dir / RUN_JSON
     previous_run = json.loads(run_path.read_text()) if resume_from is not None and run_path.exists() else {}
     if previous_run and previous_run.get("tokenizer", {}).get("sha256") not in (None, tokenizer["sha256"]):
         raise TrainError(f"--resume: {run_dir} was trained with tokenizer sha256 {previous_run['tokenizer']['sha256'][:12]}, "
-                         f"but {corpus_dir} now holds tokens of {tokenizer['sha256'][:12]}; the corpus was rebuilt "
+                         f"but {data.where()} now holds tokens of {tokenizer['sha256'][:12]}; the corpus was rebuilt "
                          f"with another tokenizer")
 
     torch.manual_seed(cfg.seed)
@@ -363,7 +413,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
     optimizer = build_optimizer(optimizer_model, cfg)
     amp = autocast_dtype(cfg, cluster.device)
 
-    sampler = make_sampler(cfg, corpus_dir, "train", cluster)
+    sampler = data.sampler(cfg, "train", cluster)
     step, tokens_seen, last_val = 0, 0, None
     if resume_from is not None:
         model_state, trainer_state, state = ckpt.load_checkpoint(resume_from)
@@ -384,8 +434,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
     run = {
         "preset": cfg.model if not cfg.init_from else previous_run.get("preset", cfg.model),
         "init_from": cfg.init_from,
-        "corpus": {"name": corpus_info.get("name", Path(corpus_dir).name), "dir": str(Path(corpus_dir).resolve()),
-                   "fingerprint": corpus_info.get("manifest_fingerprint")},
+        "corpus": {"name": data.name, "dir": str(data.folder.resolve()) if data.folder is not None else None,
+                   "fingerprint": data.fingerprint},
         "tokenizer": {"spec": tokenizer.get("spec"), "sha256": tokenizer["sha256"],
                       "vocab_size": int(tokenizer["vocab_size"])},
         "model_config": model_config.to_hf_config(),
@@ -407,7 +457,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
         nonlocal val_batches
         if val_batches is None:  # the same held-out batches every time, read once
             val_batches = []
-            val_stream = MicroBatches(make_sampler(cfg, corpus_dir, "val", cluster), cluster.device)
+            if data.folder is None:
+                progress.note("no validation while streaming: the live held-out split is too sparse to gather")
+                return None
+            val_stream = MicroBatches(data.sampler(cfg, "val", cluster), cluster.device)
             # Ranks share the held-out batches (rounded up to a multiple of the world size, so every rank runs
             # the same number of forwards): any world size evaluates the same sequences.
             per_rank = -(-cfg.eval_batches // cluster.world_size)
@@ -539,12 +592,15 @@ def _print_summary(run_dir: Path, sampler, train_loss, val_loss, rate: float) ->
     if shares:
         print(f"  {'source':<28}{'target':>8}{'achieved':>10}")
         for name, row in shares.items():
+            if row["target"] == 0 and row["achieved"] == 0:
+                continue
             print(f"  {name:<28}{row['target'] * 100:>7.2f}%{row['achieved'] * 100:>9.2f}%")
 
 
 # ---------------------------------------------------------------- command line
 
-_FLAG_TYPES = {"corpus": str, "init_from": str, "vocab_size": int, "out": str, "warmup_steps": int, "threads": int}
+_FLAG_TYPES = {"corpus": str, "init_from": str, "vocab_size": int, "out": str, "warmup_steps": int, "threads": int,
+               "manifest": str}
 
 
 def _parse_weights(text: str) -> dict[str, float]:

@@ -241,6 +241,13 @@ def test_starting_over_an_existing_run_without_resume_is_refused(finished_run, t
     assert len(train_losses(finished_run)) == RUN_STEPS
 
 
+def test_resume_with_nothing_to_resume_starts_a_new_run(token_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "1", "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    assert len(train_losses(run)) == 1 and json.loads((run / "run.json").read_text())["resumed_from"] == []
+
+
 def test_init_from_starts_from_a_checkpoints_weights(finished_run, token_corpus, tmp_path):
     start = ckpt.checkpoint_dir(finished_run, RUN_STEPS)
     run = tmp_path / "finetune"
@@ -270,3 +277,18 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(toke
     for _, path in good:
         model_state, _, _ = ckpt.load_checkpoint(path)
         assert all(torch.isfinite(t).all() for t in model_state.values())
+
+
+def test_stream_trains_from_the_live_pipeline_of_the_sample_mirror(sample_mirror, ray_session, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sample").symlink_to(sample_mirror)  # where the live pipeline looks for the mirror
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(data))
+    run = tmp_path / "run"
+    assert cli_train(["--stream", "--stream-sample", "--weights", "dolma-wiki=1", "--out", str(run), *QUICK,
+                      "--steps", "2", "--manifest", str(REPO / "manifests" / "openelm.yaml")]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["corpus"]["name"] == "openelm-sample" and info["corpus"]["dir"] is None
+    assert len(train_losses(run)) == 2 and all(math.isfinite(l) for l in train_losses(run))
+    mixture = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "mixture"][-1]["sources"]
+    assert mixture["dolma-wiki"]["achieved"] == 1.0

@@ -34,7 +34,7 @@ from corpus.text_rules import CoreNetRules  # noqa: E402
 from corpus.tokenizer import Tokenizer  # noqa: E402
 
 RULES = CoreNetRules(TextRules())
-UNIT_BYTES = 2 << 20
+UNIT_BYTES = 4 << 20
 DATATROVE_FILES = 8
 
 
@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
           f"past the min-characters rule; units of {UNIT_BYTES >> 20} MB; {os.cpu_count()} CPUs")
 
     import ray
+    from pipelines.build import _start_ray
     t = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    _start_ray(2, None)  # the local Ray the CLI starts (2 CPUs, workers at niceness 0)
     print(f"ray.init(num_cpus=2): {time.perf_counter() - t:.1f} s (not counted below)")
     our_build(warm, work / "out-warm", 2)  # start both Ray workers and load the tokenizer in each
 

@@ -253,6 +253,8 @@ def _start_ray(workers: int, address: str | None) -> bool:
         # the cluster runs this very code, whatever its nodes have installed
         ray.init(address=address, runtime_env={"py_modules": [corpus, pipelines]}, **common)
     else:
+        # Ray starts workers at niceness 15; a build the user asked for should not yield to every other process
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", num_cpus=workers, **common)
     return True
 

@@ -31,6 +31,7 @@ TRUNCATED = {"json.gz": "truncated_gzip", "jsonl.zst": "truncated_zstd"}
 EXCERPT_CHARS = 160
 _PARQUET_BATCH_ROWS = 512
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -260,4 +261,9 @@ def _parse_line(line: bytes, at: int, text_field: str) -> Record | BadRecord:
         return BadRecord(at, MISSING_TEXT, f"no {text_field!r} field", _excerpt(text_line))
     if not isinstance(text, str):
         return BadRecord(at, TEXT_NOT_STRING, f"{text_field!r} is a {type(text).__name__}", _excerpt(text_line))
+    if _SURROGATE_ESCAPE.search(text_line):  # JSON can escape half a surrogate pair, which is not text
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return BadRecord(at, INVALID_UTF8, f"lone surrogate in {text_field!r}: {e}", _excerpt(text_line))
     return Record(at, text)

@@ -12,6 +12,8 @@ import string
 import unicodedata
 from collections.abc import Sequence
 
+import numpy as np
+
 from corpus.manifest import TextRules
 
 TOO_FEW_CHARS = "too_few_chars"
@@ -28,8 +30,13 @@ def split_words(text: str, words_per_chunk: int) -> list[str]:
     """Chunks of at most ``words_per_chunk`` space-separated words; always at least one chunk."""
     if text.count(" ") < words_per_chunk:  # counting is far cheaper than splitting a short document
         return [text]
-    words = text.split(" ")
-    return [" ".join(words[i:i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
+    # cut the UTF-8 bytes at every words_per_chunk-th space (0x20 never occurs inside a multi-byte
+    # character), which spares making a string object per word
+    raw = text.encode("utf-8", "surrogatepass")
+    spaces = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0x20)
+    cuts = spaces[words_per_chunk - 1::words_per_chunk].tolist()
+    starts, ends = [0] + [c + 1 for c in cuts], cuts + [len(raw)]
+    return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends)]
 
 
 def content_chars(chunk: str) -> int:

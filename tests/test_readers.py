@@ -70,6 +70,14 @@ def test_bad_lines_become_bad_records_with_reasons_and_byte_offsets(tmp_path):
     assert "caf" in got[2].excerpt
 
 
+def test_an_escaped_lone_surrogate_is_invalid_utf8_but_a_pair_is_text(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "half \\ud800 a pair"}\n{"text": "whole \\ud83d\\ude00 pair"}\n')
+    bad, good = records(Slice(str(path), "jsonl"))
+    assert bad.reason == "invalid_utf8" and "surrogate" in bad.detail
+    assert good.text == "whole \U0001f600 pair"
+
+
 def test_gzip_lines_are_streamed_and_a_cut_stream_is_a_truncated_gzip_record(tmp_path):
     texts = real_texts(40)
     blob = gzip.compress(jsonl_bytes(texts))

@@ -62,6 +62,13 @@ def test_split_keeps_newlines_and_indentation_so_joining_restores_the_text():
     assert " ".join(chunks) == text
 
 
+def test_split_counts_empty_words_and_keeps_multibyte_characters_whole():
+    text = "caf\u00e9  \u65e5\u672c \U0001f600\n x  "   # double spaces make empty words
+    words = text.split(" ")
+    expected = [" ".join(words[i:i + 2]) for i in range(0, len(words), 2)]
+    assert split_words(text, 2) == expected
+
+
 def test_nfc_composes_decomposed_letters():
     assert RULES.normalize("e\u0301") == "\u00e9" == unicodedata.normalize("NFC", "e\u0301")
 

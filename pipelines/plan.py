@@ -25,6 +25,10 @@ COMPRESSED_EXPANSION = 4
 _PLANNING_THREADS = 16
 
 
+class PlanError(ValueError):
+    """A source whose input files cannot be listed."""
+
+
 @dataclass(frozen=True)
 class WorkUnit:
     source: str
@@ -104,9 +108,12 @@ def plan_build(manifest: Manifest, sample: bool = False, unit_bytes: int = DEFAU
     """Every unit of every source, sources in manifest order, units in input order."""
     units: list[WorkUnit] = []
     for source in manifest.sources:
-        files = source_files(manifest, source, sample, sample_root)
+        try:
+            files = source_files(manifest, source, sample, sample_root)
+        except Exception as e:  # offline, a typo in a pattern, a missing fsspec backend: say which source
+            where = "its sample mirror" if sample else (source.upstream.files or source.upstream.listing)
+            raise PlanError(f"source {source.name!r}: cannot list {where}: {type(e).__name__}: {e}") from e
         if not files:
-            raise FileNotFoundError(f"source {source.name!r} has no input files"
-                                    + (" in the sample mirror" if sample else ""))
+            raise PlanError(f"source {source.name!r} has no input files" + (" in the sample mirror" if sample else ""))
         units.extend(plan_source(source, files, unit_bytes))
     return units

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from corpus.manifest import Source
 from corpus.readers import read_slice
@@ -78,3 +79,13 @@ def test_an_unreadable_parquet_footer_makes_one_whole_file_unit_with_a_note(tmp_
     (unit,) = plan_file(source("parquet"), 3, str(path), unit_bytes=1 << 20)
     assert unit.unit_id == "00003-00000" and unit.slice.row_groups is None
     assert "parquet footer" in unit.plan_note
+
+
+def test_a_source_whose_files_cannot_be_listed_is_named_in_the_error(tmp_path):
+    from corpus.manifest import parse_manifest
+    from pipelines.plan import PlanError, plan_build
+    manifest = parse_manifest(
+        "name: m\nsources:\n  - name: web\n    group: refinedweb\n"
+        f"    upstream: {{list: \"{tmp_path}/missing-urls.txt\", match: parquet}}\n    format: parquet\n    tokens: 1M\n")
+    with pytest.raises(PlanError, match="source 'web': cannot list .*missing-urls.txt"):
+        plan_build(manifest)

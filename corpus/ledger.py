@@ -93,6 +93,11 @@ class CorpusDir:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def remove_if_only_lock(self) -> None:
+        if self.root.is_dir() and all(p.name == LOCK_FILE for p in self.root.iterdir()):
+            (self.root / LOCK_FILE).unlink(missing_ok=True)
+            self.root.rmdir()
+
     def write_quarantine(self, source: str, unit: str, rows: list[dict]) -> Path | None:
         path = self.quarantine_path(source, unit)
         if not rows:

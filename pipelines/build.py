@@ -317,8 +317,12 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sa
         if moved is not None:
             corpus = _hold(held, CorpusDir(out))
         if plan is None:
-            units = plan_build(manifest, sample=sample, unit_bytes=unit_bytes,
-                               sample_root=str(sample_root) if sample_root is not None else None)
+            try:
+                units = plan_build(manifest, sample=sample, unit_bytes=unit_bytes,
+                                   sample_root=str(sample_root) if sample_root is not None else None)
+            except Exception:
+                corpus.remove_if_only_lock()  # leave no empty corpus folder behind a failed start
+                raise
             plan = {"version": PLAN_VERSION, "name": manifest.name, "sample": sample,
                     "fingerprint": manifest.build_fingerprint(tokenizer.sha256),
                     "fingerprint_parts": _fingerprint_parts(manifest, tokenizer.sha256), "unit_bytes": unit_bytes,

@@ -26,6 +26,7 @@ from pipelines.plan import WorkUnit
 
 # characters of text encoded per sentencepiece call: large enough to amortise the call, small in memory
 _BATCH_CHARS = 1 << 20
+_ENCODE_CHUNKS = 128
 
 
 @dataclass
@@ -81,7 +82,7 @@ class UnitProcessor:
         """Process one unit; kept chunks go to ``sink.add(chunk)`` (a shard writer) or to ``out.chunks``."""
         started, cpu_started = time.perf_counter(), time.process_time()
         out = UnitOutput(unit)
-        self._add = sink.add if sink is not None else out.chunks.append
+        add = sink.add if sink is not None else out.chunks.append
         batch: list[Record] = []
         batch_chars = 0
         for item in read_slice(unit.slice, self.text_field):
@@ -92,10 +93,10 @@ class UnitProcessor:
             batch.append(item)
             batch_chars += len(item.text)
             if batch_chars >= _BATCH_CHARS:
-                self._process(batch, out)
+                self._process(batch, out, add)
                 batch, batch_chars = [], 0
         if batch:
-            self._process(batch, out)
+            self._process(batch, out, add)
         out.seconds = time.perf_counter() - started
         out.cpu_seconds = time.process_time() - cpu_started
         out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -110,7 +111,15 @@ class UnitProcessor:
                                "file": sl.uri, where: bad.location, "detail": bad.detail,
                                "excerpt": bad.excerpt})
 
-    def _process(self, records: list[Record], out: UnitOutput) -> None:
+    def _encode(self, texts: list[str]):
+        """Token ids of each text, a bounded group at a time (one book can be thousands of chunks)."""
+        rules = self.rules.rules
+        for i in range(0, len(texts), _ENCODE_CHUNKS):
+            # texts are normalised already; sentencepiece directly avoids a second NFC pass
+            yield from self.tokenizer.sp.encode(texts[i:i + _ENCODE_CHUNKS], add_bos=rules.add_bos,
+                                                add_eos=rules.add_eos, num_threads=1)
+
+    def _process(self, records: list[Record], out: UnitOutput, add) -> None:
         rules, counts = self.rules, out.counts
         # per candidate chunk: (record index in batch, part)
         candidates: list[tuple[int, int]] = []
@@ -128,10 +137,7 @@ class UnitProcessor:
                     counts.chunks_dropped[TOO_FEW_CHARS] += 1
                     if part == 0:
                         first_reason[r] = TOO_FEW_CHARS
-        # texts are normalised already; sentencepiece directly avoids a second NFC pass
-        encoded = self.tokenizer.sp.encode(texts, add_bos=rules.rules.add_bos, add_eos=rules.rules.add_eos,
-                                           num_threads=1) if texts else []
-        for (r, part), text, ids in zip(candidates, texts, encoded):
+        for (r, part), text, ids in zip(candidates, texts, self._encode(texts)):
             reason = None
             if not rules.has_enough_tokens(ids):
                 reason = TOO_FEW_TOKENS
@@ -148,7 +154,7 @@ class UnitProcessor:
                     first_reason[r] = reason
                 continue
             kept_any[r] = True
-            self._add(np.asarray(ids, dtype=np.uint16))
+            add(np.asarray(ids, dtype=np.uint16))
             out.origin_location.append(records[r].location)
             out.origin_part.append(part)
             counts.chunks_kept += 1

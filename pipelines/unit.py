@@ -111,14 +111,6 @@ class UnitProcessor:
                                "file": sl.uri, where: bad.location, "detail": bad.detail,
                                "excerpt": bad.excerpt})
 
-    def _encode(self, texts: list[str]):
-        """Token ids of each text, a bounded group at a time (one book can be thousands of chunks)."""
-        rules = self.rules.rules
-        for i in range(0, len(texts), _ENCODE_CHUNKS):
-            # texts are normalised already; sentencepiece directly avoids a second NFC pass
-            yield from self.tokenizer.sp.encode(texts[i:i + _ENCODE_CHUNKS], add_bos=rules.add_bos,
-                                                add_eos=rules.add_eos, num_threads=1)
-
     def _process(self, records: list[Record], out: UnitOutput, add) -> None:
         rules, counts = self.rules, out.counts
         # per candidate chunk: (record index in batch, part)
@@ -137,28 +129,33 @@ class UnitProcessor:
                     counts.chunks_dropped[TOO_FEW_CHARS] += 1
                     if part == 0:
                         first_reason[r] = TOO_FEW_CHARS
-        for (r, part), text, ids in zip(candidates, texts, self._encode(texts)):
-            reason = None
-            if not rules.has_enough_tokens(ids):
-                reason = TOO_FEW_TOKENS
-            else:
-                for f in self.filters:
-                    keep, detail = f.check(text)
-                    if not keep:
-                        reason = f.name
-                        counts.drop_details[f"{f.name}:{detail or 'rejected'}"] += 1
-                        break
-            if reason is not None:
-                counts.chunks_dropped[reason] += 1
-                if part == 0:
-                    first_reason[r] = reason
-                continue
-            kept_any[r] = True
-            add(np.asarray(ids, dtype=np.uint16))
-            out.origin_location.append(records[r].location)
-            out.origin_part.append(part)
-            counts.chunks_kept += 1
-            counts.tokens += len(ids)
+        sp, add_bos, add_eos = self.tokenizer.sp, rules.rules.add_bos, rules.rules.add_eos
+        for i in range(0, len(texts), _ENCODE_CHUNKS):  # a bounded group at a time: one book can be 1000s of chunks
+            group = texts[i:i + _ENCODE_CHUNKS]
+            # texts are normalised already; sentencepiece directly avoids a second NFC pass
+            encoded = sp.encode(group, add_bos=add_bos, add_eos=add_eos, num_threads=1)
+            for (r, part), text, ids in zip(candidates[i:i + _ENCODE_CHUNKS], group, encoded):
+                reason = None
+                if not rules.has_enough_tokens(ids):
+                    reason = TOO_FEW_TOKENS
+                else:
+                    for f in self.filters:
+                        keep, detail = f.check(text)
+                        if not keep:
+                            reason = f.name
+                            counts.drop_details[f"{f.name}:{detail or 'rejected'}"] += 1
+                            break
+                if reason is not None:
+                    counts.chunks_dropped[reason] += 1
+                    if part == 0:
+                        first_reason[r] = reason
+                    continue
+                kept_any[r] = True
+                add(np.asarray(ids, dtype=np.uint16))
+                out.origin_location.append(records[r].location)
+                out.origin_part.append(part)
+                counts.chunks_kept += 1
+                counts.tokens += len(ids)
         for r in range(len(records)):
             if kept_any[r]:
                 counts.kept += 1

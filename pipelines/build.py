@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 import traceback
-from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from corpus.shard_writer import ShardWriter
 from corpus.shards import atomic_write_json
 from corpus.text_rules import CoreNetRules
 from corpus.tokenizer import Tokenizer
+from pipelines.corpus_index import corpus_index
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
 from pipelines.unit import UnitOutput, UnitProcessor
 
@@ -128,7 +128,7 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
         return {"status": "failed", **entry}
 
 
-# ---------------------------------------------------------------- the corpus index
+# ---------------------------------------------------------------- the fingerprint
 
 def _fingerprint_parts(manifest: Manifest, tokenizer_sha256: str) -> dict:
     return {"text": manifest.text.model_dump(mode="json"),
@@ -152,62 +152,6 @@ def _what_changed(old: dict, new: dict) -> list[str]:
         elif old_sources[name] != new["sources"][name]:
             changes.append(f"source {name} changed")
     return changes or ["manifest"]
-
-
-def _add_counts(total: dict, entry: dict) -> None:
-    for key in ("documents_read", "kept", "quarantined", "chunks_split", "chunks_kept", "tokens"):
-        total[key] = total.get(key, 0) + entry.get(key, 0)
-    for key in ("dropped", "quarantined_by_reason", "chunks_dropped", "drop_details"):
-        c = Counter(total.get(key, {}))
-        c.update(entry.get(key, {}))
-        total[key] = dict(sorted(c.items()))
-
-
-def _empty_totals() -> dict:
-    return {"documents_read": 0, "kept": 0, "dropped": {}, "quarantined": 0, "quarantined_by_reason": {},
-            "chunks_split": 0, "chunks_kept": 0, "chunks_dropped": {}, "drop_details": {}, "tokens": 0}
-
-
-def corpus_index(manifest: Manifest, tokenizer: Tokenizer, plan: dict, corpus: CorpusDir,
-                 status: str, started_at: str, finished_at: str | None) -> dict:
-    """corpus.json, assembled from the plan and the ledger on disk (so it is right after any resume)."""
-    shares = manifest.target_shares()
-    units_by_source: dict[str, list[dict]] = {s.name: [] for s in manifest.sources}
-    for u in plan["units"]:
-        units_by_source.setdefault(u["source"], []).append(u)
-    sources, grand, failed_all = {}, _empty_totals(), []
-    for s in manifest.sources:
-        totals, shards, failed, done = _empty_totals(), [], [], 0
-        for u in units_by_source[s.name]:
-            entry = corpus.ledger_entry(s.name, u["unit"])
-            if entry is not None:
-                done += 1
-                _add_counts(totals, entry)
-                shards.append({"unit": u["unit"], "bin": entry["shard"] + ".bin", "idx": entry["shard"] + ".idx",
-                               "json": entry["shard"] + ".json", "sha256_bin": entry["sha256_bin"],
-                               "sha256_idx": entry["sha256_idx"], "chunks": entry["chunks"],
-                               "tokens": entry["tokens"]})
-                continue
-            fail = corpus.failed_entry(s.name, u["unit"])
-            if fail is not None:
-                failed.append({"source": s.name, "unit": u["unit"], "input": u["input"], "error": fail["error"]})
-        _add_counts(grand, totals)
-        failed_all.extend(failed)
-        sources[s.name] = {
-            "group": s.group, "format": s.format, "target_tokens": s.tokens, "weight": s.weight,
-            "target_share": shares[s.name], "files": len({u["input"]["uri"] for u in units_by_source[s.name]}),
-            "units": {"total": len(units_by_source[s.name]), "done": done, "failed": len(failed)},
-            "shards": shards, "failed_units": failed, "totals": totals,
-        }
-    return {
-        "name": manifest.name, "sample": plan["sample"], "status": status,
-        "manifest": {"path": manifest.path, "dump": manifest.model_dump(mode="json")},
-        "manifest_fingerprint": plan["fingerprint"], "tokenizer": tokenizer.describe(),
-        "text_rules": manifest.text.model_dump(mode="json"),
-        "plan": {"units": len(plan["units"]), "unit_bytes": plan["unit_bytes"], "created_at": plan["created_at"]},
-        "sources": sources, "totals": grand, "failed_units": failed_all,
-        "started_at": started_at, "finished_at": finished_at,
-    }
 
 
 # ---------------------------------------------------------------- the driver

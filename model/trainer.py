@@ -32,7 +32,7 @@ from model import checkpoint as ckpt
 from model.config import OpenELMConfig, get_preset
 from model.metrics import CURVES_FILE, METRICS_FILE, MetricsLog, ProgressBar, plot_run
 from model.openelm import OpenELM
-from model.recipe import (FIELD_NAMES, RESUME_INVARIANTS, ConfigError, TrainConfig, autocast_dtype, build_optimizer,
+from model.recipe import (FIELD_NAMES, PRESET_DEFAULTS, RESUME_INVARIANTS, ConfigError, TrainConfig, autocast_dtype, build_optimizer,
                           language_model_loss, learning_rate, load_yaml_config, resolve_config)
 
 RUN_JSON = "run.json"
@@ -599,6 +599,45 @@ def _print_summary(run_dir: Path, sampler, train_loss, val_loss, rate: float) ->
 
 # ---------------------------------------------------------------- command line
 
+FLAG_HELP = {
+    "corpus": "corpus name under <data root>/corpora (e.g. openelm-sample) or a corpus folder",
+    "model": "preset: tiny, small, openelm-270m, openelm-450m, openelm-1.1b, openelm-3b",
+    "init_from": "start from the weights of a Hugging Face-format folder (e.g. a run's checkpoints/step_N)",
+    "vocab_size": "override the preset's vocabulary (must equal the corpus tokenizer's)",
+    "out": "run folder (default runs/<model>-<corpus>)",
+    "seed": "seeds the initial weights and the sampler's order",
+    "steps": "optimizer steps in the whole run",
+    "sequence_length": "tokens per training sequence",
+    "global_batch_tokens": "tokens per optimizer step over all ranks (a multiple of micro batch x length x ranks)",
+    "micro_batch_size": "sequences per forward pass on one rank; the rest is gradient accumulation",
+    "max_lr": "peak learning rate (CoreNet: 5.3e-3 270M, 3.9e-3 450M, 2.4e-3 1.1B, 1.2e-3 3B)",
+    "min_lr_ratio": "final LR as a fraction of the peak, reached by cosine decay",
+    "warmup_init_lr": "LR of the first warmup step",
+    "warmup_steps": "linear warmup length (default 5000, at most a tenth of the run)",
+    "beta1": "AdamW beta1", "beta2": "AdamW beta2", "eps": "AdamW epsilon",
+    "weight_decay": "AdamW weight decay for matrices (norms get none)",
+    "grad_clip": "clip the global gradient norm to this",
+    "z_loss": "coefficient of mean logsumexp(logits)^2 added to the loss",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "dtype": "auto (bf16 autocast on CUDA, else fp32), bf16 or fp32",
+    "compile": "torch.compile the model",
+    "activation_checkpointing": "recompute each decoder layer in backward (less memory)",
+    "fsdp": "shard parameters, gradients and optimizer state (FSDP2) under torchrun",
+    "threads": "torch CPU threads per process (default torch's; 1 is best on a busy machine)",
+    "flush_denormal": "CPU: treat subnormal floats as zero (they slow x86 math)",
+    "sampler_mode": "pack (every token trained) or corenet (one truncated, padded chunk per sequence)",
+    "stream": "tokenize the manifest's sources live on Ray instead of reading a built corpus",
+    "manifest": "the manifest --stream reads (default manifests/openelm.yaml)",
+    "stream_sample": "--stream the offline sample mirror instead of the upstream files",
+    "stream_workers": "Ray workers for --stream",
+    "log_every": "steps between progress lines and mixture records",
+    "eval_every": "steps between validation-loss evaluations",
+    "eval_batches": "held-out micro-batches per evaluation, over all ranks",
+    "checkpoint_every": "steps between checkpoints (one is always written at the end)",
+    "keep_checkpoints": "how many of the newest checkpoints to keep",
+    "progress": "show a progress bar (or progress lines when not on a terminal)",
+}
+
 _FLAG_TYPES = {"corpus": str, "init_from": str, "vocab_size": int, "out": str, "warmup_steps": int, "threads": int,
                "manifest": str}
 
@@ -617,6 +656,13 @@ def _parse_weights(text: str) -> dict[str, float]:
     return out
 
 
+def _describe_default(name: str, default: Any) -> str:
+    if default is None:
+        return ""
+    per_preset = any(name in values for values in PRESET_DEFAULTS.values())
+    return f" (default: {default}, or the preset's)" if per_preset else f" (default: {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elm-train", description=(
         "Train OpenELM on a built corpus with CoreNet's recipe. Every setting below can also be given in a YAML "
@@ -629,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"(default: per preset, else {default})"
+        help_text = FLAG_HELP.get(f.name, f.name) + _describe_default(f.name, default)
         if isinstance(default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name == "weights":

@@ -101,7 +101,7 @@ def test_loss_is_cross_entropy_plus_z_loss_over_unpadded_targets_with_matching_g
 def test_settings_layer_preset_then_yaml_then_flags():
     cfg = resolve_config({"max_lr": 2e-3, "steps": 50, "seed": 4}, {"steps": 80})
     assert (cfg.model, cfg.max_lr, cfg.steps, cfg.seed) == ("tiny", 2e-3, 80, 4)
-    assert cfg.sequence_length == 256  # the tiny preset's own default
+    assert cfg.sequence_length == 128  # the tiny preset's own default
 
 
 def test_an_unknown_setting_or_an_indivisible_batch_is_refused_by_name():

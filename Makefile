@@ -30,3 +30,4 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/elm-corpus build manifests/openelm.yaml --sample
 	$(VENV)/bin/elm-corpus stats openelm-sample --report $(DEMO_REPORT)
+	$(VENV)/bin/elm-train --corpus openelm-sample --model tiny --out $(DEMO_RUN) --resume

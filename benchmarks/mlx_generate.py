@@ -26,11 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.config import get_preset  # noqa: E402
-from model.export import export  # noqa: E402
+from model.export import OPENBLAS, export, mlx_cpu_env  # noqa: E402
 from model.hf_folder import write_hf_folder  # noqa: E402
 from model.openelm import OpenELM  # noqa: E402
-
-OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 
 # Runs inside a fresh interpreter: prefill and decode timings from mlx-lm's own generator.
 MLX_RUNNER = """
@@ -70,10 +68,8 @@ def time_torch(model: OpenELM, prompt: list[int], new_tokens: int, repeats: int)
 
 
 def time_mlx(folder: Path, prompt: list[int], new_tokens: int, repeats: int, preload: bool) -> list[dict]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("LD_PRELOAD", None)
-    if preload:
-        env["LD_PRELOAD"] = str(OPENBLAS)
+    plain = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env = mlx_cpu_env(plain) if preload else dict(plain, HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-c", MLX_RUNNER, str(folder), json.dumps(prompt), str(new_tokens),
                              str(repeats)], capture_output=True, text=True, env=env, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])

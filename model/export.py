@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -30,6 +31,8 @@ FORMATS = ("mlx", "hf")
 QUANT_BITS = (4, 8)
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
 RUN_JSON = "run.json"
+# Debian's OpenBLAS (libopenblas0-pthread); preloaded, it makes mlx's CPU matmul several times faster on Linux.
+OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 # Keys transformers writes into tokenizer_config.json about how it was loaded here, not about the tokenizer.
 _LOAD_TIME_TOKENIZER_KEYS = ("is_local", "local_files_only")
 
@@ -273,6 +276,14 @@ def _replace(staging: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+def mlx_cpu_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a process that runs MLX: OpenBLAS preloaded when installed (Linux only), offline Hub."""
+    env = dict(os.environ if env is None else env, HF_HUB_OFFLINE="1")
+    if sys.platform.startswith("linux") and OPENBLAS.exists() and str(OPENBLAS) not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(OPENBLAS)]))
+    return env
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elm-train export",
                                 description="Export a run or a Hugging Face-format OpenELM folder to MLX or HF format.")
@@ -301,7 +312,8 @@ def cli_export(argv: list[str]) -> int:
     quant = f", {args.quantize}-bit" if args.quantize else ""
     print(f"wrote {out} ({args.fmt}, {args.dtype}{quant})")
     if args.fmt == "mlx":
-        print(f"try: python -m mlx_lm generate --model {out} --prompt \"Once upon a time\"")
+        preload = f"LD_PRELOAD={OPENBLAS} " if "LD_PRELOAD" in mlx_cpu_env({}) else ""
+        print(f"try: {preload}python -m mlx_lm generate --model {out} --prompt \"Once upon a time\"")
     return 0
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import get_preset
-from model.export import ExportError, cli_export, export, resolve_source
+from model.export import ExportError, cli_export, export, mlx_cpu_env, resolve_source
 from model.hf_folder import HFFolderError, load_hf_folder, write_hf_folder
 from model.openelm import OpenELM
 
@@ -23,7 +23,6 @@ mlx_lm = pytest.importorskip("mlx_lm")
 # tiny's widths (128, 64/128 query dims, FFN multiples of 64) all split into mlx-lm's 64-wide quantization groups.
 CONFIG = get_preset("tiny")
 PROMPT = "The quick brown fox jumps over the lazy dog, and then"
-OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 RUN_FACTS = {
     "preset": "tiny",
     "corpus": {"name": "openelm-sample", "dir": "data/corpora/openelm-sample", "fingerprint": "f1e2d3c4b5a69788"},
@@ -60,14 +59,6 @@ def make_run(run_dir: Path, steps: tuple[int, ...] = (20,), run: dict | None = N
                                                        "train_loss": 7.0 + 1 / step, "val_loss": 7.5 + 1 / step}))
     (run_dir / "run.json").write_text(json.dumps(RUN_FACTS if run is None else run))
     return states
-
-
-def mlx_subprocess_env() -> dict[str, str]:
-    """Offline, with Debian's OpenBLAS preloaded when it is installed (mlx's CPU matmul is far faster with it)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    if OPENBLAS.exists():
-        env["LD_PRELOAD"] = str(OPENBLAS)
-    return env
 
 
 def torch_logits(model: OpenELM, ids: list[int]) -> np.ndarray:
@@ -170,10 +161,22 @@ def test_mlx_lm_generate_command_runs_offline(mlx_dir, torch_model, prompt_ids, 
     result = subprocess.run(
         [sys.executable, "-m", "mlx_lm", "generate", "--model", str(mlx_dir), "--prompt", PROMPT,
          "--max-tokens", "12", "--temp", "0"],
-        capture_output=True, text=True, env=mlx_subprocess_env(), timeout=300)
+        capture_output=True, text=True, env=mlx_cpu_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     expected = torch_model.generate(torch.tensor([prompt_ids]), max_new_tokens=12, eos_id=None)[0, len(prompt_ids):]
     assert tokenizer.decode(expected.tolist()).strip() in result.stdout
+
+
+def test_mlx_env_preloads_openblas_only_where_it_is_installed(monkeypatch, tmp_path):
+    import model.export
+    monkeypatch.setattr(model.export, "OPENBLAS", tmp_path / "absent.so")
+    assert "LD_PRELOAD" not in mlx_cpu_env({"PATH": "/bin"})
+    library = tmp_path / "libopenblas.so.0"
+    library.write_bytes(b"")
+    monkeypatch.setattr(model.export, "OPENBLAS", library)
+    env = mlx_cpu_env({"LD_PRELOAD": "/lib/other.so"})
+    if sys.platform.startswith("linux"):
+        assert env["LD_PRELOAD"] == f"/lib/other.so {library}" and env["HF_HUB_OFFLINE"] == "1"
 
 
 # --- quantization and dtypes ------------------------------------------------------------------

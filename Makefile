@@ -13,6 +13,10 @@ export TOKENIZERS_PARALLELISM ?= false
 DEMO_RUN := runs/demo
 DEMO_MLX := exports/demo-mlx
 DEMO_REPORT := reports/openelm-sample
+DEMO_PROMPT := And God said
+# Debian's OpenBLAS, when installed, makes MLX's CPU matmul several times faster (docs/export.md); optional.
+OPENBLAS := /usr/lib/x86_64-linux-gnu/libopenblas.so.0
+MLX_CPU := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS))
 
 .PHONY: install test demo clean-demo
 
@@ -31,3 +35,7 @@ demo: $(STAMP)
 	$(VENV)/bin/elm-corpus build manifests/openelm.yaml --sample
 	$(VENV)/bin/elm-corpus stats openelm-sample --report $(DEMO_REPORT)
 	$(VENV)/bin/elm-train --corpus openelm-sample --model tiny --out $(DEMO_RUN) --resume
+	$(VENV)/bin/elm-train export $(DEMO_RUN) --format mlx --out $(DEMO_MLX) --force
+	@echo "mlx-lm continues \"$(DEMO_PROMPT)\" from $(DEMO_MLX):"
+	@$(MLX_CPU) TRANSFORMERS_VERBOSITY=error $(PY) -m mlx_lm generate --model $(DEMO_MLX) \
+		--prompt "$(DEMO_PROMPT)" --max-tokens 40 --verbose False

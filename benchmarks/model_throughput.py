@@ -190,7 +190,7 @@ def describe_device(device: str) -> tuple[str, float | None]:
     if device == "cuda":
         name = torch.cuda.get_device_name()
         return name, next((peak for key, peak in PEAK_BF16.items() if key in name), None)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads", None
+    return f"CPU {platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}", None
 
 
 def run(args) -> None:

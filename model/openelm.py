@@ -35,7 +35,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, the statistics in float32 whatever the input dtype."""
+    """x / rms(x) * weight, computed in float32 whatever the input dtype, returned in x's dtype."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -54,9 +54,9 @@ class KVCache:
 
     def __init__(self, config: OpenELMConfig, batch_size: int, max_length: int,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
-        shape = lambda n_kv: (batch_size, n_kv, max_length, config.head_dim)  # noqa: E731
-        self.keys = [torch.zeros(shape(n), device=device, dtype=dtype) for n in config.num_kv_heads]
-        self.values = [torch.zeros(shape(n), device=device, dtype=dtype) for n in config.num_kv_heads]
+        shapes = [(batch_size, n_kv, max_length, config.head_dim) for n_kv in config.num_kv_heads]
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
         self.max_length = max_length
         self.offset = 0  # positions already written, in every layer
 

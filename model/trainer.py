@@ -29,7 +29,7 @@ import yaml
 from torch import Tensor, nn
 
 from model import checkpoint as ckpt
-from model.config import OpenELMConfig, get_preset
+from model.config import PRESETS, OpenELMConfig, get_preset
 from model.metrics import CURVES_FILE, METRICS_FILE, MetricsLog, ProgressBar, plot_run
 from model.openelm import OpenELM
 from model.recipe import (FIELD_NAMES, PRESET_DEFAULTS, RESUME_INVARIANTS, ConfigError, TrainConfig, autocast_dtype, build_optimizer,
@@ -370,6 +370,29 @@ class TrainResult:
     tokens_per_s: float
 
 
+def forward_backward(model: nn.Module, micro: list[tuple[Tensor, Tensor]], cfg: TrainConfig, cluster: Cluster,
+                     amp: torch.dtype | None) -> tuple[float, float, int]:
+    """Accumulate the gradient of one global batch; return its mean cross entropy, mean lse^2, target count.
+
+    Every micro-batch's summed loss is divided by the target count of the whole global batch
+    (all ranks), so any split into micro-batches and ranks gives the same gradient.
+    """
+    local_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro)
+    global_tokens = max(cluster.sum([float(local_tokens)])[0], 1.0)
+    scale = cluster.world_size / global_tokens  # DDP and FSDP average gradients over ranks
+    ce_sum = z_sum = torch.zeros((), dtype=torch.float64, device=cluster.device)
+    for i, (inputs, targets) in enumerate(micro):
+        sync = i == len(micro) - 1 or not hasattr(model, "no_sync")  # DDP reduces gradients on the last only
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with torch.autocast(cluster.device.type, dtype=amp, enabled=amp is not None):
+                logits = model(inputs)
+            sums = language_model_loss(logits, targets, cfg.z_loss, IGNORE_INDEX)
+            (sums.total * scale).backward()
+        ce_sum, z_sum = ce_sum + sums.ce, z_sum + sums.z
+    ce_sum, z_sum = cluster.sum([float(ce_sum), float(z_sum)])
+    return ce_sum / global_tokens, z_sum / global_tokens, int(global_tokens)
+
+
 def evaluate(model: nn.Module, batches: list[tuple[Tensor, Tensor]], cfg: TrainConfig, cluster: Cluster,
              amp: torch.dtype | None) -> tuple[float, int]:
     """Mean cross entropy over the held-out batches of every rank."""
@@ -408,9 +431,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
     if init_weights is not None:
         model.load_state_dict(init_weights, strict=True)
     model.to(cluster.device)
-    optimizer_model = model  # parameters the optimizer sees (sharded in place by fully_shard)
     train_model = wrap_model(model, cfg, cluster)
-    optimizer = build_optimizer(optimizer_model, cfg)
+    optimizer = build_optimizer(model, cfg)  # after wrapping: fully_shard swaps parameters for sharded ones
     amp = autocast_dtype(cfg, cluster.device)
 
     sampler = data.sampler(cfg, "train", cluster)
@@ -432,7 +454,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
         metrics.truncate_after(step)
         cfg.save_yaml(run_dir / CONFIG_YAML)
     run = {
-        "preset": cfg.model if not cfg.init_from else previous_run.get("preset", cfg.model),
+        # With --init-from the folder decides the shapes: name the preset only if they are one.
+        "preset": cfg.model if not cfg.init_from else next(
+            (name for name, preset in PRESETS.items() if preset == model_config), None),
         "init_from": cfg.init_from,
         "corpus": {"name": data.name, "dir": str(data.folder.resolve()) if data.folder is not None else None,
                    "fingerprint": data.fingerprint},
@@ -494,10 +518,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
 
     progress = ProgressBar(cfg.steps, step, cfg.log_every, enabled=cfg.progress and cluster.is_main)
     params = [p for p in model.parameters() if p.requires_grad]
-    tokens_per_step = cfg.global_batch_tokens
     train_loss = previous_run.get("final_train_loss")
     started = time.perf_counter()
-    start_step = step
+    start_step, start_tokens = step, tokens_seen
     try:
         while step < cfg.steps:
             step_started = time.perf_counter()
@@ -506,23 +529,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
                 group["lr"] = lr
 
             micro = [batches.next() for _ in range(cfg.gradient_accumulation)]
-            local_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro)
-            global_tokens = cluster.sum([float(local_tokens)])[0]
-            # DDP and FSDP average gradients over ranks; scale so the result is d(sum of losses)/d(tokens).
-            scale = cluster.world_size / max(global_tokens, 1.0)
-            ce_sum = z_sum = 0.0
-            for i, (inputs, targets) in enumerate(micro):
-                last = i == len(micro) - 1
-                no_sync = train_model.no_sync if (hasattr(train_model, "no_sync") and not last) else contextlib.nullcontext
-                with no_sync():
-                    with torch.autocast(cluster.device.type, dtype=amp, enabled=amp is not None):
-                        logits = train_model(inputs)
-                    sums = language_model_loss(logits, targets, cfg.z_loss, IGNORE_INDEX)
-                    (sums.total * scale).backward()
-                ce_sum += float(sums.ce)
-                z_sum += float(sums.z)
-            ce_sum, z_sum = cluster.sum([ce_sum, z_sum])
-            loss = ce_sum / max(global_tokens, 1.0)
+            loss, z_loss, global_tokens = forward_backward(train_model, micro, cfg, cluster, amp)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 last_good = ckpt.latest_checkpoint(run_dir)
@@ -535,19 +542,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += int(global_tokens) if cfg.sampler_mode == "corenet" else tokens_per_step
+            tokens_seen += global_tokens
             train_loss = loss
 
             step_time = time.perf_counter() - step_started
             tokens_per_s = global_tokens / step_time if step_time > 0 else 0.0
-            metrics.write({"kind": "train", "step": step, "loss": loss, "z_loss": z_sum / max(global_tokens, 1.0),
+            metrics.write({"kind": "train", "step": step, "loss": loss, "z_loss": z_loss,
                            "lr": lr, "grad_norm": grad_norm, "tokens": tokens_seen, "tokens_per_s": tokens_per_s,
                            "elapsed_s": time.perf_counter() - started})
             progress.update(step, loss, tokens_per_s, lr)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                shares = sampler.shares() if hasattr(sampler, "shares") else None
-                if shares:
-                    metrics.write({"kind": "mixture", "step": step, "sources": _plain(shares)})
+                metrics.write({"kind": "mixture", "step": step, "sources": _plain(sampler.shares())})
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 last_val = run_validation(step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -563,7 +568,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
 
     elapsed = time.perf_counter() - started
     steps_run = step - start_step
-    mean_rate = steps_run * tokens_per_step / elapsed if elapsed > 0 and steps_run else 0.0
+    mean_rate = (tokens_seen - start_tokens) / elapsed if elapsed > 0 and steps_run else 0.0
     if cluster.is_main:
         run.update(status="complete", ended_at=_now(), steps_done=step, tokens_seen=tokens_seen,
                    final_train_loss=train_loss, final_val_loss=last_val)
@@ -588,7 +593,7 @@ def _print_summary(run_dir: Path, sampler, train_loss, val_loss, rate: float) ->
     val = f"{val_loss:.4f}" if val_loss is not None else "n/a"
     print(f"done: {run_dir}  train loss {train_loss:.4f}  val loss {val}  {rate:,.0f} tokens/s; "
           f"curves in {run_dir / CURVES_FILE}")
-    shares = _plain(sampler.shares()) if hasattr(sampler, "shares") else None
+    shares = _plain(sampler.shares())
     if shares:
         print(f"  {'source':<28}{'target':>8}{'achieved':>10}")
         for name, row in shares.items():

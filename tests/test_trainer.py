@@ -261,6 +261,25 @@ def test_init_from_starts_from_a_checkpoints_weights(finished_run, token_corpus,
     assert json.loads((run / "run.json").read_text())["init_from"] == str(start)
 
 
+def test_activation_checkpointing_changes_memory_not_results(token_corpus, tmp_path):
+    plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(plain), *QUICK, "--steps", "2"]) == 0
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(recomputed), *QUICK, "--steps", "2",
+                      "--activation-checkpointing"]) == 0
+    assert train_losses(recomputed) == train_losses(plain)
+
+
+def test_corenet_mode_trains_on_padded_chunks_and_counts_only_real_targets(token_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "2",
+                      "--sequence-length", "1024", "--micro-batch-size", "2", "--global-batch-tokens", "2048",
+                      "--sampler-mode", "corenet"]) == 0
+    train = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    # Chunks shorter than 1025 tokens are padded; their padding is no target.
+    assert 0 < train[-1]["tokens"] < 2 * 2048
+    assert all(math.isfinite(r["loss"]) for r in train)
+
+
 def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(token_corpus, tmp_path, capsys):
     run = tmp_path / "run"
     # A learning rate of 1e30 blows the weights up after the first update.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -139,17 +138,3 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-class Throughput:
-    """Tokens per second over the last interval, excluding pauses (evaluation, checkpoints) the caller marks."""
-
-    def __init__(self):
-        self._start = time.perf_counter()
-
-    def restart(self) -> None:
-        self._start = time.perf_counter()
-
-    def rate(self, tokens: int) -> float:
-        elapsed = time.perf_counter() - self._start
-        return tokens / elapsed if elapsed > 0 else 0.0

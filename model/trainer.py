@@ -591,8 +591,8 @@ def _plain(value: Any) -> Any:
 
 def _print_summary(run_dir: Path, sampler, train_loss, val_loss, rate: float) -> None:
     val = f"{val_loss:.4f}" if val_loss is not None else "n/a"
-    print(f"done: {run_dir}  train loss {train_loss:.4f}  val loss {val}  {rate:,.0f} tokens/s; "
-          f"curves in {run_dir / CURVES_FILE}")
+    speed = f"{rate:,.0f} tokens/s" if rate else "nothing left to train"
+    print(f"done: {run_dir}  train loss {train_loss:.4f}  val loss {val}  {speed}; curves in {run_dir / CURVES_FILE}")
     shares = _plain(sampler.shares())
     if shares:
         print(f"  {'source':<28}{'target':>8}{'achieved':>10}")

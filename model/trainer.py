@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,8 +32,8 @@ from model import checkpoint as ckpt
 from model.config import PRESETS, OpenELMConfig, get_preset
 from model.metrics import CURVES_FILE, METRICS_FILE, MetricsLog, ProgressBar, plot_run
 from model.openelm import OpenELM
-from model.recipe import (FIELD_NAMES, PRESET_DEFAULTS, RESUME_INVARIANTS, ConfigError, TrainConfig, autocast_dtype, build_optimizer,
-                          language_model_loss, learning_rate, load_yaml_config, resolve_config)
+from model.recipe import (FIELD_NAMES, PRESET_DEFAULTS, RESUME_INVARIANTS, ConfigError, TrainConfig, autocast_dtype,
+                          build_optimizer, language_model_loss, learning_rate, load_yaml_config, resolve_config)
 
 RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
@@ -85,10 +85,6 @@ class Cluster:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
-
-    def agree(self, ok: bool) -> bool:
-        """True only when every rank says so (e.g. a start-up check passed everywhere)."""
-        return self.sum([0.0 if ok else 1.0])[0] == 0
 
 
 def start_cluster(cfg: TrainConfig) -> Cluster:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from model import checkpoint as ckpt
 from model.config import get_preset
 from model.metrics import read_metrics
 from model.openelm import OpenELM
-from model.recipe import (ConfigError, TrainConfig, language_model_loss, learning_rate, parameter_groups,
+from model.recipe import (ConfigError, language_model_loss, learning_rate, parameter_groups,
                           resolve_config)
 from model.trainer import cli_plot, cli_train
 

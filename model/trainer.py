@@ -553,9 +553,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cl
                 last_val = run_validation(step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step, train_loss)
-    except NonFiniteLoss:
+    except (NonFiniteLoss, KeyboardInterrupt) as stop:
         if cluster.is_main:
-            run.update(status="stopped: non-finite loss", ended_at=_now())
+            status = "stopped: non-finite loss" if isinstance(stop, NonFiniteLoss) else "interrupted"
+            run.update(status=status, ended_at=_now())
             write_run_json(run_dir, run)
         raise
     finally:

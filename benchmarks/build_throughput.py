@@ -13,7 +13,8 @@ files (its reader gives each task whole files). Timings exclude ``ray.init`` (pr
 its own) and run on warm Ray workers, as in a long build. Medians over ``--repeats``.
 
 datatrove's pipeline: JsonlReader -> NFC + 2048-word split -> the min-characters filter ->
-DocumentTokenizer (the exported tokenizer.json, BOS and EOS added, no shuffling). It has
+DocumentTokenizer (the exported tokenizer.json, BOS and EOS added, no shuffling; its
+tokenizer threads left as datatrove sets them, so it may use more than one per worker). It has
 no min-tokens filter: that would need a second encoding, so it is left out in its favour.
 """
 from __future__ import annotations
@@ -166,7 +167,7 @@ def datatrove_build(inputs: Path, tokenizer_json: Path, out: Path) -> tuple[int,
     executor.run()
     seconds = time.perf_counter() - start
     tokens = sum(p.stat().st_size for p in (out / "tokens").rglob("*.ds")) // 2
-    return tokens, seconds, float("nan")
+    return tokens, seconds, float("nan")  # its pool's CPU time is not visible from here
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -196,7 +196,8 @@ def resolve_corpus(name_or_dir: str | None) -> TrainingData:
                          f"'elm-corpus build'")
     if int(info.get("totals", {}).get("tokens", 1)) <= 0:
         raise TrainError(f"{folder}: the corpus holds no tokens; check 'elm-corpus stats {folder}' for what was dropped")
-    return TrainingData(info.get("name", folder.name), folder, info.get("manifest_fingerprint"),
+    # The folder's name is what --corpus takes (a sample build of manifest 'openelm' is 'openelm-sample').
+    return TrainingData(folder.name, folder, info.get("manifest_fingerprint"),
                         {k: tokenizer.get(k) for k in ("spec", "sha256", "vocab_size")})
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.shards import OFFSET_DTYPE, TOKEN_DTYPE, atomic_write_bytes, atomic_write_json
+from corpus.shards import FILE_MODE, OFFSET_DTYPE, TOKEN_DTYPE, atomic_write_bytes, atomic_write_json
 
 
 class ShardWriter:
@@ -23,6 +23,7 @@ class ShardWriter:
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         bin_path = self.stem.with_suffix(".bin")
         fd, self._tmp = tempfile.mkstemp(prefix=f".{bin_path.name}.", suffix=".tmp", dir=bin_path.parent)
+        os.fchmod(fd, FILE_MODE)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._sha = hashlib.sha256()
         self._lengths: list[int] = []

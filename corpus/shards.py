@@ -25,6 +25,10 @@ TOKEN_DTYPE = np.dtype("<u2")
 OFFSET_DTYPE = np.dtype("<u8")
 SHARDS_DIR = "shards"
 CORPUS_JSON = "corpus.json"
+# mkstemp creates files 0600; shards are meant to be shared, so give them the usual umask mode
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
@@ -40,6 +44,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from model import checkpoint as ckpt
 from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, HFFolderError, read_hf_folder,
-                             write_hf_folder)
+                             read_json_object, write_hf_folder)
 
 FORMATS = ("mlx", "hf")
 QUANT_BITS = (4, 8)
@@ -56,13 +56,7 @@ def read_json(path: Path) -> dict:
     """A JSON object file, {} when absent; a clear error when it is not valid."""
     if not path.is_file():
         return {}
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise ExportError(f"{path}: expected a JSON object")
-    return value
+    return read_json_object(path, ExportError)
 
 
 def resolve_source(path: str | Path, step: int | None = None) -> ExportSource:

@@ -43,6 +43,17 @@ class HFCheckpoint:
     tensors: dict[str, Tensor]
 
 
+def read_json_object(path: Path, error: type[Exception] = ValueError) -> dict:
+    """A file holding one JSON object; ``error`` names the file and what is wrong with it."""
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_hf_config(folder: str | Path) -> tuple[dict, OpenELMConfig]:
     folder = Path(folder)
     path = folder / CONFIG_FILE
@@ -50,12 +61,7 @@ def read_hf_config(folder: str | Path) -> tuple[dict, OpenELMConfig]:
         raise HFFolderError(f"{folder}: no such folder")
     if not path.is_file():
         raise HFFolderError(f"{folder}: no {CONFIG_FILE}; an OpenELM folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        hf_config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise HFFolderError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(hf_config, dict):
-        raise HFFolderError(f"{path}: expected a JSON object, got {type(hf_config).__name__}")
+    hf_config = read_json_object(path, HFFolderError)
     model_type = hf_config.get("model_type")
     if model_type != "openelm":
         raise HFFolderError(f"{path}: model_type is {model_type!r}, not 'openelm'; this is not an OpenELM config")

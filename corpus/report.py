@@ -22,9 +22,11 @@ from corpus.stats import CorpusStats, quarantine_examples
 from corpus.stats_view import human_bytes, human_count, progress_note
 
 CHARTS = {
-    "funnel.png": "Funnel per source: documents read and kept, then chunks split, past the character rule, past "
-                  "the token rule and past the source's filters (kept). Colour is the share of the stage's "
-                  "starting count still left; kept tokens are on the right.",
+    "funnel.png": "Token funnel per source: tokens (BOS and EOS included) of the chunks that pass the character "
+                  "rule, then left after the min_tokens rule and after each extra filter, down to the tokens kept "
+                  "in the shards. Colour is the share of the encoded tokens still left. Chunks dropped by the "
+                  "character rule are never tokenized, so they are counted in chunks instead (on the right, and "
+                  "in the drops chart).",
     "mixture.png": "Target share of each source (from the manifest) against the share of the corpus's tokens it "
                    "holds now.",
     "chunk_lengths.png": "Tokens per kept chunk (BOS and EOS included), per source; the dashed line is the "
@@ -52,33 +54,54 @@ def _rows_height(n: int, per_row: float = 0.42, base: float = 1.6) -> float:
     return base + per_row * max(n, 1)
 
 
-def _chart_funnel(stats: CorpusStats, path: Path) -> None:
+def _filter_order(corpus_json: dict, sources: list[dict]) -> list[str]:
+    """Extra-filter names in the order the build applies them (manifest order), then any others seen."""
+    order: list[str] = []
+    for source in ((corpus_json.get("manifest") or {}).get("dump") or {}).get("sources", []):
+        for f in source.get("filters") or []:
+            if f.get("type") not in order:
+                order.append(f.get("type"))
+    seen = sorted({r for s in sources for r in (s.get("tokens_dropped") or {}) if r != "too_few_tokens"})
+    return order + [r for r in seen if r not in order]
+
+
+def _chart_funnel(stats: CorpusStats, path: Path, filters: list[str]) -> None:
     sources = stats.sources
-    stages = ["documents\nread", "documents\nkept", "chunks\nsplit", "chunks\n>= min_chars", "chunks\n>= min_tokens",
-              "chunks kept\n(after filters)"]
-    counts = np.zeros((len(sources), len(stages)), dtype=np.int64)
+    filters = [f for f in filters if any((s.get("tokens_dropped") or {}).get(f) for s in sources)]
+    stages = ["encoded\n(>= min_chars)", "after\nmin_tokens", *[f"after\n{f}" for f in filters],
+              "kept\n(in shards)"]
+    counts = np.full((len(sources), len(stages)), np.nan)
     for i, s in enumerate(sources):
-        d, ch = s["documents"], s["chunks"]
-        after_chars = ch["split"] - ch["dropped"].get("too_few_chars", 0)
-        after_tokens = after_chars - ch["dropped"].get("too_few_tokens", 0)
-        counts[i] = [d["read"], d["kept"], ch["split"], after_chars, after_tokens, ch["kept"]]
-    base = np.repeat(counts[:, [0]], 2, axis=1), np.repeat(counts[:, [2]], 4, axis=1)
-    base = np.concatenate(base, axis=1).astype(float)
-    left = np.divide(counts, base, out=np.zeros_like(base), where=base > 0)
-    fig = _figure(11, _rows_height(len(sources), 0.45, 2.0))
+        dropped = s.get("tokens_dropped")
+        if dropped is None or s.get("tokens_after_chars") is None:
+            continue  # shards from a build that did not record dropped tokens: no funnel to draw
+        left_now = s["tokens_after_chars"]
+        row = [left_now]
+        for reason in ("too_few_tokens", *filters):
+            left_now -= dropped.get(reason, 0)
+            row.append(left_now)
+        counts[i] = [*row, s["tokens"]]  # kept, from the .idx: every drop is named above, so it equals left_now
+    base = counts[:, [0]]
+    left = np.divide(counts, base, out=np.zeros_like(counts), where=base > 0)
+    fig = _figure(max(9, 1.6 * len(stages) + 4), _rows_height(len(sources), 0.45, 2.2))
     ax = fig.add_subplot()
-    image = ax.imshow(left, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    image = ax.imshow(np.where(np.isnan(counts), np.nan, left), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i in range(len(sources)):
         for j in range(len(stages)):
-            ax.text(j, i, human_count(int(counts[i, j])), ha="center", va="center", fontsize=9,
-                    color="white" if left[i, j] < 0.6 else "black")
+            text = "-" if np.isnan(counts[i, j]) else human_count(int(counts[i, j]))
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="white" if np.isnan(counts[i, j]) or left[i, j] < 0.6 else "black")
     ax.set_xticks(range(len(stages)), stages, fontsize=9)
     ax.set_yticks(range(len(sources)), [s["name"] for s in sources])
     ax.xaxis.tick_top()
     right = ax.secondary_yaxis("right")
-    right.set_yticks(range(len(sources)), [f"{human_count(s['tokens'])} tokens" for s in sources])
-    fig.colorbar(image, ax=ax, label="share of the stage's start still left", shrink=0.8, pad=0.02)
-    ax.set_title("where the text went, per source")
+    right.set_yticks(range(len(sources)), [f"< min_chars, not tokenized: "
+                                           f"{s['chunks']['dropped'].get('too_few_chars', 0):,} chunks"
+                                           for s in sources], fontsize=8)
+    fig.colorbar(image, ax=ax, label="share of the encoded tokens still left", shrink=0.8, pad=0.02)
+    ax.set_title("tokens per source, stage by stage (BOS/EOS included)")
+    fig.supxlabel("chunks dropped by the character rule (too_few_chars) are never tokenized: they are counted "
+                  "in chunks, on the right and in drops.png", fontsize=9)
     fig.savefig(path)
 
 
@@ -336,8 +359,9 @@ def write_report(stats: CorpusStats, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus_json_path = stats.path / "corpus.json"
-    rules = json.loads(corpus_json_path.read_text()).get("text_rules", {}) if corpus_json_path.exists() else {}
-    _chart_funnel(stats, out / "funnel.png")
+    corpus_json = json.loads(corpus_json_path.read_text()) if corpus_json_path.exists() else {}
+    rules = corpus_json.get("text_rules", {})
+    _chart_funnel(stats, out / "funnel.png", _filter_order(corpus_json, stats.sources))
     _chart_mixture(stats, out / "mixture.png")
     _chart_lengths(stats, out / "chunk_lengths.png", rules.get("min_tokens"))
     _chart_drops(stats, out / "drops.png")

@@ -2,7 +2,7 @@
 
 The numbers come from the files a build leaves, never from a build's memory: the plan
 (``plan.json``, every work unit), the ledger (a unit is done once its entry exists), the
-failed entries, each done unit's shard sidecar (documents, chunks, drops, quarantine) and
+failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped chunks, quarantine) and
 ``.idx`` (chunk lengths). So they are right for a finished corpus, a build still running
 and one that was interrupted. ``corpus.json`` supplies the manifest, tokenizer and status.
 
@@ -131,6 +131,8 @@ class _Tally:
     chunks_dropped: Counter = field(default_factory=Counter)
     filter_details: Counter = field(default_factory=Counter)
     tokens: int = 0
+    tokens_dropped: Counter = field(default_factory=Counter)  # tokens of encoded chunks dropped, by reason
+    shards_without_token_drops: int = 0  # sidecars written before builds recorded tokens_dropped
     shards: int = 0
     lengths: Counter = field(default_factory=Counter)  # chunk length in tokens -> number of chunks
 
@@ -144,6 +146,10 @@ class _Tally:
         self.chunks_kept += meta.get("chunks", 0)
         self.chunks_dropped.update(meta.get("chunks_dropped", {}))
         self.filter_details.update(meta.get("drop_details", {}))
+        if "tokens_dropped" in meta:
+            self.tokens_dropped.update(meta["tokens_dropped"])
+        else:
+            self.shards_without_token_drops += 1
         self.shards += 1
 
     def add_lengths(self, lengths: np.ndarray) -> None:
@@ -153,9 +159,10 @@ class _Tally:
 
     def merge(self, other: "_Tally") -> None:
         for name in ("documents_read", "documents_kept", "quarantined", "chunks_split", "chunks_kept",
-                     "tokens", "shards"):
+                     "tokens", "shards_without_token_drops", "shards"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("documents_dropped", "quarantined_by_reason", "chunks_dropped", "filter_details", "lengths"):
+        for name in ("documents_dropped", "quarantined_by_reason", "chunks_dropped", "filter_details",
+                     "tokens_dropped", "lengths"):
             getattr(self, name).update(getattr(other, name))
 
     def length_summary(self) -> dict:
@@ -185,6 +192,10 @@ class _Tally:
                        "dropped_total": sum(self.chunks_dropped.values())},
             "filter_details": by_reason(self.filter_details),
             "tokens": self.tokens,
+            # unknown (null) when any counted shard predates the field, rather than a silent undercount
+            "tokens_dropped": None if self.shards_without_token_drops else by_reason(self.tokens_dropped),
+            "tokens_after_chars": None if self.shards_without_token_drops else
+            self.tokens + sum(self.tokens_dropped.values()),
             "tokens_per_chunk": self.length_summary(),
             "shards": self.shards,
         }

@@ -15,7 +15,7 @@ from corpus.tokenizer import Tokenizer
 def _add_counts(total: dict, entry: dict) -> None:
     for key in ("documents_read", "kept", "quarantined", "chunks_split", "chunks_kept", "tokens"):
         total[key] = total.get(key, 0) + entry.get(key, 0)
-    for key in ("dropped", "quarantined_by_reason", "chunks_dropped", "drop_details"):
+    for key in ("dropped", "quarantined_by_reason", "chunks_dropped", "drop_details", "tokens_dropped"):
         c = Counter(total.get(key, {}))
         c.update(entry.get(key, {}))
         total[key] = dict(sorted(c.items()))
@@ -23,7 +23,8 @@ def _add_counts(total: dict, entry: dict) -> None:
 
 def _empty_totals() -> dict:
     return {"documents_read": 0, "kept": 0, "dropped": {}, "quarantined": 0, "quarantined_by_reason": {},
-            "chunks_split": 0, "chunks_kept": 0, "chunks_dropped": {}, "drop_details": {}, "tokens": 0}
+            "chunks_split": 0, "chunks_kept": 0, "chunks_dropped": {}, "drop_details": {}, "tokens": 0,
+            "tokens_dropped": {}}
 
 
 def corpus_index(manifest: Manifest, tokenizer: Tokenizer, plan: dict, corpus: CorpusDir,

@@ -8,6 +8,8 @@ Order of the decisions for each chunk: CoreNet's ``too_few_chars``, then encodin
 BOS/EOS and CoreNet's ``too_few_tokens``, then the source's extra filters in manifest
 order; the first that says no names the reason. A document is *kept* when at least one
 of its chunks is kept, otherwise it is *dropped* under the reason of its first chunk.
+Tokens are counted for every encoded chunk (kept, or dropped by a later rule); chunks
+dropped by ``too_few_chars`` are never encoded, which is what makes that rule cheap.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class UnitCounts:
     chunks_dropped: Counter = field(default_factory=Counter)
     drop_details: Counter = field(default_factory=Counter)
     tokens: int = 0
+    tokens_dropped: Counter = field(default_factory=Counter)  # tokens of encoded chunks dropped, by reason
 
     def to_dict(self) -> dict:
         return {
@@ -54,6 +57,7 @@ class UnitCounts:
             "chunks_dropped": dict(sorted(self.chunks_dropped.items())),
             "drop_details": dict(sorted(self.drop_details.items())),
             "tokens": self.tokens,
+            "tokens_dropped": dict(sorted(self.tokens_dropped.items())),
         }
 
 
@@ -147,6 +151,7 @@ class UnitProcessor:
                             break
                 if reason is not None:
                     counts.chunks_dropped[reason] += 1
+                    counts.tokens_dropped[reason] += len(ids)
                     if part == 0:
                         first_reason[r] = reason
                     continue

@@ -90,6 +90,7 @@ def recount(corpus_dir: Path, manifest_path: Path) -> dict:
 
 def _counts(sidecars: list[dict], lengths: np.ndarray) -> dict:
     dropped, chunks_dropped = _reasons(sidecars, "dropped"), _reasons(sidecars, "chunks_dropped")
+    tokens_dropped = _reasons(sidecars, "tokens_dropped")
     return {
         "documents": {"read": sum(m["documents_read"] for m in sidecars), "kept": sum(m["kept"] for m in sidecars),
                       "dropped": dropped, "dropped_total": sum(dropped.values()),
@@ -99,6 +100,8 @@ def _counts(sidecars: list[dict], lengths: np.ndarray) -> dict:
                    "dropped": chunks_dropped, "dropped_total": sum(chunks_dropped.values())},
         "filter_details": _reasons(sidecars, "drop_details"),
         "tokens": int(lengths.sum()),
+        "tokens_dropped": tokens_dropped,
+        "tokens_after_chars": int(lengths.sum()) + sum(tokens_dropped.values()),
         "tokens_per_chunk": _length_numbers(lengths),
         "shards": len(sidecars),
     }
@@ -209,6 +212,51 @@ def test_documents_read_are_kept_dropped_or_quarantined_in_every_source(sample_d
         d = s["documents"]
         assert d["read"] == d["kept"] + d["dropped_total"] + d["quarantined"], s.get("name", "total")
         assert s["chunks"]["split"] == s["chunks"]["kept"] + s["chunks"]["dropped_total"]
+
+
+def test_encoded_tokens_are_the_kept_tokens_plus_the_dropped_ones_in_every_source(filtered_corpus, capsys):
+    corpus_dir, manifest = filtered_corpus
+    got = stats_json(capsys, str(corpus_dir))
+    want = recount(corpus_dir, manifest)
+    for s, w in zip([*got["sources"], got["total"]], [*want["sources"], want["total"]]):
+        kept_from_idx = w["tokens"]  # the recount sums np.diff of each .idx
+        assert s["tokens_after_chars"] == kept_from_idx + sum(s["tokens_dropped"].values()), s.get("name", "total")
+        assert "too_few_chars" not in s["tokens_dropped"]  # those chunks are never encoded
+        assert set(s["tokens_dropped"]) == set(s["chunks"]["dropped"]) - {"too_few_chars"}
+    code = got["sources"][0]
+    assert code["tokens_dropped"]["gopher_repetition"] > 0
+
+
+def test_tokens_dropped_equal_a_re_encoding_of_the_dropped_chunks(tmp_path, ray_session, capsys):
+    """Three documents whose every chunk's fate is known; the build's token counts match encoding them again."""
+    from pipelines.build import build
+    prose = ("Rivers carve valleys slowly over many thousands of years while winds shape dunes and cliffs along "
+             "the coast where fishermen mend their nets each morning before sailing out past the harbour lights "
+             "toward deeper water that hides cold currents and silver shoals").split(" ")[:40]
+    repetition = ("the same words again and again " * 7).split(" ")[:40]
+    assert len(prose) == len(repetition) == 40  # one chunk each
+    short = "Quick brown foxes jumped over lazy dogs sleeping beside the quiet riverbank today"
+    documents = [" ".join([*prose, *repetition, short]),  # kept, gopher_repetition, too_few_tokens
+                 short,                                   # too_few_tokens
+                 "ok fine yes"]                           # too_few_chars
+    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    manifest = tmp_path / "tiny.yaml"
+    manifest.write_text(
+        "name: tiny\ntext: {split_words: 40, min_chars: 60, min_tokens: 30}\nsources:\n"
+        f"  - {{name: tiny, group: redpajama, format: jsonl, tokens: 1M, upstream: {{files: ['{tmp_path}/tiny.jsonl']}},"
+        " filters: [{type: gopher_repetition}]}\n")
+    assert build(manifest, tmp_path / "tiny", workers=1, progress=False).status == "complete"
+    got = stats_json(capsys, str(tmp_path / "tiny"))["sources"][0]
+    assert got["chunks"]["dropped"] == {"gopher_repetition": 1, "too_few_chars": 1, "too_few_tokens": 2}
+
+    encode = Tokenizer().encode
+    words = documents[0].split(" ")
+    chunks = [" ".join(words[i:i + 40]) for i in range(0, len(words), 40)]
+    kept, repeated, too_short = (len(ids) for ids in encode([chunks[0], chunks[1], chunks[2]]))
+    assert chunks[2] == short and too_short < 30 <= repeated  # the premise: which rule drops which chunk
+    assert got["tokens"] == kept
+    assert got["tokens_dropped"] == {"gopher_repetition": repeated, "too_few_tokens": 2 * too_short}
+    assert got["tokens_after_chars"] == kept + repeated + 2 * too_short
 
 
 def test_json_names_the_tokenizer_hash_and_manifest_fingerprint(sample_dir, capsys):

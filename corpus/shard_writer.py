@@ -1,8 +1,7 @@
 """A shard written chunk by chunk, so a worker's memory does not grow with its work unit.
 
-Produces exactly the files :func:`corpus.shards.write_shard` writes for the same chunks
-(same ``.bin``, ``.idx`` and sidecar bytes); only the tokens go to disk as they come
-instead of being gathered first. The ``.bin`` grows in a temporary file and is renamed
+The only shard writer: :func:`corpus.shards.write_shard` feeds it a list of chunks, the
+build feeds it chunks as they are encoded. The ``.bin`` grows in a temporary file and is renamed
 into place at :meth:`ShardWriter.close`, then the ``.idx`` and, last, the sidecar.
 """
 from __future__ import annotations
@@ -28,7 +27,12 @@ class ShardWriter:
         self._sha = hashlib.sha256()
         self._lengths: list[int] = []
 
-    def add(self, chunk: np.ndarray) -> None:
+    def add(self, chunk: np.ndarray | list[int]) -> None:
+        if not (isinstance(chunk, np.ndarray) and chunk.dtype == TOKEN_DTYPE):
+            wide = np.asarray(chunk, dtype=np.int64)
+            if wide.size and (wide.min() < 0 or wide.max() > np.iinfo(TOKEN_DTYPE).max):
+                raise ValueError(f"{self.stem}: token ids must fit uint16 (0..65535)")
+            chunk = wide
         data = np.ascontiguousarray(chunk, dtype=TOKEN_DTYPE).data
         self._file.write(data)
         self._sha.update(data)

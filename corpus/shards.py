@@ -64,31 +64,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def write_shard(stem: str | Path, chunks: list[np.ndarray] | list[list[int]], sidecar: dict) -> dict:
     """Write ``stem.bin``, ``stem.idx`` and, last, ``stem.json``; return the sidecar as written."""
-    stem = Path(stem)
-    lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
-    offsets = np.zeros(len(chunks) + 1, dtype=OFFSET_DTYPE)
-    np.cumsum(lengths, out=offsets[1:])
-    if chunks:
-        tokens = np.concatenate([np.asarray(c, dtype=np.int64) for c in chunks])
-        if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(TOKEN_DTYPE).max):
-            raise ValueError(f"{stem}: token ids must fit uint16 (0..65535)")
-        tokens = tokens.astype(TOKEN_DTYPE)
-    else:
-        tokens = np.zeros(0, dtype=TOKEN_DTYPE)
-    bin_bytes, idx_bytes = tokens.tobytes(), offsets.tobytes()
-    atomic_write_bytes(stem.with_suffix(".bin"), bin_bytes)
-    atomic_write_bytes(stem.with_suffix(".idx"), idx_bytes)
-    meta = dict(sidecar)
-    meta.update(
-        chunks=int(len(chunks)),
-        tokens=int(tokens.size),
-        bin=stem.with_suffix(".bin").name,
-        idx=stem.with_suffix(".idx").name,
-        sha256_bin=hashlib.sha256(bin_bytes).hexdigest(),
-        sha256_idx=hashlib.sha256(idx_bytes).hexdigest(),
-    )
-    atomic_write_json(stem.with_suffix(".json"), meta)
-    return meta
+    from corpus.shard_writer import ShardWriter  # the one writer; it imports this module's format
+    writer = ShardWriter(stem)
+    try:
+        for chunk in chunks:
+            writer.add(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(sidecar)
 
 
 @dataclass

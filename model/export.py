@@ -98,7 +98,6 @@ def run_field(run: dict, dotted: str):
 
 def resolve_tokenizer(source: ExportSource, explicit: str | None):
     """--tokenizer, else the one run.json records (its sha256 checked), else a tokenizer.model beside the weights."""
-    from corpus.tokenizer import Tokenizer
 
     recorded = run_field(source.run, "tokenizer.sha256")
     spec = run_field(source.run, "tokenizer.spec")

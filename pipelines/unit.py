@@ -133,11 +133,11 @@ class UnitProcessor:
                     counts.chunks_dropped[TOO_FEW_CHARS] += 1
                     if part == 0:
                         first_reason[r] = TOO_FEW_CHARS
-        sp, add_bos, add_eos = self.tokenizer.sp, rules.rules.add_bos, rules.rules.add_eos
+        add_bos, add_eos = rules.rules.add_bos, rules.rules.add_eos
         for i in range(0, len(texts), _ENCODE_CHUNKS):  # a bounded group at a time: one book can be 1000s of chunks
             group = texts[i:i + _ENCODE_CHUNKS]
-            # texts are normalised already; sentencepiece directly avoids a second NFC pass
-            encoded = sp.encode(group, add_bos=add_bos, add_eos=add_eos, num_threads=1)
+            # texts are normalised already: no second NFC pass
+            encoded = self.tokenizer.encode_arrays(group, bos=add_bos, eos=add_eos)
             for (r, part), text, ids in zip(candidates[i:i + _ENCODE_CHUNKS], group, encoded):
                 reason = None
                 if not rules.has_enough_tokens(ids):
@@ -156,7 +156,7 @@ class UnitProcessor:
                         first_reason[r] = reason
                     continue
                 kept_any[r] = True
-                add(np.asarray(ids, dtype=np.uint16))
+                add(ids)
                 out.origin_location.append(records[r].location)
                 out.origin_part.append(part)
                 counts.chunks_kept += 1

@@ -74,6 +74,82 @@ def test_a_literal_special_token_in_text_is_text(tokenizer):
     assert tokenizer.decode(ids) == r"(?P<s>\d{2})</s><unk>"
 
 
+# ---- ids assembled per segment (the build's encoder) must be sentencepiece's, on any text
+
+def _sp_ids(tokenizer, texts, bos=True, eos=True) -> list[list[int]]:
+    return tokenizer.sp.encode(list(texts), add_bos=bos, add_eos=eos)
+
+
+def _hard_texts() -> list[str]:
+    """Spaces in every position and run length, literal ``▁``, byte fallback, specials, long segments."""
+    import random
+
+    from corpus.hf_tokenizer import PROBES
+    rng = random.Random(7)
+    alphabet = [" ", " ", " ", "\u2581", "\n", "\t", "a", "b", "é", "中", "😀", "<s>", "(", ".", "ab", "the"]
+    fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40))) for _ in range(3000)]
+    return list(PROBES) + fuzz + [" ", "   ", "\u2581", "\u2581 \u2581", " \u2581x", "x\u2581 y", "a" * 700,
+                                  "x " + "z" * 300 + " y " + "z" * 300, "A  B   C    D\u2581\u2581 E "]
+
+
+def test_segment_encoder_applies_to_the_default_model(tokenizer):
+    assert tokenizer.segment_reason is None
+
+
+def test_segment_encoder_gives_sentencepiece_ids_on_every_sample_document(tokenizer, sample_texts):
+    from corpus.tokenizer import SegmentEncoder
+    nfc = [unicodedata.normalize("NFC", t) for t in sample_texts]
+    enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
+    for bos, eos in ((True, True), (False, False), (True, False)):
+        want = _sp_ids(tokenizer, nfc, bos, eos)
+        got = enc.encode(nfc, bos, eos)
+        assert all(g.dtype == "uint16" for g in got)
+        assert [t[:60] for t, g, w in zip(nfc, got, want) if g.tolist() != w] == []
+    assert 0 < enc.misses < enc.lookups / 2  # the second and third passes were answered from the cache
+
+
+def test_segment_encoder_gives_sentencepiece_ids_on_hard_and_random_text(tokenizer):
+    from corpus.tokenizer import SegmentEncoder
+    texts = _hard_texts()
+    want = _sp_ids(tokenizer, texts)
+    enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
+    got = [enc.encode([t])[0].tolist() for t in texts]  # one at a time: each text sees the cache the last left
+    assert [t for t, g, w in zip(texts, got, want) if g != w] == []
+    assert [g.tolist() for g in enc.encode(texts)] == want  # and all at once, from a warm cache
+
+
+def test_a_full_segment_cache_starts_over_and_changes_no_id(tokenizer, sample_texts):
+    from corpus.tokenizer import SegmentEncoder
+    texts = [unicodedata.normalize("NFC", t) for t in sample_texts[::5]] + _hard_texts()[:500]
+    enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id, entries=300, chars=2000,
+                         max_chars=8)
+    got = [enc.encode([t])[0].tolist() for t in texts]
+    assert got == _sp_ids(tokenizer, texts)
+    assert len(enc._cache) <= 300 and enc._cached_chars <= 2000
+    assert all(len(s) <= 8 for s in enc._cache)
+    assert enc.misses > len(set(enc._cache))  # it started over at least once
+
+
+def test_a_model_with_a_piece_across_a_space_is_encoded_by_sentencepiece_alone(tokenizer):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from corpus.tokenizer import SegmentEncoder, Tokenizer, segment_encoder
+    m = pb.ModelProto()
+    m.ParseFromString(tokenizer.model_bytes)
+    piece = m.pieces.add()
+    piece.piece, piece.score, piece.type = "\u2581of\u2581the", 0.0, pb.ModelProto.SentencePiece.NORMAL
+    joined = Tokenizer("joined", model_bytes=m.SerializeToString())
+    assert "'\u2581of\u2581the'" in joined.segment_reason and "32000" in joined.segment_reason
+    texts = ["the end of the day", "most of them", ""]
+    want = _sp_ids(joined, texts)
+    assert [ids.tolist() for ids in joined.encode_arrays(texts)] == want
+    assert 32000 in want[0]  # sentencepiece uses the joined piece, which per-segment ids cannot hold
+    unguarded = SegmentEncoder(joined.model_bytes, joined.bos_id, joined.eos_id)
+    assert unguarded.encode(texts[:1])[0].tolist() != want[0]
+    with pytest.raises(ValueError, match="cannot be assembled per segment"):
+        segment_encoder(joined)
+
+
 def test_export_writes_the_three_files(exported, tokenizer):
     assert sorted(p.name for p in exported.iterdir()) == ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
     assert (exported / "tokenizer.model").read_bytes() == tokenizer.model_bytes

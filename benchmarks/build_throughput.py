@@ -1,16 +1,25 @@
 """Build throughput on ~50 MB of real text: the build with 1 and 2 workers against bare
 sentencepiece encoding of the same chunks and datatrove's LocalPipelineExecutor doing the same steps.
 
-    .venv/bin/python benchmarks/build_throughput.py [--mb 50] [--repeats 3]
+    .venv/bin/python benchmarks/build_throughput.py [--mb 50] [--repeats 3] [--text fresh|repeated]
 
 A third baseline, bare encoding split over 2 processes, shows how much the machine itself
 can gain from a second process at the time of the run (on a shared machine, often little).
+A fourth, the build's own segment-cache encoder (:class:`corpus.tokenizer.SegmentEncoder`)
+alone in one process from an empty cache, shows what the encoder gains over ``sp.encode``.
 
-Text: Python standard-library sources, the King James Bible and Python's reference topics
-(all installed offline), repeated in order until the size is reached, as JSON lines. Our
-build reads one file cut into work units; datatrove reads the same lines split over 8
-files (its reader gives each task whole files). Timings exclude ``ray.init`` (printed on
-its own) and run on warm Ray workers, as in a long build. Medians over ``--repeats``.
+Text, as JSON lines, no document twice (``--text fresh``, the default): Python
+standard-library sources, the King James Bible and Python's reference topics (12.8 MB),
+then the Python sources of the packages installed in this environment, sorted by path,
+until the size is reached; mostly code. ``--text repeated`` repeats the first three in
+order instead (the text of earlier runs): the segment cache then meets every segment
+again after 12.8 MB, which deduplicated corpora do not do, so it flatters the build.
+
+Our build reads one file cut into work units; datatrove reads the same lines split over 8
+files (its reader gives each task whole files). Each of our timed builds gets fresh Ray
+workers (Ray restarted, outside the timing, then a small warm-up build on other text), so
+no encoder cache survives from an earlier run; datatrove starts fresh processes per run.
+Medians over ``--repeats``.
 
 datatrove's pipeline: JsonlReader -> NFC + 2048-word split -> the min-characters filter ->
 DocumentTokenizer (the exported tokenizer.json, BOS and EOS added, no shuffling; its
@@ -42,16 +51,37 @@ UNIT_BYTES = 4 << 20
 DATATROVE_FILES = 8
 
 
-def real_documents(target_bytes: int) -> list[str]:
+def _installed_sources():
+    """Python sources of the installed packages (this environment's site-packages), sorted by path."""
+    import sysconfig
+    root = Path(sysconfig.get_paths()["purelib"])
+    for path in sorted(root.rglob("*.py"), key=lambda q: q.relative_to(root).as_posix()):
+        if path.stat().st_size > 1 << 20:
+            continue
+        try:
+            yield path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+
+
+def real_documents(target_bytes: int, text: str = "fresh") -> list[str]:
     from corpus.sample_text import doc_topics, kjv_chapters, stdlib_sources
     pool = [p.text for p in stdlib_sources()] + [p.text for p in kjv_chapters()] + [p.text for p in doc_topics()]
-    docs, size, i = [], 0, 0
-    while size < target_bytes:
-        text = pool[i % len(pool)]
-        docs.append(text)
-        size += len(text.encode("utf-8"))
-        i += 1
-    return docs
+    if text == "repeated":
+        source = (pool[i % len(pool)] for i in range(10 ** 9))
+    else:
+        from itertools import chain
+        source = chain(pool, _installed_sources())
+    docs, size, seen = [], 0, set()
+    for doc in source:
+        if size >= target_bytes:
+            return docs
+        if text == "fresh" and (not doc.strip() or doc in seen):
+            continue
+        seen.add(doc)
+        docs.append(doc)
+        size += len(doc.encode("utf-8"))
+    raise SystemExit(f"only {size / 1e6:.1f} MB of distinct text here; ask for less with --mb")
 
 
 def write_inputs(work: Path, docs: list[str]) -> tuple[Path, Path]:
@@ -93,6 +123,23 @@ def bare_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, 
     return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
+def segment_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, float, float]:
+    """The build's encoder alone, from an empty cache, in the same ~1 MB batches; last: share of segments missed."""
+    from corpus.tokenizer import SegmentEncoder
+    enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
+    tokens, batch, size = 0, [], 0
+    start, cpu = time.perf_counter(), time.process_time()
+    for c in chunks:
+        batch.append(c)
+        size += len(c)
+        if size >= 1 << 20:
+            tokens += sum(map(len, enc.encode(batch)))
+            batch, size = [], 0
+    if batch:
+        tokens += sum(map(len, enc.encode(batch)))
+    return tokens, time.perf_counter() - start, time.process_time() - cpu, enc.misses / max(1, enc.lookups)
+
+
 def _encode_share(model_bytes: bytes, chunks: list[str], barrier, results) -> None:
     tokenizer = Tokenizer("default", model_bytes=model_bytes)
     barrier.wait()  # loading is done: the clock starts for every process at once
@@ -115,6 +162,17 @@ def bare_encoding_parallel(tokenizer: Tokenizer, chunks: list[str], processes: i
     for p in procs:
         p.join()
     return tokens, seconds, float("nan")
+
+
+def fresh_workers(warm: Path, out: Path) -> None:
+    """Restart Ray as the CLI starts it and run a small build on other text: workers up, caches empty."""
+    import ray
+
+    from pipelines.build import _start_ray, build
+    ray.shutdown()
+    _start_ray(2, None)  # the local Ray the CLI starts (2 CPUs, workers at niceness 0)
+    shutil.rmtree(out, ignore_errors=True)
+    assert build(warm, out, workers=2, progress=False, unit_bytes=32 << 10).status == "complete"
 
 
 def our_build(manifest: Path, out: Path, workers: int) -> tuple[int, float, float]:
@@ -163,9 +221,18 @@ def datatrove_build(inputs: Path, tokenizer_json: Path, out: Path) -> tuple[int,
     executor = LocalPipelineExecutor(
         pipeline=[JsonlReader(str(inputs)), _datatrove_split_step(), LambdaFilter(_enough_chars), tokenize],
         tasks=DATATROVE_FILES, workers=2, logging_dir=str(out / "logs"), skip_completed=False)
-    start = time.perf_counter()
-    executor.run()
-    seconds = time.perf_counter() - start
+    # its tasks log every step to stderr (also kept in out/logs): point the inherited stderr at a file meanwhile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(out.parent / "datatrove-stderr.log", "ab") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            start = time.perf_counter()
+            executor.run()
+            seconds = time.perf_counter() - start
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
     tokens = sum(p.stat().st_size for p in (out / "tokens").rglob("*.ds")) // 2
     return tokens, seconds, float("nan")  # its pool's CPU time is not visible from here
 
@@ -174,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=float, default=50)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--text", choices=("fresh", "repeated"), default="fresh")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-datatrove", action="store_true")
     args = ap.parse_args(argv)
@@ -181,37 +249,42 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="build-throughput-"))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    docs = real_documents(int(args.mb * 1e6))
+    docs = real_documents(int(args.mb * 1e6), args.text)
     one_file, many_files = write_inputs(work, docs)
     manifest = write_manifest(work / "bench.yaml", one_file, "bench")
     warm = write_manifest(work / "warm.yaml", work / "warm.jsonl", "warm")
-    (work / "warm.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[:200]))
+    warm_text = [" ".join(f"warm-up word{i}x{k}" for k in range(200)) for i in range(40)]  # not the timed text
+    (work / "warm.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in warm_text))
     tokenizer = Tokenizer()
     tokenizer_json = tokenizer.export(work / "tokenizer") / "tokenizer.json"
     chunks = chunks_for_bare_encoding(docs)
-    print(f"input: {one_file.stat().st_size / 1e6:.1f} MB, {len(docs):,} documents, {len(chunks):,} chunks "
-          f"past the min-characters rule; units of {UNIT_BYTES >> 20} MB; {os.cpu_count()} CPUs")
+    print(f"input ({args.text}): {one_file.stat().st_size / 1e6:.1f} MB, {len(docs):,} documents, "
+          f"{len(chunks):,} chunks past the min-characters rule; units of {UNIT_BYTES >> 20} MB; "
+          f"{os.cpu_count()} CPUs")
 
     import ray
-    from pipelines.build import _start_ray
     t = time.perf_counter()
-    _start_ray(2, None)  # the local Ray the CLI starts (2 CPUs, workers at niceness 0)
-    print(f"ray.init(num_cpus=2): {time.perf_counter() - t:.1f} s (not counted below)")
-    our_build(warm, work / "out-warm", 2)  # start both Ray workers and load the tokenizer in each
+    fresh_workers(warm, work / "out-warm")
+    print(f"ray.init(num_cpus=2) + warm-up build: {time.perf_counter() - t:.1f} s (before each build, not counted)")
 
-    runs: dict[str, list[float]] = {"bare": [], "bare2": [], "w1": [], "w2": [], "datatrove": []}
-    per_cpu: dict[str, list[float]] = {"bare": [], "w1": [], "w2": []}
+    runs: dict[str, list[float]] = {"bare": [], "seg": [], "bare2": [], "w1": [], "w2": [], "datatrove": []}
+    per_cpu: dict[str, list[float]] = {"bare": [], "seg": [], "w1": [], "w2": []}
     counts: dict[str, int] = {}
+    missed: list[float] = []
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     for r in range(args.repeats):
         for key, fn in (("bare", lambda: bare_encoding(tokenizer, chunks)),
+                        ("seg", lambda: segment_encoding(tokenizer, chunks)),
                         ("bare2", lambda: bare_encoding_parallel(tokenizer, chunks)),
                         ("w1", lambda: our_build(manifest, work / "out-w1", 1)),
                         ("w2", lambda: our_build(manifest, work / "out-w2", 2)),
                         ("datatrove", lambda: datatrove_build(many_files, tokenizer_json, work / "out-dt"))):
             if key == "datatrove" and args.skip_datatrove:
                 continue
-            tokens, seconds, cpu = fn()
+            if key in ("w1", "w2") and r + (key == "w2") > 0:
+                fresh_workers(warm, work / "out-warm")
+            tokens, seconds, cpu, *extra = fn()
+            missed += extra
             counts[key] = tokens
             runs[key].append(tokens / seconds)
             if key in per_cpu:
@@ -223,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     med_cpu = {k: statistics.median(v) for k, v in per_cpu.items() if v}
 
     print("\nmedian tokens/s (wall clock; per CPU-second of the encoding process or the build's workers)")
-    labels = {"bare": "bare sp.encode, 1 process", "bare2": "bare sp.encode, 2 processes",
+    labels = {"bare": "bare sp.encode, 1 process", "seg": "segment-cache encoder alone, 1 process",
+              "bare2": "bare sp.encode, 2 processes",
               "w1": "build, 1 worker", "w2": "build, 2 workers",
               "datatrove": "datatrove LocalPipelineExecutor, 2 workers"}
     for k, v in med.items():
@@ -235,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         checks.append(("build 2 workers / datatrove", med["w2"] / med["datatrove"], 2.0))
     print(f"  (per CPU-second, build workers / bare encoding: {med_cpu['w1'] / med_cpu['bare']:.2f}x; "
           f"the machine's own 2-process scaling of bare encoding: {med['bare2'] / med['bare']:.2f}x)")
+    print(f"  (segment-cache encoder / bare sp.encode: {med['seg'] / med['bare']:.2f}x, starting empty, "
+          f"{missed[0]:.1%} of segments not yet cached)")
     print("\nratios, wall clock (target)")
     ok = True
     for name, ratio, target in checks:

@@ -180,6 +180,8 @@ def segment_split_reason(model_bytes: bytes) -> str | None:
     for i, p in enumerate(m.pieces):
         if WS in p.piece.lstrip(WS):
             return f"piece {i} {p.piece!r} has a space after another character"
+    if not any(p.piece == WS and p.type == pb.ModelProto.SentencePiece.NORMAL for p in m.pieces):
+        return f"no piece is {WS!r} alone, so ids cannot show where a segment starts"
     return None
 
 

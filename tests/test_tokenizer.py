@@ -150,6 +150,20 @@ def test_a_model_with_a_piece_across_a_space_is_encoded_by_sentencepiece_alone(t
         segment_encoder(joined)
 
 
+def test_models_the_segment_cut_would_get_wrong_are_named_with_the_reason(tokenizer):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from corpus.tokenizer import segment_split_reason
+    m = pb.ModelProto()
+    m.ParseFromString(tokenizer.model_bytes)
+    lone = next(p for p in m.pieces if p.piece == "\u2581")
+    lone.type = pb.ModelProto.SentencePiece.UNUSED
+    assert "alone" in segment_split_reason(m.SerializeToString())
+    m.ParseFromString(tokenizer.model_bytes)
+    m.normalizer_spec.remove_extra_whitespaces = True
+    assert "remove_extra_whitespaces" in segment_split_reason(m.SerializeToString())
+
+
 def test_export_writes_the_three_files(exported, tokenizer):
     assert sorted(p.name for p in exported.iterdir()) == ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
     assert (exported / "tokenizer.model").read_bytes() == tokenizer.model_bytes

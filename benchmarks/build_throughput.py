@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  (per CPU-second, build workers / bare encoding: {med_cpu['w1'] / med_cpu['bare']:.2f}x; "
           f"the machine's own 2-process scaling of bare encoding: {med['bare2'] / med['bare']:.2f}x)")
     print(f"  (segment-cache encoder / bare sp.encode: {med['seg'] / med['bare']:.2f}x, starting empty, "
-          f"{missed[0]:.1%} of segments not yet cached)")
+          f"{missed[0]:.1%} of segments not yet cached; build 1 worker / this encoder alone: "
+          f"{med['w1'] / med['seg']:.2f}x)")
     print("\nratios, wall clock (target)")
     ok = True
     for name, ratio, target in checks:

@@ -209,3 +209,128 @@ def test_files_listed_and_read_over_http_in_byte_ranges(http_root):
     halves = records(Slice(plain, "jsonl", start=0, end=size // 2)) + records(Slice(plain, "jsonl", start=size // 2))
     assert [r.text for r in halves] == texts
     assert [r.text for r in records(Slice(packed, "json.gz"))] == texts
+
+
+# ---------------------------------------------------------------- hf:// through a local Hub endpoint
+
+_HUB_COMMIT = "5" * 40
+
+
+class _HubHandler(SimpleHTTPRequestHandler):
+    """The parts of the Hugging Face Hub's HTTP API that ``hf://`` reading uses, over a local folder:
+    repository info, tree listing, paths-info and ``resolve`` downloads with byte ranges."""
+
+    requests: list = []
+
+    def _send_json(self, obj, code: int = 200) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _entry(self, repo: Path, p: Path) -> dict:
+        rel = p.relative_to(repo).as_posix()
+        if p.is_dir():
+            return {"type": "directory", "path": rel, "oid": "0" * 40}
+        return {"type": "file", "path": rel, "size": p.stat().st_size, "oid": "1" * 40}
+
+    def _route(self):
+        import re
+        from urllib.parse import parse_qs, unquote, urlparse
+        url = urlparse(self.path)
+        path, query = unquote(url.path), parse_qs(url.query)
+        type(self).requests.append((self.command, path, self.headers.get("Range")))
+        root = Path(self.directory)
+        api = re.match(r"^/api/datasets/([^/]+/[^/]+)(?:/(revision|tree|paths-info)/([^/]+)/?(.*))?$", path)
+        if api:
+            repo_id, kind, _, rest = api.groups()
+            repo = root / repo_id
+            if not repo.is_dir():
+                return self._send_json({"error": "Repository not found"}, 404)
+            if kind in (None, "revision"):
+                files = sorted(p for p in repo.rglob("*") if p.is_file())
+                return self._send_json({"id": repo_id, "sha": _HUB_COMMIT, "private": False,
+                                        "siblings": [{"rfilename": p.relative_to(repo).as_posix()} for p in files]})
+            if kind == "tree":
+                recursive = query.get("recursive", ["false"])[0].lower() == "true"
+                found = (repo / rest).rglob("*") if recursive else (repo / rest).iterdir()
+                return self._send_json([self._entry(repo, p) for p in sorted(found)])
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            try:
+                wanted = json.loads(body)["paths"]
+            except ValueError:
+                wanted = parse_qs(body).get("paths", [])
+            return self._send_json([self._entry(repo, repo / p) for p in wanted if (repo / p).exists()])
+        download = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/[^/]+/(.+)$", path)
+        if not download or not (root / download[1] / download[2]).is_file():
+            return self._send_json({"error": f"Entry not found: {path}"}, 404)
+        data = (root / download[1] / download[2]).read_bytes()
+        first, last, code = 0, len(data) - 1, 200
+        if self.headers.get("Range"):
+            a, b = self.headers["Range"].removeprefix("bytes=").split("-")
+            first, last, code = int(a), min(int(b) if b else len(data) - 1, len(data) - 1), 206
+        self.send_response(code)
+        self.send_header("Content-Length", str(last - first + 1))
+        self.send_header("X-Repo-Commit", _HUB_COMMIT)
+        self.send_header("ETag", '"%s"' % ("2" * 40))
+        if code == 206:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data[first:last + 1])
+
+    do_GET = do_HEAD = do_POST = _route
+
+    def log_message(self, *args):
+        pass
+
+
+_HF_READ = """
+import json, sys
+from corpus.manifest import Source
+from corpus.readers import Record, read_slice
+from pipelines.plan import plan_source, source_files
+source = Source.model_validate({"name": "web", "group": "refinedweb", "format": "parquet", "text_field": "content",
+                                "tokens": "1M", "upstream": {"files": [sys.argv[1]]}})
+files = source_files(None, source, False)
+units = plan_source(source, files, unit_bytes=int(sys.argv[2]))
+texts = [r.text for u in units for r in read_slice(u.slice, "content") if isinstance(r, Record)]
+print(json.dumps({"files": files, "units": [[u.slice.uri, list(u.slice.row_groups)] for u in units], "texts": texts}))
+"""
+
+
+def test_hf_glob_planned_and_read_by_row_group_through_a_hub_endpoint(tmp_path):
+    import os
+    import subprocess
+    import sys
+    repo = tmp_path / "hub" / "someorg" / "web-corpus"
+    (repo / "data").mkdir(parents=True)
+    texts = real_texts(60)
+    for k in range(2):  # the shape of RefinedWeb's and the PILE's upstream: data/train-*.parquet
+        part = texts[30 * k:30 * (k + 1)]
+        pq.write_table(pa.table({"content": part, "url": [f"u{i}" for i in range(30)]}),
+                       repo / "data" / f"train-{k:05d}-of-00002.parquet", row_group_size=10)
+    (repo / "data" / "notes.txt").write_text("not a shard\n")
+    (repo / "README.md").write_text("# a dataset card\n")
+    _HubHandler.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_HubHandler, directory=str(tmp_path / "hub")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf-home")}
+        run = subprocess.run([sys.executable, "-c", _HF_READ, "hf://datasets/someorg/web-corpus/data/train-*.parquet",
+                              "1"], env=env, capture_output=True, text=True, timeout=120,
+                             cwd=Path(__file__).resolve().parent.parent)
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    shard = "hf://datasets/someorg/web-corpus/data/train-{:05d}-of-00002.parquet"
+    assert got["files"] == [shard.format(0), shard.format(1)]
+    # unit_bytes=1: one unit per row group, three per file, in file order
+    assert got["units"] == [[shard.format(k), [g, g + 1]] for k in range(2) for g in range(3)]
+    assert got["texts"] == texts
+    downloads = [(m, p, r) for m, p, r in _HubHandler.requests if "/resolve/" in p]
+    assert downloads and all(r is not None for m, p, r in downloads if m == "GET")  # ranges, never whole files

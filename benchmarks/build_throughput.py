@@ -140,6 +140,18 @@ def segment_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, floa
     return tokens, time.perf_counter() - start, time.process_time() - cpu, enc.misses / max(1, enc.lookups)
 
 
+def differing_chunks(tokenizer: Tokenizer, chunks: list[str]) -> int:
+    """Chunks whose ids from the segment-cache encoder differ from ``sp.encode``'s (should be none)."""
+    from corpus.tokenizer import SegmentEncoder
+    enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
+    differ = 0
+    for i in range(0, len(chunks), 64):
+        group = chunks[i:i + 64]
+        want = tokenizer.sp.encode(group, add_bos=True, add_eos=True, num_threads=1)
+        differ += sum(got.tolist() != ids for got, ids in zip(enc.encode(group), want))
+    return differ
+
+
 def _encode_share(model_bytes: bytes, chunks: list[str], barrier, results) -> None:
     tokenizer = Tokenizer("default", model_bytes=model_bytes)
     barrier.wait()  # loading is done: the clock starts for every process at once
@@ -242,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=float, default=50)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--text", choices=("fresh", "repeated"), default="fresh")
+    ap.add_argument("--check-ids", action="store_true",
+                    help="also compare the segment-cache encoder's ids with sp.encode's on every chunk")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-datatrove", action="store_true")
     args = ap.parse_args(argv)
@@ -261,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input ({args.text}): {one_file.stat().st_size / 1e6:.1f} MB, {len(docs):,} documents, "
           f"{len(chunks):,} chunks past the min-characters rule; units of {UNIT_BYTES >> 20} MB; "
           f"{os.cpu_count()} CPUs")
+
+    if args.check_ids:
+        print(f"chunks whose ids differ from sp.encode's: {differing_chunks(tokenizer, chunks):,} "
+              f"of {len(chunks):,}", flush=True)
 
     import ray
     t = time.perf_counter()

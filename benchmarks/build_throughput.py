@@ -108,36 +108,31 @@ def chunks_for_bare_encoding(docs: list[str]) -> list[str]:
     return [c for d in docs for c in RULES.split(RULES.normalize(d)) if RULES.has_enough_chars(c)]
 
 
-def bare_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, float]:
-    """sp.encode in one process, one thread, in batches of about 1 MB of text like the build's."""
+def timed_batches(encode, chunks: list[str]) -> tuple[int, float, float]:
+    """``encode`` over the chunks in batches of about 1 MB of text, like the build's: tokens, wall and CPU s."""
     tokens, batch, size = 0, [], 0
     start, cpu = time.perf_counter(), time.process_time()
     for c in chunks:
         batch.append(c)
         size += len(c)
         if size >= 1 << 20:
-            tokens += sum(map(len, tokenizer.sp.encode(batch, add_bos=True, add_eos=True, num_threads=1)))
+            tokens += sum(map(len, encode(batch)))
             batch, size = [], 0
     if batch:
-        tokens += sum(map(len, tokenizer.sp.encode(batch, add_bos=True, add_eos=True, num_threads=1)))
+        tokens += sum(map(len, encode(batch)))
     return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
+def bare_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, float]:
+    """sp.encode in one process, one thread."""
+    return timed_batches(lambda batch: tokenizer.sp.encode(batch, add_bos=True, add_eos=True, num_threads=1), chunks)
+
+
 def segment_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, float, float]:
-    """The build's encoder alone, from an empty cache, in the same ~1 MB batches; last: share of segments missed."""
+    """The build's encoder alone, from an empty cache; last: share of segments missed."""
     from corpus.tokenizer import SegmentEncoder
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
-    tokens, batch, size = 0, [], 0
-    start, cpu = time.perf_counter(), time.process_time()
-    for c in chunks:
-        batch.append(c)
-        size += len(c)
-        if size >= 1 << 20:
-            tokens += sum(map(len, enc.encode(batch)))
-            batch, size = [], 0
-    if batch:
-        tokens += sum(map(len, enc.encode(batch)))
-    return tokens, time.perf_counter() - start, time.process_time() - cpu, enc.misses / max(1, enc.lookups)
+    return (*timed_batches(enc.encode, chunks), enc.misses / max(1, enc.lookups))
 
 
 def differing_chunks(tokenizer: Tokenizer, chunks: list[str]) -> int:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from corpus.hf_tokenizer import WS  # sentencepiece's visible space
 
 DEFAULT_MODEL = "default"
 
@@ -89,12 +91,10 @@ class Tokenizer:
         return [np.asarray(ids, dtype=self.id_dtype)
                 for ids in self.sp.encode(list(texts), add_bos=bos, add_eos=eos, num_threads=1)]
 
-    @property
+    @cached_property
     def segment_reason(self) -> str | None:
         """None if ids may be assembled per space-delimited segment, else why not."""
-        if not hasattr(self, "_segment_reason"):
-            self._segment_reason = segment_split_reason(self.model_bytes)
-        return self._segment_reason
+        return segment_split_reason(self.model_bytes)
 
     def encode_one(self, text: str, bos: bool = True, eos: bool = True) -> list[int]:
         return self.sp.encode(self.normalize_text(text), add_bos=bos, add_eos=eos)
@@ -152,7 +152,6 @@ class Tokenizer:
         return out
 
 
-WS = "\u2581"  # sentencepiece's visible space
 # The cache, per model and process, starts over when it would pass either bound (~60 MB at most)
 SEGMENT_CACHE_ENTRIES = 1 << 18
 SEGMENT_CACHE_CHARS = 1 << 22

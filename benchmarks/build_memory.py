@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def write_input(path: Path, megabytes: float) -> int:
-    from corpus.sample_text import doc_topics, kjv_chapters, stdlib_sources
+    from corpus.mirror.text import doc_topics, kjv_chapters, stdlib_sources
     pool = [p.text for p in stdlib_sources()] + [p.text for p in kjv_chapters()] + [p.text for p in doc_topics()]
     target, size, i = int(megabytes * 1e6), 0, 0
     with open(path, "w", encoding="utf-8") as f:
@@ -66,7 +66,7 @@ def measure(size_mb: float, work: Path, workers: int) -> dict:
                         f"    upstream: {{files: [\"{data}\"]}}\n    format: jsonl\n    tokens: 1M\n")
     out = work / f"out-{size_mb:g}"
     driver_peak = work / f"driver-{size_mb:g}.txt"
-    code = ("import resource, sys; from corpus.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import resource, sys; from pipelines.cli import main; rc = main(sys.argv[1:]); "
             f"open({str(driver_peak)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
             "sys.exit(rc)")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))

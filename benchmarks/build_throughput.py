@@ -43,8 +43,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corpus.manifest import TextRules  # noqa: E402
-from corpus.text_rules import CoreNetRules  # noqa: E402
-from corpus.tokenizer import Tokenizer  # noqa: E402
+from corpus.text.rules import CoreNetRules  # noqa: E402
+from corpus.tokenizer.tokenizer import Tokenizer  # noqa: E402
 
 RULES = CoreNetRules(TextRules())
 UNIT_BYTES = 4 << 20
@@ -65,7 +65,7 @@ def _installed_sources():
 
 
 def real_documents(target_bytes: int, text: str = "fresh") -> list[str]:
-    from corpus.sample_text import doc_topics, kjv_chapters, stdlib_sources
+    from corpus.mirror.text import doc_topics, kjv_chapters, stdlib_sources
     pool = [p.text for p in stdlib_sources()] + [p.text for p in kjv_chapters()] + [p.text for p in doc_topics()]
     if text == "repeated":
         source = (pool[i % len(pool)] for i in range(10 ** 9))
@@ -130,14 +130,14 @@ def bare_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, 
 
 def segment_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, float, float]:
     """The build's encoder alone, from an empty cache; last: share of segments missed."""
-    from corpus.tokenizer import SegmentEncoder
+    from corpus.tokenizer.tokenizer import SegmentEncoder
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
     return (*timed_batches(enc.encode, chunks), enc.misses / max(1, enc.lookups))
 
 
 def differing_chunks(tokenizer: Tokenizer, chunks: list[str]) -> int:
     """Chunks whose ids from the segment-cache encoder differ from ``sp.encode``'s (should be none)."""
-    from corpus.tokenizer import SegmentEncoder
+    from corpus.tokenizer.tokenizer import SegmentEncoder
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
     differ = 0
     for i in range(0, len(chunks), 64):

@@ -5,7 +5,7 @@
 
 A corpus with the 13 sources of manifests/openelm.yaml, each holding tokens in
 proportion to its share, is written to a temporary folder as real shards
-(``corpus.shards.write_shard``). Token ids are random (3..31999) and chunk lengths are
+(``corpus.store.shards.write_shard``). Token ids are random (3..31999) and chunk lengths are
 drawn from 256..2600: serving speed does not depend on what the ids mean. The shards
 were just written, so they are in the page cache: this measures the sampler, not the disk.
 
@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from corpus.manifest import load_manifest, parse_token_count  # noqa: E402
-from corpus.sampler import MixtureSampler  # noqa: E402
-from corpus.shards import atomic_write_json, write_shard  # noqa: E402
+from corpus.mixing.sampler import MixtureSampler  # noqa: E402
+from corpus.store.shards import atomic_write_json, write_shard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def grouped(samples, size: int):
 
 
 def naive_batches(corpus: Path, shares: dict[str, float], budget: int, length: int, batch: int, seed: int = 0):
-    from corpus.shards import source_shards
+    from corpus.store.shards import source_shards
     documents = {}
     per_source = max(budget // len(shares), 1)
     for name in shares:

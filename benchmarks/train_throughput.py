@@ -46,8 +46,8 @@ PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 98
 def synthetic_corpus(folder: Path, tokens: int, seed: int = 0) -> Path:
     """Three sources of random ids in BOS..EOS chunks of 256..2600 tokens, with a corpus.json as the build writes."""
     from corpus.manifest import load_manifest
-    from corpus.shards import atomic_write_json, write_shard
-    from corpus.tokenizer import Tokenizer
+    from corpus.store.shards import atomic_write_json, write_shard
+    from corpus.tokenizer.tokenizer import Tokenizer
 
     rng = np.random.default_rng(seed)
     template = load_manifest(Path(__file__).resolve().parents[1] / "manifests" / "openelm.yaml")
@@ -149,7 +149,7 @@ def main() -> None:
             corpus = data_root() / "corpora" / args.corpus
         corpus = corpus or synthetic_corpus(tmp / "corpus", tokens=max(2_000_000, 4 * args.steps * args.batch
                                                                         * args.sequence_length))
-        from corpus.sampler import MixtureSampler
+        from corpus.mixing.sampler import MixtureSampler
         draw = MixtureSampler(corpus, args.sequence_length, batch_size=args.batch).batches()
         batches = []
         for _ in range(min(args.steps, 16)):

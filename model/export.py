@@ -119,7 +119,7 @@ def resolve_tokenizer(source: ExportSource, explicit: str | None):
 
 
 def _open_tokenizer(spec: str, where: str):
-    from corpus.tokenizer import Tokenizer
+    from corpus.tokenizer.tokenizer import Tokenizer
     try:
         return Tokenizer(spec)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

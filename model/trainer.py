@@ -147,7 +147,7 @@ class TrainingData:
     def sampler(self, cfg: TrainConfig, split: str, cluster: Cluster):
         """This rank's share of the mixture. Ranks take alternate blocks of one micro-batch, so together
         they read exactly the sequences one process would."""
-        from corpus.sampler import MixtureSampler
+        from corpus.mixing.sampler import MixtureSampler
         kwargs = dict(weights=cfg.weights, mode=cfg.sampler_mode, seed=cfg.seed, split=split, rank=cluster.rank,
                       world_size=cluster.world_size, batch_size=cfg.micro_batch_size)
         try:
@@ -184,7 +184,7 @@ def resolve_corpus(name_or_dir: str | None) -> TrainingData:
         raise TrainError(f"corpus {name_or_dir!r} not found: {folder} does not exist. Build it first, e.g. "
                          f"'{SAMPLE_BUILD_HINT}' for the sample corpus 'openelm-sample'"
                          + (f"; built corpora: {', '.join(built)}" if built else ""))
-    from corpus.shards import read_corpus_json
+    from corpus.store.shards import read_corpus_json
     try:
         info = read_corpus_json(folder)
     except FileNotFoundError:
@@ -204,7 +204,7 @@ def resolve_corpus(name_or_dir: str | None) -> TrainingData:
 def resolve_stream(cfg: TrainConfig) -> TrainingData:
     """The manifest to stream (`--manifest`, default manifests/openelm.yaml) and its tokenizer."""
     from corpus.manifest import load_manifest
-    from corpus.tokenizer import Tokenizer
+    from corpus.tokenizer.tokenizer import Tokenizer
     try:
         manifest = load_manifest(cfg.manifest or DEFAULT_MANIFEST)
         tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
@@ -324,7 +324,7 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def write_run_json(run_dir: Path, run: dict) -> None:
-    from corpus.shards import atomic_write_json
+    from corpus.store.shards import atomic_write_json
     atomic_write_json(run_dir / RUN_JSON, run)
 
 

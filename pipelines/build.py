@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from corpus.filters import build_filters
-from corpus.ledger import CorpusBusy, CorpusDir
+from corpus.text.filters import build_filters
+from corpus.store.layout import CorpusBusy, CorpusDir
 from corpus.manifest import Manifest, Source, TextRules, load_manifest
-from corpus.shard_writer import ShardWriter
-from corpus.shards import atomic_write_json
-from corpus.text_rules import CoreNetRules
-from corpus.tokenizer import Tokenizer
-from pipelines.corpus_index import corpus_index
+from corpus.store.writer import ShardWriter
+from corpus.store.shards import atomic_write_json
+from corpus.text.rules import CoreNetRules
+from corpus.tokenizer.tokenizer import Tokenizer
+from corpus.store.index import corpus_index
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
 from pipelines.unit import UnitOutput, UnitProcessor
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from corpus.manifest import Manifest, Source
-from corpus.readers import Slice, file_size, list_files, parquet_row_groups
+from corpus.text.readers import Slice, file_size, list_files, parquet_row_groups
 
 DEFAULT_UNIT_BYTES = 64 << 20
 MAX_COMPRESSED_PARTS = 16
@@ -58,7 +58,7 @@ def unit_id(file_index: int, part: int) -> str:
 def source_files(manifest: Manifest, source: Source, sample: bool, sample_root: str | None = None) -> list[str]:
     """The files a source reads: upstream, or the offline sample mirror with ``sample``."""
     if sample:
-        from corpus.sample_mirror import sample_files
+        from corpus.mirror.mirror import sample_files
         return list(sample_files(manifest, source.name, sample_root))
     return list_files(source.upstream)
 

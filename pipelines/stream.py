@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from corpus.manifest import Manifest, load_manifest
-from corpus.tokenizer import Tokenizer
+from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.build import BuildJob, _start_ray, processor_for
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_source, source_files
 

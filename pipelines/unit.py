@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from corpus.filters import ChunkFilter
-from corpus.readers import BadRecord, Record, read_slice
-from corpus.text_rules import TOO_FEW_CHARS, TOO_FEW_TOKENS, CoreNetRules
-from corpus.tokenizer import Tokenizer
+from corpus.text.filters import ChunkFilter
+from corpus.text.readers import BadRecord, Record, read_slice
+from corpus.text.rules import TOO_FEW_CHARS, TOO_FEW_TOKENS, CoreNetRules
+from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import WorkUnit
 
 # characters of text encoded per sentencepiece call: large enough to amortise the call, small in memory

@@ -25,7 +25,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from corpus.tokenizer import Tokenizer
+    from corpus.tokenizer.tokenizer import Tokenizer
     return Tokenizer()
 
 
@@ -38,7 +38,7 @@ def write_token_corpus(folder, tokenizer, documents: dict, name: str = "trainer-
     from pathlib import Path
 
     from corpus.manifest import load_manifest
-    from corpus.shards import atomic_write_json, write_shard
+    from corpus.store.shards import atomic_write_json, write_shard
 
     folder = Path(folder)
     template = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
@@ -64,7 +64,7 @@ def write_token_corpus(folder, tokenizer, documents: dict, name: str = "trainer-
 @pytest.fixture(scope="session")
 def token_corpus(tmp_path_factory, tokenizer):
     """About 0.8M tokens of real text in three sources: KJV chapters, stdlib code, Python's reference docs."""
-    from corpus.sample_text import doc_topics, kjv_chapters, stdlib_sources
+    from corpus.mirror.text import doc_topics, kjv_chapters, stdlib_sources
     documents = {
         "kjv": [p.text for p in kjv_chapters()[:600]],
         "stdlib": [p.text for p in stdlib_sources()[:60]],
@@ -79,7 +79,7 @@ def sample_mirror(tmp_path_factory):
     from pathlib import Path
 
     from corpus.manifest import load_manifest
-    from corpus.sample_mirror import ensure_sample_mirror
+    from corpus.mirror.mirror import ensure_sample_mirror
     manifest = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
     return ensure_sample_mirror(manifest, tmp_path_factory.mktemp("sample-mirror"))
 

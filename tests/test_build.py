@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from corpus.cli import main as cli_main
-from corpus.readers import read_slice, Slice
-from corpus.shards import Shard, read_corpus_json, sha256_file
-from corpus.text_rules import split_words
+from pipelines.cli import main as cli_main
+from corpus.text.readers import read_slice, Slice
+from corpus.store.shards import Shard, read_corpus_json, sha256_file
+from corpus.text.rules import split_words
 from pipelines.build import BuildRefused, build
 
 STDLIB = Path(json.__file__).parent.parent  # real text that ships with Python
@@ -225,7 +225,7 @@ def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
     """Start the CLI, SIGKILL its whole process group once a new unit has finished; return units done then."""
     before = _ledger_count(out)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(Path(__file__).parent.parent))
-    proc = subprocess.Popen([sys.executable, "-m", "corpus.cli", "build", str(manifest), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out", str(out),
                              "--workers", "1", "--no-progress"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -254,7 +254,7 @@ def test_a_build_killed_twice_then_rerun_equals_a_clean_build(inputs, tmp_path, 
 
 
 def test_a_second_build_into_a_folder_being_built_is_refused(inputs, tmp_path, ray_session):
-    from corpus.ledger import CorpusDir
+    from corpus.store.layout import CorpusDir
     with CorpusDir(tmp_path / "busy").exclusive():
         with pytest.raises(BuildRefused, match="another build is writing"):
             build(inputs / "many.yaml", tmp_path / "busy", workers=1, progress=False)

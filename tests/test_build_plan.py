@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus.manifest import Source
-from corpus.readers import read_slice
+from corpus.text.readers import read_slice
 from pipelines.plan import MAX_COMPRESSED_PARTS, WorkUnit, plan_file, plan_source
 
 STDLIB = Path(json.__file__).parent.parent

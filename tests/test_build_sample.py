@@ -7,7 +7,7 @@ from pathlib import Path
 
 import zstandard
 
-from corpus.shards import Shard, read_corpus_json, source_shards
+from corpus.store.shards import Shard, read_corpus_json, source_shards
 
 MANIFEST_SOURCES = 13
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from corpus.shard_writer import ShardWriter
-from corpus.shards import Shard, write_shard
+from corpus.store.writer import ShardWriter
+from corpus.store.shards import Shard, write_shard
 
 
 def test_streamed_shard_files_equal_write_shard_files(tmp_path, tokenizer):

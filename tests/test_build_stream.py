@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus.shards import source_shards
+from corpus.store.shards import source_shards
 from pipelines.stream import StreamError, stream_source
 
 MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"

@@ -120,7 +120,7 @@ def test_mlx_lm_greedy_continuation_equals_pytorch_generate(mlx_loaded, torch_mo
 
 
 def test_mlx_tokenizer_prepends_bos_like_training(mlx_dir, prompt_ids):
-    from corpus.tokenizer import Tokenizer
+    from corpus.tokenizer.tokenizer import Tokenizer
     assert prompt_ids == Tokenizer().encode_one(PROMPT, bos=True, eos=False)
     assert prompt_ids[0] == 1
     config = json.loads((mlx_dir / "tokenizer_config.json").read_text())
@@ -148,7 +148,7 @@ def test_mlx_weights_carry_hugging_face_names_and_no_lm_head(mlx_dir, run_dir):
 
 def test_model_card_records_provenance(mlx_dir):
     card = (mlx_dir / "README.md").read_text()
-    from corpus.tokenizer import Tokenizer
+    from corpus.tokenizer.tokenizer import Tokenizer
     for fact in ("library_name: mlx", "| corpus | openelm-sample |", "| corpus fingerprint | `f1e2d3c4b5a69788` |",
                  "| preset | tiny |", "| steps | 20 |", "| tokens seen | 20480 |", "| final train loss | 7.0500 |",
                  "| final val loss | 7.5500 |",

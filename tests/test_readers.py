@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from corpus.manifest import Upstream
-from corpus.readers import BadRecord, Record, Slice, list_files, read_slice
+from corpus.text.readers import BadRecord, Record, Slice, list_files, read_slice
 
 STDLIB = Path(json.__file__).parent.parent  # real text that ships with Python
 
@@ -275,7 +275,7 @@ class _HubHandler(_RangeHandler):
 _HF_READ = """
 import json, sys
 from corpus.manifest import Source
-from corpus.readers import Record, read_slice
+from corpus.text.readers import Record, read_slice
 from pipelines.plan import plan_source, source_files
 source = Source.model_validate({"name": "web", "group": "refinedweb", "format": "parquet", "text_field": "content",
                                 "tokens": "1M", "upstream": {"files": [sys.argv[1]]}})

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from corpus.cli import main as cli_main
-from corpus.report import CHARTS
+from pipelines.cli import main as cli_main
+from corpus.inspection.report import CHARTS
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP_CHROMIUM = REPO / "tests" / "setup_chromium.sh"

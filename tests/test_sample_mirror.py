@@ -17,7 +17,7 @@ import zstandard
 
 from corpus import paths
 from corpus.manifest import load_manifest, parse_manifest
-from corpus.sample_mirror import (BAD_REASONS, INDEX_NAME, cli_sample, ensure_sample_mirror, generator_fingerprint,
+from corpus.mirror.mirror import (BAD_REASONS, INDEX_NAME, cli_sample, ensure_sample_mirror, generator_fingerprint,
                                   iter_documents, read_index, sample_files)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -297,7 +297,7 @@ def test_a_changed_source_spec_regenerates_that_source(tmp_path):
 
 
 def test_two_processes_at_once_write_one_good_mirror(tmp_path):
-    code = ("import sys; from corpus.sample_mirror import ensure_sample_mirror; "
+    code = ("import sys; from corpus.mirror.mirror import ensure_sample_mirror; "
             "from corpus.manifest import parse_manifest; "
             f"ensure_sample_mirror(parse_manifest({one_source_manifest_text()!r}), sys.argv[1])")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stderr=subprocess.PIPE)

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from corpus.manifest import Manifest
-from corpus.sampler import MixtureSampler
-from corpus.shards import atomic_write_json, write_shard
+from corpus.mixing.sampler import MixtureSampler
+from corpus.store.shards import atomic_write_json, write_shard
 
 BOS, EOS, PAD = 1, 2, 32000
 L = 16

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from corpus.manifest import load_manifest
-from corpus.mixture import TokenMixture
-from corpus.permutation import KeyedPermutation
+from corpus.mixing.schedule import TokenMixture
+from corpus.mixing.permutation import KeyedPermutation
 
 L = 2048
 

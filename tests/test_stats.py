@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corpus.cli import main as cli_main
+from pipelines.cli import main as cli_main
 from corpus.manifest import load_manifest
-from corpus.tokenizer import Tokenizer
+from corpus.tokenizer.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 OPENELM = REPO / "manifests" / "openelm.yaml"
@@ -303,7 +303,7 @@ def test_an_interrupted_build_shows_the_units_finished_so_far(sample_dir, tmp_pa
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="telling a running build needs Linux's /proc/locks")
 def test_a_build_holding_the_folder_is_shown_as_running(sample_dir, tmp_path, capsys):
-    from corpus.ledger import CorpusDir
+    from corpus.store.layout import CorpusDir
     corpus_dir = copy_corpus(sample_dir, tmp_path / "busy")
     interrupt(corpus_dir, keep=5)
     with CorpusDir(corpus_dir).exclusive():  # what a build does while it runs
@@ -414,8 +414,8 @@ def _input_text(uri: str, location_kind: str, location: int, text_field: str) ->
 
 
 def test_inspect_decodes_chunks_back_to_the_text_at_their_input_location(sample_dir):
-    from corpus.chunk_inspect import sample_chunks
-    from corpus.text_rules import normalize, split_words
+    from corpus.inspection.chunks import sample_chunks
+    from corpus.text.rules import normalize, split_words
     chunks = sample_chunks(sample_dir, n=12, seed=7)
     assert len(chunks) == 12 and len({c.source for c in chunks}) > 3
     for c in chunks:
@@ -437,7 +437,7 @@ def test_inspect_prints_provenance_and_is_repeatable_by_seed(sample_dir, capsys)
 
 
 def test_inspect_one_chunk_by_shard_and_index(sample_dir, capsys):
-    from corpus.chunk_inspect import chunk_at
+    from corpus.inspection.chunks import chunk_at
     idx = sorted((sample_dir / "shards" / "refinedweb").glob("*.idx"))[0]
     offsets = np.fromfile(idx, dtype="<u8")
     tokens = np.fromfile(idx.with_suffix(".bin"), dtype="<u2")

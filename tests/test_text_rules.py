@@ -7,8 +7,8 @@ import unicodedata
 import pytest
 
 from corpus.manifest import TextRules
-from corpus.readers import Slice
-from corpus.text_rules import TOO_FEW_CHARS, TOO_FEW_TOKENS, CoreNetRules, content_chars, split_words
+from corpus.text.readers import Slice
+from corpus.text.rules import TOO_FEW_CHARS, TOO_FEW_TOKENS, CoreNetRules, content_chars, split_words
 from pipelines.plan import WorkUnit
 from pipelines.unit import UnitProcessor
 

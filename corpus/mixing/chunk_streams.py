@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from corpus.permutation import KeyedPermutation, derive_key
-from corpus.shards import Shard
+from corpus.mixing.permutation import KeyedPermutation, derive_key
+from corpus.store.shards import Shard
 
 SPLITS = ("train", "val")
 

@@ -64,7 +64,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def write_shard(stem: str | Path, chunks: list[np.ndarray] | list[list[int]], sidecar: dict) -> dict:
     """Write ``stem.bin``, ``stem.idx`` and, last, ``stem.json``; return the sidecar as written."""
-    from corpus.shard_writer import ShardWriter  # the one writer; it imports this module's format
+    from corpus.store.writer import ShardWriter  # the one writer; it imports this module's format
     writer = ShardWriter(stem)
     try:
         for chunk in chunks:

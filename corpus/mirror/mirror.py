@@ -4,7 +4,7 @@
 Each source gets files in its upstream's format, compression, naming and schema (RefinedWeb
 parquet rows ``content, url, timestamp, dump, segment``; RedPajama jsonl ``text, meta``;
 Dolma json.gz ``id, text, source, added, created, metadata``; ...), written deterministically
-from real text that installs offline (:mod:`corpus.sample_text`), never random words.
+from real text that installs offline (:mod:`corpus.mirror.text`), never random words.
 Metadata values are synthetic stand-ins shaped like upstream's; the free-form metadata
 dicts name the real origin of each text under ``sample_origin``.
 
@@ -41,10 +41,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from corpus import paths, sample_text
+from corpus import paths
+from corpus.mirror import text as sample_text
 from corpus.manifest import Manifest, Source, load_manifest
-from corpus.sample_text import Passage
-from corpus.shards import atomic_write_json, sha256_file
+from corpus.mirror.text import Passage
+from corpus.store.shards import atomic_write_json, sha256_file
 
 GENERATOR = "elm-corpus sample mirror"
 GENERATOR_VERSION = 2
@@ -200,7 +201,7 @@ def _edge_docs(style: str, rng: random.Random) -> list[Doc]:
 def _near_boundary_docs(pool: list[Passage], rng: random.Random) -> list[Doc]:
     """Word prefixes of real passages that encode to 254, 255, 256 and 257 tokens (BOS and EOS included)
     with the default tokenizer: the ``min_tokens: 256`` rule keeps the last two and drops the first two."""
-    from corpus.tokenizer import load_tokenizer
+    from corpus.tokenizer.tokenizer import load_tokenizer
     tok = load_tokenizer()
     out = []
     order = rng.sample(range(len(pool)), len(pool))
@@ -601,7 +602,7 @@ def generator_fingerprint() -> str:
 
     A mirror written under another fingerprint is rewritten, so an edited generator never leaves stale files.
     """
-    from corpus.tokenizer import default_model_path
+    from corpus.tokenizer.tokenizer import default_model_path
     h = hashlib.sha256(f"{GENERATOR_VERSION}|{sample_text.inputs_fingerprint()}".encode())
     for code in (Path(__file__), Path(sample_text.__file__), default_model_path()):
         h.update(code.read_bytes())

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from corpus.ledger import CorpusDir
+from corpus.store.layout import CorpusDir
 from corpus.manifest import Manifest
-from corpus.tokenizer import Tokenizer
+from corpus.tokenizer.tokenizer import Tokenizer
 
 
 def _add_counts(total: dict, entry: dict) -> None:

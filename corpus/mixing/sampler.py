@@ -4,10 +4,10 @@
 has a *global index* ``g`` in one endless stream that is a pure function of the corpus,
 the weights, the mode and the seed:
 
-1. the mixture (:mod:`corpus.mixture`) deals index ``g`` to a source ``s`` by tokens;
+1. the mixture (:mod:`corpus.mixing.schedule`) deals index ``g`` to a source ``s`` by tokens;
 2. that source's ``k``-th sequence (``k`` = how many it has served so far) is cut from
-   its chunk stream (:mod:`corpus.chunk_stream`) in pack or corenet mode
-   (:mod:`corpus.packing`).
+   its chunk stream (:mod:`corpus.mixing.chunk_streams`) in pack or corenet mode
+   (:mod:`corpus.mixing.packing`).
 
 Sharding is by blocks of ``batch_size`` consecutive indices: counting from where the
 sampler started, block ``b`` belongs to rank ``b % world_size`` and, within that rank, to
@@ -63,13 +63,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from corpus.chunk_stream import SPLITS, LiveChunks, ShuffledChunks, SourceChunks, val_chunk_count
+from corpus.mixing.chunk_streams import SPLITS, LiveChunks, ShuffledChunks, SourceChunks, val_chunk_count
 from corpus.manifest import Manifest
-from corpus.mixture import TokenMixture
-from corpus.packing import MODES, ChunkSequences, PackedSequences, split_inputs_and_labels
-from corpus.shards import read_corpus_json, source_shards
+from corpus.mixing.schedule import TokenMixture
+from corpus.mixing.packing import MODES, ChunkSequences, PackedSequences, split_inputs_and_labels
+from corpus.store.shards import read_corpus_json, source_shards
 
-STATE_FORMAT = "elm-corpus.sampler/1"
+STATE_FORMAT = "elm-corpus.mixing.sampler/1"
 DEFAULT_VAL_FRACTION = 0.001
 
 

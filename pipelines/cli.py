@@ -15,23 +15,23 @@ def _build(args):
 
 
 def _stats(args):
-    from corpus.stats import cli_stats
+    from corpus.inspection.stats import cli_stats
     return cli_stats(args)
 
 
 def _inspect(args):
-    from corpus.stats import cli_inspect
+    from corpus.inspection.stats import cli_inspect
     return cli_inspect(args)
 
 
 def _sample(args):
-    from corpus.sample_mirror import cli_sample
+    from corpus.mirror.mirror import cli_sample
     return cli_sample(args)
 
 
 def _tokenizer_export(args):
     from corpus.manifest import load_manifest
-    from corpus.tokenizer import Tokenizer
+    from corpus.tokenizer.tokenizer import Tokenizer
     spec = args.model
     if args.manifest:
         spec = load_manifest(args.manifest).tokenizer.model

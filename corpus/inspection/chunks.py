@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.ledger import LEDGER_DIR
-from corpus.shards import CORPUS_JSON, SHARDS_DIR, Shard
-from corpus.tokenizer import Tokenizer, load_tokenizer
+from corpus.store.layout import LEDGER_DIR
+from corpus.store.shards import CORPUS_JSON, SHARDS_DIR, Shard
+from corpus.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
 
 @dataclass

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.ledger import FAILED_DIR, LEDGER_DIR, LOCK_FILE, PLAN_JSON, QUARANTINE_DIR
-from corpus.shards import CORPUS_JSON, SHARDS_DIR, Shard
+from corpus.store.layout import FAILED_DIR, LEDGER_DIR, LOCK_FILE, PLAN_JSON, QUARANTINE_DIR
+from corpus.store.shards import CORPUS_JSON, SHARDS_DIR, Shard
 
 SCHEMA_VERSION = 1
 
@@ -374,7 +374,7 @@ def quarantine_examples(corpus_dir: str | Path, per_source: int = 3) -> dict[str
 # ---------------------------------------------------------------- the CLI
 
 def cli_stats(args) -> int:
-    from corpus import stats_view
+    from pipelines import views as stats_view
     if args.target is None:
         if args.report:
             raise ValueError("--report needs a corpus: elm-corpus stats NAME_OR_DIR --report DIR")
@@ -391,15 +391,15 @@ def cli_stats(args) -> int:
     else:
         stats_view.print_corpus(stats.numbers)
     if args.report:
-        from corpus.report import write_report
+        from corpus.inspection.report import write_report
         page = write_report(stats, args.report)
         print(f"report: {page}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def cli_inspect(args) -> int:
-    from corpus import stats_view
-    from corpus.chunk_inspect import chunk_at, sample_chunks
+    from pipelines import views as stats_view
+    from corpus.inspection.chunks import chunk_at, sample_chunks
     if args.shard is not None:
         if args.index is None:
             raise ValueError("--shard needs --index I (the chunk number within that shard)")

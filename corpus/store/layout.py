@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from corpus.shards import CORPUS_JSON, SHARDS_DIR, atomic_write_bytes, atomic_write_json
+from corpus.store.shards import CORPUS_JSON, SHARDS_DIR, atomic_write_bytes, atomic_write_json
 
 PLAN_JSON = "plan.json"
 LEDGER_DIR = "ledger"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from corpus.stats import CorpusStats, quarantine_examples
-from corpus.stats_view import human_bytes, human_count, progress_note
+from corpus.inspection.stats import CorpusStats, quarantine_examples
+from pipelines.views import human_bytes, human_count, progress_note
 
 CHARTS = {
     "funnel.png": "Token funnel per source: tokens (BOS and EOS included) of the chunks that pass the character "

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from corpus.hf_tokenizer import WS  # sentencepiece's visible space
+from corpus.tokenizer.hf_twin import WS  # sentencepiece's visible space
 
 DEFAULT_MODEL = "default"
 
@@ -111,14 +111,14 @@ class Tokenizer:
         """Write tokenizer.model, tokenizer.json and tokenizer_config.json (converted offline).
 
         For a BPE model (LLaMA's layout) tokenizer.json is built to give this tokenizer's ids exactly,
-        NFC included (:mod:`corpus.hf_tokenizer`); other models fall back to transformers' own conversion, with a
+        NFC included (:mod:`corpus.tokenizer.hf_twin`); other models fall back to transformers' own conversion, with a
         warning naming the inputs where the two differ. A literal ``<s>`` in text stays text either way.
         """
         import warnings
 
         from transformers import AutoTokenizer, PreTrainedTokenizerFast  # heavy import, only where exporting
 
-        from corpus import hf_tokenizer
+        from corpus.tokenizer import hf_twin as hf_tokenizer
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "tokenizer.model").write_bytes(self.model_bytes)
@@ -166,11 +166,11 @@ def segment_split_reason(model_bytes: bytes) -> str | None:
     removal), spaces become prefix ``▁``, and no piece holds a ``▁`` after another character: then
     no BPE merge can join the two sides of a cut, and each side's merges happen in the same order
     alone as in the whole text. The same cut is the Hugging Face twin's pre-tokenizer
-    (:mod:`corpus.hf_tokenizer`).
+    (:mod:`corpus.tokenizer.hf_twin`).
     """
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from corpus import hf_tokenizer
+    from corpus.tokenizer import hf_twin as hf_tokenizer
     reason = hf_tokenizer.supported(model_bytes)
     if reason is not None:
         return reason

@@ -1,6 +1,6 @@
 """A shard written chunk by chunk, so a worker's memory does not grow with its work unit.
 
-The only shard writer: :func:`corpus.shards.write_shard` feeds it a list of chunks, the
+The only shard writer: :func:`corpus.store.shards.write_shard` feeds it a list of chunks, the
 build feeds it chunks as they are encoded. The ``.bin`` grows in a temporary file and is renamed
 into place at :meth:`ShardWriter.close`, then the ``.idx`` and, last, the sidecar.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.shards import FILE_MODE, OFFSET_DTYPE, TOKEN_DTYPE, atomic_write_bytes, atomic_write_json
+from corpus.store.shards import FILE_MODE, OFFSET_DTYPE, TOKEN_DTYPE, atomic_write_bytes, atomic_write_json
 
 
 class ShardWriter:

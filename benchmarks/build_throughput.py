@@ -175,9 +175,10 @@ def fresh_workers(warm: Path, out: Path) -> None:
     """Restart Ray as the CLI starts it and run a small build on other text: workers up, caches empty."""
     import ray
 
-    from pipelines.build import _start_ray, build
+    from pipelines.build import build
+    from pipelines.runner import start_ray
     ray.shutdown()
-    _start_ray(2, None)  # the local Ray the CLI starts (2 CPUs, workers at niceness 0)
+    start_ray(2, None)  # the local Ray the CLI starts (2 CPUs, workers at niceness 0)
     shutil.rmtree(out, ignore_errors=True)
     assert build(warm, out, workers=2, progress=False, unit_bytes=32 << 10).status == "complete"
 

@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from corpus.manifest import load_manifest, parse_token_count  # noqa: E402
 from corpus.mixing.sampler import MixtureSampler  # noqa: E402
-from corpus.store.shards import atomic_write_json, write_shard  # noqa: E402
+from corpus.store.files import atomic_write_json  # noqa: E402
+from corpus.store.writer import write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def grouped(samples, size: int):
 
 
 def naive_batches(corpus: Path, shares: dict[str, float], budget: int, length: int, batch: int, seed: int = 0):
-    from corpus.store.shards import source_shards
+    from corpus.store.layout import source_shards
     documents = {}
     per_source = max(budget // len(shares), 1)
     for name in shares:

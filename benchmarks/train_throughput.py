@@ -46,7 +46,8 @@ PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 98
 def synthetic_corpus(folder: Path, tokens: int, seed: int = 0) -> Path:
     """Three sources of random ids in BOS..EOS chunks of 256..2600 tokens, with a corpus.json as the build writes."""
     from corpus.manifest import load_manifest
-    from corpus.store.shards import atomic_write_json, write_shard
+    from corpus.store.files import atomic_write_json
+    from corpus.store.writer import write_shard
     from corpus.tokenizer.tokenizer import Tokenizer
 
     rng = np.random.default_rng(seed)

@@ -20,7 +20,9 @@ GROUPS = ("refinedweb", "redpajama", "pile", "dolma")
 FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
 FILTER_TYPES = ("gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality", "language")
 
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+# Source fields that never change a shard's bytes (mixing and documentation only): left out of the fingerprint.
+NOT_IN_SHARDS = frozenset({"weight", "description", "tokens", "files"})
 _TOKENS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBT]?)\s*$", re.IGNORECASE)
 
 
@@ -45,15 +47,8 @@ def parse_token_count(value: Any) -> int:
     if isinstance(value, str):
         m = _TOKENS_RE.match(value)
         if m:
-            return round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
+            return round(float(m.group(1)) * COUNT_SUFFIXES[m.group(2).upper()])
     raise ValueError(f"{value!r} is not a token count (write e.g. 665B, 4.3B, 250M or an integer)")
-
-
-def format_token_count(n: int) -> str:
-    for suffix in ("T", "B", "M", "K"):
-        if n >= _SUFFIX[suffix]:
-            return f"{n / _SUFFIX[suffix]:.4g}{suffix}"
-    return str(n)
 
 
 TokenCount = Annotated[int, BeforeValidator(parse_token_count)]
@@ -162,11 +157,16 @@ class Manifest(_Strict):
 
     def build_fingerprint(self, tokenizer_sha256: str) -> str:
         """What decides the bytes of the shards: text rules, sources (not weights) and the tokenizer."""
-        sources = [s.model_dump(exclude={"weight", "description", "tokens", "files"}, by_alias=True)
-                   for s in self.sources]
+        sources = [s.model_dump(exclude=set(NOT_IN_SHARDS), by_alias=True) for s in self.sources]
         payload = {"text": self.text.model_dump(), "sources": sources, "tokenizer": tokenizer_sha256}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
+
+    def fingerprint_parts(self, tokenizer_sha256: str) -> dict:
+        """The fingerprinted settings, grouped so that a changed one can be named (a plan stores them)."""
+        return {"text": self.text.model_dump(mode="json"),
+                "sources": {s.name: s.model_dump(mode="json", exclude=set(NOT_IN_SHARDS)) for s in self.sources},
+                "tokenizer": tokenizer_sha256}
 
 
 # ---------------------------------------------------------------- loading with line numbers

@@ -20,5 +20,15 @@ def corpora_root() -> Path:
     return data_root() / "corpora"
 
 
-def sample_root() -> Path:
+def mirror_root() -> Path:
+    """The offline sample mirror (``elm-corpus build --sample`` reads it)."""
     return data_root() / "sample"
+
+
+def corpus_name(manifest_name: str, sample: bool) -> str:
+    """The corpus a manifest builds: its name, or ``<name>-sample`` when built from the sample mirror."""
+    return f"{manifest_name}-sample" if sample else manifest_name
+
+
+def default_corpus_dir(manifest_name: str, sample: bool) -> Path:
+    return corpora_root() / corpus_name(manifest_name, sample)

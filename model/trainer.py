@@ -184,7 +184,7 @@ def resolve_corpus(name_or_dir: str | None) -> TrainingData:
         raise TrainError(f"corpus {name_or_dir!r} not found: {folder} does not exist. Build it first, e.g. "
                          f"'{SAMPLE_BUILD_HINT}' for the sample corpus 'openelm-sample'"
                          + (f"; built corpora: {', '.join(built)}" if built else ""))
-    from corpus.store.shards import read_corpus_json
+    from corpus.store.layout import read_corpus_json
     try:
         info = read_corpus_json(folder)
     except FileNotFoundError:
@@ -324,7 +324,7 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def write_run_json(run_dir: Path, run: dict) -> None:
-    from corpus.store.shards import atomic_write_json
+    from corpus.store.files import atomic_write_json
     atomic_write_json(run_dir / RUN_JSON, run)
 
 

@@ -1,35 +1,108 @@
 """`elm-corpus`: build, inspect and describe token corpora.
 
-Each subcommand is a thin shim over the module that owns it; heavy imports stay lazy so
-`elm-corpus --help` is instant.
+This module parses the command line and prints; the work is done by the domain modules
+(`pipelines.build`, `corpus.inspection`, `corpus.mirror`, `corpus.tokenizer`), whose heavy
+imports stay lazy so `elm-corpus --help` is instant. Terminal tables: `pipelines.views`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
-def _build(args):
-    from pipelines.build import cli_build
-    return cli_build(args)
+def _build(args) -> int:
+    from pipelines.build import BuildRefused, build
+    try:
+        result = build(args.manifest, out_dir=args.out, sample=args.sample, workers=args.workers,
+                       address=args.address, force=args.force, progress=not args.no_progress)
+    except BuildRefused as e:
+        print(f"elm-corpus build: refused: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("elm-corpus build: interrupted; finished units are kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    if result.moved_aside:
+        print(f"moved the old build aside to {result.moved_aside}")
+    totals = result.corpus["totals"]
+    print(f"{result.out_dir}: {result.status}; units {result.units_total} "
+          f"({result.units_skipped} already done, {result.units_run} run) in {result.seconds:.1f}s; "
+          f"documents {totals['documents_read']:,} read, {totals['kept']:,} kept, "
+          f"{sum(totals['dropped'].values()):,} dropped, {totals['quarantined']:,} quarantined; "
+          f"{totals['tokens']:,} tokens")
+    if result.failed:
+        print(f"{len(result.failed)} unit(s) failed; rerun the same command to retry them:", file=sys.stderr)
+        for f in result.failed:
+            print(f"  {f['source']}/{f['unit']}: {f['error']}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def _stats(args):
-    from corpus.inspection.stats import cli_stats
-    return cli_stats(args)
+def _stats(args) -> int:
+    from corpus.inspection.stats import SCHEMA_VERSION, collect, summary_row
+    from corpus.store.layout import corpora_dir, find_corpus, list_corpora
+    from pipelines import views
+    if args.target is None:
+        if args.report:
+            raise ValueError("--report needs a corpus: elm-corpus stats NAME_OR_DIR --report DIR")
+        rows = [summary_row(p) for p in list_corpora(args.data_dir)]
+        if args.json:
+            print(json.dumps({"schema_version": SCHEMA_VERSION, "corpora_dir": str(corpora_dir(args.data_dir)),
+                              "corpora": rows}, indent=2))
+        else:
+            views.print_corpora(rows, corpora_dir(args.data_dir))
+        return 0
+    stats = collect(find_corpus(args.target, args.data_dir))
+    if args.json:
+        print(json.dumps(stats.numbers, indent=2))
+    else:
+        views.print_corpus(stats.numbers)
+    if args.report:
+        from corpus.inspection.report import write_report
+        page = write_report(stats, args.report)
+        print(f"report: {page}", file=sys.stderr if args.json else sys.stdout)
+    return 0
 
 
-def _inspect(args):
-    from corpus.inspection.stats import cli_inspect
-    return cli_inspect(args)
+def _inspect(args) -> int:
+    from corpus.inspection.chunks import chunk_at, draw_chunks
+    from corpus.store.layout import find_corpus
+    from pipelines import views
+    if args.shard is not None:
+        if args.index is None:
+            raise ValueError("--shard needs --index I (the chunk number within that shard)")
+        views.print_chunks([chunk_at(args.shard, args.index)], full=True)
+        return 0
+    if args.index is not None:
+        raise ValueError("--index needs --shard FILE")
+    if args.target is None:
+        raise ValueError("inspect needs a corpus: elm-corpus inspect NAME [--source S] [-n K] [--seed N]")
+    chunks = draw_chunks(find_corpus(args.target, args.data_dir), source=args.source, n=args.n, seed=args.seed)
+    views.print_chunks(chunks, full=False)
+    return 0
 
 
-def _sample(args):
-    from corpus.mirror.mirror import cli_sample
-    return cli_sample(args)
+def _sample(args) -> int:
+    """Write the offline sample mirror and say what it holds."""
+    from corpus.manifest import load_manifest
+    from corpus.mirror.mirror import ensure_mirror, read_index
+    manifest = load_manifest(args.manifest)
+    root = ensure_mirror(manifest, args.out)
+    sources = read_index(root)["sources"]
+    print(f"sample mirror of '{manifest.name}' in {root}")
+    print(f"  {'source':<26} {'format':<9} {'files':>5} {'documents':>9} {'bad':>4} {'bytes':>11}")
+    total = 0
+    for s in manifest.sources:
+        e = sources[s.name]
+        total += e["bytes"]
+        print(f"  {s.name:<26} {e['format']:<9} {len(e['files']):>5} {e['documents']:>9} "
+              f"{len(e['bad_records']):>4} {e['bytes']:>11,}")
+    print(f"  {'total':<26} {'':<9} {'':>5} {'':>9} {'':>4} {total:>11,}")
+    return 0
 
 
-def _tokenizer_export(args):
+def _tokenizer_export(args) -> int:
     from corpus.manifest import load_manifest
     from corpus.tokenizer.tokenizer import Tokenizer
     spec = args.model
@@ -40,11 +113,12 @@ def _tokenizer_export(args):
     return 0
 
 
-def _validate(args):
-    from corpus.manifest import load_manifest, format_token_count
+def _validate(args) -> int:
+    from corpus.inspection.numbers import short_count
+    from corpus.manifest import load_manifest
     m = load_manifest(args.manifest)
     print(f"{args.manifest}: manifest '{m.name}' is valid: {len(m.sources)} sources, "
-          f"{format_token_count(m.total_tokens)} tokens")
+          f"{short_count(m.total_tokens, digits=4)} tokens")
     for s, share in m.target_shares().items():
         print(f"  {s:<26} {share * 100:6.2f}%")
     return 0

@@ -55,11 +55,11 @@ def unit_id(file_index: int, part: int) -> str:
     return f"{file_index:05d}-{part:05d}"
 
 
-def source_files(manifest: Manifest, source: Source, sample: bool, sample_root: str | None = None) -> list[str]:
+def source_files(manifest: Manifest, source: Source, sample: bool, mirror_root: str | None = None) -> list[str]:
     """The files a source reads: upstream, or the offline sample mirror with ``sample``."""
     if sample:
-        from corpus.mirror.mirror import sample_files
-        return list(sample_files(manifest, source.name, sample_root))
+        from corpus.mirror.mirror import mirror_files
+        return list(mirror_files(manifest, source.name, mirror_root))
     return list_files(source.upstream)
 
 
@@ -104,12 +104,12 @@ def plan_source(source: Source, files: list[str], unit_bytes: int = DEFAULT_UNIT
 
 
 def plan_build(manifest: Manifest, sample: bool = False, unit_bytes: int = DEFAULT_UNIT_BYTES,
-               sample_root: str | None = None) -> list[WorkUnit]:
+               mirror_root: str | None = None) -> list[WorkUnit]:
     """Every unit of every source, sources in manifest order, units in input order."""
     units: list[WorkUnit] = []
     for source in manifest.sources:
         try:
-            files = source_files(manifest, source, sample, sample_root)
+            files = source_files(manifest, source, sample, mirror_root)
         except Exception as e:  # offline, a typo in a pattern, a missing fsspec backend: say which source
             where = "its sample mirror" if sample else (source.upstream.files or source.upstream.listing)
             raise PlanError(f"source {source.name!r}: cannot list {where}: {type(e).__name__}: {e}") from e

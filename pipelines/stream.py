@@ -8,56 +8,36 @@ so memory stays bounded however large the source is.
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
 
 from corpus.manifest import Manifest, load_manifest
 from corpus.tokenizer.tokenizer import Tokenizer
-from pipelines.build import BuildJob, _start_ray, processor_for
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_source, source_files
+from pipelines.runner import in_flight, start_ray
+from pipelines.worker import UnitJob, tokenize_unit
 
 
 class StreamError(RuntimeError):
     """A unit of the stream could not be read; the stream stops rather than skip data silently."""
 
 
-def tokenize_unit(job: BuildJob, unit_dict: dict) -> tuple[np.ndarray, np.ndarray]:
-    """One unit's kept chunks as (uint16 tokens, uint64 offsets), the same bytes a shard would hold."""
-    unit = WorkUnit.from_dict(unit_dict)
-    output = processor_for(job, unit.source).run(unit)
-    lengths = np.fromiter((len(c) for c in output.chunks), dtype=np.uint64, count=len(output.chunks))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
-    np.cumsum(lengths, out=offsets[1:])
-    tokens = np.concatenate(output.chunks) if output.chunks else np.zeros(0, dtype=np.uint16)
-    return tokens, offsets
-
-
 def stream_source(manifest: Manifest | str, source_name: str, sample: bool = False, workers: int | None = None,
                   window: int | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES,
-                  sample_root: str | None = None, address: str | None = None) -> Iterator[np.ndarray]:
+                  mirror_root: str | None = None, address: str | None = None) -> Iterator[np.ndarray]:
     """Yield the kept chunks (uint16 arrays, BOS ... EOS) of one source, in shard order."""
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     source = manifest.source(source_name)
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
-    units = plan_source(source, source_files(manifest, source, sample, sample_root), unit_bytes)
+    units = plan_source(source, source_files(manifest, source, sample, mirror_root), unit_bytes)
     workers = workers or os.cpu_count() or 1
-    window = window or 2 * workers
-    started_ray = _start_ray(workers, address)
+    started_ray = start_ray(workers, address)
     import ray
     try:
-        job = ray.put(BuildJob("", manifest.build_fingerprint(tokenizer.sha256), manifest.text,
-                               {source.name: source}, tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256))
-        remote = ray.remote(num_cpus=1)(tokenize_unit)
-        pending = deque(units)
-        in_flight: deque = deque()
-        while pending or in_flight:
-            while pending and len(in_flight) < window:
-                unit = pending.popleft()
-                in_flight.append((unit, remote.remote(job, unit.to_dict())))
-            unit, ref = in_flight.popleft()
+        job = UnitJob.of(manifest, tokenizer, [source])
+        for unit, ref in in_flight(tokenize_unit, job, units, WorkUnit.to_dict, window or 2 * workers, ordered=True):
             try:
                 tokens, offsets = ray.get(ref)
             except Exception as e:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import resource
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from corpus.store.counts import UnitCounts
 from corpus.text.filters import ChunkFilter
 from corpus.text.readers import BadRecord, Record, read_slice
 from corpus.text.rules import TOO_FEW_CHARS, TOO_FEW_TOKENS, CoreNetRules
@@ -29,36 +29,6 @@ from pipelines.plan import WorkUnit
 # characters of text encoded per sentencepiece call: large enough to amortise the call, small in memory
 _BATCH_CHARS = 1 << 20
 _ENCODE_CHUNKS = 128
-
-
-@dataclass
-class UnitCounts:
-    documents_read: int = 0
-    kept: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    quarantined: int = 0
-    quarantined_by_reason: Counter = field(default_factory=Counter)
-    chunks_split: int = 0
-    chunks_kept: int = 0
-    chunks_dropped: Counter = field(default_factory=Counter)
-    drop_details: Counter = field(default_factory=Counter)
-    tokens: int = 0
-    tokens_dropped: Counter = field(default_factory=Counter)  # tokens of encoded chunks dropped, by reason
-
-    def to_dict(self) -> dict:
-        return {
-            "documents_read": self.documents_read,
-            "kept": self.kept,
-            "dropped": dict(sorted(self.dropped.items())),
-            "quarantined": self.quarantined,
-            "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
-            "chunks_split": self.chunks_split,
-            "chunks_kept": self.chunks_kept,
-            "chunks_dropped": dict(sorted(self.chunks_dropped.items())),
-            "drop_details": dict(sorted(self.drop_details.items())),
-            "tokens": self.tokens,
-            "tokens_dropped": dict(sorted(self.tokens_dropped.items())),
-        }
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Terminal views of corpus stats: the corpora list, the per-source tables, decoded chunks (rich)."""
+"""Terminal views for `elm-corpus stats` and `inspect`: the corpora list, the per-source tables, decoded chunks (rich)."""
 from __future__ import annotations
 
 import shlex
@@ -10,6 +10,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from corpus.inspection.numbers import grouped, human_bytes, percent, short_count
+from corpus.inspection.stats import progress_note
+
 # Wide enough for the per-source table even when output goes to a file or a pipe (rich then assumes 80).
 _MIN_WIDTH = 120
 
@@ -19,33 +22,6 @@ def _console() -> Console:
     if not console.is_terminal:
         console = Console(width=max(console.width, _MIN_WIDTH))
     return console
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
-
-
-def human_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for suffix, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= size:
-            return f"{n / size:.3g}{suffix}"
-    return str(n)
-
-
-def _percent(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def _number(x: float | None, digits: int = 0) -> str:
-    return "-" if x is None else f"{x:,.{digits}f}"
 
 
 def _status_style(status: str) -> str:
@@ -64,22 +40,9 @@ def print_corpora(rows: list[dict], folder: Path) -> None:
     for r in rows:
         status = _status_label(r["status"], r.get("build_running"))
         table.add_row(r["name"], Text(status, style=_status_style(r["status"])), str(r["sources"]),
-                      f"{r['units']['done']}/{r['units']['total']}", human_count(r["tokens"]),
+                      f"{r['units']['done']}/{r['units']['total']}", short_count(r["tokens"]),
                       human_bytes(r["bytes_on_disk"]), r["last_build"] or "-")
     console.print(table)
-
-
-def progress_note(status: str, running: bool | None, pid: int | None) -> str | None:
-    """What a reader should know about an unfinished corpus, or None when it is complete."""
-    if running:
-        return f"a build (pid {pid}) is writing this folder now; the numbers count the units finished so far"
-    if status == "building" and running is False:
-        return "no build is running: the last one was interrupted; rerun 'elm-corpus build MANIFEST' to resume"
-    if status == "building":
-        return "a build is running, or was interrupted: rerun 'elm-corpus build MANIFEST' to resume it"
-    if status in ("partial", "failed", "planned"):
-        return "not every unit is done: rerun 'elm-corpus build MANIFEST' to finish it"
-    return None
 
 
 def _status_label(status: str, running: bool | None) -> str:
@@ -106,15 +69,15 @@ def _header(numbers: dict) -> Panel:
 
 def _count_cells(s: dict) -> list[str]:
     d, ch, u = s["documents"], s["chunks"], s["units"]
-    return [f"{u['done']:,}/{u['total']:,}", _number(u["failed"]), _number(d["read"]), _number(d["kept"]),
-            _number(d["dropped_total"]), _number(d["quarantined"]), _number(ch["split"]), _number(ch["kept"]),
-            _number(ch["dropped_total"])]
+    return [f"{u['done']:,}/{u['total']:,}", grouped(u["failed"]), grouped(d["read"]), grouped(d["kept"]),
+            grouped(d["dropped_total"]), grouped(d["quarantined"]), grouped(ch["split"]), grouped(ch["kept"]),
+            grouped(ch["dropped_total"])]
 
 
 def _token_cells(s: dict) -> list[str]:
     per_chunk, share = s["tokens_per_chunk"], s["share"]
-    return [_number(s["tokens"]), _number(per_chunk["mean"], 1), _number(per_chunk["median"], 1),
-            _percent(share["achieved"]), _percent(share["target"]), human_bytes(s["bytes_on_disk"]["shards"])]
+    return [grouped(s["tokens"]), grouped(per_chunk["mean"], 1), grouped(per_chunk["median"], 1),
+            percent(share["achieved"]), percent(share["target"]), human_bytes(s["bytes_on_disk"]["shards"])]
 
 
 def _table(title: str, heads: tuple[str, ...], cells, numbers: dict) -> Table:

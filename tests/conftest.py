@@ -38,8 +38,9 @@ def write_token_corpus(folder, tokenizer, documents: dict, name: str = "trainer-
     from pathlib import Path
 
     from corpus.manifest import load_manifest
-    from corpus.store.shards import atomic_write_json, write_shard
+    from corpus.store.files import atomic_write_json
 
+    from corpus.store.writer import write_shard
     folder = Path(folder)
     template = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
     base = template.sources[0]
@@ -79,9 +80,9 @@ def sample_mirror(tmp_path_factory):
     from pathlib import Path
 
     from corpus.manifest import load_manifest
-    from corpus.mirror.mirror import ensure_sample_mirror
+    from corpus.mirror.mirror import ensure_mirror
     manifest = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
-    return ensure_sample_mirror(manifest, tmp_path_factory.mktemp("sample-mirror"))
+    return ensure_mirror(manifest, tmp_path_factory.mktemp("sample-mirror"))
 
 
 @pytest.fixture(scope="session")
@@ -92,4 +93,4 @@ def sample_corpus(sample_mirror, tmp_path_factory, ray_session):
     from pipelines.build import build
     manifest = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
     out = tmp_path_factory.mktemp("corpora") / "openelm-sample"
-    return build(manifest, out, sample=True, workers=2, progress=False, sample_root=sample_mirror)
+    return build(manifest, out, sample=True, workers=2, progress=False, mirror_root=sample_mirror)

@@ -18,7 +18,9 @@ import zstandard
 
 from pipelines.cli import main as cli_main
 from corpus.text.readers import read_slice, Slice
-from corpus.store.shards import Shard, read_corpus_json, sha256_file
+from corpus.store.files import sha256_file
+from corpus.store.layout import read_corpus_json
+from corpus.store.shards import Shard
 from corpus.text.rules import split_words
 from pipelines.build import BuildRefused, build
 

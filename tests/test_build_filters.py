@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from corpus.manifest import FILTER_TYPES
-from corpus.store.shards import read_corpus_json
+from corpus.store.layout import read_corpus_json
 from pipelines.build import build
 
 LICENSES = Path("/usr/share/common-licenses")  # English prose that ships with Debian's base-files

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import zstandard
 
-from corpus.store.shards import Shard, read_corpus_json, source_shards
+from corpus.store.layout import read_corpus_json, source_shards
 
+
+from corpus.store.shards import Shard
 MANIFEST_SOURCES = 13
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from corpus.store.writer import ShardWriter
-from corpus.store.shards import Shard, write_shard
+from corpus.store.shards import Shard
 
 
+from corpus.store.writer import write_shard
 def test_streamed_shard_files_equal_write_shard_files(tmp_path, tokenizer):
     texts = ["In the beginning God created the heaven and the earth.", "def f(x):\n    return x + 1\n", ""]
     chunks = [np.asarray(ids, dtype=np.uint16) for ids in tokenizer.encode(texts)]

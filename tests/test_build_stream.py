@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus.store.shards import source_shards
+from corpus.store.layout import source_shards
 from pipelines.stream import StreamError, stream_source
 
 MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
@@ -16,7 +16,7 @@ MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
 @pytest.mark.parametrize("source", ["redpajama-c4", "dolma-wiki"])
 def test_streamed_chunks_equal_the_built_shards_in_order(sample_corpus, sample_mirror, source):
     built = [s.chunk(i) for s in source_shards(sample_corpus.out_dir, source) for i in range(len(s))]
-    streamed = list(stream_source(MANIFEST, source, sample=True, workers=2, window=2, sample_root=str(sample_mirror)))
+    streamed = list(stream_source(MANIFEST, source, sample=True, workers=2, window=2, mirror_root=str(sample_mirror)))
     assert len(streamed) == len(built) > 0
     assert all(a.dtype == np.uint16 and np.array_equal(a, b) for a, b in zip(streamed, built))
 

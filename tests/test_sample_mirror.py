@@ -1,7 +1,6 @@
 """The offline sample mirror: upstream's own files, schemas and names, real text, listed edge cases and bad records."""
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -17,8 +16,9 @@ import zstandard
 
 from corpus import paths
 from corpus.manifest import load_manifest, parse_manifest
-from corpus.mirror.mirror import (BAD_REASONS, INDEX_NAME, cli_sample, ensure_sample_mirror, generator_fingerprint,
-                                  iter_documents, read_index, sample_files)
+from pipelines.cli import main as cli_main
+from corpus.mirror.mirror import (BAD_REASONS, INDEX_NAME, ensure_mirror, generator_fingerprint,
+                                  iter_documents, read_index, mirror_files)
 
 REPO = Path(__file__).resolve().parent.parent
 OPENELM = REPO / "manifests" / "openelm.yaml"
@@ -254,7 +254,7 @@ def test_code_sources_hold_a_literal_special_token(mirror):
 
 def test_generation_is_deterministic(mirror, tmp_path):
     root, _ = mirror
-    again = ensure_sample_mirror(load_manifest(OPENELM), tmp_path / "again")
+    again = ensure_mirror(load_manifest(OPENELM), tmp_path / "again")
     ours = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     theirs = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file() and not p.name.startswith("."))
     assert ours == theirs and INDEX_NAME in {str(p) for p in ours}
@@ -264,18 +264,18 @@ def test_generation_is_deterministic(mirror, tmp_path):
 
 def test_a_damaged_file_is_regenerated(tmp_path):
     manifest = one_source_manifest()
-    root = ensure_sample_mirror(manifest, tmp_path)
+    root = ensure_mirror(manifest, tmp_path)
     first = read_index(root)["sources"]["dolma-wiki"]["files"][0]
     target = root / first["path"]
     original = target.read_bytes()
     target.write_bytes(original[:100])
-    ensure_sample_mirror(manifest, root)
+    ensure_mirror(manifest, root)
     assert target.read_bytes() == original
 
 
 def test_a_mirror_from_another_generator_is_rewritten(tmp_path):
     manifest = one_source_manifest()
-    root = ensure_sample_mirror(manifest, tmp_path)
+    root = ensure_mirror(manifest, tmp_path)
     index = read_index(root)
     stale = root / index["sources"]["dolma-wiki"]["files"][0]["path"]
     original = stale.read_bytes()
@@ -284,22 +284,22 @@ def test_a_mirror_from_another_generator_is_rewritten(tmp_path):
     index["sources"]["dolma-wiki"]["files"][0]["sha256"] = hashlib.sha256(stale.read_bytes()).hexdigest()
     index["sources"]["dolma-wiki"]["files"][0]["bytes"] = stale.stat().st_size
     (root / INDEX_NAME).write_text(json.dumps(index))
-    ensure_sample_mirror(manifest, root)
+    ensure_mirror(manifest, root)
     assert stale.read_bytes() == original and read_index(root)["fingerprint"] == generator_fingerprint()
 
 
 def test_a_changed_source_spec_regenerates_that_source(tmp_path):
-    root = ensure_sample_mirror(one_source_manifest(fmt="json.gz"), tmp_path)
-    ensure_sample_mirror(one_source_manifest(fmt="jsonl"), root)
+    root = ensure_mirror(one_source_manifest(fmt="json.gz"), tmp_path)
+    ensure_mirror(one_source_manifest(fmt="jsonl"), root)
     entry = read_index(root)["sources"]["dolma-wiki"]
     assert entry["format"] == "jsonl" and all(f["path"].endswith(".jsonl") for f in entry["files"])
     assert not list((root / "dolma-wiki").glob("*.json.gz"))
 
 
 def test_two_processes_at_once_write_one_good_mirror(tmp_path):
-    code = ("import sys; from corpus.mirror.mirror import ensure_sample_mirror; "
+    code = ("import sys; from corpus.mirror.mirror import ensure_mirror; "
             "from corpus.manifest import parse_manifest; "
-            f"ensure_sample_mirror(parse_manifest({one_source_manifest_text()!r}), sys.argv[1])")
+            f"ensure_mirror(parse_manifest({one_source_manifest_text()!r}), sys.argv[1])")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stderr=subprocess.PIPE)
              for _ in range(2)]
     for p in procs:
@@ -324,7 +324,7 @@ sources:
 
 def test_unknown_source_gets_a_generic_mirror_from_its_format_and_text_field(tmp_path):
     manifest = one_source_manifest(name="my-forum", group="redpajama", fmt="jsonl.zst", text_field="body")
-    files = sample_files(manifest, "my-forum", tmp_path)
+    files = mirror_files(manifest, "my-forum", tmp_path)
     assert len(files) >= 2 and all(f.endswith(".jsonl.zst") for f in files)
     entry = read_index(tmp_path)["sources"]["my-forum"]
     assert {b["reason"] for b in entry["bad_records"]} == {"broken_json", "invalid_utf8", "missing_text"}
@@ -339,14 +339,14 @@ def test_unknown_source_gets_a_generic_mirror_from_its_format_and_text_field(tmp
 def test_unknown_parquet_source_with_an_id_field(tmp_path):
     manifest = one_source_manifest(name="my-web", group="refinedweb", fmt="parquet", text_field="content",
                                    extra="    id_field: doc_id")
-    files = sample_files(manifest, "my-web", tmp_path)
+    files = mirror_files(manifest, "my-web", tmp_path)
     table = pq.read_table(files[0])
     assert {"content", "doc_id", "url"} <= set(table.column_names)
 
 
 def test_sample_files_are_sorted_paths_inside_the_source_folder(mirror):
     root, _ = mirror
-    files = sample_files(load_manifest(OPENELM), "redpajama-c4", root)
+    files = mirror_files(load_manifest(OPENELM), "redpajama-c4", root)
     assert files == sorted(files) and len(files) == 3
     assert all(Path(f).is_file() and Path(f).parent == root / "redpajama-c4" / "c4" for f in files)
 
@@ -354,26 +354,26 @@ def test_sample_files_are_sorted_paths_inside_the_source_folder(mirror):
 def test_unknown_source_name_is_a_clear_error(mirror):
     root, _ = mirror
     with pytest.raises(KeyError, match="no source 'nope'"):
-        sample_files(load_manifest(OPENELM), "nope", root)
+        mirror_files(load_manifest(OPENELM), "nope", root)
 
 
 def test_default_root_is_under_elm_corpus_data(tmp_path, monkeypatch):
     monkeypatch.setenv("ELM_CORPUS_DATA", str(tmp_path / "data"))
     assert paths.data_root() == tmp_path / "data"
     assert paths.corpora_root() == tmp_path / "data" / "corpora"
-    root = ensure_sample_mirror(one_source_manifest())
+    root = ensure_mirror(one_source_manifest())
     assert root == tmp_path / "data" / "sample" and (root / INDEX_NAME).is_file()
 
 
 def test_data_root_defaults_to_data_in_the_working_folder(monkeypatch):
     monkeypatch.delenv("ELM_CORPUS_DATA", raising=False)
-    assert paths.data_root() == Path("data") and paths.sample_root() == Path("data") / "sample"
+    assert paths.data_root() == Path("data") and paths.mirror_root() == Path("data") / "sample"
 
 
 def test_cli_sample_prints_files_documents_bad_records_and_bytes(tmp_path, capsys):
     manifest = tmp_path / "tiny.yaml"
     manifest.write_text(one_source_manifest_text())
-    assert cli_sample(argparse.Namespace(manifest=str(manifest), out=str(tmp_path / "m"))) == 0
+    assert cli_main(["sample", str(manifest), "--out", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     entry = read_index(tmp_path / "m")["sources"]["dolma-wiki"]
     row = next(line for line in out.splitlines() if line.split()[:1] == ["dolma-wiki"])

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from corpus.manifest import Manifest
 from corpus.mixing.sampler import MixtureSampler
-from corpus.store.shards import atomic_write_json, write_shard
+from corpus.store.files import atomic_write_json
 
+from corpus.store.writer import write_shard
 BOS, EOS, PAD = 1, 2, 32000
 L = 16
 

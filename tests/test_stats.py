@@ -343,7 +343,7 @@ def test_a_folder_that_is_not_a_corpus_is_named_in_the_error(tmp_path, capsys):
 def test_an_unknown_name_lists_the_corpora_that_exist(sample_dir, capsys):
     assert cli_main(["stats", "no-such-corpus", "--data-dir", str(sample_dir.parent)]) == 2
     err = capsys.readouterr().err
-    assert "no corpus 'no-such-corpus'" in err and sample_dir.name in err
+    assert "corpus 'no-such-corpus' not found" in err and sample_dir.name in err
 
 
 # ---------------------------------------------------------------- the views
@@ -414,9 +414,9 @@ def _input_text(uri: str, location_kind: str, location: int, text_field: str) ->
 
 
 def test_inspect_decodes_chunks_back_to_the_text_at_their_input_location(sample_dir):
-    from corpus.inspection.chunks import sample_chunks
+    from corpus.inspection.chunks import draw_chunks
     from corpus.text.rules import normalize, split_words
-    chunks = sample_chunks(sample_dir, n=12, seed=7)
+    chunks = draw_chunks(sample_dir, n=12, seed=7)
     assert len(chunks) == 12 and len({c.source for c in chunks}) > 3
     for c in chunks:
         sidecar = json.loads(c.shard.with_suffix(".json").read_text())

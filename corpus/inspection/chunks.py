@@ -6,14 +6,13 @@ record it is, so a chunk can be traced to the bytes it was made from.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from corpus.store.layout import LEDGER_DIR
-from corpus.store.shards import CORPUS_JSON, SHARDS_DIR, Shard
+from corpus.store.layout import CorpusDir, read_corpus_json
+from corpus.store.shards import Shard
 from corpus.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -48,10 +47,10 @@ def _shard_stem(path: str | Path) -> Path:
 def _tokenizer_for(stem: Path, sidecar: dict) -> Tokenizer:
     """The tokenizer the shard was written with: the corpus's, checked against the sidecar's hash."""
     want = sidecar.get("tokenizer_sha256")
-    corpus_json = stem.parents[2] / CORPUS_JSON if len(stem.parents) > 2 else None
+    corpus_json = CorpusDir(stem.parents[2]).corpus_json_path if len(stem.parents) > 2 else None
     spec, normalize = "default", "NFC"
     if corpus_json is not None and corpus_json.exists():
-        described = json.loads(corpus_json.read_text()).get("tokenizer") or {}
+        described = read_corpus_json(corpus_json.parent).get("tokenizer") or {}
         spec, normalize = described.get("spec", spec), described.get("normalize", normalize)
     tokenizer = load_tokenizer(spec, normalize)
     if want and tokenizer.sha256 != want:
@@ -85,18 +84,18 @@ def chunk_at(shard_path: str | Path, index: int) -> ChunkView:
     return _view(shard, sidecar, index, _tokenizer_for(stem, sidecar))
 
 
-def sample_chunks(corpus_dir: str | Path, source: str | None = None, n: int = 3, seed: int = 0) -> list[ChunkView]:
+def draw_chunks(corpus_dir: str | Path, source: str | None = None, n: int = 3, seed: int = 0) -> list[ChunkView]:
     """``n`` chunks drawn uniformly without replacement from the finished units (of ``source``), in corpus order."""
     root = Path(corpus_dir)
-    ledger = root / LEDGER_DIR
-    sources = sorted(p.name for p in ledger.iterdir() if p.is_dir()) if ledger.is_dir() else []
+    folder = CorpusDir(root)
+    finished = list(folder.ledger_units())  # (source, unit), sorted
+    sources = sorted({s for s, _ in finished})
     if source is not None:
         if source not in sources:
             raise ValueError(f"{root}: no finished units of source {source!r}; sources with some: "
                              f"{', '.join(sources) or 'none yet'}")
         sources = [source]
-    stems = [root / SHARDS_DIR / s / p.stem for s in sources for p in sorted((ledger / s).glob("*.json"))]
-    shards = [Shard.open(stem) for stem in stems]
+    shards = [Shard.open(folder.shard_stem(s, u)) for s, u in finished if s in sources]
     counts = np.array([len(s) for s in shards], dtype=np.int64)
     total = int(counts.sum())
     if total == 0:

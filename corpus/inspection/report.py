@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from corpus.inspection.stats import CorpusStats, quarantine_examples
-from pipelines.views import human_bytes, human_count, progress_note
+from corpus.inspection.numbers import grouped, human_bytes, percent, short_count
+from corpus.inspection.stats import CorpusStats, progress_note, quarantine_examples
 
 CHARTS = {
     "funnel.png": "Token funnel per source: tokens (BOS and EOS included) of the chunks that pass the character "
@@ -88,7 +88,7 @@ def _chart_funnel(stats: CorpusStats, path: Path, filters: list[str]) -> None:
     image = ax.imshow(np.where(np.isnan(counts), np.nan, left), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i in range(len(sources)):
         for j in range(len(stages)):
-            text = "-" if np.isnan(counts[i, j]) else human_count(int(counts[i, j]))
+            text = "-" if np.isnan(counts[i, j]) else short_count(int(counts[i, j]))
             ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="white" if np.isnan(counts[i, j]) or left[i, j] < 0.6 else "black")
     ax.set_xticks(range(len(stages)), stages, fontsize=9)
@@ -236,14 +236,6 @@ def _e(value) -> str:
     return html.escape("-" if value is None else str(value))
 
 
-def _n(value, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
 def _sources_table(numbers: dict) -> str:
     heads = ["source", "units done/total", "failed", "docs read", "docs kept", "docs dropped", "quarantined",
              "chunks split", "chunks kept", "tokens", "mean tok/chunk", "median tok/chunk", "share", "target share",
@@ -251,10 +243,10 @@ def _sources_table(numbers: dict) -> str:
     rows = []
     for s in [*numbers["sources"], {"name": "total", **numbers["total"]}]:
         d, ch, u, per = s["documents"], s["chunks"], s["units"], s["tokens_per_chunk"]
-        cells = [f"{u['done']:,}/{u['total']:,}", _n(u["failed"]), _n(d["read"]), _n(d["kept"]),
-                 _n(d["dropped_total"]), _n(d["quarantined"]), _n(ch["split"]), _n(ch["kept"]), _n(s["tokens"]),
-                 _n(per["mean"], 1), _n(per["median"], 1), _pct(s["share"]["achieved"]),
-                 _pct(s["share"]["target"]), human_bytes(s["bytes_on_disk"]["shards"])]
+        cells = [f"{u['done']:,}/{u['total']:,}", grouped(u["failed"]), grouped(d["read"]), grouped(d["kept"]),
+                 grouped(d["dropped_total"]), grouped(d["quarantined"]), grouped(ch["split"]), grouped(ch["kept"]), grouped(s["tokens"]),
+                 grouped(per["mean"], 1), grouped(per["median"], 1), percent(s["share"]["achieved"]),
+                 percent(s["share"]["target"]), human_bytes(s["bytes_on_disk"]["shards"])]
         cls = ' class="total"' if s["name"] == "total" else ""
         rows.append(f"<tr{cls}><td>{_e(s['name'])}</td>" + "".join(f'<td class="n">{_e(c)}</td>' for c in cells)
                     + "</tr>")

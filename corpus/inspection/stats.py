@@ -13,57 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from corpus.store.layout import FAILED_DIR, LEDGER_DIR, LOCK_FILE, PLAN_JSON, QUARANTINE_DIR
-from corpus.store.shards import CORPUS_JSON, SHARDS_DIR, Shard
+from corpus.store.counts import UnitCounts
+from corpus.store.layout import (CORPUS_JSON, LOCK_FILE, PLAN_JSON, QUARANTINE_DIR, SHARDS_DIR, CorpusDir, NotACorpus)
+from corpus.store.shards import Shard
 
 SCHEMA_VERSION = 1
-
-
-class NotACorpus(FileNotFoundError):
-    """A name or folder that does not hold a corpus; the message says what was looked for and where."""
-
-
-# ---------------------------------------------------------------- finding corpora
-
-def corpora_dir(data_dir: str | Path | None = None) -> Path:
-    if data_dir is not None:
-        return Path(data_dir)
-    from corpus.paths import corpora_root
-    return corpora_root()
-
-
-def is_corpus(folder: Path) -> bool:
-    return (folder / CORPUS_JSON).is_file() or (folder / PLAN_JSON).is_file()
-
-
-def resolve_corpus(target: str | Path, data_dir: str | Path | None = None) -> Path:
-    """A corpus folder from a folder path or a name under the corpora folder."""
-    path = Path(target)
-    under = corpora_dir(data_dir) / str(target)
-    for candidate in (path, under):
-        if candidate.is_dir():
-            if is_corpus(candidate):
-                return candidate
-            raise NotACorpus(f"{candidate} is not a corpus folder: it has neither {CORPUS_JSON} nor {PLAN_JSON} "
-                             f"(a folder 'elm-corpus build' writes has both)")
-    names = [p.name for p in list_corpus_dirs(data_dir)]
-    known = f"; corpora there: {', '.join(names)}" if names else "; there are none yet"
-    raise NotACorpus(f"no corpus {str(target)!r}: not a folder, and not a name under {corpora_dir(data_dir)}"
-                     f"{known} (build one with 'elm-corpus build MANIFEST')")
-
-
-def list_corpus_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    root = corpora_dir(data_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and is_corpus(p))
 
 
 # ---------------------------------------------------------------- reading the folder
@@ -75,16 +35,6 @@ def _read_json(path: Path) -> dict | None:
         return None
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _unit_files(folder: Path) -> dict[tuple[str, str], Path]:
-    """``(source, unit) -> path`` for every ``<folder>/<source>/<unit>.json``."""
-    out = {}
-    if folder.is_dir():
-        for source_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            for path in sorted(source_dir.glob("*.json")):
-                out[(source_dir.name, path.stem)] = path
-    return out
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -120,35 +70,16 @@ def build_holder(corpus_dir: Path) -> int | None:
 
 @dataclass
 class _Tally:
-    """Running counts of one source (or of the whole corpus)."""
-    documents_read: int = 0
-    documents_kept: int = 0
-    documents_dropped: Counter = field(default_factory=Counter)
-    quarantined: int = 0
-    quarantined_by_reason: Counter = field(default_factory=Counter)
-    chunks_split: int = 0
-    chunks_kept: int = 0
-    chunks_dropped: Counter = field(default_factory=Counter)
-    filter_details: Counter = field(default_factory=Counter)
-    tokens: int = 0
-    tokens_dropped: Counter = field(default_factory=Counter)  # tokens of encoded chunks dropped, by reason
+    """Running counts of one source (or of the whole corpus): the sidecars' counts plus what the .idx files say."""
+    counts: UnitCounts = field(default_factory=UnitCounts)
+    tokens: int = 0  # from the .idx files, not the sidecars (a disagreement is reported as a problem)
     shards_without_token_drops: int = 0  # sidecars written before builds recorded tokens_dropped
     shards: int = 0
     lengths: Counter = field(default_factory=Counter)  # chunk length in tokens -> number of chunks
 
     def add_sidecar(self, meta: dict) -> None:
-        self.documents_read += meta.get("documents_read", 0)
-        self.documents_kept += meta.get("kept", 0)
-        self.documents_dropped.update(meta.get("dropped", {}))
-        self.quarantined += meta.get("quarantined", 0)
-        self.quarantined_by_reason.update(meta.get("quarantined_by_reason", {}))
-        self.chunks_split += meta.get("chunks_split", 0)
-        self.chunks_kept += meta.get("chunks", 0)
-        self.chunks_dropped.update(meta.get("chunks_dropped", {}))
-        self.filter_details.update(meta.get("drop_details", {}))
-        if "tokens_dropped" in meta:
-            self.tokens_dropped.update(meta["tokens_dropped"])
-        else:
+        self.counts.add(UnitCounts.from_dict(meta))
+        if "tokens_dropped" not in meta:
             self.shards_without_token_drops += 1
         self.shards += 1
 
@@ -158,12 +89,11 @@ class _Tally:
         self.tokens += int(lengths.sum())
 
     def merge(self, other: "_Tally") -> None:
-        for name in ("documents_read", "documents_kept", "quarantined", "chunks_split", "chunks_kept",
-                     "tokens", "shards_without_token_drops", "shards"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("documents_dropped", "quarantined_by_reason", "chunks_dropped", "filter_details",
-                     "tokens_dropped", "lengths"):
-            getattr(self, name).update(getattr(other, name))
+        self.counts.add(other.counts)
+        self.tokens += other.tokens
+        self.shards_without_token_drops += other.shards_without_token_drops
+        self.shards += other.shards
+        self.lengths.update(other.lengths)
 
     def length_summary(self) -> dict:
         if not self.lengths:
@@ -181,21 +111,22 @@ class _Tally:
     def numbers(self) -> dict:
         def by_reason(counter: Counter) -> dict:
             return {k: v for k, v in sorted(counter.items()) if v}
+        c = self.counts
         return {
-            "documents": {"read": self.documents_read, "kept": self.documents_kept,
-                          "dropped": by_reason(self.documents_dropped),
-                          "dropped_total": sum(self.documents_dropped.values()),
-                          "quarantined": self.quarantined,
-                          "quarantined_by_reason": by_reason(self.quarantined_by_reason)},
-            "chunks": {"split": self.chunks_split, "kept": self.chunks_kept,
-                       "dropped": by_reason(self.chunks_dropped),
-                       "dropped_total": sum(self.chunks_dropped.values())},
-            "filter_details": by_reason(self.filter_details),
+            "documents": {"read": c.documents_read, "kept": c.kept,
+                          "dropped": by_reason(c.dropped),
+                          "dropped_total": sum(c.dropped.values()),
+                          "quarantined": c.quarantined,
+                          "quarantined_by_reason": by_reason(c.quarantined_by_reason)},
+            "chunks": {"split": c.chunks_split, "kept": c.chunks_kept,
+                       "dropped": by_reason(c.chunks_dropped),
+                       "dropped_total": sum(c.chunks_dropped.values())},
+            "filter_details": by_reason(c.drop_details),
             "tokens": self.tokens,
             # unknown (null) when any counted shard predates the field, rather than a silent undercount
-            "tokens_dropped": None if self.shards_without_token_drops else by_reason(self.tokens_dropped),
+            "tokens_dropped": None if self.shards_without_token_drops else by_reason(c.tokens_dropped),
             "tokens_after_chars": None if self.shards_without_token_drops else
-            self.tokens + sum(self.tokens_dropped.values()),
+            self.tokens + sum(c.tokens_dropped.values()),
             "tokens_per_chunk": self.length_summary(),
             "shards": self.shards,
         }
@@ -231,7 +162,8 @@ def _manifest_view(corpus_json: dict | None) -> tuple[list[str], dict[str, float
 def collect(corpus_dir: str | Path) -> CorpusStats:
     """Count everything a corpus folder holds; see the module docstring for where each number comes from."""
     root = Path(corpus_dir)
-    if not is_corpus(root):
+    folder = CorpusDir(root)
+    if not folder.is_corpus():
         raise NotACorpus(f"{root} is not a corpus folder: it has neither {CORPUS_JSON} nor {PLAN_JSON}")
     corpus_json = _read_json(root / CORPUS_JSON)
     plan = _read_json(root / PLAN_JSON)
@@ -239,8 +171,8 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
     planned: dict[str, list[str]] = {}
     for unit in (plan or {}).get("units", []):
         planned.setdefault(unit["source"], []).append(unit["unit"])
-    ledger = _unit_files(root / LEDGER_DIR)
-    failed = _unit_files(root / FAILED_DIR)
+    ledger = folder.ledger_units()
+    failed = folder.failed_units()
     names = order + sorted((set(planned) | {s for s, _ in ledger}) - set(order))
 
     tallies: dict[str, _Tally] = {}
@@ -253,7 +185,7 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
         done = [u for u in units if (name, u) in ledger]
         failed_here = [u for u in units if (name, u) in failed and (name, u) not in ledger]
         for unit in done:
-            stem = root / SHARDS_DIR / name / unit
+            stem = folder.shard_stem(name, unit)
             try:
                 meta = _read_json(stem.with_suffix(".json"))
                 if meta is None:
@@ -332,7 +264,7 @@ def summary_row(corpus_dir: Path) -> dict:
     """One line of the corpora list: cheap, from corpus.json and the ledger only."""
     corpus_json = _read_json(corpus_dir / CORPUS_JSON) or {}
     plan = _read_json(corpus_dir / PLAN_JSON) or {}
-    ledger = _unit_files(corpus_dir / LEDGER_DIR)
+    ledger = CorpusDir(corpus_dir).ledger_units()
     units_total = len(plan.get("units", [])) or len(ledger)
     tokens = sum((_read_json(p) or {}).get("tokens", 0) for p in ledger.values())
     sources = corpus_json.get("sources") or {}
@@ -371,47 +303,14 @@ def quarantine_examples(corpus_dir: str | Path, per_source: int = 3) -> dict[str
     return out
 
 
-# ---------------------------------------------------------------- the CLI
-
-def cli_stats(args) -> int:
-    from pipelines import views as stats_view
-    if args.target is None:
-        if args.report:
-            raise ValueError("--report needs a corpus: elm-corpus stats NAME_OR_DIR --report DIR")
-        rows = [summary_row(p) for p in list_corpus_dirs(args.data_dir)]
-        if args.json:
-            print(json.dumps({"schema_version": SCHEMA_VERSION, "corpora_dir": str(corpora_dir(args.data_dir)),
-                              "corpora": rows}, indent=2))
-        else:
-            stats_view.print_corpora(rows, corpora_dir(args.data_dir))
-        return 0
-    stats = collect(resolve_corpus(args.target, args.data_dir))
-    if args.json:
-        print(json.dumps(stats.numbers, indent=2))
-    else:
-        stats_view.print_corpus(stats.numbers)
-    if args.report:
-        from corpus.inspection.report import write_report
-        page = write_report(stats, args.report)
-        print(f"report: {page}", file=sys.stderr if args.json else sys.stdout)
-    return 0
-
-
-def cli_inspect(args) -> int:
-    from pipelines import views as stats_view
-    from corpus.inspection.chunks import chunk_at, sample_chunks
-    if args.shard is not None:
-        if args.index is None:
-            raise ValueError("--shard needs --index I (the chunk number within that shard)")
-        chunks = [chunk_at(args.shard, args.index)]
-        stats_view.print_chunks(chunks, full=True)
-        return 0
-    if args.index is not None:
-        raise ValueError("--index needs --shard FILE")
-    if args.target is None:
-        raise ValueError("inspect needs a corpus: elm-corpus inspect NAME [--source S] [-n K] [--seed N]")
-    chunks = sample_chunks(resolve_corpus(args.target, args.data_dir), source=args.source, n=args.n,
-                           seed=args.seed)
-    stats_view.print_chunks(chunks, full=False)
-    return 0
-
+def progress_note(status: str, running: bool | None, pid: int | None) -> str | None:
+    """What a reader should know about an unfinished corpus, or None when it is complete."""
+    if running:
+        return f"a build (pid {pid}) is writing this folder now; the numbers count the units finished so far"
+    if status == "building" and running is False:
+        return "no build is running: the last one was interrupted; rerun 'elm-corpus build MANIFEST' to resume"
+    if status == "building":
+        return "a build is running, or was interrupted: rerun 'elm-corpus build MANIFEST' to resume it"
+    if status in ("partial", "failed", "planned"):
+        return "not every unit is done: rerun 'elm-corpus build MANIFEST' to finish it"
+    return None

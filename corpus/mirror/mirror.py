@@ -25,7 +25,6 @@ gzip member holds exactly one record, counted as its one ``truncated_gzip`` bad 
 """
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import io
@@ -35,7 +34,6 @@ import random
 import shutil
 import string
 import unicodedata
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,7 +43,7 @@ from corpus import paths
 from corpus.mirror import text as sample_text
 from corpus.manifest import Manifest, Source, load_manifest
 from corpus.mirror.text import Passage
-from corpus.store.shards import atomic_write_json, sha256_file
+from corpus.store.files import atomic_write_json, held_lock, sha256_file
 
 GENERATOR = "elm-corpus sample mirror"
 GENERATOR_VERSION = 2
@@ -54,8 +52,6 @@ ROW_GROUP_ROWS = 32
 BAD_REASONS = ("broken_json", "invalid_utf8", "missing_text", "truncated_gzip")
 EDGE_KINDS = ("empty", "whitespace_only", "short", "punctuation_only", "non_nfc", "long",
               "near_256_tokens", "special_token_literal")
-# Resolved when this module is imported; the functions below resolve it again at call time.
-DEFAULT_SAMPLE_ROOT = paths.sample_root()
 
 _EPOCH = datetime(2023, 1, 1)
 
@@ -610,19 +606,7 @@ def generator_fingerprint() -> str:
 
 
 def _root(root: str | Path | None) -> Path:
-    return Path(root) if root is not None else paths.sample_root()
-
-
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One writer at a time: a second process waits, then finds the mirror written."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".mirror.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return Path(root) if root is not None else paths.mirror_root()
 
 
 def read_index(root: str | Path | None = None) -> dict:
@@ -644,7 +628,7 @@ def _fresh(entry: dict | None, source: Source, root: Path) -> bool:
     return bool(entry.get("files"))
 
 
-def ensure_sample_mirror(manifest: Manifest, root: str | Path | None = None,
+def ensure_mirror(manifest: Manifest, root: str | Path | None = None,
                          only: Iterable[str] | None = None) -> Path:
     """Write the mirror of every source of ``manifest`` (or of the ``only`` named ones) that is missing or stale.
 
@@ -654,7 +638,7 @@ def ensure_sample_mirror(manifest: Manifest, root: str | Path | None = None,
     """
     root = _root(root)
     wanted = [manifest.source(n) for n in only] if only is not None else list(manifest.sources)
-    with _locked(root):
+    with held_lock(root / ".mirror.lock"):  # one writer; a second process waits, then finds it written
         index = read_index(root)
         fingerprint = generator_fingerprint()
         if index.get("version") != GENERATOR_VERSION or index.get("fingerprint") != fingerprint:
@@ -676,9 +660,9 @@ def ensure_sample_mirror(manifest: Manifest, root: str | Path | None = None,
     return root
 
 
-def sample_files(manifest: Manifest, source_name: str, root: str | Path | None = None) -> list[str]:
+def mirror_files(manifest: Manifest, source_name: str, root: str | Path | None = None) -> list[str]:
     """The sorted local paths of one source's mirror files (the mirror is written first if needed)."""
-    root = ensure_sample_mirror(manifest, root, only=[source_name])
+    root = ensure_mirror(manifest, root, only=[source_name])
     entry = read_index(root)["sources"][source_name]
     return sorted(str(root / f["path"]) for f in entry["files"])
 
@@ -710,22 +694,3 @@ def iter_documents(root: str | Path, source_name: str) -> Iterator[tuple[dict, s
         for line_no, line in enumerate(blob.split(b"\n")[:-1], start=1):
             if (rel, line_no) not in bad:
                 yield {"file": rel, "line": line_no}, json.loads(line)[field_name]
-
-
-# ---------------------------------------------------------------- CLI
-
-def cli_sample(args) -> int:
-    """``elm-corpus sample MANIFEST [--out DIR]``: write the mirror and say what it holds."""
-    manifest = load_manifest(args.manifest)
-    root = ensure_sample_mirror(manifest, args.out)
-    sources = read_index(root)["sources"]
-    print(f"sample mirror of '{manifest.name}' in {root}")
-    print(f"  {'source':<26} {'format':<9} {'files':>5} {'documents':>9} {'bad':>4} {'bytes':>11}")
-    total = 0
-    for s in manifest.sources:
-        e = sources[s.name]
-        total += e["bytes"]
-        print(f"  {s.name:<26} {e['format']:<9} {len(e['files']):>5} {e['documents']:>9} "
-              f"{len(e['bad_records']):>4} {e['bytes']:>11,}")
-    print(f"  {'total':<26} {'':<9} {'':>5} {'':>9} {'':>4} {total:>11,}")
-    return 0

@@ -67,7 +67,7 @@ from corpus.mixing.chunk_streams import SPLITS, LiveChunks, ShuffledChunks, Sour
 from corpus.manifest import Manifest
 from corpus.mixing.schedule import TokenMixture
 from corpus.mixing.packing import MODES, ChunkSequences, PackedSequences, split_inputs_and_labels
-from corpus.store.shards import read_corpus_json, source_shards
+from corpus.store.layout import read_corpus_json, source_shards
 
 STATE_FORMAT = "elm-corpus.mixing.sampler/1"
 DEFAULT_VAL_FRACTION = 0.001

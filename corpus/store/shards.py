@@ -11,68 +11,14 @@ Every write is atomic (temporary file in the same folder, fsync, rename).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 TOKEN_DTYPE = np.dtype("<u2")
 OFFSET_DTYPE = np.dtype("<u8")
-SHARDS_DIR = "shards"
-CORPUS_JSON = "corpus.json"
-# mkstemp creates files 0600; shards are meant to be shared, so give them the usual umask mode
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
-
-
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def write_shard(stem: str | Path, chunks: list[np.ndarray] | list[list[int]], sidecar: dict) -> dict:
-    """Write ``stem.bin``, ``stem.idx`` and, last, ``stem.json``; return the sidecar as written."""
-    from corpus.store.writer import ShardWriter  # the one writer; it imports this module's format
-    writer = ShardWriter(stem)
-    try:
-        for chunk in chunks:
-            writer.add(chunk)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close(sidecar)
 
 
 @dataclass
@@ -113,18 +59,3 @@ class Shard:
 
     def sidecar(self) -> dict:
         return json.loads(self.stem.with_suffix(".json").read_text())
-
-
-def read_corpus_json(corpus_dir: str | Path) -> dict:
-    """The corpus-level index: manifest, tokenizer hash, every shard with checksums, totals."""
-    path = Path(corpus_dir) / CORPUS_JSON
-    if not path.exists():
-        raise FileNotFoundError(f"{corpus_dir}: not a corpus folder (no {CORPUS_JSON}); build it with "
-                                f"'elm-corpus build MANIFEST'")
-    return json.loads(path.read_text())
-
-
-def source_shards(corpus_dir: str | Path, source: str) -> list[Shard]:
-    """The shards of one source in their deterministic (unit id) order."""
-    folder = Path(corpus_dir) / SHARDS_DIR / source
-    return [Shard.open(p.with_suffix("")) for p in sorted(folder.glob("*.idx"))]

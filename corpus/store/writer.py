@@ -1,28 +1,25 @@
-"""A shard written chunk by chunk, so a worker's memory does not grow with its work unit.
+"""Writing shards: chunk by chunk, so a worker's memory does not grow with its work unit.
 
-The only shard writer: :func:`corpus.store.shards.write_shard` feeds it a list of chunks, the
-build feeds it chunks as they are encoded. The ``.bin`` grows in a temporary file and is renamed
-into place at :meth:`ShardWriter.close`, then the ``.idx`` and, last, the sidecar.
+The ``.bin`` grows in a temporary file and is renamed into place at :meth:`ShardWriter.close`,
+then the ``.idx`` and, last, the sidecar (format: :mod:`corpus.store.shards`).
+:func:`write_shard` drives the same writer for a list of chunks already in memory.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from corpus.store.shards import FILE_MODE, OFFSET_DTYPE, TOKEN_DTYPE, atomic_write_bytes, atomic_write_json
+from corpus.store.files import atomic_write_bytes, atomic_write_json, temporary_beside
+from corpus.store.shards import OFFSET_DTYPE, TOKEN_DTYPE
 
 
 class ShardWriter:
     def __init__(self, stem: str | Path):
         self.stem = Path(stem)
-        self.stem.parent.mkdir(parents=True, exist_ok=True)
-        bin_path = self.stem.with_suffix(".bin")
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{bin_path.name}.", suffix=".tmp", dir=bin_path.parent)
-        os.fchmod(fd, FILE_MODE)
+        fd, self._tmp = temporary_beside(self.stem.with_suffix(".bin"))
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._sha = hashlib.sha256()
         self._lengths: list[int] = []
@@ -67,3 +64,15 @@ class ShardWriter:
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
+
+
+def write_shard(stem: str | Path, chunks: list[np.ndarray] | list[list[int]], sidecar: dict) -> dict:
+    """Write ``stem.bin``, ``stem.idx`` and, last, ``stem.json``; return the sidecar as written."""
+    writer = ShardWriter(stem)
+    try:
+        for chunk in chunks:
+            writer.add(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(sidecar)

@@ -1,0 +1,33 @@
+"""Numbers as people read them, the same in the terminal, the HTML report and the CLI: ``-`` for unknown."""
+from __future__ import annotations
+
+from corpus.manifest import COUNT_SUFFIXES
+
+
+def short_count(n: int | None, digits: int = 3) -> str:
+    """1_234_567 -> '1.23M' (the suffixes a manifest's token counts take)."""
+    if n is None:
+        return "-"
+    for suffix in ("T", "B", "M", "K"):
+        if n >= COUNT_SUFFIXES[suffix]:
+            return f"{n / COUNT_SUFFIXES[suffix]:.{digits}g}{suffix}"
+    return str(n)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def grouped(x: float | None, digits: int = 0) -> str:
+    """1234.5 -> '1,234' (or '1,234.5' with digits=1)."""
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"

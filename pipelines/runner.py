@@ -1,0 +1,68 @@
+"""Ray for the pipelines: start (or join) it once, and keep a bounded number of unit tasks in flight.
+
+The build and the live stream both run one task per work unit with at most N in flight:
+the build takes results as they finish, the stream in plan order (so its chunks come in
+the order a build's shards hold them).
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+
+def start_ray(workers: int | None = None, address: str | None = None) -> bool:
+    """Start (or join) Ray unless this process already has it; True when this call started it.
+
+    ``address``: a cluster to join; the cluster then runs this very code (shipped as
+    ``py_modules``), whatever its nodes have installed. Else a local Ray with ``workers`` CPUs.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    if ray.is_initialized():
+        return False
+    common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address:
+        import corpus
+        import pipelines
+        ray.init(address=address, runtime_env={"py_modules": [corpus, pipelines]}, **common)
+    else:
+        # Ray starts workers at niceness 15; a job the user asked for should not yield to every other process
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **common)
+    return True
+
+
+def cluster_cpus() -> int:
+    """CPUs of the Ray this process is connected to."""
+    import ray
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[Any], Any], limit: int,
+              ordered: bool = False) -> Iterator[tuple[Any, Any]]:
+    """Run ``task(shared, argument(item))`` as a one-CPU Ray task per item, at most ``limit`` at a time.
+
+    Yields ``(item, object ref)`` once the ref is ready to ``ray.get`` (which raises if its task
+    failed; the caller decides what a failure means): in the order items finish, or with
+    ``ordered`` in the order they were given. ``shared`` is put in the object store once.
+    """
+    import ray
+    remote = ray.remote(num_cpus=1)(task)
+    shared_ref = ray.put(shared)
+    queue = deque(items)
+    running: deque[tuple[Any, Any]] = deque()
+    while queue or running:
+        while queue and len(running) < limit:
+            item = queue.popleft()
+            running.append((item, remote.remote(shared_ref, argument(item))))
+        if ordered:
+            item, ref = running.popleft()
+            ray.wait([ref], num_returns=1)
+        else:
+            (ref,), _ = ray.wait([r for _, r in running], num_returns=1)
+            item = next(i for i, r in running if r == ref)
+            running.remove((item, ref))
+        yield item, ref

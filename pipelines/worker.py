@@ -1,0 +1,134 @@
+"""The worker side: what runs inside a Ray task for one work unit.
+
+A :class:`UnitJob` holds everything a worker needs besides its unit (text rules, sources,
+the tokenizer's bytes) and is shipped to the cluster once. :func:`execute_unit` is the
+build's task: it writes the unit's shard, quarantine and, last, its ledger entry.
+:func:`tokenize_unit` is the live stream's task: the same chunks, returned instead of written.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from corpus.manifest import Manifest, Source, TextRules
+from corpus.store.files import utc_now
+from corpus.store.layout import CorpusDir
+from corpus.store.writer import ShardWriter
+from corpus.text.filters import build_filters
+from corpus.text.rules import CoreNetRules
+from corpus.tokenizer.tokenizer import Tokenizer
+from pipelines.plan import WorkUnit
+from pipelines.unit import UnitOutput, UnitProcessor
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """Everything a worker needs to turn a unit of these sources into chunks."""
+    fingerprint: str
+    text: TextRules
+    sources: dict[str, Source]
+    tokenizer_spec: str
+    tokenizer_bytes: bytes
+    tokenizer_sha256: str
+
+    @classmethod
+    def of(cls, manifest: Manifest, tokenizer: Tokenizer, sources: list[Source] | None = None) -> "UnitJob":
+        return cls(manifest.build_fingerprint(tokenizer.sha256), manifest.text,
+                   {s.name: s for s in (manifest.sources if sources is None else sources)},
+                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """A :class:`UnitJob` and the corpus folder its units are written to."""
+    units: UnitJob
+    out_dir: str
+
+
+_PROCESSORS: dict[tuple[str, str], UnitProcessor] = {}  # per worker process, built once per source
+
+
+def processor_for(job: UnitJob, source_name: str) -> UnitProcessor:
+    key = (job.fingerprint, source_name)
+    if key not in _PROCESSORS:
+        source = job.sources[source_name]
+        tokenizer = Tokenizer(job.tokenizer_spec, job.text.normalize, model_bytes=job.tokenizer_bytes)
+        filters = build_filters(source.filters, where=f"source {source_name}: ")
+        _PROCESSORS[key] = UnitProcessor(CoreNetRules(job.text), tokenizer, filters, source.text_field)
+    return _PROCESSORS[key]
+
+
+def sidecar_for(job: UnitJob, output: UnitOutput, quarantine_file: str | None) -> dict:
+    """The shard's sidecar: deterministic (no times, no hosts), so shards compare byte for byte."""
+    unit = output.unit
+    return {
+        "source": unit.source,
+        "unit": unit.unit_id,
+        "input": unit.slice.to_dict(),
+        "text_field": job.sources[unit.source].text_field,
+        "manifest_fingerprint": job.fingerprint,
+        "tokenizer_sha256": job.tokenizer_sha256,
+        **output.counts.to_dict(),
+        "origin": {"location": "row" if unit.slice.format == "parquet" else "byte",
+                   "record": output.origin_location, "part": output.origin_part},
+        "quarantine": quarantine_file,
+    }
+
+
+def failure_entry(unit: WorkUnit, error: BaseException, with_traceback: bool = True) -> dict:
+    """The ``failed/`` record of a unit: what went wrong, where and when."""
+    entry = {"source": unit.source, "unit": unit.unit_id, "input": unit.slice.to_dict(),
+             "error": f"{type(error).__name__}: {error}"}
+    if with_traceback:
+        entry.update(traceback=traceback.format_exc(), host=socket.gethostname())
+    entry["failed_at"] = utc_now()
+    return entry
+
+
+def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
+    """Run one unit and record it; returns a small summary (never raises for a unit's own failure)."""
+    unit = WorkUnit.from_dict(unit_dict)
+    corpus = CorpusDir(job.out_dir)
+    writer = None
+    try:
+        processor = processor_for(job.units, unit.source)
+        stem = corpus.shard_stem(unit.source, unit.unit_id)
+        writer = ShardWriter(stem)
+        output = processor.run(unit, sink=writer)
+        qpath = corpus.write_quarantine(unit.source, unit.unit_id, output.quarantine)
+        qrel = corpus.relative(qpath) if qpath else None
+        meta = writer.close(sidecar_for(job.units, output, qrel))
+        entry = {
+            "source": unit.source, "unit": unit.unit_id, "input": unit.slice.to_dict(),
+            "shard": corpus.relative(stem),
+            "chunks": meta["chunks"], "tokens": meta["tokens"],
+            "sha256_bin": meta["sha256_bin"], "sha256_idx": meta["sha256_idx"],
+            "quarantine": qrel,
+            **output.counts.to_dict(),
+            "seconds": round(output.seconds, 3), "cpu_seconds": round(output.cpu_seconds, 3),
+            "peak_rss_mb": round(output.peak_rss_mb, 1),
+            "host": socket.gethostname(), "pid": os.getpid(), "finished_at": utc_now(),
+        }
+        corpus.write_ledger(unit.source, unit.unit_id, entry)
+        return {"status": "done", **entry}
+    except Exception as e:  # the unit fails alone; the build goes on and a rerun retries it
+        if writer is not None:
+            writer.abort()
+        entry = failure_entry(unit, e)
+        corpus.write_failed(unit.source, unit.unit_id, entry)
+        return {"status": "failed", **entry}
+
+
+def tokenize_unit(job: UnitJob, unit_dict: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One unit's kept chunks as (uint16 tokens, uint64 offsets), the same bytes a shard would hold."""
+    unit = WorkUnit.from_dict(unit_dict)
+    output = processor_for(job, unit.source).run(unit)
+    lengths = np.fromiter((len(c) for c in output.chunks), dtype=np.uint64, count=len(output.chunks))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.concatenate(output.chunks) if output.chunks else np.zeros(0, dtype=np.uint16)
+    return tokens, offsets

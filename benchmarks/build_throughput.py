@@ -130,14 +130,14 @@ def bare_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, 
 
 def segment_encoding(tokenizer: Tokenizer, chunks: list[str]) -> tuple[int, float, float, float]:
     """The build's encoder alone, from an empty cache; last: share of segments missed."""
-    from corpus.tokenizer.tokenizer import SegmentEncoder
+    from corpus.tokenizer.segments import SegmentEncoder
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
     return (*timed_batches(enc.encode, chunks), enc.misses / max(1, enc.lookups))
 
 
 def differing_chunks(tokenizer: Tokenizer, chunks: list[str]) -> int:
     """Chunks whose ids from the segment-cache encoder differ from ``sp.encode``'s (should be none)."""
-    from corpus.tokenizer.tokenizer import SegmentEncoder
+    from corpus.tokenizer.segments import SegmentEncoder
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
     differ = 0
     for i in range(0, len(chunks), 64):

@@ -97,7 +97,7 @@ def test_segment_encoder_applies_to_the_default_model(tokenizer):
 
 
 def test_segment_encoder_gives_sentencepiece_ids_on_every_sample_document(tokenizer, sample_texts):
-    from corpus.tokenizer.tokenizer import SegmentEncoder
+    from corpus.tokenizer.segments import SegmentEncoder
     nfc = [unicodedata.normalize("NFC", t) for t in sample_texts]
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
     for bos, eos in ((True, True), (False, False), (True, False)):
@@ -109,7 +109,7 @@ def test_segment_encoder_gives_sentencepiece_ids_on_every_sample_document(tokeni
 
 
 def test_segment_encoder_gives_sentencepiece_ids_on_hard_and_random_text(tokenizer):
-    from corpus.tokenizer.tokenizer import SegmentEncoder
+    from corpus.tokenizer.segments import SegmentEncoder
     texts = _hard_texts()
     want = _sp_ids(tokenizer, texts)
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
@@ -119,7 +119,7 @@ def test_segment_encoder_gives_sentencepiece_ids_on_hard_and_random_text(tokeniz
 
 
 def test_a_full_segment_cache_starts_over_and_changes_no_id(tokenizer, sample_texts):
-    from corpus.tokenizer.tokenizer import SegmentEncoder
+    from corpus.tokenizer.segments import SegmentEncoder
     texts = [unicodedata.normalize("NFC", t) for t in sample_texts[::5]] + _hard_texts()[:500]
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id, entries=300, chars=2000,
                          max_chars=8)
@@ -133,7 +133,8 @@ def test_a_full_segment_cache_starts_over_and_changes_no_id(tokenizer, sample_te
 def test_a_model_with_a_piece_across_a_space_is_encoded_by_sentencepiece_alone(tokenizer):
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from corpus.tokenizer.tokenizer import SegmentEncoder, Tokenizer, segment_encoder
+    from corpus.tokenizer.segments import SegmentEncoder
+    from corpus.tokenizer.tokenizer import Tokenizer, segment_encoder
     m = pb.ModelProto()
     m.ParseFromString(tokenizer.model_bytes)
     piece = m.pieces.add()
@@ -154,7 +155,7 @@ def test_a_model_with_a_piece_across_a_space_is_encoded_by_sentencepiece_alone(t
 def test_models_the_segment_cut_would_get_wrong_are_named_with_the_reason(tokenizer):
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from corpus.tokenizer.tokenizer import segment_split_reason
+    from corpus.tokenizer.segments import segment_split_reason
     m = pb.ModelProto()
     m.ParseFromString(tokenizer.model_bytes)
     lone = next(p for p in m.pieces if p.piece == "\u2581")

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from corpus.mixing.permutation import KeyedPermutation, derive_key
+from corpus.mixing.permutation import KeyedPermutation, derive_key, unit_hash
 from corpus.store.shards import Shard
 
 SPLITS = ("train", "val")
@@ -176,14 +176,6 @@ class ShuffledChunks:
         return tokens / self.epoch_tokens
 
 
-def _unit_hash(key: int, i: int) -> float:
-    """A keyed hash of ``i`` in [0, 1)."""
-    x = (key ^ (i * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return ((x ^ (x >> 31)) >> 11) / float(1 << 53)
-
-
 class LiveChunks:
     """One split of one live source, in the order its stream produces chunks; forward only.
 
@@ -208,7 +200,7 @@ class LiveChunks:
         self.passes = 0
 
     def _is_val(self, position: int) -> bool:
-        return self._fraction > 0 and _unit_hash(self._key, position) < self._fraction
+        return self._fraction > 0 and unit_hash(self._key, position) < self._fraction
 
     def _pull(self) -> np.ndarray:
         while True:

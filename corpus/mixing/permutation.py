@@ -15,6 +15,7 @@ import numpy as np
 _ROUNDS = 4
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def derive_key(*parts: object) -> int:
@@ -23,13 +24,19 @@ def derive_key(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    # splitmix64's finaliser: every input bit flips about half the output bits.
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over uint64 arrays: every input bit flips about half the output bits."""
     x = x ^ (x >> np.uint64(30))
     x = x * _M1
     x = x ^ (x >> np.uint64(27))
     x = x * _M2
     return x ^ (x >> np.uint64(31))
+
+
+def unit_hash(key: int, i: int) -> float:
+    """A keyed hash of ``i`` in [0, 1)."""
+    x = (np.array([i], dtype=np.uint64) * _GOLDEN) ^ np.uint64(key)
+    return int(splitmix64(x)[0] >> np.uint64(11)) / float(1 << 53)
 
 
 class KeyedPermutation:
@@ -50,7 +57,7 @@ class KeyedPermutation:
         left, right = x >> np.uint64(b), x & np.uint64((1 << b) - 1)
         for k in self._keys:
             # (left: a bits, right: b bits) -> (right: b bits, left ^ F(right): a bits)
-            left, right = right, left ^ (_mix(right ^ k) & np.uint64((1 << a) - 1))
+            left, right = right, left ^ (splitmix64(right ^ k) & np.uint64((1 << a) - 1))
             a, b = b, a
         return (left << np.uint64(b)) | right
 

@@ -53,9 +53,6 @@ as ``-100`` is here). Only corenet mode pads.
 from __future__ import annotations
 
 import math
-import numbers
-import os
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -63,13 +60,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from corpus.mixing.chunk_streams import SPLITS, LiveChunks, ShuffledChunks, SourceChunks, val_chunk_count
 from corpus.manifest import Manifest
-from corpus.mixing.schedule import TokenMixture
+from corpus.mixing.chunk_streams import SPLITS
 from corpus.mixing.packing import MODES, ChunkSequences, PackedSequences, split_inputs_and_labels
-from corpus.store.layout import read_corpus_json, source_shards
+from corpus.mixing.schedule import TokenMixture, deal, replay
+from corpus.mixing.sources import MixedSources
 
-STATE_FORMAT = "elm-corpus.mixing.sampler/1"
+STATE_FORMAT = "elm-corpus.sampler/1"
 DEFAULT_VAL_FRACTION = 0.001
 
 
@@ -99,148 +96,35 @@ class MixtureSampler(IterableDataset):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if (corpus_dir is None) == (streams is None):
-            raise ValueError("give either corpus_dir (a built corpus) or streams (live mode), not both or neither")
-        self.corpus_dir = Path(corpus_dir) if corpus_dir is not None else None
         self.mode, self.seed, self.split, self.val_fraction = mode, int(seed), split, float(val_fraction)
         self.rank, self.world_size, self.batch_size, self.pad_id = rank, world_size, batch_size, int(pad_id)
         self.block_chunks = int(block_chunks)
-        self._streams_spec = dict(streams) if streams is not None else None
-
-        if self.corpus_dir is not None:
-            corpus = read_corpus_json(self.corpus_dir)
-            if not isinstance(corpus.get("manifest"), dict):
-                raise ValueError(f"{self.corpus_dir}/corpus.json has no 'manifest'; rebuild it with 'elm-corpus build'")
-            # The build stores {"path", "dump"}; a bare manifest dump is accepted too.
-            manifest = Manifest.model_validate(corpus["manifest"].get("dump", corpus["manifest"]))
-            if corpus.get("status", "complete") != "complete":
-                warnings.warn(f"{self.corpus_dir}: corpus status is {corpus['status']!r}; the sampler uses the shards "
-                              f"present now, and its states will not load once the corpus changes", stacklevel=2)
-            self.source_names = [s.name for s in manifest.sources]
-        else:
-            names = list(self._streams_spec)
-            if manifest is not None:
-                unknown = [n for n in names if n not in {s.name for s in manifest.sources}]
-                if unknown:
-                    raise ValueError(f"live streams {unknown} are not sources of manifest {manifest.name!r}")
-                names = [s.name for s in manifest.sources if s.name in self._streams_spec]
-            self.source_names = names
-        self.manifest = manifest
-        self.split_seed = manifest.seed if manifest is not None else 0
-        self.sequence_length = int(sequence_length or (manifest.sequence_length if manifest else 2048))
+        self.sources = MixedSources(corpus_dir, streams, manifest, weights, split, self.val_fraction)
+        self.corpus_dir, self.manifest = self.sources.corpus_dir, self.sources.manifest
+        self.source_names, self.chunk_counts = self.sources.names, self.sources.chunk_counts
+        self.split_seed = self.manifest.seed if self.manifest is not None else 0
+        self.sequence_length = int(sequence_length or (self.manifest.sequence_length if self.manifest else 2048))
         if self.sequence_length < 1:
             raise ValueError(f"sequence_length must be >= 1, got {self.sequence_length}")
-
-        # Chunks per source on disk: fixes the splits and fingerprints the corpus in the state.
-        self.chunk_counts: dict[str, int] | None = None
-        if self.corpus_dir is not None:
-            self.chunk_counts = {n: SourceChunks(source_shards(self.corpus_dir, n)).n for n in self.source_names}
-        self._raw_weights = self._resolve_weights(weights)
-        self._start = TokenMixture(self.source_names, self._raw_weights)
-        self._opened: tuple[int, list] | None = None
+        self._start = TokenMixture(self.source_names, self.sources.raw_weights)
         self._tracker: tuple[TokenMixture, list] | None = None
         self._iteration: dict | None = None
 
-    # ------------------------------------------------------------------ configuration
-
-    def _resolve_weights(self, weights: Mapping[str, float] | None) -> list[float]:
-        names = self.source_names
-        if weights is not None:
-            unknown = sorted(set(weights) - set(names))
-            if unknown:
-                raise ValueError(f"weights name unknown sources {unknown}; the sources are {names}")
-            bad = {k: v for k, v in weights.items() if not (isinstance(v, numbers.Real) and v >= 0)}
-            if bad:
-                raise ValueError(f"weights must be numbers >= 0, got {bad}")
-            raw = [float(weights.get(n, 0.0)) for n in names]
-        elif self.manifest is not None:
-            shares = self.manifest.target_shares()
-            missing = [n for n, v in shares.items() if v > 0 and n not in names]
-            if missing:
-                raise ValueError(f"live mode has no stream for sources {missing}, which have target shares; "
-                                 f"give them streams or pass weights")
-            raw = [shares[n] for n in names]
-        else:
-            raise ValueError("live mode needs weights or a manifest to take target shares from")
-        if self.chunk_counts is not None:
-            empty = [n for n, w in zip(names, raw) if w > 0 and self._split_size(n) == 0]
-            if empty and self.split == "train":
-                raise ValueError(f"{self.corpus_dir}: sources {empty} have no chunks in the train split "
-                                 f"(chunks: {[self.chunk_counts[n] for n in empty]}); build them or give them weight 0")
-            if empty:
-                warnings.warn(f"{self.corpus_dir}: sources {empty} hold no validation chunks (too few chunks); "
-                              f"the val split mixes the others only", stacklevel=3)
-                raw = [0.0 if n in empty else w for n, w in zip(names, raw)]
-        if sum(raw) <= 0:
-            raise ValueError(f"no source has a positive weight: {dict(zip(names, raw))}")
-        return raw
-
-    def _split_size(self, name: str) -> int:
-        n = self.chunk_counts[name]
-        n_val = val_chunk_count(n, self.val_fraction)
-        return n_val if self.split == "val" else n - n_val
-
     def __getstate__(self):
-        # Workers reopen the memory maps themselves rather than receive pickled copies of them.
-        state = dict(self.__dict__)
-        state.update(_opened=None, _tracker=None, _iteration=None)
-        return state
+        # DataLoader workers start from the sampler as configured, not from this process's iteration.
+        return dict(self.__dict__, _tracker=None, _iteration=None)
 
-    # ------------------------------------------------------------------ streams and readers
+    # ------------------------------------------------------------------ readers
 
-    def _open_streams(self) -> list:
-        """Chunk streams per source (None for sources without weight or data); fresh for live sources."""
-        if self._streams_spec is not None:
-            return [LiveChunks(n, self._streams_spec[n], self.split, split_seed=self.split_seed,
-                               val_fraction=self.val_fraction) if w > 0 else None
-                    for n, w in zip(self.source_names, self._raw_weights)]
-        if self._opened is None or self._opened[0] != os.getpid():
-            streams = []
-            for n in self.source_names:
-                if self._split_size(n) == 0:
-                    streams.append(None)
-                    continue
-                chunks = SourceChunks(source_shards(self.corpus_dir, n))
-                if chunks.n != self.chunk_counts[n]:
-                    raise RuntimeError(f"{self.corpus_dir}: source {n!r} changed while in use "
-                                       f"({self.chunk_counts[n]} chunks, now {chunks.n})")
-                streams.append(ShuffledChunks(chunks, n, self.split, seed=self.seed, split_seed=self.split_seed,
-                                              val_fraction=self.val_fraction, block_chunks=self.block_chunks))
-            self._opened = (os.getpid(), streams)
-        return self._opened[1]
-
-    def _readers(self, streams: list) -> list:
+    def _open_readers(self) -> list:
+        """Per source, its sequences in this mode (None for sources without weight or data)."""
+        streams = self.sources.open_streams(self.seed, self.split_seed, self.block_chunks)
         if self.mode == "pack":
             return [PackedSequences(s, self.sequence_length) if s is not None else None for s in streams]
         return [ChunkSequences(s, self.sequence_length, self.pad_id) if s is not None else None for s in streams]
 
-    def _deal(self, mix: TokenMixture, readers: list, block: int, rank: int, world: int,
-              worker: int, workers: int) -> Iterator[tuple[int, int, int]]:
-        """Deal every global index from ``mix`` on; yield ``(index, source, k)`` for those this consumer owns.
-
-        Each sequence is committed to the mixture before it is handed out, so ``mix``
-        always describes the stream just after the last sequence yielded.
-        """
-        start = mix.sequences
-        costs = self._next_costs(mix, readers)
-        pack, stale = self.mode == "pack", -1
-        while True:
-            if stale >= 0:
-                # Looked up only now: a live stream forgets a chunk once the next one is read.
-                costs[stale] = readers[stale].cost(mix.items[stale])
-            g = mix.sequences
-            s = mix.pick(costs)
-            k = mix.items[s]
-            b = (g - start) // block
-            mix.commit(s, costs[s])
-            stale = -1 if pack else s
-            if b % world == rank and (b // world) % workers == worker:
-                yield g, s, k
-
-    def _next_costs(self, mix: TokenMixture, readers: list) -> list[int]:
-        """Token cost of each source's next sequence (0 for sources that are never dealt)."""
-        return [r.cost(mix.items[s]) if r is not None and mix.weights[s] > 0 else 0
-                for s, r in enumerate(readers)]
+    def _deal(self, mix: TokenMixture, readers: list, block: int, worker: int = 0, workers: int = 1):
+        return deal(mix, readers, self.mode == "pack", block, self.rank, self.world_size, worker, workers)
 
     # ------------------------------------------------------------------ serving
 
@@ -248,11 +132,11 @@ class MixtureSampler(IterableDataset):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         mix = self._start.copy()
-        readers = self._readers(self._open_streams())
+        readers = self._open_readers()
         iteration = None
         if info is None:
             iteration = self._iteration = {"mix": mix, "readers": readers, "consumed": 0, "block": self.batch_size}
-        for g, s, k in self._deal(mix, readers, self.batch_size, self.rank, self.world_size, worker, workers):
+        for g, s, k in self._deal(mix, readers, self.batch_size, worker, workers):
             window = np.empty(self.sequence_length + 1, dtype=np.int64)
             inputs, labels = split_inputs_and_labels(window, readers[s].fill(k, window))
             if iteration is not None:
@@ -266,10 +150,10 @@ class MixtureSampler(IterableDataset):
         """
         block = int(batch_size or self.batch_size)
         mix = self._start.copy()
-        readers = self._readers(self._open_streams())
+        readers = self._open_readers()
         iteration = self._iteration = {"mix": mix, "readers": readers, "consumed": 0, "block": block}
         L = self.sequence_length
-        dealt = self._deal(mix, readers, block, self.rank, self.world_size, 0, 1)
+        dealt = self._deal(mix, readers, block)
         while True:
             windows = np.empty((block, L + 1), dtype=np.int64)
             labels = np.empty((block, L), dtype=np.int64)
@@ -277,10 +161,7 @@ class MixtureSampler(IterableDataset):
             index = np.empty(block, dtype=np.int64)
             for row in range(block):
                 g, s, k = next(dealt)
-                real = readers[s].fill(k, windows[row])
-                labels[row] = windows[row, 1:]
-                if real < L + 1:
-                    labels[row, max(real - 1, 0):] = -100
+                _, labels[row] = split_inputs_and_labels(windows[row], readers[s].fill(k, windows[row]))
                 sources[row], index[row] = s, g
             iteration["consumed"] += block
             yield {"input_ids": torch.from_numpy(np.ascontiguousarray(windows[:, :-1])),
@@ -312,23 +193,17 @@ class MixtureSampler(IterableDataset):
         it = self._iteration
         if it is not None and it["mix"].sequences == n:
             return it["mix"].copy(), it["readers"]
-        if n == self._start.sequences and self._streams_spec is not None:
+        live = self.sources.live
+        if n == self._start.sequences and live:
             return self._start.copy(), [None] * len(self.source_names)
-        if self._streams_spec is not None and self.mode == "corenet":
+        if live and self.mode == "corenet":
             raise ValueError("live corenet mode can report state only where its own in-process iterator stands "
                              "(one rank, no DataLoader workers): the schedule depends on chunk lengths")
         if self._tracker is None or self._tracker[0].sequences > n:
-            readers = self._readers(self._open_streams()) if self._streams_spec is None else \
-                [None] * len(self.source_names)
+            readers = [None] * len(self.source_names) if live else self._open_readers()
             self._tracker = (self._start.copy(), readers)
         mix, readers = self._tracker
-        if mix.sequences < n:
-            costs = self._next_costs(mix, readers) if self.mode == "corenet" else [self.sequence_length] * len(readers)
-            while mix.sequences < n:
-                s = mix.pick(costs)
-                mix.commit(s, costs[s])
-                if self.mode == "corenet":
-                    costs[s] = readers[s].cost(mix.items[s])
+        replay(mix, readers, n, self.sequence_length if self.mode == "pack" else None)
         return mix.copy(), readers
 
     def state_dict(self, batches: int | None = None) -> dict:
@@ -339,7 +214,7 @@ class MixtureSampler(IterableDataset):
     def _identity(self) -> dict:
         return {"mode": self.mode, "sequence_length": self.sequence_length, "seed": self.seed,
                 "split": self.split, "val_fraction": self.val_fraction, "split_seed": self.split_seed,
-                "live": self._streams_spec is not None, "chunks": self.chunk_counts}
+                "live": self.sources.live, "chunks": self.chunk_counts}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken; new weights start a new segment without replaying data."""
@@ -355,8 +230,8 @@ class MixtureSampler(IterableDataset):
             raise ValueError(f"the sampler state has served sources {lost}, which this sampler does not have")
         mix = TokenMixture.from_state(self.source_names, saved)
         if not all(math.isclose(a, b, rel_tol=0, abs_tol=1e-12)
-                   for a, b in zip(mix.weights, TokenMixture(self.source_names, self._raw_weights).weights)):
-            mix = mix.reweighted(self._raw_weights)
+                   for a, b in zip(mix.weights, TokenMixture(self.source_names, self.sources.raw_weights).weights)):
+            mix = mix.reweighted(self.sources.raw_weights)
         self._start = mix
         self._tracker = None
         self._iteration = None

@@ -22,6 +22,7 @@ counters (where each source's data stream stands) carry on, so no data is replay
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -97,3 +98,52 @@ class TokenMixture:
             return [state[key].get(n, 0) for n in names]
         return cls(names, [float(x) for x in column("weights")], column("items"), column("tokens"),
                    column("segment_tokens"), int(state["segment_start"]), int(state["sequences"]))
+
+
+# ---------------------------------------------------------------- dealing sequences to sources and consumers
+
+def next_costs(mix: TokenMixture, readers: list) -> list[int]:
+    """Token cost of each source's next sequence (0 for sources that are never dealt)."""
+    return [r.cost(mix.items[s]) if r is not None and mix.weights[s] > 0 else 0 for s, r in enumerate(readers)]
+
+
+def deal(mix: TokenMixture, readers: list, equal_costs: bool, block: int, rank: int, world: int,
+         worker: int, workers: int) -> Iterator[tuple[int, int, int]]:
+    """Deal every global index from ``mix`` on; yield ``(index, source, k)`` for those one consumer owns.
+
+    Counting from where ``mix`` stands, block ``b`` of ``block`` indices belongs to rank
+    ``b % world`` and, within it, to worker ``(b // world) % workers``. Each sequence is
+    committed to the mixture before it is handed out, so ``mix`` always describes the
+    stream just after the last sequence yielded. ``equal_costs``: every sequence costs the
+    same (pack mode), so costs are never looked up again.
+    """
+    start = mix.sequences
+    costs = next_costs(mix, readers)
+    stale = -1
+    while True:
+        if stale >= 0:
+            # Looked up only now: a live stream forgets a chunk once the next one is read.
+            costs[stale] = readers[stale].cost(mix.items[stale])
+        g = mix.sequences
+        s = mix.pick(costs)
+        k = mix.items[s]
+        b = (g - start) // block
+        mix.commit(s, costs[s])
+        stale = -1 if equal_costs else s
+        if b % world == rank and (b // world) % workers == worker:
+            yield g, s, k
+
+
+def replay(mix: TokenMixture, readers: list, n: int, equal_cost: int | None) -> None:
+    """Advance ``mix`` to global index ``n`` by its counters alone (no tokens are read).
+
+    ``equal_cost``: the cost of every sequence (pack mode), else each is looked up in ``readers``.
+    """
+    if mix.sequences >= n:
+        return
+    costs = next_costs(mix, readers) if equal_cost is None else [equal_cost] * len(readers)
+    while mix.sequences < n:
+        s = mix.pick(costs)
+        mix.commit(s, costs[s])
+        if equal_cost is None:
+            costs[s] = readers[s].cost(mix.items[s])

@@ -1,0 +1,134 @@
+"""What a sampler mixes: the sources of a built corpus or of live streams, their weights, their chunk streams.
+
+A built corpus names its sources (manifest order) and holds a fixed number of chunks per
+source, which fixes the train/val split and fingerprints the corpus in a sampler's state.
+Live streams name their sources themselves and are mixed by the manifest's shares unless
+weights are given.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from corpus.manifest import Manifest
+from corpus.mixing.chunk_streams import LiveChunks, ShuffledChunks, SourceChunks, val_chunk_count
+from corpus.store.layout import read_corpus_json, source_shards
+
+
+class MixedSources:
+    """The sources of one split, their raw weights, and (per process) their chunk streams.
+
+    ``corpus_dir``: a built corpus, or ``None`` with ``streams`` (``{source: callable returning
+    an iterable of token chunks}``). ``weights`` override the manifest's target shares.
+    """
+
+    def __init__(self, corpus_dir: str | Path | None, streams: Mapping[str, Callable[[], Iterable]] | None,
+                 manifest: Manifest | None, weights: Mapping[str, float] | None, split: str, val_fraction: float):
+        if (corpus_dir is None) == (streams is None):
+            raise ValueError("give either corpus_dir (a built corpus) or streams (live mode), not both or neither")
+        self.corpus_dir = Path(corpus_dir) if corpus_dir is not None else None
+        self.streams = dict(streams) if streams is not None else None
+        self.split, self.val_fraction = split, val_fraction
+        if self.corpus_dir is not None:
+            manifest = _built_manifest(self.corpus_dir)
+            self.names = [s.name for s in manifest.sources]
+        else:
+            names = list(self.streams)
+            if manifest is not None:
+                unknown = [n for n in names if n not in {s.name for s in manifest.sources}]
+                if unknown:
+                    raise ValueError(f"live streams {unknown} are not sources of manifest {manifest.name!r}")
+                names = [s.name for s in manifest.sources if s.name in self.streams]
+            self.names = names
+        self.manifest = manifest
+        # Chunks per source on disk: fixes the splits and fingerprints the corpus in the state.
+        self.chunk_counts: dict[str, int] | None = None
+        if self.corpus_dir is not None:
+            self.chunk_counts = {n: SourceChunks(source_shards(self.corpus_dir, n)).n for n in self.names}
+        self.raw_weights = self._resolve_weights(weights)
+        self._opened: tuple[int, list] | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.streams is not None
+
+    def _resolve_weights(self, weights: Mapping[str, float] | None) -> list[float]:
+        names = self.names
+        if weights is not None:
+            unknown = sorted(set(weights) - set(names))
+            if unknown:
+                raise ValueError(f"weights name unknown sources {unknown}; the sources are {names}")
+            bad = {k: v for k, v in weights.items() if not (isinstance(v, numbers.Real) and v >= 0)}
+            if bad:
+                raise ValueError(f"weights must be numbers >= 0, got {bad}")
+            raw = [float(weights.get(n, 0.0)) for n in names]
+        elif self.manifest is not None:
+            shares = self.manifest.target_shares()
+            missing = [n for n, v in shares.items() if v > 0 and n not in names]
+            if missing:
+                raise ValueError(f"live mode has no stream for sources {missing}, which have target shares; "
+                                 f"give them streams or pass weights")
+            raw = [shares[n] for n in names]
+        else:
+            raise ValueError("live mode needs weights or a manifest to take target shares from")
+        if self.chunk_counts is not None:
+            empty = [n for n, w in zip(names, raw) if w > 0 and self.split_size(n) == 0]
+            if empty and self.split == "train":
+                raise ValueError(f"{self.corpus_dir}: sources {empty} have no chunks in the train split "
+                                 f"(chunks: {[self.chunk_counts[n] for n in empty]}); build them or give them weight 0")
+            if empty:
+                warnings.warn(f"{self.corpus_dir}: sources {empty} hold no validation chunks (too few chunks); "
+                              f"the val split mixes the others only", stacklevel=4)
+                raw = [0.0 if n in empty else w for n, w in zip(names, raw)]
+        if sum(raw) <= 0:
+            raise ValueError(f"no source has a positive weight: {dict(zip(names, raw))}")
+        return raw
+
+    def split_size(self, name: str) -> int:
+        """Chunks of a built source in this split."""
+        n = self.chunk_counts[name]
+        n_val = val_chunk_count(n, self.val_fraction)
+        return n_val if self.split == "val" else n - n_val
+
+    def open_streams(self, seed: int, split_seed: int, block_chunks: int) -> list:
+        """Chunk streams per source (None for sources without weight or data); fresh for live sources.
+
+        Built streams are memory maps, opened once per process (DataLoader workers open their own).
+        """
+        if self.live:
+            return [LiveChunks(n, self.streams[n], self.split, split_seed=split_seed,
+                               val_fraction=self.val_fraction) if w > 0 else None
+                    for n, w in zip(self.names, self.raw_weights)]
+        if self._opened is None or self._opened[0] != os.getpid():
+            streams = []
+            for n in self.names:
+                if self.split_size(n) == 0:
+                    streams.append(None)
+                    continue
+                chunks = SourceChunks(source_shards(self.corpus_dir, n))
+                if chunks.n != self.chunk_counts[n]:
+                    raise RuntimeError(f"{self.corpus_dir}: source {n!r} changed while in use "
+                                       f"({self.chunk_counts[n]} chunks, now {chunks.n})")
+                streams.append(ShuffledChunks(chunks, n, self.split, seed=seed, split_seed=split_seed,
+                                              val_fraction=self.val_fraction, block_chunks=block_chunks))
+            self._opened = (os.getpid(), streams)
+        return self._opened[1]
+
+    def __getstate__(self):
+        # Workers reopen the memory maps themselves rather than receive pickled copies of them.
+        return dict(self.__dict__, _opened=None)
+
+
+def _built_manifest(corpus_dir: Path) -> Manifest:
+    corpus = read_corpus_json(corpus_dir)
+    if not isinstance(corpus.get("manifest"), dict):
+        raise ValueError(f"{corpus_dir}/corpus.json has no 'manifest'; rebuild it with 'elm-corpus build'")
+    # The build stores {"path", "dump"}; a bare manifest dump is accepted too.
+    manifest = Manifest.model_validate(corpus["manifest"].get("dump", corpus["manifest"]))
+    if corpus.get("status", "complete") != "complete":
+        warnings.warn(f"{corpus_dir}: corpus status is {corpus['status']!r}; the sampler uses the shards "
+                      f"present now, and its states will not load once the corpus changes", stacklevel=4)
+    return manifest

@@ -5,7 +5,7 @@ sentencepiece encoding of the same chunks and datatrove's LocalPipelineExecutor 
 
 A third baseline, bare encoding split over 2 processes, shows how much the machine itself
 can gain from a second process at the time of the run (on a shared machine, often little).
-A fourth, the build's own segment-cache encoder (:class:`corpus.tokenizer.SegmentEncoder`)
+A fourth, the build's own segment-cache encoder (:class:`corpus.tokenizer.segments.SegmentEncoder`)
 alone in one process from an empty cache, shows what the encoder gains over ``sp.encode``.
 
 Text, as JSON lines, no document twice (``--text fresh``, the default): Python

@@ -5,7 +5,7 @@
 
 A corpus with the 13 sources of manifests/openelm.yaml, each holding tokens in
 proportion to its share, is written to a temporary folder as real shards
-(``corpus.store.shards.write_shard``). Token ids are random (3..31999) and chunk lengths are
+(``corpus.store.writer.write_shard``). Token ids are random (3..31999) and chunk lengths are
 drawn from 256..2600: serving speed does not depend on what the ids mean. The shards
 were just written, so they are in the page cache: this measures the sampler, not the disk.
 

@@ -25,6 +25,7 @@ from corpus.text.filters import build_filters
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
 from pipelines.runner import cluster_cpus, in_flight, start_ray
+from pipelines.views import BuildProgress
 from pipelines.worker import BuildJob, UnitJob, execute_unit, failure_entry
 
 PLAN_VERSION = 1
@@ -78,36 +79,6 @@ def _move_aside(out: Path, old_fingerprint: str) -> Path:
     return target
 
 
-class _Progress:
-    """Units done/total, docs/s, tokens/s and ETA on one line (or nothing with progress=False)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.started = enabled, time.perf_counter()
-        self.docs = self.tokens = 0
-        if not enabled:
-            return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-        self.bar = Progress(TextColumn("[bold]build"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
-                            TextColumn("{task.fields[docs]} docs/s  {task.fields[toks]} tokens/s"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            transient=False)
-        self.bar.start()
-        self.task = self.bar.add_task("build", total=total, completed=done, docs="0", toks="0")
-
-    def advance(self, summary: dict) -> None:
-        self.docs += summary.get("documents_read", 0)
-        self.tokens += summary.get("tokens", 0)
-        if not self.enabled:
-            return
-        dt = max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(self.task, advance=1, docs=f"{self.docs / dt:,.0f}", toks=f"{self.tokens / dt:,.0f}")
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()
-
-
 def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sample: bool = False,
           workers: int | None = None, address: str | None = None, force: bool = False, progress: bool = True,
           unit_bytes: int = DEFAULT_UNIT_BYTES, mirror_root: str | Path | None = None) -> BuildResult:
@@ -146,7 +117,7 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sa
         try:
             if pending:
                 started_ray = start_ray(workers, address)
-                bar = _Progress(progress, len(units), skipped)
+                bar = BuildProgress(progress, len(units), skipped)
                 job = BuildJob(UnitJob.of(manifest, tokenizer), str(out))
                 for summary in run_units(job, pending, workers or cluster_cpus()):
                     ran += 1

@@ -1,7 +1,8 @@
-"""Terminal views for `elm-corpus stats` and `inspect`: the corpora list, the per-source tables, decoded chunks (rich)."""
+"""Terminal views of the `elm-corpus` commands: the build's progress line, the corpora list, the per-source tables, decoded chunks (rich)."""
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -162,3 +163,33 @@ def print_chunks(chunks: list, full: bool) -> None:
         if not full and len(text) > _PREVIEW_CHARS:
             text = text[:_PREVIEW_CHARS] + f" [... {len(c.text) - _PREVIEW_CHARS:,} more characters]"
         console.print(Panel(Text(text)))
+
+
+class BuildProgress:
+    """Units done/total, docs/s, tokens/s and ETA on one line (or nothing with progress=False)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.started = enabled, time.perf_counter()
+        self.docs = self.tokens = 0
+        if not enabled:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        self.bar = Progress(TextColumn("[bold]build"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
+                            TextColumn("{task.fields[docs]} docs/s  {task.fields[toks]} tokens/s"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                            transient=False)
+        self.bar.start()
+        self.task = self.bar.add_task("build", total=total, completed=done, docs="0", toks="0")
+
+    def advance(self, summary: dict) -> None:
+        self.docs += summary.get("documents_read", 0)
+        self.tokens += summary.get("tokens", 0)
+        if not self.enabled:
+            return
+        dt = max(time.perf_counter() - self.started, 1e-9)
+        self.bar.update(self.task, advance=1, docs=f"{self.docs / dt:,.0f}", toks=f"{self.tokens / dt:,.0f}")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()

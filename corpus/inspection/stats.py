@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from corpus.store.counts import UnitCounts
-from corpus.store.layout import (CORPUS_JSON, LOCK_FILE, PLAN_JSON, QUARANTINE_DIR, SHARDS_DIR, CorpusDir, NotACorpus)
+from corpus.store.layout import CORPUS_JSON, PLAN_JSON, QUARANTINE_DIR, SHARDS_DIR, CorpusDir, NotACorpus
 from corpus.store.shards import Shard
 
 SCHEMA_VERSION = 1
@@ -54,7 +54,7 @@ def build_holder(corpus_dir: Path) -> int | None:
     Read from /proc/locks (Linux) rather than by taking the lock, which could make a build
     that starts at that moment refuse to run.
     """
-    lock, locks = corpus_dir / LOCK_FILE, Path("/proc/locks")
+    lock, locks = CorpusDir(corpus_dir).lock_path, Path("/proc/locks")
     if not lock.exists():
         return 0
     if not locks.exists():

@@ -1,0 +1,5 @@
+"""From a corpus to training sequences: which source the next sequence comes from, by tokens
+(`schedule`); the sources and weights being mixed (`sources`); each source's chunks as a
+seeded, never-materialised stream (`chunk_streams`, over `permutation`); chunks cut into
+sequences (`packing`); and the resumable, shardable `MixtureSampler` that ties them (`sampler`).
+"""

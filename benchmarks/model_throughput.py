@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.config import OpenELMConfig, get_preset  # noqa: E402
+from model.config import OpenELMConfig  # noqa: E402
 from model.openelm import OpenELM  # noqa: E402
+from model.presets import get_preset  # noqa: E402
 
 # Dense bf16 tensor-core peaks, FLOP/s, for the MFU denominator; the first name contained in the device's wins.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}

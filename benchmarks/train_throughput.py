@@ -6,7 +6,7 @@
 
 The baseline is the loop a first training script has: batches already in memory, forward,
 `F.cross_entropy`, backward, AdamW step; no z-loss, no clipping, no sampler, no logging.
-"elm-train" is `model.trainer.train` itself on a corpus: mixture sampler, its fused
+"elm-train" is `elm-train` itself (`model.train.trainer.Trainer`) on a corpus: mixture sampler, its fused
 cross-entropy + z-loss, gradient clipping, metrics JSONL, one evaluation and one checkpoint
 at the end. Its rate comes from its own per-step records (start-up, the evaluation and the
 checkpoint are outside them). Both start from the same seed and shapes; the kinds take turns
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.config import get_preset  # noqa: E402
-from model.metrics import read_metrics  # noqa: E402
+from model.cli import cli_train  # noqa: E402
 from model.openelm import OpenELM  # noqa: E402
-from model.trainer import cli_train  # noqa: E402
+from model.presets import get_preset  # noqa: E402
+from model.train.metrics import read_metrics  # noqa: E402
 
 # Dense bf16 tensor-core peaks, FLOP/s, for MFU; the first name contained in the device name wins.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -144,12 +144,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         tmp = Path(tmp)
-        corpus = Path(args.corpus) if args.corpus and os.sep in args.corpus else None
-        if args.corpus and corpus is None:
-            from corpus.paths import data_root
-            corpus = data_root() / "corpora" / args.corpus
-        corpus = corpus or synthetic_corpus(tmp / "corpus", tokens=max(2_000_000, 4 * args.steps * args.batch
-                                                                        * args.sequence_length))
+        if args.corpus:
+            from corpus.store.layout import find_corpus
+            corpus = find_corpus(args.corpus)  # a folder, or a name under the corpora folder, as elm-train finds it
+        else:
+            corpus = synthetic_corpus(tmp / "corpus", tokens=max(2_000_000, 4 * args.steps * args.batch
+                                                                  * args.sequence_length))
         from corpus.mixing.sampler import MixtureSampler
         draw = MixtureSampler(corpus, args.sequence_length, batch_size=args.batch).batches()
         batches = []
@@ -172,7 +172,7 @@ def main() -> None:
     print(f"corpus: {args.corpus or 'synthetic'}; load average {min(loads):.1f}..{max(loads):.1f} "
           f"on {os.cpu_count()} CPUs")
     ratios = [t / b for t, b in zip(trainer, bare)]
-    print(f"| kind | tokens/s (median) | per round |\n|---|---|---|")
+    print("| kind | tokens/s (median) | per round |\n|---|---|---|")
     print(f"| bare loop | {statistics.median(bare):,.0f} | {', '.join(f'{x:,.0f}' for x in bare)} |")
     print(f"| elm-train | {statistics.median(trainer):,.0f} | {', '.join(f'{x:,.0f}' for x in trainer)} |")
     print(f"| elm-train / bare loop | {statistics.median(ratios):.2f}x | "

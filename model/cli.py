@@ -1,26 +1,228 @@
-"""`elm-train`: train OpenELM on a built corpus, export runs, plot curves.
+"""`elm-train`: train OpenELM on a built corpus, export runs, plot curves. This module parses and prints only.
 
     elm-train --corpus NAME --model PRESET [--steps N] [--out DIR] [--resume]
     elm-train export RUN_DIR --format mlx|hf --out DIR
     elm-train plot RUN_DIR
+
+The work is in `model.train` (the run) and `model.export`; `python -m model.cli` is `elm-train`
+(torchrun starts it that way).
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import sys
+from typing import Any
+
+from model.export import FORMATS, QUANT_BITS, ExportError, export, mlx_generate_command
+from model.hf_folder import DTYPES, HFFolderError
+from model.presets import PRESETS, preset_settings
+from model.train.config import FIELD_NAMES, ConfigError, TrainConfig, TrainError, load_yaml_config, resolve_config
+from model.train.distributed import process_settings, start_cluster, stop_cluster
+from model.train.metrics import CURVES_FILE, plot_run
+from model.train.pretrain import build_trainer
+from model.train.run import prepare_run
+from model.train.trainer import NonFiniteLoss, TrainResult
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
-        from model.export import cli_export
-        return int(cli_export(argv[1:]) or 0)
+        return cli_export(argv[1:])
     if argv and argv[0] == "plot":
-        from model.trainer import cli_plot
-        return int(cli_plot(argv[1:]) or 0)
+        return cli_plot(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
-    from model.trainer import cli_train
-    return int(cli_train(argv) or 0)
+    return cli_train(argv)
+
+
+# ---------------------------------------------------------------- elm-train [train]
+
+FLAG_HELP = {
+    "corpus": "corpus name under <data root>/corpora (e.g. openelm-sample) or a corpus folder",
+    "model": f"preset: {', '.join(PRESETS)}",
+    "init_from": "start from the weights of a Hugging Face-format folder (e.g. a run's checkpoints/step_N)",
+    "vocab_size": "override the preset's vocabulary (must equal the corpus tokenizer's)",
+    "out": "run folder (default runs/<model>-<corpus>)",
+    "seed": "seeds the initial weights and the sampler's order",
+    "steps": "optimizer steps in the whole run",
+    "sequence_length": "tokens per training sequence",
+    "global_batch_tokens": "tokens per optimizer step over all ranks (a multiple of micro batch x length x ranks)",
+    "micro_batch_size": "sequences per forward pass on one rank; the rest is gradient accumulation",
+    "max_lr": "peak learning rate (CoreNet: 5.3e-3 270M, 3.9e-3 450M, 2.4e-3 1.1B, 1.2e-3 3B)",
+    "min_lr_ratio": "final LR as a fraction of the peak, reached by cosine decay",
+    "warmup_init_lr": "LR of the first warmup step",
+    "warmup_steps": "linear warmup length (default 5000, at most a tenth of the run)",
+    "beta1": "AdamW beta1", "beta2": "AdamW beta2", "eps": "AdamW epsilon",
+    "weight_decay": "AdamW weight decay for matrices (norms get none)",
+    "grad_clip": "clip the global gradient norm to this",
+    "z_loss": "coefficient of mean logsumexp(logits)^2 added to the loss",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "dtype": "auto (bf16 autocast on CUDA, else fp32), bf16 or fp32",
+    "compile": "torch.compile the model",
+    "activation_checkpointing": "recompute each decoder layer in backward (less memory)",
+    "fsdp": "shard parameters, gradients and optimizer state (FSDP2) under torchrun",
+    "threads": "torch CPU threads per process (default torch's; 1 is best on a busy machine)",
+    "flush_denormal": "CPU: treat subnormal floats as zero (they slow x86 math)",
+    "sampler_mode": "pack (every token trained) or corenet (one truncated, padded chunk per sequence)",
+    "stream": "tokenize the manifest's sources live on Ray instead of reading a built corpus",
+    "manifest": "the manifest --stream reads (default manifests/openelm.yaml)",
+    "stream_sample": "--stream the offline sample mirror instead of the upstream files",
+    "stream_workers": "Ray workers for --stream",
+    "log_every": "steps between progress lines and mixture records",
+    "eval_every": "steps between validation-loss evaluations",
+    "eval_batches": "held-out micro-batches per evaluation, over all ranks",
+    "checkpoint_every": "steps between checkpoints (one is always written at the end)",
+    "keep_checkpoints": "how many of the newest checkpoints to keep",
+    "progress": "show a progress bar (or progress lines when not on a terminal)",
+}
+
+# Fields whose default (None) does not tell argparse their type.
+_FLAG_TYPES = {"corpus": str, "init_from": str, "vocab_size": int, "out": str, "warmup_steps": int, "threads": int,
+               "manifest": str}
+
+
+def _parse_weights(text: str) -> dict[str, float]:
+    """`source=0.5,other=0.5` or a JSON object."""
+    text = text.strip()
+    if text.startswith("{"):
+        return {str(k): float(v) for k, v in json.loads(text).items()}
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--weights expects source=weight pairs, got {part!r}")
+        out[name.strip()] = float(value)
+    return out
+
+
+def _describe_default(name: str, default: Any, per_preset: set[str]) -> str:
+    if default is None:
+        return ""
+    return f" (default: {default}, or the preset's)" if name in per_preset else f" (default: {default})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elm-train", description=(
+        "Train OpenELM on a built corpus with CoreNet's recipe. Every setting below can also be given in a YAML "
+        "run config (--config); flags win. `elm-train plot RUN_DIR` draws a run's curves."))
+    p.add_argument("--config", metavar="YAML", help="run config: a mapping of the settings below (underscored names)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    defaults, per_preset = TrainConfig(), preset_settings()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "gradient_accumulation":  # derived, never set
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = FLAG_HELP.get(f.name, f.name) + _describe_default(f.name, default, per_preset)
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "weights":
+            p.add_argument(flag, dest=f.name, type=_parse_weights, default=None,
+                           help="mixture weights, source=w,... or JSON (default: the manifest's)")
+        else:
+            kind = _FLAG_TYPES.get(f.name, type(default))
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+    return p
+
+
+def cli_train(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
+    cluster = cfg = None
+    try:
+        yaml_values = load_yaml_config(args.config) if args.config else {}
+        base = resolve_config(yaml_values, flags)  # device and threads are needed before the rest
+        cluster = start_cluster(base)
+        plan = prepare_run(yaml_values, flags, args.resume, cluster.world_size)
+        cfg = plan.config
+        if plan.nothing_to_resume and cluster.is_main:
+            print(f"elm-train: nothing to resume in {plan.run_dir}; starting a new run", file=sys.stderr)
+        with process_settings(cfg):
+            result = build_trainer(cfg, plan.run_dir, plan.resume_from, cluster).train()
+        if cluster.is_main:
+            print_summary(result)
+        return 0
+    except NonFiniteLoss as e:
+        print(f"elm-train: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        where = f" in {cfg.out}" if cfg is not None else ""
+        print(f"elm-train: interrupted; rerun the same command with --resume to continue from the last "
+              f"checkpoint{where}", file=sys.stderr)
+        return 130
+    except (TrainError, ConfigError) as e:
+        print(f"elm-train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if cluster is not None:
+            stop_cluster(cluster)
+
+
+def print_summary(result: TrainResult) -> None:
+    """The end of a run: its losses and speed, then the mixture it achieved against its targets."""
+    run_dir = result.run_dir
+    val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    speed = f"{result.tokens_per_s:,.0f} tokens/s" if result.tokens_per_s else "nothing left to train"
+    print(f"done: {run_dir}  train loss {result.train_loss:.4f}  val loss {val}  {speed}; "
+          f"curves in {run_dir / CURVES_FILE}")
+    if result.mixture:
+        print(f"  {'source':<28}{'target':>8}{'achieved':>10}")
+        for name, row in result.mixture.items():
+            if row["target"] == 0 and row["achieved"] == 0:
+                continue
+            print(f"  {name:<28}{row['target'] * 100:>7.2f}%{row['achieved'] * 100:>9.2f}%")
+
+
+# ---------------------------------------------------------------- elm-train plot
+
+def cli_plot(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="elm-train plot", description="Draw a run's loss and LR curves to PNG.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help=f"PNG path (default RUN_DIR/{CURVES_FILE})")
+    args = p.parse_args(argv)
+    try:
+        out = plot_run(args.run_dir, args.out)
+    except FileNotFoundError as e:
+        print(f"elm-train plot: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+# ---------------------------------------------------------------- elm-train export
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elm-train export",
+                                description="Export a run or a Hugging Face-format OpenELM folder to MLX or HF format.")
+    p.add_argument("source", metavar="RUN_DIR", help="run folder, one of its checkpoints/step_N, or an HF-format folder")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="mlx",
+                   help="mlx: for mlx-lm; hf: the layout of Apple's Hugging Face release (default mlx)")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype (default float32)")
+    p.add_argument("--quantize", type=int, choices=QUANT_BITS, default=None, help="bits, with mlx-lm's quantization")
+    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64, help="quantization group size (default 64)")
+    p.add_argument("--tokenizer", default=None,
+                   help="SentencePiece .model (path/URI or 'default'); default: the run's, or tokenizer.model in SOURCE")
+    p.add_argument("--step", type=int, default=None, help="export this checkpoint step instead of the latest")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    return p
+
+
+def cli_export(argv: list[str]) -> int:
+    args = build_export_parser().parse_args(argv)
+    try:
+        out = export(args.source, args.out, fmt=args.fmt, dtype=args.dtype, quantize=args.quantize,
+                     group_size=args.group_size, tokenizer_spec=args.tokenizer, step=args.step, force=args.force)
+    except (ExportError, HFFolderError) as e:
+        print(f"elm-train export: error: {e}", file=sys.stderr)
+        return 2
+    quant = f", {args.quantize}-bit" if args.quantize else ""
+    print(f"wrote {out} ({args.fmt}, {args.dtype}{quant})")
+    if args.fmt == "mlx":
+        print(f"try: {mlx_generate_command(out)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""OpenELM configuration: presets as data, per-layer sizes derived once from layer-wise scaling.
+"""OpenELM's architecture as plain data: per-layer sizes derived once from layer-wise scaling.
 
 A config holds the same knobs as CoreNet's `GPTConfig`; `__post_init__` turns the
 multiplier ranges into per-layer query heads, KV heads and FFN widths, so the model
 never recomputes them. `to_hf_config` / `from_hf_config` speak the `config.json` of
-Apple's Hugging Face release (which mlx-lm also reads), key for key.
+Apple's Hugging Face release (which mlx-lm also reads), key for key. The named sizes
+(`tiny`, `openelm-270m`, ...) are in `model.presets`.
 """
 from __future__ import annotations
 
@@ -211,30 +212,3 @@ def _as_sequence(value: Any) -> tuple[float, ...]:
 def _plain_number(value: float) -> int | float:
     """10000.0 -> 10000, as the released config.json writes it."""
     return int(value) if float(value).is_integer() else value
-
-
-# Apple's four released sizes (CoreNet `gpt_configs`) and small ones for CPU work.
-PRESETS: dict[str, OpenELMConfig] = {
-    "openelm-270m": OpenELMConfig(num_transformer_layers=16, model_dim=1280, head_dim=64),
-    "openelm-450m": OpenELMConfig(num_transformer_layers=20, model_dim=1536, head_dim=64),
-    "openelm-1.1b": OpenELMConfig(num_transformer_layers=28, model_dim=2048, head_dim=64),
-    "openelm-3b": OpenELMConfig(num_transformer_layers=36, model_dim=3072, head_dim=128),
-    # ~4.7M parameters (4.1M of them the tied embedding): trains for a few minutes on 2 CPU cores.
-    "tiny": OpenELMConfig(
-        num_transformer_layers=4, model_dim=128, head_dim=16, ffn_dim_divisor=64,
-        max_context_length=512, rope_max_length=1024,
-    ),
-    # ~35M parameters: a quick GPU smoke run or a longer CPU run, same layer-wise scaling.
-    "small": OpenELMConfig(
-        num_transformer_layers=8, model_dim=512, head_dim=32, ffn_dim_divisor=128,
-        max_context_length=1024, rope_max_length=2048,
-    ),
-}
-
-
-def get_preset(name: str) -> OpenELMConfig:
-    """The preset called `name`; a clear error listing the choices otherwise."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown OpenELM preset {name!r}; choose one of {sorted(PRESETS)}") from None

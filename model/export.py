@@ -1,10 +1,9 @@
-"""`elm-train export`: a run (or any Hugging Face-format OpenELM folder) to an MLX or Hugging Face folder.
+"""Export: a run (or any Hugging Face-format OpenELM folder) to an MLX or Hugging Face folder.
 
-    elm-train export SOURCE --format mlx|hf --out DIR [--dtype float32|float16|bfloat16]
-                     [--quantize 4|8] [--group-size 64] [--tokenizer SPEC] [--step N] [--force]
-
-SOURCE is a run folder (its highest-step checkpoint is taken), one checkpoint folder, or a
-plain Hugging Face-format folder such as Apple's released checkpoint. Both formats hold
+`export(source, out, fmt=..., ...)` writes the folder and returns its path (`elm-train export`
+in model/cli.py parses the flags and prints). The source is a run folder (its highest-step
+checkpoint is taken), one checkpoint folder, or a plain Hugging Face-format folder such as
+Apple's released checkpoint. Both formats hold
 `config.json` with Apple's keys (per-layer lists, which mlx-lm reads unchanged),
 `model.safetensors` under Apple's weight names, the tokenizer files with BOS added and a
 `README.md` model card carrying the run's provenance. `--quantize` runs mlx-lm's own
@@ -13,24 +12,21 @@ renamed into place, so a failed export never leaves a half-written model behind.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from model import checkpoint as ckpt
-from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, HFFolderError, read_hf_folder,
-                             read_json_object, write_hf_folder)
+from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, read_hf_folder, read_json_object,
+                             write_hf_folder)
+from model.train import checkpoint as ckpt
+from model.train.run import RUN_JSON
 
 FORMATS = ("mlx", "hf")
 QUANT_BITS = (4, 8)
-CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
-RUN_JSON = "run.json"
 # Debian's OpenBLAS (libopenblas0-pthread); preloaded, it makes mlx's CPU matmul several times faster on Linux.
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 # Keys transformers writes into tokenizer_config.json about how it was loaded here, not about the tokenizer.
@@ -73,10 +69,10 @@ def resolve_source(path: str | Path, step: int | None = None) -> ExportSource:
             raise ExportError(f"{path}: no checkpoint for step {step}; it has steps {sorted(checkpoints)}")
         folder = checkpoints[chosen]
         return ExportSource(folder, path, read_json(path / RUN_JSON), chosen, read_json(folder / ckpt.STATE_FILE))
-    match = CHECKPOINT_NAME.match(path.name)
-    if match and path.parent.name == ckpt.CHECKPOINTS_DIR:
+    step_of_folder = ckpt.checkpoint_step(path)
+    if step_of_folder is not None and path.parent.name == ckpt.CHECKPOINTS_DIR:
         run_dir = path.parent.parent
-        return ExportSource(path, run_dir, read_json(run_dir / RUN_JSON), int(match.group(1)),
+        return ExportSource(path, run_dir, read_json(run_dir / RUN_JSON), step_of_folder,
                             read_json(path / ckpt.STATE_FILE))
     if (path / CONFIG_FILE).is_file():
         if step is not None:
@@ -277,37 +273,10 @@ def mlx_cpu_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="elm-train export",
-                                description="Export a run or a Hugging Face-format OpenELM folder to MLX or HF format.")
-    p.add_argument("source", metavar="RUN_DIR", help="run folder, one of its checkpoints/step_N, or an HF-format folder")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default="mlx",
-                   help="mlx: for mlx-lm; hf: the layout of Apple's Hugging Face release (default mlx)")
-    p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype (default float32)")
-    p.add_argument("--quantize", type=int, choices=QUANT_BITS, default=None, help="bits, with mlx-lm's quantization")
-    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64, help="quantization group size (default 64)")
-    p.add_argument("--tokenizer", default=None,
-                   help="SentencePiece .model (path/URI or 'default'); default: the run's, or tokenizer.model in SOURCE")
-    p.add_argument("--step", type=int, default=None, help="export this checkpoint step instead of the latest")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    return p
-
-
-def cli_export(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        out = export(args.source, args.out, fmt=args.fmt, dtype=args.dtype, quantize=args.quantize,
-                     group_size=args.group_size, tokenizer_spec=args.tokenizer, step=args.step, force=args.force)
-    except (ExportError, HFFolderError) as e:
-        print(f"elm-train export: error: {e}", file=sys.stderr)
-        return 2
-    quant = f", {args.quantize}-bit" if args.quantize else ""
-    print(f"wrote {out} ({args.fmt}, {args.dtype}{quant})")
-    if args.fmt == "mlx":
-        preload = f"LD_PRELOAD={OPENBLAS} " if "LD_PRELOAD" in mlx_cpu_env({}) else ""
-        print(f"try: {preload}python -m mlx_lm generate --model {out} --prompt \"Once upon a time\"")
-    return 0
+def mlx_generate_command(folder: Path) -> str:
+    """The shell command that tries an MLX export, OpenBLAS preloaded where `mlx_cpu_env` would preload it."""
+    preload = f"LD_PRELOAD={OPENBLAS} " if "LD_PRELOAD" in mlx_cpu_env({}) else ""
+    return f"{preload}python -m mlx_lm generate --model {folder} --prompt \"Once upon a time\""
 
 
 def _cell(value) -> str:

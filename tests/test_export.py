@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.config import get_preset
-from model.export import ExportError, cli_export, export, mlx_cpu_env, resolve_source
+from model.cli import cli_export
+from model.export import ExportError, export, mlx_cpu_env, resolve_source
 from model.hf_folder import HFFolderError, load_hf_folder, write_hf_folder
 from model.openelm import OpenELM
+from model.presets import get_preset
 
 mx = pytest.importorskip("mlx.core")
 mlx_lm = pytest.importorskip("mlx_lm")
@@ -357,7 +358,7 @@ def test_load_hf_folder_names_what_is_wrong(tmp_path, damage, message):
 
 @pytest.fixture(scope="module")
 def trained_run(token_corpus, tmp_path_factory) -> Path:
-    from model.trainer import cli_train
+    from model.cli import cli_train
     run = tmp_path_factory.mktemp("trained") / "run"
     assert cli_train(["--corpus", str(token_corpus), "--model", "tiny", "--steps", "2", "--out", str(run),
                       "--no-progress", "--eval-every", "2", "--eval-batches", "1", "--checkpoint-every", "2"]) == 0

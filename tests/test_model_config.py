@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from model.config import PRESETS, OpenELMConfig, get_preset, make_divisible
+from model.config import OpenELMConfig, make_divisible
 from model.openelm import OpenELM
+from model.presets import PRESETS, get_preset
 
 
 def runs(*pairs: tuple[int, int]) -> tuple[int, ...]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import get_preset
 from model.generate import apply_repetition_penalty, top_p_filter
 from model.openelm import OpenELM
+from model.presets import get_preset
 
 
 @pytest.fixture(scope="module")

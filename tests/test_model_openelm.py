@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import get_preset
 from model.openelm import OpenELM, apply_rope, rope_tables
+from model.presets import get_preset
 
 
 @pytest.fixture(scope="module")

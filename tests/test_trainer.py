@@ -12,13 +12,14 @@ import pytest
 import torch
 import yaml
 
-from model import checkpoint as ckpt
-from model.config import get_preset
-from model.metrics import read_metrics
+from model.cli import cli_plot, cli_train
 from model.openelm import OpenELM
-from model.recipe import (ConfigError, language_model_loss, learning_rate, parameter_groups,
-                          resolve_config)
-from model.trainer import cli_plot, cli_train
+from model.presets import get_preset
+from model.train import checkpoint as ckpt
+from model.train.config import ConfigError, resolve_config
+from model.train.loss import language_model_loss
+from model.train.metrics import read_metrics
+from model.train.optim import learning_rate, parameter_groups
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,7 +126,7 @@ def test_only_the_newest_k_checkpoints_are_kept(tmp_path):
 # Saves checkpoint 2 with a trainer state whose pickling stalls, so the kill lands mid-write.
 _STALLED_SAVE = """
 import sys, time, torch
-from model import checkpoint as ckpt
+from model.train import checkpoint as ckpt
 
 class Stall:
     def __reduce__(self):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import latest_checkpoint, load_checkpoint
-from model.metrics import read_metrics
+from model.train.checkpoint import latest_checkpoint, load_checkpoint
+from model.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 4

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from model.checkpoint import list_checkpoints
-from model.metrics import read_metrics
-from model.trainer import cli_train
+from model.cli import cli_train
+from model.train.checkpoint import list_checkpoints
+from model.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 16  # killed after step 5: the margin keeps the kill mid-run on a loaded machine

@@ -1,21 +1,21 @@
-"""The training recipe as data: CoreNet's OpenELM defaults per preset, the LR schedule, optimizer groups, the loss.
+"""The settings of a training run: `TrainConfig`, how it is resolved, and the errors a run reports.
 
-`TrainConfig` holds every setting of a run. `resolve_config` layers, from weakest to
-strongest, the CoreNet defaults, the preset's own values, a YAML run config and command-line
-flags, then fills what depends on the others (warmup length, gradient accumulation). The
-resolved config is what a run folder's `config.yaml` holds and what `--resume` reads back.
+`TrainConfig` holds every setting of a run, with CoreNet's OpenELM defaults. `resolve_config`
+layers, from weakest to strongest, those defaults, the preset's own values (`model.presets`),
+a YAML run config and command-line flags, then fills what depends on the others (warmup
+length, gradient accumulation). The resolved config is what a run folder's `config.yaml`
+holds and what `--resume` reads back.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from torch import Tensor, nn
+
+from model.presets import training_defaults
 
 # CoreNet's full run: warmup length and total steps (projects/openelm/pretraining_configs).
 CORENET_WARMUP_STEPS = 5000
@@ -28,13 +28,17 @@ class ConfigError(ValueError):
     """A run setting that is missing, unknown or inconsistent; the message names it."""
 
 
+class TrainError(RuntimeError):
+    """A run that cannot start or go on; the message says what is wrong and what to do."""
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. Field names are the YAML keys; `--max-lr` sets `max_lr`."""
 
     # What to train on and what to train.
     corpus: str | None = None          # a corpus name under <data root>/corpora, or a folder
-    model: str = "tiny"                # preset name (model.config.PRESETS)
+    model: str = "tiny"                # preset name (model.presets.PRESETS)
     init_from: str | None = None       # a Hugging Face folder to start from instead of random weights
     vocab_size: int | None = None      # override the preset's vocabulary (must equal the tokenizer's)
     out: str | None = None             # run folder (default runs/<model>-<corpus>)
@@ -99,19 +103,6 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
-# What CoreNet uses per released size; `tiny` and `small` are this project's CPU/GPU smoke sizes.
-PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "openelm-270m": dict(max_lr=5.3e-3, activation_checkpointing=False),
-    "openelm-450m": dict(max_lr=3.9e-3, activation_checkpointing=True),
-    "openelm-1.1b": dict(max_lr=2.4e-3, activation_checkpointing=True),
-    "openelm-3b": dict(max_lr=1.2e-3, activation_checkpointing=True, fsdp=True),
-    "small": dict(max_lr=3e-3, steps=5000, sequence_length=1024, global_batch_tokens=64 * 1024,
-                  micro_batch_size=16, checkpoint_every=500, eval_every=250),
-    # Minutes on 2 CPU cores (validation loss ~5.4 on the sample corpus); small batches learn more per token here.
-    "tiny": dict(max_lr=1e-2, steps=500, sequence_length=128, global_batch_tokens=8 * 128,
-                 micro_batch_size=8, checkpoint_every=100, eval_every=50, eval_batches=8, log_every=10),
-}
-
 # Values a resumed run must share with the run it continues: anything else changes the data or the model.
 RESUME_INVARIANTS = ("corpus", "model", "vocab_size", "seed", "sequence_length", "global_batch_tokens",
                      "sampler_mode", "weights", "stream", "manifest", "stream_sample")
@@ -127,7 +118,7 @@ def resolve_config(yaml_values: dict[str, Any] | None, flag_values: dict[str, An
                 raise ConfigError(f"{layer_name}: unknown setting {key!r}; known settings: {', '.join(FIELD_NAMES)}")
         merged.update({k: v for k, v in (layer or {}).items() if v is not None})
     preset = merged.get("model", TrainConfig.model)
-    values = dict(PRESET_DEFAULTS.get(preset, {}))
+    values = training_defaults(preset)
     values.update(merged)
     values["gradient_accumulation"] = 0  # always derived from the batch settings and the world size
     cfg = TrainConfig(**values)
@@ -177,93 +168,3 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {unknown}; known settings: {', '.join(FIELD_NAMES)}")
     return values
-
-
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """LR for optimizer update `step` (0-based): linear warmup from `warmup_init_lr`, then cosine to min."""
-    max_lr, min_lr = cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio
-    warmup = int(cfg.warmup_steps or 0)
-    if step < warmup:
-        return cfg.warmup_init_lr + (max_lr - cfg.warmup_init_lr) * step / warmup
-    decay_steps = max(1, cfg.steps - warmup)
-    progress = min(1.0, (step - warmup) / decay_steps)
-    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay every matrix (embedding included, as CoreNet); never a 1-D parameter (the norms)."""
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.warmup_init_lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-
-
-@dataclass
-class LossSums:
-    """Per-batch sums; divide by the token count of the whole global batch, across ranks."""
-    total: Tensor   # cross entropy + z_loss coefficient x lse^2, summed over valid tokens (has grad)
-    ce: Tensor      # cross entropy summed (no grad)
-    z: Tensor       # lse^2 summed (no grad)
-    tokens: int     # valid target tokens
-
-
-class _CrossEntropyAndLogZ(torch.autograd.Function):
-    """Sums of cross entropy and of logsumexp^2 over valid rows, with a hand-written backward.
-
-    The output layer dominates small models on the CPU; this keeps one float32 copy of the
-    logits (their exponentials, reused as the softmax in backward) instead of the several
-    full-size temporaries autograd's logsumexp/gather graph makes.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        peak = logits.max(dim=-1, keepdim=True).values.to(dtype)
-        exps = (logits - peak).exp_()  # float32 by type promotion: the one full-size buffer
-        sums = exps.sum(dim=-1)
-        lse = peak.squeeze(-1) + sums.log()
-        target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(dtype)
-        mask = valid.to(dtype)
-        ce = ((lse - target_logits) * mask).sum()
-        z = (lse.square() * mask).sum()
-        ctx.save_for_backward(exps, sums, lse, targets, mask)
-        ctx.logits_dtype = logits.dtype
-        return ce, z
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ce: Tensor, grad_z: Tensor):
-        exps, sums, lse, targets, mask = ctx.saved_tensors
-        # d ce_i / d logits = softmax_i - onehot_i ;  d lse_i^2 / d logits = 2 lse_i softmax_i
-        row = (grad_ce + 2.0 * grad_z * lse) * mask / sums
-        # exps is not needed again: reuse it (a second backward through this graph then fails loudly).
-        grad = exps.mul_(row.unsqueeze(1))
-        grad.scatter_add_(1, targets.unsqueeze(1), (-grad_ce * mask).unsqueeze(1))
-        return grad.to(ctx.logits_dtype), None, None
-
-
-def language_model_loss(logits: Tensor, targets: Tensor, z_loss: float, ignore_index: int = -100) -> LossSums:
-    """Cross entropy plus PaLM's z-loss (z_loss x logsumexp(logits)^2) over targets != ignore_index, in float32."""
-    logits = logits.reshape(-1, logits.shape[-1])
-    targets = targets.reshape(-1)
-    valid = targets != ignore_index
-    ce, z = _CrossEntropyAndLogZ.apply(logits, targets.clamp(min=0), valid)
-    total = ce + z_loss * z if z_loss else ce
-    return LossSums(total=total, ce=ce.detach(), z=z.detach(), tokens=int(valid.sum()))
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA devices that support it; fp32 elsewhere unless asked (CPU bf16 is slow and inexact)."""
-    if cfg.dtype == "fp32":
-        return None
-    if cfg.dtype == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.hf_folder import CONFIG_FILE
+
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step_"
 MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
 STATE_FILE = "state.json"
 
@@ -31,14 +32,21 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR / f"{STEP_PREFIX}{step:08d}"
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """N for a folder named step_N, else None."""
+    name = Path(path).name
+    suffix = name[len(STEP_PREFIX):]
+    return int(suffix) if name.startswith(STEP_PREFIX) and suffix.isdigit() else None
+
+
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints (those with state.json), oldest first."""
     root = Path(run_dir) / CHECKPOINTS_DIR
     found = []
     for path in root.glob(f"{STEP_PREFIX}*"):
-        suffix = path.name[len(STEP_PREFIX):]
-        if path.is_dir() and suffix.isdigit() and (path / STATE_FILE).exists():
-            found.append((int(suffix), path))
+        step = checkpoint_step(path)
+        if path.is_dir() and step is not None and (path / STATE_FILE).exists():
+            found.append((step, path))
     return sorted(found)
 
 

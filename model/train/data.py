@@ -1,0 +1,209 @@
+"""The trainer's one door to the data: a built corpus or a live stream, as micro-batches of (inputs, targets).
+
+Every import of the data side (`corpus.mixing`, `corpus.store`, `pipelines`) by the trainer is
+here (tests/test_layout.py holds the rule). `resolve_corpus` finds a built corpus and refuses
+one that is missing or unfinished with what to run; `resolve_stream` names a manifest whose
+sources are tokenized live on Ray. `TrainingData.train_batches` and `held_out` are what the
+`Trainer` reads; another data source (fine-tuning examples) only has to offer the same two.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from corpus.mixing.packing import IGNORE_INDEX  # noqa: F401  (re-exported: the target value the loss skips)
+from corpus.store.files import sha256_file
+from model.config import OpenELMConfig
+from model.train.config import TrainConfig, TrainError
+from model.train.distributed import Cluster
+
+SAMPLE_BUILD_HINT = "elm-corpus build manifests/openelm.yaml --sample"
+DEFAULT_MANIFEST = "manifests/openelm.yaml"
+
+Batch = tuple[Tensor, Tensor]  # (inputs, targets), both (micro batch size, sequence length), on the device
+
+
+class BatchSource(Protocol):
+    """What the trainer reads training batches from; its state is saved in every checkpoint."""
+
+    def next(self) -> Batch: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def shares(self) -> dict: ...  # JSON-ready per-source shares for the `mixture` record ({} for none)
+
+
+class DataSource(Protocol):
+    """What the trainer trains and validates on (`TrainingData` here; fine-tuning examples elsewhere)."""
+
+    def train_batches(self, cfg: TrainConfig, cluster: Cluster) -> BatchSource: ...
+    def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]: ...
+
+
+class MicroBatches:
+    """(inputs, targets) micro-batches of this rank from a `MixtureSampler`, read in this process.
+
+    No DataLoader workers: the sampler then counts what was taken, and its state after the
+    last micro-batch of a step is exactly where a resumed run must start.
+    """
+
+    def __init__(self, sampler, device):
+        self.sampler = sampler
+        self.device = device
+        self._batches: Iterator[dict] | None = None  # opened on first use, after any resume
+
+    def next(self) -> Batch:
+        if self._batches is None:
+            self._batches = self.sampler.batches()
+        batch = next(self._batches)
+        return batch["input_ids"].to(self.device, non_blocking=True), batch["labels"].to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+    def shares(self) -> dict:
+        return _plain(self.sampler.shares())
+
+
+def _plain(value: Any) -> Any:
+    """Sampler share tables as JSON-ready data."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+@dataclass
+class TrainingData:
+    """Where the tokens come from: a built corpus folder, or (`--stream`) the live pipelines of a manifest."""
+    name: str
+    folder: Path | None      # the built corpus; None when streaming
+    fingerprint: str | None  # the manifest fingerprint the shards were (or would be) built with
+    tokenizer: dict          # spec, sha256, vocab_size
+    manifest: Any = None     # streaming only: the manifest whose sources are tokenized on the fly
+    sample: bool = False     # streaming only: read the offline sample mirror
+
+    def where(self) -> str:
+        return str(self.folder) if self.folder is not None else f"the live pipeline of manifest {self.manifest.name}"
+
+    def describe(self) -> dict:
+        """run.json's `corpus` entry."""
+        return {"name": self.name, "dir": str(self.folder.resolve()) if self.folder is not None else None,
+                "fingerprint": self.fingerprint}
+
+    def train_batches(self, cfg: TrainConfig, cluster: Cluster) -> MicroBatches:
+        return MicroBatches(self.sampler(cfg, "train", cluster), cluster.device)
+
+    def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]:
+        """This rank's share of `eval_batches` held-out micro-batches, or none and why."""
+        if self.folder is None:
+            return [], "no validation while streaming: the live held-out split is too sparse to gather"
+        stream = MicroBatches(self.sampler(cfg, "val", cluster), cluster.device)
+        # Ranks share the held-out batches (rounded up to a multiple of the world size, so every rank runs
+        # the same number of forwards): any world size evaluates the same sequences.
+        per_rank = -(-cfg.eval_batches // cluster.world_size)
+        try:
+            return [stream.next() for _ in range(per_rank)], None
+        except (StopIteration, ValueError) as e:
+            return [], f"no validation: the held-out split gives no batch ({e})"
+
+    def sampler(self, cfg: TrainConfig, split: str, cluster: Cluster):
+        """This rank's share of the mixture. Ranks take alternate blocks of one micro-batch, so together
+        they read exactly the sequences one process would."""
+        from corpus.mixing.sampler import MixtureSampler
+        kwargs = dict(weights=cfg.weights, mode=cfg.sampler_mode, seed=cfg.seed, split=split, rank=cluster.rank,
+                      world_size=cluster.world_size, batch_size=cfg.micro_batch_size)
+        try:
+            if self.folder is not None:
+                return MixtureSampler(self.folder, cfg.sequence_length, **kwargs)
+            return MixtureSampler(None, cfg.sequence_length, streams=self._streams(cfg), manifest=self.manifest,
+                                  **kwargs)
+        except ValueError as e:
+            raise TrainError(f"cannot sample {self.where()} ({split} split): {e}") from None
+
+    def _streams(self, cfg: TrainConfig) -> dict:
+        from pipelines.runner import start_ray
+        from pipelines.stream import stream_source
+        start_ray(cfg.stream_workers)  # started here so that no single stream owns (and shuts down) Ray
+        return {s.name: functools.partial(stream_source, self.manifest, s.name, sample=self.sample,
+                                          workers=cfg.stream_workers) for s in self.manifest.sources}
+
+
+def resolve_data(cfg: TrainConfig) -> TrainingData:
+    """The data a run's settings name: `--stream` of a manifest, else the built `--corpus`."""
+    return resolve_stream(cfg) if cfg.stream else resolve_corpus(cfg.corpus)
+
+
+def resolve_corpus(name_or_dir: str | None) -> TrainingData:
+    """A built corpus by folder or by name under the corpora folder; a missing or unfinished one is refused."""
+    from corpus.paths import corpora_root
+    from corpus.store.layout import NotACorpus, find_corpus, read_corpus_json
+    if not name_or_dir:
+        raise TrainError(f"no corpus given: pass --corpus NAME (a corpus under {corpora_root()}) "
+                         f"or a corpus folder; build the sample one with '{SAMPLE_BUILD_HINT}' (--corpus openelm-sample)")
+    try:
+        folder = find_corpus(name_or_dir)
+    except NotACorpus as e:
+        raise TrainError(str(e)) from None
+    try:
+        info = read_corpus_json(folder)
+    except FileNotFoundError:
+        raise TrainError(f"{folder} holds no corpus.json, so its build never finished; rerun 'elm-corpus build' "
+                         f"with the same manifest to complete it") from None
+    tokenizer = info.get("tokenizer") or {}
+    if not tokenizer.get("vocab_size") or not tokenizer.get("sha256"):
+        raise TrainError(f"{folder}/corpus.json records no tokenizer (vocab_size, sha256); rebuild it with "
+                         f"'elm-corpus build'")
+    if int(info.get("totals", {}).get("tokens", 1)) <= 0:
+        raise TrainError(f"{folder}: the corpus holds no tokens; check 'elm-corpus stats {folder}' for what was dropped")
+    # The folder's name is what --corpus takes (a sample build of manifest 'openelm' is 'openelm-sample').
+    return TrainingData(folder.name, folder, info.get("manifest_fingerprint"),
+                        {k: tokenizer.get(k) for k in ("spec", "sha256", "vocab_size")})
+
+
+def resolve_stream(cfg: TrainConfig) -> TrainingData:
+    """The manifest to stream (`--manifest`, default manifests/openelm.yaml) and its tokenizer."""
+    from corpus.manifest import load_manifest
+    from corpus.paths import corpus_name
+    from corpus.tokenizer.tokenizer import Tokenizer
+    try:
+        manifest = load_manifest(cfg.manifest or DEFAULT_MANIFEST)
+        tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TrainError(f"--stream: {e}") from None
+    return TrainingData(cfg.corpus or corpus_name(manifest.name, cfg.stream_sample), None,
+                        manifest.build_fingerprint(tokenizer.sha256),
+                        {"spec": tokenizer.spec, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
+                        manifest=manifest, sample=cfg.stream_sample)
+
+
+def check_vocabulary(data: TrainingData, model_config: OpenELMConfig, where: str) -> None:
+    tok = data.tokenizer
+    if int(tok["vocab_size"]) != model_config.vocab_size:
+        raise TrainError(
+            f"{data.where()} was tokenized with {tok.get('spec')} ({tok['vocab_size']} pieces), but the model "
+            f"({where}) has a vocabulary of {model_config.vocab_size}. Train with --vocab-size {tok['vocab_size']} "
+            f"(a fresh model), or rebuild the corpus with a {model_config.vocab_size}-piece tokenizer "
+            f"(tokenizer.model in the manifest, then 'elm-corpus build MANIFEST')")
+
+
+def check_init_tokenizer(init_from: str | None, data: TrainingData) -> None:
+    """A starting checkpoint that ships its tokenizer must share the corpus's."""
+    if not init_from:
+        return
+    beside = Path(init_from) / "tokenizer.model"
+    if beside.is_file():
+        sha = sha256_file(beside)
+        if sha != data.tokenizer["sha256"]:
+            raise TrainError(f"{beside} (sha256 {sha[:12]}) is not the tokenizer {data.where()} uses (sha256 "
+                             f"{data.tokenizer['sha256'][:12]}); rebuild the corpus with it")

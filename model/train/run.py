@@ -1,0 +1,82 @@
+"""The run folder: where a run lives, the settings it starts or resumes with, and its `run.json`.
+
+    RUN_DIR/run.json          provenance and progress (RunRecord), rewritten whole after each change
+    RUN_DIR/config.yaml       the resolved settings; `--resume` reads them back
+    RUN_DIR/metrics.jsonl     model.train.metrics
+    RUN_DIR/checkpoints/      model.train.checkpoint
+    RUN_DIR/curves.png        model.train.metrics.plot_run
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from corpus.store.files import atomic_write_json
+from model.train.checkpoint import latest_checkpoint
+from model.train.config import RESUME_INVARIANTS, TrainConfig, TrainError, resolve_config
+
+RUN_JSON = "run.json"
+CONFIG_YAML = "config.yaml"
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    data_name = Path(cfg.corpus).name if cfg.corpus else ("stream" if cfg.stream else "corpus")
+    return Path("runs") / f"{cfg.model}-{data_name}"
+
+
+@dataclass
+class RunPlan:
+    """The settings a run starts with, its folder, and the checkpoint it resumes from (None: a new run)."""
+    config: TrainConfig
+    run_dir: Path
+    resume_from: Path | None
+    nothing_to_resume: bool = False  # --resume was given, but the folder held no run: a new one starts
+
+
+def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int) -> RunPlan:
+    """Resolve the config (a resumed run starts from its saved one), check it, find the checkpoint to resume."""
+    preview = resolve_config(yaml_values, flags, world_size)
+    run_dir = Path(preview.out) if preview.out else default_run_dir(preview)
+    saved_path = run_dir / CONFIG_YAML
+    # With nothing to resume, --resume starts a new run: the same command then starts a job and restarts it.
+    nothing_to_resume = resume and not saved_path.exists()
+    if not resume or nothing_to_resume:
+        existing = latest_checkpoint(run_dir)
+        if existing is not None:
+            raise TrainError(f"{run_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue "
+                             f"it, or choose another --out")
+        preview.out = str(run_dir)
+        return RunPlan(preview, run_dir, None, nothing_to_resume)
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    cfg = resolve_config(yaml_values, flags, world_size, base=saved)
+    changed = [k for k in RESUME_INVARIANTS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        raise TrainError(f"--resume: {', '.join(f'{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})' for k in changed)} "
+                         f"differ from the run in {run_dir}; a resumed run must read the same data with the same model")
+    cfg.out = str(run_dir)
+    return RunPlan(cfg, run_dir, latest_checkpoint(run_dir))
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    """The run.json of an earlier run in this folder, {} when there is none."""
+    path = run_dir / RUN_JSON
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class RunRecord:
+    """run.json: what the run is and how far it got. Every rank keeps the fields; rank 0 writes the file."""
+
+    def __init__(self, run_dir: Path, fields: dict[str, Any], enabled: bool):
+        self.path = run_dir / RUN_JSON
+        self.fields = dict(fields)
+        self.enabled = enabled
+
+    def update(self, **fields: Any) -> None:
+        """Change fields and rewrite the file (atomically, so a kill leaves the old record or the new)."""
+        self.fields.update(fields)
+        if self.enabled:
+            atomic_write_json(self.path, self.fields)

@@ -1,4 +1,4 @@
-"""`elm-corpus stats` and `elm-corpus inspect`: what a corpus folder holds, counted from disk.
+"""What a corpus folder holds, counted from disk: the numbers behind `elm-corpus stats` (and its JSON and report).
 
 The numbers come from the files a build leaves, never from a build's memory: the plan
 (``plan.json``, every work unit), the ledger (a unit is done once its entry exists), the

@@ -59,10 +59,19 @@ class ChunkSequences:
         return self.stream.epochs(chunks=items)
 
 
-def split_inputs_and_labels(window: np.ndarray, real: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs are the window minus its last token; labels are the window shifted by one,
-    with ``IGNORE_INDEX`` wherever the target is padding."""
-    labels = window[1:].copy()
-    if real < len(window):
-        labels[max(real - 1, 0):] = IGNORE_INDEX
-    return window[:-1], labels
+def split_inputs_and_labels(windows: np.ndarray, real) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs are each window minus its last token; labels are the window shifted by one,
+    with ``IGNORE_INDEX`` wherever the target is padding.
+
+    ``windows``: one window (``L + 1``) with ``real`` its count of real tokens, or a batch
+    (``B x (L + 1)``) with ``real`` an array of counts, one per row.
+    """
+    labels = windows[..., 1:].copy()
+    width = windows.shape[-1]
+    if windows.ndim == 1:
+        if real < width:
+            labels[max(real - 1, 0):] = IGNORE_INDEX
+    else:
+        for row in np.flatnonzero(real < width).tolist():
+            labels[row, max(int(real[row]) - 1, 0):] = IGNORE_INDEX
+    return windows[..., :-1], labels

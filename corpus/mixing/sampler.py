@@ -156,15 +156,16 @@ class MixtureSampler(IterableDataset):
         dealt = self._deal(mix, readers, block)
         while True:
             windows = np.empty((block, L + 1), dtype=np.int64)
-            labels = np.empty((block, L), dtype=np.int64)
+            real = np.empty(block, dtype=np.int64)
             sources = np.empty(block, dtype=np.int64)
             index = np.empty(block, dtype=np.int64)
             for row in range(block):
                 g, s, k = next(dealt)
-                _, labels[row] = split_inputs_and_labels(windows[row], readers[s].fill(k, windows[row]))
+                real[row] = readers[s].fill(k, windows[row])
                 sources[row], index[row] = s, g
+            inputs, labels = split_inputs_and_labels(windows, real)
             iteration["consumed"] += block
-            yield {"input_ids": torch.from_numpy(np.ascontiguousarray(windows[:, :-1])),
+            yield {"input_ids": torch.from_numpy(np.ascontiguousarray(inputs)),
                    "labels": torch.from_numpy(labels), "source": torch.from_numpy(sources),
                    "index": torch.from_numpy(index)}
 

@@ -1,7 +1,7 @@
 """The package layout is a contract: imports run down the layers, never up, and never in a circle.
 
 Every module under corpus/, pipelines/ and model/ is parsed with `ast`; no project code is
-imported. Four rules, each one test on the real tree:
+imported. Four rules, each checked on the real tree (one parametrized test, one case per check):
 
 1. Layers, lowest first: corpus (the data contract), pipelines (Ray), model. A package may import
    its own layer and the layers below it, plus any third-party or standard-library module.
@@ -329,27 +329,18 @@ def explain(violations: list[str]) -> str:
 # The real tree.
 # ---------------------------------------------------------------------------------------------
 
-def test_project_imports_do_not_run_up_the_layers():
-    violations = layer_violations(ROOT)
-    assert not violations, explain(violations)
+RULES = {  # test id -> the check, each returning the violations it finds (empty when the rule holds)
+    "imports run down the layers": layer_violations,
+    "corpus units import only what the layout table allows": corpus_layout_violations,
+    "every corpus module belongs to a unit of the layout table": unplaced_corpus_modules,
+    "the trainer reaches data only through model.train.data": trainer_data_violations,
+    "project modules form no import cycles": import_cycles,
+}
 
 
-def test_corpus_subpackages_import_only_what_the_layout_table_allows():
-    violations = corpus_layout_violations(ROOT)
-    assert not violations, explain(violations)
-
-
-def test_every_corpus_module_belongs_to_a_unit_of_the_layout_table():
-    assert not (found := unplaced_corpus_modules(ROOT)), explain(found)
-
-
-def test_trainer_reaches_data_only_through_model_train_data():
-    violations = trainer_data_violations(ROOT)
-    assert not violations, explain(violations)
-
-
-def test_project_modules_form_no_import_cycles():
-    violations = import_cycles(ROOT)
+@pytest.mark.parametrize("rule", list(RULES))
+def test_the_project_tree_follows_the_rule(rule):
+    violations = RULES[rule](ROOT)
     assert not violations, explain(violations)
 
 

@@ -15,9 +15,10 @@ import json
 import sys
 from typing import Any
 
-from model.export import FORMATS, QUANT_BITS, ExportError, export, mlx_generate_command
+from model.export import FORMATS, QUANT_BITS, export, mlx_generate_command
 from model.hf_folder import DTYPES, HFFolderError
 from model.presets import PRESETS, preset_settings
+from model.source import SourceError
 from model.train.config import FIELD_NAMES, ConfigError, TrainConfig, TrainError, load_yaml_config, resolve_config
 from model.train.distributed import process_settings, start_cluster, stop_cluster
 from model.train.metrics import CURVES_FILE, plot_run
@@ -215,7 +216,7 @@ def cli_export(argv: list[str]) -> int:
     try:
         out = export(args.source, args.out, fmt=args.fmt, dtype=args.dtype, quantize=args.quantize,
                      group_size=args.group_size, tokenizer_spec=args.tokenizer, step=args.step, force=args.force)
-    except (ExportError, HFFolderError) as e:
+    except (SourceError, HFFolderError) as e:  # ExportError is a SourceError
         print(f"elm-train export: error: {e}", file=sys.stderr)
         return 2
     quant = f", {args.quantize}-bit" if args.quantize else ""

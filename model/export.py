@@ -16,14 +16,11 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, read_hf_folder, read_json_object,
-                             write_hf_folder)
-from model.train import checkpoint as ckpt
-from model.train.run import RUN_JSON
+from model.hf_folder import CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, read_hf_folder, write_hf_folder
+from model.source import ModelSource, SourceError, resolve_source, resolve_tokenizer, run_field
 
 FORMATS = ("mlx", "hf")
 QUANT_BITS = (4, 8)
@@ -33,93 +30,8 @@ OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 _LOAD_TIME_TOKENIZER_KEYS = ("is_local", "local_files_only")
 
 
-class ExportError(ValueError):
+class ExportError(SourceError):
     """An export that cannot be done as asked; the message names the input and the way out."""
-
-
-@dataclass
-class ExportSource:
-    """Where the weights come from and what is known about how they were made."""
-
-    weights_dir: Path
-    run_dir: Path | None = None
-    run: dict = field(default_factory=dict)
-    step: int | None = None
-    state: dict = field(default_factory=dict)  # the checkpoint's state.json: its own losses and token count
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object file, {} when absent; a clear error when it is not valid."""
-    if not path.is_file():
-        return {}
-    return read_json_object(path, ExportError)
-
-
-def resolve_source(path: str | Path, step: int | None = None) -> ExportSource:
-    """A run folder, one of its checkpoints, or a plain HF-format folder."""
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"{path}: no such run or model folder")
-    if (path / ckpt.CHECKPOINTS_DIR).is_dir():
-        checkpoints = dict(ckpt.list_checkpoints(path))
-        if not checkpoints:
-            raise ExportError(f"{path}: the run has no finished checkpoint under checkpoints/ yet")
-        chosen = max(checkpoints) if step is None else step
-        if chosen not in checkpoints:
-            raise ExportError(f"{path}: no checkpoint for step {step}; it has steps {sorted(checkpoints)}")
-        folder = checkpoints[chosen]
-        return ExportSource(folder, path, read_json(path / RUN_JSON), chosen, read_json(folder / ckpt.STATE_FILE))
-    step_of_folder = ckpt.checkpoint_step(path)
-    if step_of_folder is not None and path.parent.name == ckpt.CHECKPOINTS_DIR:
-        run_dir = path.parent.parent
-        return ExportSource(path, run_dir, read_json(run_dir / RUN_JSON), step_of_folder,
-                            read_json(path / ckpt.STATE_FILE))
-    if (path / CONFIG_FILE).is_file():
-        if step is not None:
-            raise ExportError(f"{path}: --step applies to a run folder; this is a single model folder")
-        return ExportSource(path)
-    raise ExportError(f"{path}: neither a run folder (no checkpoints/) nor a Hugging Face-format folder "
-                      f"(no {CONFIG_FILE})")
-
-
-def run_field(run: dict, dotted: str):
-    """run.json's value at a dotted path (`corpus.fingerprint`), None when the run does not record it."""
-    value = run
-    for part in dotted.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
-def resolve_tokenizer(source: ExportSource, explicit: str | None):
-    """--tokenizer, else the one run.json records (its sha256 checked), else a tokenizer.model beside the weights."""
-
-    recorded = run_field(source.run, "tokenizer.sha256")
-    spec = run_field(source.run, "tokenizer.spec")
-    beside = source.weights_dir / "tokenizer.model"
-    if explicit:
-        tokenizer, where = _open_tokenizer(explicit, "--tokenizer"), "--tokenizer"
-    elif isinstance(spec, str):
-        tokenizer, where = _open_tokenizer(spec, f"{source.run_dir}/run.json"), f"run.json's {spec}"
-    elif beside.is_file():
-        tokenizer, where = _open_tokenizer(str(beside), str(beside)), str(beside)
-    else:
-        raise ExportError(f"{source.weights_dir}: no tokenizer recorded or included (Apple's checkpoints ship none; "
-                          "they use LLaMA-2's); pass --tokenizer PATH/tokenizer.model, or --tokenizer default for "
-                          "this project's default model")
-    if recorded and recorded != tokenizer.sha256:
-        raise ExportError(f"{source.run_dir}/{RUN_JSON}: the run was trained with tokenizer sha256 {recorded}, but "
-                          f"{where} has {tokenizer.sha256}; pass --tokenizer with the model the run was trained with")
-    return tokenizer
-
-
-def _open_tokenizer(spec: str, where: str):
-    from corpus.tokenizer.tokenizer import Tokenizer
-    try:
-        return Tokenizer(spec)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        raise ExportError(f"{where}: cannot open tokenizer {spec!r}: {e}") from None
 
 
 def write_tokenizer(tokenizer, folder: Path) -> None:
@@ -155,7 +67,7 @@ def quantize_mlx_folder(folder: Path, bits: int, group_size: int) -> dict:
     return config["quantization"]
 
 
-def provenance(source: ExportSource, checkpoint: HFCheckpoint, tokenizer, fmt: str, dtype: str,
+def provenance(source: ModelSource, checkpoint: HFCheckpoint, tokenizer, fmt: str, dtype: str,
                quantization: dict | None) -> dict:
     """What the card records, as plain data (None where the source does not say)."""
     run, state = source.run, source.state

@@ -1,6 +1,8 @@
 """Autoregressive decoding for OpenELM with a KV cache: greedy, temperature, top-p, repetition penalty."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -34,12 +36,13 @@ def sample_next(logits: Tensor, temperature: float, top_p: float, generator: tor
 @torch.no_grad()
 def generate(model, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              repetition_penalty: float = 1.0, eos_id: int | None = 2,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, stop: Callable[[Tensor], bool] | None = None) -> Tensor:
     """Extend every prompt row of `input_ids` (batch, length) by up to `max_new_tokens` tokens.
 
     Prompts in a batch share one length (no padding). A row that emits `eos_id` is finished:
     its later positions hold `eos_id`, and decoding stops once every row is finished.
-    Returns (batch, length + generated) token ids; `eos_id=None` never stops early.
+    `stop(tokens)`, if given, is asked after every step and ends decoding when it says so
+    (stop strings). Returns (batch, length + generated) token ids; `eos_id=None` never stops early.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
@@ -71,6 +74,8 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, temperature: float =
                 finished |= next_ids == eos_id
             tokens = torch.cat((tokens, next_ids[:, None]), dim=1)
             if (eos_id is not None and bool(finished.all())) or step == max_new_tokens - 1:
+                break
+            if stop is not None and stop(tokens):
                 break
             logits = model(next_ids[:, None], cache=cache)[:, -1]
         return tokens

@@ -204,8 +204,8 @@ class OpenELM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, eos_id: int | None = 2,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, stop=None) -> Tensor:
         """Prompt plus up to `max_new_tokens` tokens; see `model.generate.generate`."""
         from model.generate import generate  # decoding lives beside the model, not inside it
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                        repetition_penalty=repetition_penalty, eos_id=eos_id, generator=generator)
+                        repetition_penalty=repetition_penalty, eos_id=eos_id, generator=generator, stop=stop)

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.cli import cli_export
-from model.export import ExportError, export, mlx_cpu_env, resolve_source
+from model.export import ExportError, export, mlx_cpu_env
+from model.source import SourceError, resolve_source
 from model.hf_folder import HFFolderError, load_hf_folder, write_hf_folder
 from model.openelm import OpenELM
 from model.presets import get_preset
@@ -265,7 +266,7 @@ def test_apple_layout_folder_loads_strictly_with_its_weights(tmp_path):
 
 def test_apple_layout_folder_without_tokenizer_asks_for_one(tmp_path):
     folder = apple_layout_folder(tmp_path / "OpenELM", random_state(seed=7))
-    with pytest.raises(ExportError, match="--tokenizer"):
+    with pytest.raises(SourceError, match="--tokenizer"):
         export(folder, tmp_path / "mlx", fmt="mlx")
     assert not (tmp_path / "mlx").exists()
 
@@ -388,7 +389,7 @@ def test_export_source_is_the_highest_finished_checkpoint(tmp_path):
     source = resolve_source(tmp_path / "run")
     assert source.step == 300 and source.state["tokens_seen"] == 300 * 1024
     assert resolve_source(tmp_path / "run", step=40).weights_dir.name == "step_00000040"
-    with pytest.raises(ExportError, match=r"no checkpoint for step 7; it has steps \[5, 40, 300\]"):
+    with pytest.raises(SourceError, match=r"no checkpoint for step 7; it has steps \[5, 40, 300\]"):
         resolve_source(tmp_path / "run", step=7)
 
 
@@ -399,13 +400,13 @@ def test_a_checkpoint_folder_exports_with_its_runs_provenance(run_dir):
 
 def test_a_run_without_checkpoints_is_refused(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(ExportError, match="no finished checkpoint"):
+    with pytest.raises(SourceError, match="no finished checkpoint"):
         resolve_source(tmp_path / "run")
 
 
 def test_tokenizer_changed_since_training_is_refused(tmp_path):
     make_run(tmp_path / "run", run=dict(RUN_FACTS, tokenizer={"spec": "default", "sha256": "0" * 64}))
-    with pytest.raises(ExportError, match="trained with tokenizer sha256 0000"):
+    with pytest.raises(SourceError, match="trained with tokenizer sha256 0000"):
         export(tmp_path / "run", tmp_path / "out")
 
 

@@ -3,6 +3,7 @@
     elm-train --corpus NAME --model PRESET [--steps N] [--out DIR] [--resume]
     elm-train export RUN_DIR --format mlx|hf --out DIR
     elm-train plot RUN_DIR
+    elm-train eval MODEL --tasks NAMES
 
 The work is in `model.train` (the run) and `model.export`; `python -m model.cli` is `elm-train`
 (torchrun starts it that way).
@@ -13,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from model.export import FORMATS, QUANT_BITS, export, mlx_generate_command
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_export(argv[1:])
     if argv and argv[0] == "plot":
         return cli_plot(argv[1:])
+    if argv and argv[0] == "eval":
+        return cli_eval(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return cli_train(argv)
@@ -190,6 +194,83 @@ def cli_plot(argv: list[str]) -> int:
         return 2
     print(out)
     return 0
+
+
+# ---------------------------------------------------------------- elm-train eval
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    from model.eval.tasks import TASK_SETS
+    p = argparse.ArgumentParser(prog="elm-train eval", description=(
+        "Evaluate a model with lm-evaluation-harness: a run (its newest checkpoint), a checkpoint, an export or "
+        "any Hugging Face-format OpenELM folder (Apple's release with --tokenizer). Task data comes through the "
+        "`datasets` library (docs/eval.md)."))
+    p.add_argument("model", metavar="MODEL", help="run folder, checkpoints/step_N, or a Hugging Face-format folder")
+    p.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated, or a set: "
+                   + ", ".join(TASK_SETS))
+    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the set's, or the task's)")
+    p.add_argument("--limit", type=float, default=None, help="at most this many examples per task (a fraction if < 1)")
+    p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-bos", dest="bos", action="store_false",
+                   help="do not prepend BOS to contexts (Apple evaluated with it)")
+    p.add_argument("--include-path", default=None, help="a folder of extra task YAMLs in lm-eval's format")
+    p.add_argument("--tokenizer", default=None,
+                   help="SentencePiece .model (path/URI or 'default'); default: the run's, or tokenizer.model in MODEL")
+    p.add_argument("--step", type=int, default=None, help="evaluate this checkpoint step of a run")
+    p.add_argument("--out", default=None, help="write lm-eval's results JSON here")
+    p.add_argument("--log-samples", action="store_true", help="keep every request and answer in --out")
+    return p
+
+
+def cli_eval(argv: list[str]) -> int:
+    args = build_eval_parser().parse_args(argv)
+    from model.eval.harness import EvalError, evaluate
+    try:
+        evaluation = evaluate(args.model, args.tasks, num_fewshot=args.num_fewshot,
+                              limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
+                              batch_size=args.batch_size, device=args.device, add_bos=args.bos,
+                              include_path=args.include_path, log_samples=args.log_samples,
+                              tokenizer=args.tokenizer, step=args.step)
+    except (EvalError, SourceError, HFFolderError, ValueError) as e:
+        print(f"elm-train eval: error: {e}", file=sys.stderr)
+        return 2
+    print_eval_table(evaluation.results, evaluation.preset, args.tasks)
+    if args.out:
+        from lm_eval.utils import handle_non_serializable
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(evaluation.results, indent=2, default=handle_non_serializable) + "\n")
+        print(f"results: {out}")
+    return 0
+
+
+def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
+    """acc and acc_norm (%, with stderr) per task; Apple's numbers beside them for a preset and a named set."""
+    from model.eval.tasks import published_row
+    published = published_row(preset, tasks.strip())
+    head = f"{'task':<28}{'n-shot':>7}{'acc':>16}{'acc_norm':>16}"
+    if published:
+        head += f"{preset + ' (Apple)':>24}"
+    print(head)
+    shown = []
+    for task, row in results.get("results", {}).items():
+        cells = []
+        for metric in ("acc", "acc_norm"):
+            value, err = row.get(f"{metric},none"), row.get(f"{metric}_stderr,none")
+            cells.append(f"{100 * value:6.2f} +- {100 * err:5.2f}" if isinstance(value, float) and
+                         isinstance(err, float) else (f"{100 * value:6.2f}" if isinstance(value, float) else "-"))
+        line = f"{task:<28}{results.get('n-shot', {}).get(task, '-')!s:>7}{cells[0]:>16}{cells[1]:>16}"
+        if published:
+            line += f"{published.get(task, float('nan')):>24.2f}" if task in published else f"{'-':>24}"
+        print(line)
+        best = row.get("acc_norm,none", row.get("acc,none"))
+        if isinstance(best, float):
+            shown.append(best)
+    if shown:
+        line = f"{'average (acc_norm where given)':<51}{100 * sum(shown) / len(shown):>16.2f}"
+        if published:
+            line += f"{published['average']:>24.2f}"
+        print(line)
 
 
 # ---------------------------------------------------------------- elm-train export

@@ -1,0 +1,121 @@
+"""`elm-train eval`: a model folder evaluated by lm-evaluation-harness on named tasks or task sets.
+
+The model is any folder `model.source` resolves (a run, a checkpoint, an export, Apple's
+release) with its tokenizer; the harness (`lm_eval.simple_evaluate`) runs the tasks on it
+through `model.eval.lm.OpenELMLM`. A set's tasks run in groups of equal few-shot count and
+their results are merged into one lm-eval results dict.
+
+Task data comes through `datasets`: the Hub, or the local cache. When the Hub cannot be
+reached, the run goes offline before the harness loads anything, so a dataset missing from
+the cache fails in about a second with what to fetch, rather than after a minute of retries.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.eval.tasks import expand_tasks
+from model.hf_folder import load_hf_folder
+from model.presets import preset_name
+from model.source import ModelSource, resolve_source, resolve_tokenizer
+
+HUB_HOST = "huggingface.co"
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot run; the message names the task or dataset and what to do."""
+
+
+@dataclass
+class Evaluation:
+    results: dict[str, Any]     # lm-eval's output: results, configs, versions, n-shot, (samples), config
+    preset: str | None          # the preset the model's shapes are, if any
+    source: ModelSource
+
+
+def go_offline_unless_hub_reachable(timeout: float = 3.0) -> bool:
+    """Set the Hugging Face offline switches when the Hub cannot be reached; True when offline.
+
+    Must run before `datasets` is imported (it reads the switches once).
+    """
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return True
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return False
+    except OSError:
+        os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+        return True
+
+
+def load_model(path: str | Path, tokenizer: str | None = None, device: str = "auto", step: int | None = None):
+    """(OpenELM on `device` in eval mode, its Tokenizer, where it came from) for a model folder."""
+    source = resolve_source(path, step)
+    config, model = load_hf_folder(source.weights_dir)
+    sp = resolve_tokenizer(source, tokenizer)
+    if sp.vocab_size != config.vocab_size:
+        raise EvalError(f"{source.weights_dir}: the model has a vocabulary of {config.vocab_size} but the tokenizer "
+                        f"{sp.spec} has {sp.vocab_size} pieces; pass --tokenizer with the model it was trained with")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), sp, source
+
+
+def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
+             batch_size: int = 8, device: str = "auto", add_bos: bool = True, include_path: str | None = None,
+             log_samples: bool = False, tokenizer: str | None = None, step: int | None = None) -> Evaluation:
+    """Run the harness on `tasks` (lm-eval names and/or the sets of `model.eval.tasks`); see the module docstring."""
+    go_offline_unless_hub_reachable()
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from model.eval.lm import OpenELMLM
+    model, sp, source = load_model(path, tokenizer, device, step)
+    lm = OpenELMLM(model, sp, batch_size=batch_size, add_bos=add_bos)
+    manager = TaskManager(include_path=include_path)
+    wanted = expand_tasks(tasks, num_fewshot)
+    unknown = [t for t, _ in wanted if t not in manager.all_tasks]
+    if unknown:
+        raise EvalError(f"unknown task(s) {', '.join(unknown)}: not lm-eval tasks, nor in --include-path "
+                        f"{include_path or '(none given)'}, nor a task set of this project")
+    merged: dict[str, Any] = {}
+    for shots in dict.fromkeys(s for _, s in wanted):
+        group = [t for t, s in wanted if s == shots]
+        _check_data(manager, group)
+        out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
+                              task_manager=manager, batch_size=batch_size, bootstrap_iters=1000)
+        _merge(merged, out)
+    merged["config"] = {"model": str(path), "weights": str(source.weights_dir), "tokenizer": sp.spec,
+                        "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
+                        "device": str(lm.device), "limit": limit, "tasks": [[t, s] for t, s in wanted],
+                        "include_path": include_path}
+    return Evaluation(merged, preset_name(model.config), source)
+
+
+def _merge(into: dict, out: dict) -> None:
+    for key in ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
+                "n-samples", "samples"):
+        if key in out:
+            into.setdefault(key, {}).update(out[key])
+
+
+def _check_data(manager, tasks: list[str]) -> None:
+    """Load each task's data now, so that a missing dataset is one clear error naming it and how to fetch it."""
+    for task in tasks:
+        try:
+            manager.load([task])
+        except Exception as e:  # datasets raises many kinds (ConnectionError, FileNotFoundError, DatasetNotFound...)
+            cfg = (manager.task_index[task].cfg or {}) if task in manager.task_index else {}
+            dataset = cfg.get("dataset_path") or "its dataset"
+            name = cfg.get("dataset_name")
+            fetch = f"datasets.load_dataset({dataset!r}" + (f", {name!r}" if name else "") + ")"
+            raise EvalError(
+                f"task {task}: cannot load {dataset}{f' ({name})' if name else ''}: {str(e).splitlines()[0][:300]}. "
+                f"The task data comes through the `datasets` library: where the Hub is reachable, fetch it once with "
+                f"python -c \"import datasets; {fetch}\" (it lands in ~/.cache/huggingface/datasets, or "
+                f"$HF_DATASETS_CACHE), then evaluate with HF_DATASETS_OFFLINE=1") from None

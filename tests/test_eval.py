@@ -1,0 +1,322 @@
+"""`elm-train eval`: the project's model as an lm-evaluation-harness LM, on local tasks in lm-eval's own YAML.
+
+The model is a small OpenELM with seeded random weights in a Hugging Face-format folder (a
+context of 48 tokens, so long contexts are cut); its tokenizer.model lies beside it. Every
+log-likelihood is checked against a direct computation with the model itself.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lm_eval.api.instance import Instance
+
+from corpus.tokenizer.tokenizer import Tokenizer, default_model_path
+from model.config import OpenELMConfig
+from model.eval.harness import EvalError, evaluate, load_model
+from model.eval.lm import OpenELMLM
+from model.eval.tasks import TASK_SETS, expand_tasks, published_row
+from model.hf_folder import write_hf_folder
+from model.openelm import OpenELM
+
+CONTEXT = 48
+QUESTIONS = [
+    ("In the beginning God created the heaven and the", ["earth", "sea", "fire", "bread"], 0),
+    ("And God said, Let there be", ["light", "stones", "wine", "rain"], 0),
+    ("The quick brown fox jumps over the lazy", ["dog", "river", "king", "cloud"], 0),
+    ("def add(a, b):\n    return a +", [" b", " a", " 1", " None"], 0),
+    ("Two plus two is", [" four", " five", " seven", " nine"], 0),
+    ("The capital of France is", [" Paris", " Rome", " Oslo", " Lima"], 0),
+]
+TEXTS = ["Blessed are the meek: for they shall inherit the earth.",
+         "import os\nprint(os.getcwd())\n" * 12]   # longer than two contexts: scored in three windows
+PROMPTS = [("Numbers: one, two,", " three"), ("Colours: red, green,", " blue")]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = OpenELMConfig(num_transformer_layers=2, model_dim=64, head_dim=16, ffn_dim_divisor=32,
+                           max_context_length=CONTEXT, rope_max_length=512)
+    folder = write_hf_folder(tmp_path_factory.mktemp("eval") / "model", config, OpenELM(config).state_dict())
+    shutil.copy(default_model_path(), folder / "tokenizer.model")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    model, tokenizer, _ = load_model(model_dir, device="cpu")
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory):
+    """Three local tasks in lm-eval's YAML: multiple choice, rolling log-likelihood and generation."""
+    root = tmp_path_factory.mktemp("tasks")
+
+    def task(name: str, rows: list[dict], body: str) -> None:
+        data = root / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            f"test_split: test\n{body}")
+
+    task("elm_mc", [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS],
+         "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+         "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    task("elm_ppl", [{"text": t} for t in TEXTS],
+         "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
+    task("elm_gen", [{"prompt": p, "target": t} for p, t in PROMPTS],
+         "output_type: generate_until\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{target}}'\n"
+         "generation_kwargs:\n  until: ['\\n', ',']\n  max_gen_toks: 8\n  do_sample: false\n"
+         "metric_list:\n  - metric: exact_match\n")
+    return root
+
+
+def requests(kind: str, args: list[tuple]) -> list[Instance]:
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
+
+
+def direct_loglikelihood(model: OpenELM, tokens: list[int], n_continuation: int) -> float:
+    """Sum of log-softmax over the last `n_continuation` tokens, from the model run on the tokens before each."""
+    window = tokens[-(CONTEXT + 1):]  # what fits the model's context, cut on the left
+    with torch.no_grad():
+        logits = model(torch.tensor([window[:-1]]))[0].float()
+    logprobs = F.log_softmax(logits, dim=-1)
+    targets = window[-n_continuation:]
+    positions = range(len(window) - 1 - n_continuation, len(window) - 1)
+    return float(sum(logprobs[p, t] for p, t in zip(positions, targets)))
+
+
+def split_ids(tokenizer: Tokenizer, context: str, continuation: str, bos: bool) -> tuple[list[int], list[int]]:
+    """(BOS + context + continuation ids, continuation ids), split as the harness splits: the continuation is what
+    encoding the whole adds after as many tokens as the context alone encodes to."""
+    context_ids = tokenizer.encode_one(context, bos=bos, eos=False)
+    continuation_ids = tokenizer.encode_one(context + continuation, bos=bos, eos=False)[len(context_ids):]
+    return context_ids + continuation_ids, continuation_ids
+
+
+# ---------------------------------------------------------------- the LM against the model itself
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_loglikelihood_equals_the_model_summed_over_the_continuation(loaded, bos):
+    model, tokenizer = loaded
+    lm = OpenELMLM(model, tokenizer, batch_size=4, add_bos=bos)
+    pairs = [(q, c) for q, choices, _ in QUESTIONS for c in choices[:2]]
+    got = lm.loglikelihood(requests("loglikelihood", pairs), disable_tqdm=True)
+    for (context, continuation), (logprob, _) in zip(pairs, got):
+        whole, cont = split_ids(tokenizer, context, continuation, bos)
+        assert whole[0] == tokenizer.bos_id if bos else whole[0] != tokenizer.bos_id
+        assert logprob == pytest.approx(direct_loglikelihood(model, whole, len(cont)), abs=1e-5)
+
+
+def test_bos_changes_the_answers_and_is_on_by_default(loaded):
+    model, tokenizer = loaded
+    pair = [("And God said, Let there be", " light")]
+    default = OpenELMLM(model, tokenizer).loglikelihood(requests("loglikelihood", pair), disable_tqdm=True)
+    with_bos = OpenELMLM(model, tokenizer, add_bos=True).loglikelihood(requests("loglikelihood", pair),
+                                                                       disable_tqdm=True)
+    without = OpenELMLM(model, tokenizer, add_bos=False).loglikelihood(requests("loglikelihood", pair),
+                                                                       disable_tqdm=True)
+    assert default == with_bos and abs(with_bos[0][0] - without[0][0]) > 1e-4
+
+
+def test_a_context_longer_than_the_model_is_cut_on_the_left(loaded):
+    model, tokenizer = loaded
+    context = " ".join(["And it was so."] * 20)
+    whole, cont = split_ids(tokenizer, context, " Amen", bos=True)
+    assert len(whole) > CONTEXT + 1
+    (logprob, _), = OpenELMLM(model, tokenizer).loglikelihood(requests("loglikelihood", [(context, " Amen")]),
+                                                                disable_tqdm=True)
+    assert logprob == pytest.approx(direct_loglikelihood(model, whole, len(cont)), abs=1e-5)
+    uncut = direct_loglikelihood(model, whole[-(CONTEXT + 1):], len(cont))  # the same window, given directly
+    assert logprob == pytest.approx(uncut, abs=1e-5)
+
+
+def test_is_greedy_is_true_exactly_for_the_argmax_continuation(loaded):
+    model, tokenizer = loaded
+    lm = OpenELMLM(model, tokenizer)
+    context = tokenizer.encode_one("In the beginning", bos=True, eos=False)
+    greedy = []
+    for _ in range(3):
+        with torch.no_grad():
+            greedy.append(int(model(torch.tensor([context + greedy]))[0, -1].argmax()))
+    other = greedy[:2] + [(greedy[2] + 1) % model.config.vocab_size]
+    got = lm._loglikelihood_tokens([(None, context, greedy), (None, context, other)])
+    assert [g for _, g in got] == [True, False]
+
+
+def test_batched_answers_equal_answers_one_at_a_time(loaded):
+    model, tokenizer = loaded
+    pairs = [(q, c) for q, choices, _ in QUESTIONS for c in choices]
+    batched = OpenELMLM(model, tokenizer, batch_size=5).loglikelihood(requests("loglikelihood", pairs),
+                                                                      disable_tqdm=True)
+    single = OpenELMLM(model, tokenizer, batch_size=1).loglikelihood(requests("loglikelihood", pairs),
+                                                                     disable_tqdm=True)
+    assert [g for _, g in batched] == [g for _, g in single]
+    assert [lp for lp, _ in batched] == pytest.approx([lp for lp, _ in single], abs=1e-5)
+
+
+def test_rolling_loglikelihood_of_a_short_text_is_every_token_given_the_ones_before(loaded):
+    model, tokenizer = loaded
+    lm = OpenELMLM(model, tokenizer, add_bos=False)
+    text = TEXTS[0]
+    tokens = tokenizer.encode_one(text, bos=False, eos=False)
+    (got,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]), disable_tqdm=True)
+    assert got == pytest.approx(direct_loglikelihood(model, [tokenizer.bos_id] + tokens, len(tokens)), abs=1e-5)
+
+
+def test_rolling_loglikelihood_of_a_long_text_adds_its_windows(loaded):
+    model, tokenizer = loaded
+    lm = OpenELMLM(model, tokenizer)
+    text = TEXTS[1]
+    tokens = tokenizer.encode_one(text, bos=True, eos=False)
+    assert len(tokens) > 2 * CONTEXT
+    (got,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]), disable_tqdm=True)
+    # lm-eval's rolling windows: the first predicts the first CONTEXT tokens after the prefix (BOS); each later
+    # one predicts the next CONTEXT (or fewer, at the end) from the CONTEXT + 1 tokens that end with them.
+    n = len(tokens)
+    expected = direct_loglikelihood(model, [tokenizer.bos_id] + tokens[:CONTEXT], min(CONTEXT, n))
+    predicted = min(CONTEXT, n)
+    while predicted < n:
+        k = min(n - predicted, CONTEXT)
+        end = predicted + k
+        expected += direct_loglikelihood(model, tokens[end - CONTEXT - 1:end], k)
+        predicted += k
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_generation_is_greedy_and_stops_at_the_first_until_string(loaded):
+    model, tokenizer = loaded
+    lm = OpenELMLM(model, tokenizer)
+    prompt = "Numbers: one, two,"
+    (free,) = lm.generate_until(requests("generate_until", [(prompt, {"until": [], "max_gen_toks": 12})]),
+                                disable_tqdm=True)
+    ids = tokenizer.encode_one(prompt, bos=True, eos=False)
+    greedy = []
+    for _ in range(12):
+        with torch.no_grad():
+            nxt = int(model(torch.tensor([ids + greedy]))[0, -1].argmax())
+        if nxt == tokenizer.eos_id:
+            break
+        greedy.append(nxt)
+    assert free == tokenizer.decode(greedy)
+    stop = next((ch for ch in free[1:] if not ch.isspace()), None)
+    assert stop is not None
+    (cut,) = lm.generate_until(requests("generate_until", [(prompt, {"until": [stop], "max_gen_toks": 12})]),
+                               disable_tqdm=True)
+    assert cut == free[:free.index(stop)]
+
+
+# ---------------------------------------------------------------- the harness on local tasks
+
+@pytest.fixture(scope="module")
+def evaluation(model_dir, tasks_dir):
+    return evaluate(model_dir, "elm_mc,elm_ppl,elm_gen", include_path=str(tasks_dir), device="cpu", batch_size=4,
+                    log_samples=True)
+
+
+def test_multiple_choice_accuracy_is_the_argmax_of_the_models_own_log_likelihoods(evaluation, loaded):
+    model, tokenizer = loaded
+    right = right_norm = 0
+    for question, choices, answer in QUESTIONS:
+        scores = []
+        for choice in choices:  # the harness puts its target delimiter, one space, before each choice
+            whole, cont = split_ids(tokenizer, question, " " + choice, bos=True)
+            scores.append(direct_loglikelihood(model, whole, len(cont)))
+        right += max(range(len(choices)), key=scores.__getitem__) == answer
+        normed = [s / len(" " + c) for s, c in zip(scores, choices)]  # acc_norm: per character of the choice
+        right_norm += max(range(len(choices)), key=normed.__getitem__) == answer
+    row = evaluation.results["results"]["elm_mc"]
+    assert row["acc,none"] == pytest.approx(right / len(QUESTIONS))
+    assert row["acc_norm,none"] == pytest.approx(right_norm / len(QUESTIONS))
+    assert "acc_stderr,none" in row and "acc_norm_stderr,none" in row
+
+
+def test_rolling_and_generation_tasks_report_their_metrics(evaluation, loaded):
+    model, tokenizer = loaded
+    results = evaluation.results["results"]
+    assert results["elm_ppl"]["word_perplexity,none"] > 1 and results["elm_ppl"]["bits_per_byte,none"] > 0
+    lm = OpenELMLM(model, tokenizer)
+    answers = lm.generate_until(requests("generate_until", [(p, {"until": ["\n", ","], "max_gen_toks": 8})
+                                                            for p, _ in PROMPTS]), disable_tqdm=True)
+    expected = sum(a.strip() == t.strip() for a, (_, t) in zip(answers, PROMPTS)) / len(PROMPTS)
+    assert results["elm_gen"]["exact_match,none"] == pytest.approx(expected)
+    logged = [s["resps"][0][0] for s in evaluation.results["samples"]["elm_gen"]]
+    assert sorted(logged) == sorted(answers)
+
+
+def test_the_results_record_the_run_settings(evaluation, model_dir):
+    config = evaluation.results["config"]
+    assert config["add_bos_token"] is True and config["batch_size"] == 4 and config["weights"] == str(model_dir)
+    assert evaluation.results["n-shot"]["elm_mc"] == 0
+
+
+def test_cli_writes_lm_eval_results_json_and_prints_a_table(model_dir, tasks_dir, tmp_path, capsys):
+    from model.cli import main
+    out = tmp_path / "results.json"
+    assert main(["eval", str(model_dir), "--tasks", "elm_mc", "--include-path", str(tasks_dir), "--device", "cpu",
+                 "--no-bos", "--limit", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written = json.loads(out.read_text())
+    row = written["results"]["elm_mc"]
+    assert {"acc,none", "acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none"} <= set(row)
+    assert written["config"]["add_bos_token"] is False and written["config"]["limit"] == 4
+    assert f"{100 * row['acc,none']:6.2f}" in next(line for line in printed.splitlines() if line.startswith("elm_mc"))
+
+
+def test_a_missing_dataset_fails_in_seconds_naming_it_and_how_to_fetch_it(model_dir, monkeypatch, capsys):
+    from model.cli import main
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    started = time.perf_counter()
+    assert main(["eval", str(model_dir), "--tasks", "arc_easy", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - started < 60  # a hang guard, not a speed target
+    assert "allenai/ai2_arc" in err and "load_dataset" in err and "HF_DATASETS_OFFLINE=1" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2
+
+
+def test_an_unknown_task_is_refused_by_name(model_dir):
+    with pytest.raises(EvalError, match="unknown task.*no_such_task"):
+        evaluate(model_dir, "no_such_task", device="cpu")
+
+
+# ---------------------------------------------------------------- task sets and published numbers
+
+def test_task_sets_expand_to_their_tasks_and_few_shot_counts():
+    assert expand_tasks("openelm-zero-shot") == [(t, 0) for t in ("arc_challenge", "arc_easy", "boolq",
+                                                                   "hellaswag", "piqa", "sciq", "winogrande")]
+    five = dict(expand_tasks("arc25-hellaswag10-mmlu5-truthfulqa0-winogrande5"))
+    assert five == {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0, "winogrande": 5}
+    eight = TASK_SETS["arc25-hellaswag10-mmlu5-truthfulqa0-winogrande5-crows25-piqa0-race0"]
+    assert set(eight) - set(TASK_SETS["arc25-hellaswag10-mmlu5-truthfulqa0-winogrande5"]) == {
+        ("crows_pairs_english", 25), ("piqa", 0), ("race", 0)}
+    assert expand_tasks("piqa,boolq", num_fewshot=3) == [("piqa", 3), ("boolq", 3)]
+    assert expand_tasks("piqa") == [("piqa", None)]
+
+
+def test_published_rows_hold_apples_numbers_and_their_average():
+    row = published_row("openelm-270m", "openelm-zero-shot")
+    assert row["hellaswag"] == 46.71 and row["average"] == 54.37
+    per_task = [v for k, v in row.items() if k != "average"]
+    assert sum(per_task) / len(per_task) == pytest.approx(54.37, abs=0.01)
+    assert published_row("openelm-1.1b", "arc25-hellaswag10-mmlu5-truthfulqa0-winogrande5") == {"average": 45.93}
+    assert published_row(None, "openelm-zero-shot") is None and published_row("tiny", "openelm-zero-shot") is None
+
+
+def test_the_table_puts_published_numbers_beside_the_measured_ones(capsys):
+    from model.cli import print_eval_table
+    results = {"results": {"arc_easy": {"acc,none": 0.5, "acc_stderr,none": 0.01, "acc_norm,none": 0.45,
+                                        "acc_norm_stderr,none": 0.01},
+                           "boolq": {"acc,none": 0.6, "acc_stderr,none": 0.02}},
+               "n-shot": {"arc_easy": 0, "boolq": 0}}
+    print_eval_table(results, "openelm-270m", "openelm-zero-shot")
+    lines = capsys.readouterr().out.splitlines()
+    assert "openelm-270m (Apple)" in lines[0]
+    assert lines[1].split()[:3] == ["arc_easy", "0", "50.00"] and lines[1].endswith("45.08")
+    assert lines[2].endswith("53.98") and lines[-1].split()[-2:] == ["52.50", "54.37"]

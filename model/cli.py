@@ -202,15 +202,19 @@ def build_eval_parser() -> argparse.ArgumentParser:
     from model.eval.tasks import TASK_SETS
     p = argparse.ArgumentParser(prog="elm-train eval", description=(
         "Evaluate a model with lm-evaluation-harness: a run (its newest checkpoint), a checkpoint, an export or "
-        "any Hugging Face-format OpenELM folder (Apple's release with --tokenizer). Task data comes through the "
-        "`datasets` library (docs/eval.md)."))
-    p.add_argument("model", metavar="MODEL", help="run folder, checkpoints/step_N, or a Hugging Face-format folder")
+        "any Hugging Face-format OpenELM folder (Apple's release with --tokenizer), or an MLX export with "
+        "--backend mlx. Task data comes through the `datasets` library (docs/eval.md)."))
+    p.add_argument("model", metavar="MODEL", help="run folder, checkpoints/step_N, a Hugging Face-format folder, "
+                   "or an MLX export (--backend mlx)")
     p.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated, or a set: "
                    + ", ".join(TASK_SETS))
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the set's, or the task's)")
     p.add_argument("--limit", type=float, default=None, help="at most this many examples per task (a fraction if < 1)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps")
+    p.add_argument("--backend", choices=("torch", "mlx"), default="torch",
+                   help="torch (default), or mlx: the model run by mlx-lm, for an MLX export")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps; "
+                   "with --backend mlx: auto, cpu or gpu")
     p.add_argument("--no-bos", dest="bos", action="store_false",
                    help="do not prepend BOS to contexts (Apple evaluated with it)")
     p.add_argument("--include-path", default=None, help="a folder of extra task YAMLs in lm-eval's format")
@@ -230,7 +234,7 @@ def cli_eval(argv: list[str]) -> int:
                               limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
                               batch_size=args.batch_size, device=args.device, add_bos=args.bos,
                               include_path=args.include_path, log_samples=args.log_samples,
-                              tokenizer=args.tokenizer, step=args.step)
+                              tokenizer=args.tokenizer, step=args.step, backend=args.backend)
     except (EvalError, SourceError, HFFolderError, ValueError) as e:
         print(f"elm-train eval: error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 The model is any folder `model.source` resolves (a run, a checkpoint, an export, Apple's
 release) with its tokenizer; the harness (`lm_eval.simple_evaluate`) runs the tasks on it
-through `model.eval.lm.OpenELMLM`. A set's tasks run in groups of equal few-shot count and
+through `model.eval.lm.OpenELMLM` (or, with `backend="mlx"`, an MLX export through
+`model.eval.mlx.MLXOpenELMLM`). A set's tasks run in groups of equal few-shot count and
 their results are merged into one lm-eval results dict.
 
 Task data comes through `datasets`: the Hub, or the local cache. When the Hub cannot be
@@ -25,6 +26,7 @@ from model.presets import preset_name
 from model.source import ModelSource, resolve_source, resolve_tokenizer
 
 HUB_HOST = "huggingface.co"
+BACKENDS = ("torch", "mlx")
 
 
 class EvalError(RuntimeError):
@@ -68,15 +70,29 @@ def load_model(path: str | Path, tokenizer: str | None = None, device: str = "au
 
 def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
              batch_size: int = 8, device: str = "auto", add_bos: bool = True, include_path: str | None = None,
-             log_samples: bool = False, tokenizer: str | None = None, step: int | None = None) -> Evaluation:
-    """Run the harness on `tasks` (lm-eval names and/or the sets of `model.eval.tasks`); see the module docstring."""
+             log_samples: bool = False, tokenizer: str | None = None, step: int | None = None,
+             backend: str = "torch") -> Evaluation:
+    """Run the harness on `tasks` (lm-eval names and/or the sets of `model.eval.tasks`); see the module docstring.
+
+    `backend="mlx"` evaluates an MLX export with mlx-lm's model (`model.eval.mlx`); the answers are the torch
+    backend's on the same weights.
+    """
+    if backend not in BACKENDS:
+        raise EvalError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     go_offline_unless_hub_reachable()
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from model.eval.lm import OpenELMLM
-    model, sp, source = load_model(path, tokenizer, device, step)
-    lm = OpenELMLM(model, sp, batch_size=batch_size, add_bos=add_bos)
+    if backend == "mlx":
+        from model.eval.mlx import load_mlx_lm
+        lm, source, preset = load_mlx_lm(path, tokenizer, batch_size=batch_size, add_bos=add_bos, device=device,
+                                         step=step)
+        sp = lm.sp
+    else:
+        from model.eval.lm import OpenELMLM
+        model, sp, source = load_model(path, tokenizer, device, step)
+        lm = OpenELMLM(model, sp, batch_size=batch_size, add_bos=add_bos)
+        preset = preset_name(model.config)
     manager = TaskManager(include_path=include_path)
     wanted = expand_tasks(tasks, num_fewshot)
     unknown = [t for t, _ in wanted if t not in manager.all_tasks]
@@ -92,9 +108,9 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
         _merge(merged, out)
     merged["config"] = {"model": str(path), "weights": str(source.weights_dir), "tokenizer": sp.spec,
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
-                        "device": str(lm.device), "limit": limit, "tasks": [[t, s] for t, s in wanted],
-                        "include_path": include_path}
-    return Evaluation(merged, preset_name(model.config), source)
+                        "backend": backend, "device": str(lm.device), "limit": limit,
+                        "tasks": [[t, s] for t, s in wanted], "include_path": include_path}
+    return Evaluation(merged, preset, source)
 
 
 def _merge(into: dict, out: dict) -> None:

@@ -4,6 +4,7 @@
     elm-train export RUN_DIR --format mlx|hf --out DIR
     elm-train plot RUN_DIR
     elm-train eval MODEL --tasks NAMES
+    elm-train compare RUN_DIR... [--report DIR]
 
 The work is in `model.train` (the run) and `model.export`; `python -m model.cli` is `elm-train`
 (torchrun starts it that way).
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_plot(argv[1:])
     if argv and argv[0] == "eval":
         return cli_eval(argv[1:])
+    if argv and argv[0] == "compare":
+        return cli_compare(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return cli_train(argv)
@@ -81,11 +84,16 @@ FLAG_HELP = {
     "checkpoint_every": "steps between checkpoints (one is always written at the end)",
     "keep_checkpoints": "how many of the newest checkpoints to keep",
     "progress": "show a progress bar (or progress lines when not on a terminal)",
+    "eval_tasks": "lm-eval tasks or a task set (docs/eval.md) to run while training",
+    "eval_tasks_every": "steps between task evaluations (default: at every checkpoint)",
+    "eval_tasks_limit": "examples per task in those evaluations (default: all)",
+    "eval_tasks_include": "a folder of extra task YAMLs in lm-eval's format",
 }
 
 # Fields whose default (None) does not tell argparse their type.
 _FLAG_TYPES = {"corpus": str, "init_from": str, "vocab_size": int, "out": str, "warmup_steps": int, "threads": int,
-               "manifest": str}
+               "manifest": str, "eval_tasks": str, "eval_tasks_every": int, "eval_tasks_limit": int,
+               "eval_tasks_include": str}
 
 
 def _parse_weights(text: str) -> dict[str, float]:
@@ -275,6 +283,32 @@ def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
         if published:
             line += f"{published['average']:>24.2f}"
         print(line)
+
+
+# ---------------------------------------------------------------- elm-train compare
+
+def cli_compare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="elm-train compare", description=(
+        "Several runs side by side: loss, tokens and the newest benchmark accuracies of each (--eval-tasks)."))
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--report", metavar="DIR", help="write an HTML page with PNG charts to DIR")
+    args = p.parse_args(argv)
+    from model.eval.compare import compare_runs, task_names, write_report
+    try:
+        summaries = compare_runs(args.runs)
+    except FileNotFoundError as e:
+        print(f"elm-train compare: error: {e}", file=sys.stderr)
+        return 2
+    tasks = task_names(summaries)
+    print(f"{'run':<24}{'preset':<14}{'corpus':<18}{'tokens':>12}{'train loss':>12}{'val loss':>10}"
+          + "".join(f"{t[:14]:>16}" for t in tasks))
+    for s in summaries:
+        val = f"{s.val_loss:.4f}" if s.val_loss is not None else "-"
+        print(f"{s.name[:23]:<24}{str(s.preset)[:13]:<14}{str(s.corpus)[:17]:<18}{s.tokens:>12,}{s.train_loss:>12.4f}"
+              f"{val:>10}" + "".join(f"{100 * s.tasks[t]:>16.2f}" if t in s.tasks else f"{'-':>16}" for t in tasks))
+    if args.report:
+        print(f"report: {write_report(summaries, args.report)}")
+    return 0
 
 
 # ---------------------------------------------------------------- elm-train export

@@ -94,3 +94,21 @@ def sample_corpus(sample_mirror, tmp_path_factory, ray_session):
     manifest = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
     out = tmp_path_factory.mktemp("corpora") / "openelm-sample"
     return build(manifest, out, sample=True, workers=2, progress=False, mirror_root=sample_mirror)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the session's HTML page tests (tests/browser.py); skips where none can be had."""
+    import subprocess
+
+    from browser import SETUP_CHROMIUM, HeadlessChromium, find_chromium
+    binary = find_chromium()
+    if binary is None and SETUP_CHROMIUM.exists():
+        subprocess.run(["bash", str(SETUP_CHROMIUM)], check=False, timeout=600)
+        binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium: /usr/bin/chromium is absent and tests/setup_chromium.sh could not install "
+                    "Debian's chromium here (needs apt-get and root or password-less sudo)")
+    browser = HeadlessChromium(binary)
+    yield browser
+    browser.close()

@@ -320,3 +320,88 @@ def test_the_table_puts_published_numbers_beside_the_measured_ones(capsys):
     assert "openelm-270m (Apple)" in lines[0]
     assert lines[1].split()[:3] == ["arc_easy", "0", "50.00"] and lines[1].endswith("45.08")
     assert lines[2].endswith("53.98") and lines[-1].split()[-2:] == ["52.50", "54.37"]
+
+
+# ---------------------------------------------------------------- while training
+
+TRAIN = ["--model", "tiny", "--sequence-length", "32", "--micro-batch-size", "4", "--global-batch-tokens", "128",
+         "--threads", "1", "--no-progress", "--steps", "6", "--checkpoint-every", "3", "--eval-every", "3"]
+
+
+def run_records(run_dir, kind: str) -> list[dict]:
+    from model.train.metrics import read_metrics
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def two_runs(token_corpus, tasks_dir, tmp_path_factory):
+    """The same short run twice: plain, and with benchmark tasks at its checkpoints."""
+    from model.cli import main
+    root = tmp_path_factory.mktemp("runs")
+    plain, evaluated = root / "plain", root / "evaluated"
+    assert main(["--corpus", str(token_corpus), "--out", str(plain), *TRAIN]) == 0
+    assert main(["--corpus", str(token_corpus), "--out", str(evaluated), *TRAIN, "--eval-tasks", "elm_mc,elm_ppl",
+                 "--eval-tasks-include", str(tasks_dir), "--eval-tasks-limit", "4"]) == 0
+    return plain, evaluated
+
+
+def test_tasks_run_at_checkpoints_while_training_without_changing_the_training(two_runs):
+    plain, evaluated = two_runs
+    evals = run_records(evaluated, "eval")
+    assert [r["step"] for r in evals] == [3, 6]
+    train = run_records(evaluated, "train")
+    assert [r["tokens"] for r in evals] == [train[2]["tokens"], train[5]["tokens"]]
+    for r in evals:
+        assert set(r["tasks"]) == {"elm_mc", "elm_ppl"}
+        assert 0 <= r["tasks"]["elm_mc"]["acc"] <= 1 and 0 <= r["tasks"]["elm_mc"]["acc_norm"] <= 1
+        assert r["tasks"]["elm_ppl"]["word_perplexity"] > 1
+    assert [r["loss"] for r in train] == [r["loss"] for r in run_records(plain, "train")]
+    assert [r["val_loss"] for r in run_records(evaluated, "val")] == [r["val_loss"] for r in run_records(plain, "val")]
+    assert (evaluated / "curves.png").stat().st_size > (plain / "curves.png").stat().st_size  # the accuracy panel
+
+
+def test_an_unknown_training_task_stops_the_run_before_it_starts(token_corpus, tmp_path, capsys):
+    from model.cli import main
+    assert main(["--corpus", str(token_corpus), "--out", str(tmp_path / "run"), *TRAIN,
+                 "--eval-tasks", "no_such_task"]) == 2
+    assert "unknown task(s) no_such_task" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ---------------------------------------------------------------- across runs
+
+def test_compare_prints_each_runs_loss_and_newest_task_accuracy(two_runs, capsys):
+    from model.cli import main
+    plain, evaluated = two_runs
+    assert main(["compare", str(plain), str(evaluated)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "elm_mc" and "elm_ppl" not in lines[0]  # perplexity is not an accuracy
+    newest = run_records(evaluated, "eval")[-1]["tasks"]["elm_mc"]
+    row = next(line for line in lines if line.startswith("evaluated"))
+    last = run_records(evaluated, "train")[-1]
+    assert f"{last['loss']:.4f}" in row and f"{100 * newest['acc_norm']:.2f}" in row
+    assert next(line for line in lines if line.startswith("plain")).split()[-1] == "-"
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from model.cli import main
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "no training records" in capsys.readouterr().err
+
+
+def test_compare_report_opens_in_headless_chromium_with_its_charts_and_nothing_from_outside(two_runs, tmp_path,
+                                                                                          chromium):
+    from browser import console_errors, requested_urls
+
+    from model.cli import main
+    from model.eval.compare import CHARTS
+    assert main(["compare", *map(str, two_runs), "--report", str(tmp_path / "report")]) == 0
+    page = tmp_path / "report" / "index.html"
+    saved = json.loads((tmp_path / "report" / "compare.json").read_text())
+    assert [s["name"] for s in saved] == ["plain", "evaluated"] and saved[1]["tasks"]
+    seen = chromium.load(page)
+    images = {i["figure"]: i for i in seen["dom"]["images"]}
+    assert set(images) == {name.removesuffix(".png") for name in CHARTS}
+    assert all(i["complete"] and i["width"] > 300 for i in images.values())
+    assert console_errors(seen["events"]) == []
+    assert all(url.startswith("file://") for url in requested_urls(seen["events"]))

@@ -79,10 +79,7 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
     """
     if backend not in BACKENDS:
         raise EvalError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    go_offline_unless_hub_reachable()
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
+    go_offline_unless_hub_reachable()  # before anything imports `datasets`
     if backend == "mlx":
         from model.eval.mlx import load_mlx_lm
         lm, source, preset = load_mlx_lm(path, tokenizer, batch_size=batch_size, add_bos=add_bos, device=device,
@@ -93,19 +90,7 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
         model, sp, source = load_model(path, tokenizer, device, step)
         lm = OpenELMLM(model, sp, batch_size=batch_size, add_bos=add_bos)
         preset = preset_name(model.config)
-    manager = TaskManager(include_path=include_path)
-    wanted = expand_tasks(tasks, num_fewshot)
-    unknown = [t for t, _ in wanted if t not in manager.all_tasks]
-    if unknown:
-        raise EvalError(f"unknown task(s) {', '.join(unknown)}: not lm-eval tasks, nor in --include-path "
-                        f"{include_path or '(none given)'}, nor a task set of this project")
-    merged: dict[str, Any] = {}
-    for shots in dict.fromkeys(s for _, s in wanted):
-        group = [t for t, s in wanted if s == shots]
-        _check_data(manager, group)
-        out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
-                              task_manager=manager, batch_size=batch_size, bootstrap_iters=1000)
-        _merge(merged, out)
+    merged, wanted = run_tasks(lm, tasks, num_fewshot, limit, include_path, log_samples)
     merged["config"] = {"model": str(path), "weights": str(source.weights_dir), "tokenizer": sp.spec,
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
                         "backend": backend, "device": str(lm.device), "limit": limit,
@@ -135,3 +120,62 @@ def _check_data(manager, tasks: list[str]) -> None:
                 f"The task data comes through the `datasets` library: where the Hub is reachable, fetch it once with "
                 f"python -c \"import datasets; {fetch}\" (it lands in ~/.cache/huggingface/datasets, or "
                 f"$HF_DATASETS_CACHE), then evaluate with HF_DATASETS_OFFLINE=1") from None
+
+
+def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
+              include_path: str | None = None, log_samples: bool = False) -> tuple[dict[str, Any], list]:
+    """lm-eval's merged results of `tasks` on an lm-eval LM, and the (task, few-shot) list that ran."""
+    go_offline_unless_hub_reachable()
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    manager = TaskManager(include_path=include_path)
+    wanted = expand_tasks(tasks, num_fewshot)
+    unknown = [t for t, _ in wanted if t not in manager.all_tasks]
+    if unknown:
+        raise EvalError(f"unknown task(s) {', '.join(unknown)}: not lm-eval tasks, nor in --include-path "
+                        f"{include_path or '(none given)'}, nor a task set of this project")
+    merged: dict[str, Any] = {}
+    for shots in dict.fromkeys(s for _, s in wanted):
+        group = [t for t, s in wanted if s == shots]
+        _check_data(manager, group)
+        out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
+                              task_manager=manager, batch_size=getattr(lm, "batch_size", None), bootstrap_iters=1000)
+        _merge(merged, out)
+    return merged, wanted
+
+
+def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} from lm-eval's results (the `,none` filter's numbers, stderr left out)."""
+    out = {}
+    for task, row in results.get("results", {}).items():
+        out[task] = {key.split(",")[0]: value for key, value in row.items()
+                     if key.endswith(",none") and "_stderr" not in key and isinstance(value, (int, float))}
+    return out
+
+
+def training_evaluator(tokenizer_spec: str, tokenizer_sha256: str, tasks: str, limit: int | None,
+                       include_path: str | None, batch_size: int):
+    """A `model -> {task: {metric: value}}` callable for the trainer; checks the tasks and their data now.
+
+    Task names and datasets are checked when the run starts, so a typo or a missing dataset stops
+    it before any training rather than at its first evaluation.
+    """
+    from corpus.tokenizer.tokenizer import Tokenizer
+    from lm_eval.tasks import TaskManager
+
+    from model.eval.lm import OpenELMLM
+    tokenizer = Tokenizer(tokenizer_spec)
+    if tokenizer.sha256 != tokenizer_sha256:
+        raise EvalError(f"--eval-tasks: the tokenizer {tokenizer_spec} is not the one the corpus was built with")
+    go_offline_unless_hub_reachable()
+    manager = TaskManager(include_path=include_path)
+    unknown = [t for t, _ in expand_tasks(tasks) if t not in manager.all_tasks]
+    if unknown:
+        raise EvalError(f"--eval-tasks: unknown task(s) {', '.join(unknown)}")
+    _check_data(manager, [t for t, _ in expand_tasks(tasks)])
+
+    def evaluate_model(model) -> dict[str, dict[str, float]]:
+        lm = OpenELMLM(model, tokenizer, batch_size=batch_size)
+        results, _ = run_tasks(lm, tasks, limit=limit, include_path=include_path)
+        return task_scores(results)
+    return evaluate_model

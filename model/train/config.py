@@ -87,6 +87,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     progress: bool = True
 
+    # Benchmark tasks (lm-evaluation-harness) while training: a task set or lm-eval task names.
+    eval_tasks: str | None = None
+    eval_tasks_every: int | None = None    # steps between task evaluations (None: at every checkpoint)
+    eval_tasks_limit: int | None = None    # examples per task (None: all)
+    eval_tasks_include: str | None = None  # a folder of extra task YAMLs in lm-eval's format
+
     # Derived by resolve_config; stored so a resumed run needs no recomputation.
     gradient_accumulation: int = field(default=0)
 
@@ -150,6 +156,11 @@ def _check_and_derive(cfg: TrainConfig, world_size: int) -> None:
     if cfg.warmup_steps is None:
         # A short run keeps CoreNet's shape: warmup is at most a tenth of it.
         cfg.warmup_steps = min(CORENET_WARMUP_STEPS, max(1, cfg.steps // 10))
+    if cfg.eval_tasks_every is None:
+        cfg.eval_tasks_every = cfg.checkpoint_every
+    if cfg.eval_tasks_every <= 0 or (cfg.eval_tasks_limit is not None and cfg.eval_tasks_limit <= 0):
+        raise ConfigError(f"eval_tasks_every and eval_tasks_limit must be positive, got {cfg.eval_tasks_every} and "
+                          f"{cfg.eval_tasks_limit}")
     if cfg.warmup_steps < 0:
         raise ConfigError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
 

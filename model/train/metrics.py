@@ -4,7 +4,9 @@
 - `train`: loss (cross entropy), z_loss (mean logsumexp^2), lr, grad_norm, tokens (seen so far),
   tokens_per_s, elapsed_s;
 - `val`: val_loss on the held-out split, tokens evaluated;
-- `mixture`: per source, the sampler's target and achieved shares.
+- `mixture`: per source, the sampler's target and achieved shares;
+- `eval`: benchmark tasks run while training (`--eval-tasks`): tokens seen, seconds, and per task its
+  metrics (`acc`, `acc_norm`, ... as lm-eval reports them).
 A resumed run first cuts the file back to its checkpoint's step, so the file reads as one run.
 """
 from __future__ import annotations
@@ -121,7 +123,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
+    evals = [r for r in records if r.get("kind") == "eval" and r.get("tasks")]
+    if evals:
+        fig, (ax_loss, ax_lr, ax_acc) = plt.subplots(3, 1, figsize=(8, 9), height_ratios=(3, 1, 2))
+        ax_lr.sharex(ax_loss)
+        plt.setp(ax_loss.get_xticklabels(), visible=False)
+        _plot_task_accuracy(ax_acc, evals)
+    else:
+        fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
     ax_loss.plot(train_steps, train_loss, label="train", linewidth=1)
     if val_steps:
         ax_loss.plot(val_steps, val_loss, "o-", label="validation", markersize=3)
@@ -138,3 +147,24 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def task_accuracy(record: dict) -> dict[str, float]:
+    """Per task of an `eval` record: acc_norm where the task reports it, else acc."""
+    out = {}
+    for task, metrics in (record.get("tasks") or {}).items():
+        value = metrics.get("acc_norm", metrics.get("acc"))
+        if isinstance(value, (int, float)):
+            out[task] = float(value)
+    return out
+
+
+def _plot_task_accuracy(ax, evals: list[dict]) -> None:
+    tasks = sorted({task for r in evals for task in task_accuracy(r)})
+    for task in tasks:
+        points = [(r["tokens"], task_accuracy(r)[task]) for r in evals if task in task_accuracy(r)]
+        ax.plot([p[0] for p in points], [100 * p[1] for p in points], "o-", label=task, markersize=3)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("accuracy % (acc_norm\nwhere given)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

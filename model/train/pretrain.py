@@ -53,6 +53,20 @@ def check_resumed_tokenizer(previous: dict, data: TrainingData, run_dir: Path) -
                          f"with another tokenizer")
 
 
+def task_evaluator(cfg: TrainConfig, data: TrainingData, cluster: Cluster):
+    """The benchmark tasks to run while training (`--eval-tasks`), checked now; None without them."""
+    if not cfg.eval_tasks:
+        return None
+    if cfg.fsdp and cluster.distributed:
+        raise ConfigError("--eval-tasks runs on rank 0's whole model; with --fsdp the model is sharded (not yet)")
+    from model.eval.harness import EvalError, training_evaluator  # evaluation follows training, not the reverse
+    try:
+        return training_evaluator(data.tokenizer["spec"], data.tokenizer["sha256"], cfg.eval_tasks,
+                                  cfg.eval_tasks_limit, cfg.eval_tasks_include, cfg.micro_batch_size)
+    except EvalError as e:
+        raise TrainError(str(e)) from None
+
+
 def build_trainer(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cluster) -> Trainer:
     """The pretraining run of `cfg` in `run_dir`, resumed from `resume_from` if given, ready to `train()`."""
     data = resolve_data(cfg)
@@ -70,7 +84,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, clu
     model = OpenELM(model_config, gradient_checkpointing=cfg.activation_checkpointing)
     if init_weights is not None:
         model.load_state_dict(init_weights, strict=True)
-    trainer = Trainer(cfg, run_dir, cluster, model, data)
+    trainer = Trainer(cfg, run_dir, cluster, model, data, task_eval=task_evaluator(cfg, data, cluster))
     tokenizer = data.tokenizer
     trainer.start(resume_from, previous=previous, facts={
         # With --init-from the folder decides the shapes: name the preset only if they are one.

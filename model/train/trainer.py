@@ -37,6 +37,7 @@ from model.train.optim import build_optimizer, learning_rate, set_learning_rate
 from model.train.run import CONFIG_YAML, RunRecord
 
 LossFn = Callable[[Tensor, Tensor], LossSums]  # (logits, targets) -> sums over the targets that count
+TaskEval = Callable[[nn.Module], dict]  # model -> {task: {metric: value}} (benchmark tasks, e.g. lm-eval's)
 
 
 class NonFiniteLoss(TrainError):
@@ -77,7 +78,7 @@ class Trainer:
     """One run's model, optimizer, data and records; `start()` then `train()`."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, cluster: Cluster, model: nn.Module, data: DataSource,
-                 loss_fn: LossFn | None = None):
+                 loss_fn: LossFn | None = None, task_eval: TaskEval | None = None):
         self.cfg, self.run_dir, self.cluster, self.data = cfg, run_dir, cluster, data
         self.model = model.to(cluster.device)
         self.train_model = wrap_model(self.model, cfg, cluster)
@@ -86,6 +87,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.amp = autocast_dtype(cfg, cluster.device)
         self.loss_fn = loss_fn or functools.partial(language_model_loss, z_loss=cfg.z_loss)
+        self.task_eval = task_eval
         self.batches = data.train_batches(cfg, cluster)
         self.state = TrainState()
         self.metrics = MetricsLog(run_dir / METRICS_FILE, enabled=cluster.is_main)
@@ -135,6 +137,8 @@ class Trainer:
                     self.metrics.write({"kind": "mixture", "step": state.step, "sources": self.batches.shares()})
                 if self._due(cfg.eval_every):
                     state.val_loss = self.validate()
+                if self.task_eval is not None and self._due(cfg.eval_tasks_every):
+                    self.evaluate_tasks()
                 if self._due(cfg.checkpoint_every):
                     self.save_checkpoint()
         except (NonFiniteLoss, KeyboardInterrupt) as stop:
@@ -225,6 +229,25 @@ class Trainer:
         self.metrics.write({"kind": "val", "step": self.state.step, "val_loss": val_loss, "tokens": int(tokens)})
         self.progress.note(f"step {self.state.step}: val_loss {val_loss:.4f}")
         return val_loss
+
+    def evaluate_tasks(self) -> dict | None:
+        """Run the benchmark tasks on rank 0 (the others wait) and record them; training's RNGs are left as they were."""
+        scores = None
+        if self.cluster.is_main:
+            rng = ckpt.capture_rng_state()  # the harness seeds every RNG it knows
+            started = time.perf_counter()
+            try:
+                scores = self.task_eval(self.model)
+            finally:
+                ckpt.restore_rng_state(rng)
+                self.model.train()
+            self.metrics.write({"kind": "eval", "step": self.state.step, "tokens": self.state.tokens_seen,
+                                "seconds": time.perf_counter() - started, "tasks": scores})
+            shown = ", ".join(f"{task} {100 * (m.get('acc_norm', m.get('acc')) or 0):.1f}" for task, m in scores.items())
+            self.progress.note(f"step {self.state.step}: {shown}")
+        if self.cluster.distributed:
+            dist.barrier()
+        return scores
 
     def _autocast(self):
         return torch.autocast(self.cluster.device.type, dtype=self.amp, enabled=self.amp is not None)

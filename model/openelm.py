@@ -173,6 +173,10 @@ class OpenELM(nn.Module):
 
     def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Logits (batch, length, vocab) for token ids (batch, length); with `cache`, continue from it."""
+        return self.logits(self.hidden_states(input_ids, cache))
+
+    def hidden_states(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The final normed hidden states (batch, length, model_dim), before the output projection."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         start = 0 if cache is None else cache.offset
@@ -187,8 +191,14 @@ class OpenELM(nn.Module):
                 x = layer(x, cos, sin, cache)
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        x = self.transformer.norm(x)
-        return F.linear(x, self.transformer.token_embeddings.weight)
+        return self.transformer.norm(x)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The tied output projection: scores over the vocabulary for hidden states of any leading shape.
+
+        Scoring only the positions that matter (an evaluation's continuation) skips most of it.
+        """
+        return F.linear(hidden, self.transformer.token_embeddings.weight)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

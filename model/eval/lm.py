@@ -81,11 +81,8 @@ class OpenELMLM(TemplateLM):
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             inputs = [windows[i][:-1] for i in chunk]
-            logprobs = self._log_softmax(inputs)
-            for row, i in enumerate(chunk):
-                n = len(requests[i][2])
-                end = len(inputs[row])
-                scores = logprobs[row, end - n:end]
+            counts = [len(requests[i][2]) for i in chunk]
+            for i, n, scores in zip(chunk, counts, self._continuation_logprobs(inputs, counts)):
                 target = torch.tensor(windows[i][-n:], device=scores.device)
                 chosen = scores.gather(1, target[:, None]).squeeze(1)
                 greedy = bool((scores.argmax(dim=-1) == target).all())
@@ -93,14 +90,20 @@ class OpenELMLM(TemplateLM):
         return results
 
     @torch.no_grad()
-    def _log_softmax(self, inputs: list[list[int]]) -> torch.Tensor:
-        """Log-probabilities (batch, longest, vocab) in float32, rows right-padded with EOS."""
+    def _continuation_logprobs(self, inputs: list[list[int]], counts: list[int]) -> list[torch.Tensor]:
+        """Per row, float32 log-probabilities (count, vocab) at its last `count` positions.
+
+        The rows are right-padded with EOS into one batch; only the scored positions go through
+        the output projection, which is most of a small model's work.
+        """
         width = max(len(x) for x in inputs)
         ids = torch.full((len(inputs), width), self.sp.eos_id, dtype=torch.long)
         for row, x in enumerate(inputs):
             ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
-        logits = self.model(ids.to(self.device))
-        return F.log_softmax(logits.float(), dim=-1)
+        hidden = self.model.hidden_states(ids.to(self.device))
+        picked = torch.cat([hidden[row, len(x) - n:len(x)] for row, (x, n) in enumerate(zip(inputs, counts))])
+        logprobs = F.log_softmax(self.model.logits(picked).float(), dim=-1)
+        return list(logprobs.split(counts))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole texts, scored in disjoint windows of the model's context (perplexity tasks)."""

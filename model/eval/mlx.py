@@ -72,6 +72,11 @@ class MLXOpenELMLM(OpenELMLM):
         mx.eval(logprobs)
         return torch.from_numpy(np.asarray(logprobs))
 
+    def _continuation_logprobs(self, inputs: list[list[int]], counts: list[int]) -> list[torch.Tensor]:
+        """As `OpenELMLM`'s, from mlx-lm's whole-sequence logits (its model has no separate output projection)."""
+        logprobs = self._log_softmax(inputs)
+        return [logprobs[row, len(x) - n:len(x)] for row, (x, n) in enumerate(zip(inputs, counts))]
+
     def _generate(self, prompt: list[int], max_new: int, until: list[str], temperature: float) -> str:
         from mlx_lm.generate import generate_step
         from mlx_lm.sample_utils import make_sampler

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from model.hf_folder import CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, read_hf_folder, write_hf_folder
+from model.hf_remote import write_remote_code
 from model.source import ModelSource, SourceError, resolve_source, resolve_tokenizer, run_field
 
 FORMATS = ("mlx", "hf")
@@ -110,7 +111,11 @@ def model_card(facts: dict, name: str) -> str:
                  "print(generate(model, tokenizer, prompt=\"Once upon a time\", max_tokens=50))", "```"]
     else:
         usage = ["The layout of Apple's OpenELM release: `config.json` keys and weight names are Apple's.",
-                 "", "```python", "from model.hf_folder import load_hf_folder",
+                 "The folder carries its own transformers code (`modeling_openelm.py`):", "",
+                 "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                 f"model = AutoModelForCausalLM.from_pretrained(\"{name}\", trust_remote_code=True)",
+                 f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\", trust_remote_code=True)", "```", "",
+                 "With elm-corpus:", "", "```python", "from model.hf_folder import load_hf_folder",
                  f"config, model = load_hf_folder(\"{name}\")", "```", "",
                  f"`elm-train export {name} --format mlx --out {name}-mlx` converts it for mlx-lm."]
     text = ["\n".join(front), "", f"# {name}", "",
@@ -155,6 +160,8 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
         write_hf_folder(staging, checkpoint.config, checkpoint.tensors, dtype,
                         safetensors_format="mlx" if fmt == "mlx" else "pt")
         quantization = quantize_mlx_folder(staging, quantize, group_size) if quantize is not None else None
+        if fmt == "hf":  # transformers' remote code (trust_remote_code=True); MLX folders stay free of it
+            write_remote_code(staging)
         facts = provenance(source, checkpoint, tokenizer, fmt, dtype, quantization)
         (staging / "README.md").write_text(model_card(facts, out.name))
         _replace(staging, out)

@@ -173,9 +173,11 @@ def test_padded_batch_with_attention_mask_equals_each_prompt_alone(hf_model, ref
     for row, (ids, span) in enumerate(zip(prompt_ids, spans)):
         assert (got[row, span] - logits(reference, torch.tensor([ids]))[0]).abs().max() < 1e-5
     if side == "right":  # causal attention alone keeps right padding out of the real positions
-        plain = logits(hf_model, batch)
+        plain, project = logits(hf_model, batch), logits(reference, batch)
         for row, (ids, span) in enumerate(zip(prompt_ids, spans)):
             assert (plain[row, span] - logits(reference, torch.tensor([ids]))[0]).abs().max() < 1e-5
+            # What remains above is float32 batching noise, which the project's model shows as much.
+            assert (got[row, span] - project[row, span]).abs().max() < 1e-6
 
 
 def test_a_chunk_after_a_kv_cache_equals_the_whole_sequence(hf_model, prompt_ids):

@@ -285,7 +285,9 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
                 inputs_embeds: Optional[Tensor] = None, labels: Optional[Tensor] = None,
                 use_cache: Optional[bool] = None, output_attentions: Optional[bool] = None,
                 output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None,
-                cache: Optional[Cache] = None, logits_to_keep: int = 0, **kwargs):
+                cache: Optional[Cache] = None, logits_to_keep: int = 0, token_type_ids: Optional[Tensor] = None,
+                **kwargs):
+        # token_type_ids: ignored (one segment); named so that generate(**tokenizer(text)) passes 4.x's kwargs check.
         if output_attentions:
             raise ValueError("OpenELM's remote code computes attention with SDPA and cannot return attention weights")
         out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

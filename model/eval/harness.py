@@ -12,6 +12,7 @@ the cache fails in about a second with what to fetch, rather than after a minute
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -127,9 +128,8 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
     """lm-eval's merged results of `tasks` on an lm-eval LM, and the (task, few-shot) list that ran."""
     go_offline_unless_hub_reachable()
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-    manager = TaskManager(include_path=include_path)
     wanted = expand_tasks(tasks, num_fewshot)
+    manager = task_manager_for([t for t, _ in wanted], include_path)
     unknown = [t for t, _ in wanted if t not in manager.all_tasks]
     if unknown:
         raise EvalError(f"unknown task(s) {', '.join(unknown)}: not lm-eval tasks, nor in --include-path "
@@ -142,6 +142,22 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
                               task_manager=manager, batch_size=getattr(lm, "batch_size", None), bootstrap_iters=1000)
         _merge(merged, out)
     return merged, wanted
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None, defaults: bool):
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=include_path, include_defaults=defaults)
+
+
+def task_manager_for(tasks: list[str], include_path: str | None):
+    """lm-eval's TaskManager, built once per process and folder. Indexing lm-eval's own ~14,000 task files
+    takes seconds, so tasks that are all in `include_path` are found without it."""
+    if include_path:
+        local = _task_manager(str(include_path), False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    return _task_manager(str(include_path) if include_path else None, True)
 
 
 def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -161,18 +177,18 @@ def training_evaluator(tokenizer_spec: str, tokenizer_sha256: str, tasks: str, l
     it before any training rather than at its first evaluation.
     """
     from corpus.tokenizer.tokenizer import Tokenizer
-    from lm_eval.tasks import TaskManager
 
     from model.eval.lm import OpenELMLM
     tokenizer = Tokenizer(tokenizer_spec)
     if tokenizer.sha256 != tokenizer_sha256:
         raise EvalError(f"--eval-tasks: the tokenizer {tokenizer_spec} is not the one the corpus was built with")
     go_offline_unless_hub_reachable()
-    manager = TaskManager(include_path=include_path)
-    unknown = [t for t, _ in expand_tasks(tasks) if t not in manager.all_tasks]
+    names = [t for t, _ in expand_tasks(tasks)]
+    manager = task_manager_for(names, include_path)
+    unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
         raise EvalError(f"--eval-tasks: unknown task(s) {', '.join(unknown)}")
-    _check_data(manager, [t for t, _ in expand_tasks(tasks)])
+    _check_data(manager, names)
 
     def evaluate_model(model) -> dict[str, dict[str, float]]:
         lm = OpenELMLM(model, tokenizer, batch_size=batch_size)

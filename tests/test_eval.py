@@ -405,3 +405,21 @@ def test_compare_report_opens_in_headless_chromium_with_its_charts_and_nothing_f
     assert all(i["complete"] and i["width"] > 300 for i in images.values())
     assert console_errors(seen["events"]) == []
     assert all(url.startswith("file://") for url in requested_urls(seen["events"]))
+
+
+# ---------------------------------------------------------------- lm-eval's own hf backend on an export
+
+def test_lm_evals_hf_backend_on_the_export_gives_the_same_accuracy(model_dir, tasks_dir, tmp_path):
+    pytest.importorskip("accelerate", reason="lm-eval's hf backend imports accelerate (pyproject installs it)")
+    from lm_eval import simple_evaluate
+
+    from model.eval.harness import task_manager_for
+    from model.export import export
+    folder = export(model_dir, tmp_path / "hf", fmt="hf")
+    ours = evaluate(folder, "elm_mc", include_path=str(tasks_dir), device="cpu", batch_size=4)
+    theirs = simple_evaluate(model="hf", model_args={"pretrained": str(folder), "trust_remote_code": True,
+                                                     "add_bos_token": True, "dtype": "float32"},
+                             tasks=["elm_mc"], task_manager=task_manager_for(["elm_mc"], str(tasks_dir)),
+                             batch_size=4, device="cpu", log_samples=False, bootstrap_iters=100)
+    mine, hf = ours.results["results"]["elm_mc"], theirs["results"]["elm_mc"]
+    assert (mine["acc,none"], mine["acc_norm,none"]) == (hf["acc,none"], hf["acc_norm,none"])

@@ -23,6 +23,23 @@ def ray_session():
     ray.shutdown()
 
 
+def shaped_random_state(config, seed: int) -> dict:
+    """Seeded OpenELM weights in which every layer shapes the logits: norm weights off 1, residual projections at
+    full size (the default init keeps them small), so a wrong layer shows in the outputs."""
+    import torch
+
+    from model.openelm import OpenELM
+    torch.manual_seed(seed)
+    model = OpenELM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif p.dim() == 2 and "token_embeddings" not in name:
+                p.normal_(std=p.shape[1] ** -0.5)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from corpus.tokenizer.tokenizer import Tokenizer

@@ -8,63 +8,38 @@ the CPU, without the OpenBLAS preload: the model is small enough for that.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 pytest.importorskip("mlx_lm")
 
 import torch  # noqa: E402
-from lm_eval.api.instance import Instance  # noqa: E402
 
-from corpus.tokenizer.tokenizer import default_model_path  # noqa: E402
-from model.config import OpenELMConfig  # noqa: E402
+from eval_data import CONTEXT, QUESTIONS, TEXTS, requests, write_model, write_tasks  # noqa: E402
 from model.eval.harness import EvalError, evaluate, load_model  # noqa: E402
 from model.eval.lm import OpenELMLM  # noqa: E402
 from model.eval.mlx import MLXOpenELMLM, load_mlx_lm  # noqa: E402
 from model.export import export  # noqa: E402
-from model.hf_folder import write_hf_folder  # noqa: E402
-from model.openelm import OpenELM  # noqa: E402
 from model.source import SourceError  # noqa: E402
 
-CONTEXT = 48
-QUESTIONS = [
-    ("In the beginning God created the heaven and the", ["earth", "sea", "fire", "bread"], 0),
-    ("And God said, Let there be", ["light", "stones", "wine", "rain"], 0),
-    ("The quick brown fox jumps over the lazy", ["dog", "river", "king", "cloud"], 0),
-    ("def add(a, b):\n    return a +", [" b", " a", " 1", " None"], 0),
-    ("Two plus two is", [" four", " five", " seven", " nine"], 0),
-    ("The capital of France is", [" Paris", " Rome", " Oslo", " Lima"], 0),
-]
 LONG_CONTEXT = " ".join(["And it was so."] * 20)   # longer than the model: cut on the left
 PAIRS = [("And God said, Let there be", " light"), ("Two plus two is ", "four"),   # trailing space moves over
          (LONG_CONTEXT, " Amen"), ("", "Hello world")]
-LONG_TEXT = "import os\nprint(os.getcwd())\n" * 12   # three rolling windows
+LONG_TEXT = TEXTS[1]   # three rolling windows
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """(the Hugging Face-format folder, its MLX export): the same weights, tokenizer.model in both."""
     root = tmp_path_factory.mktemp("eval_mlx")
-    torch.manual_seed(0)
-    config = OpenELMConfig(num_transformer_layers=2, model_dim=64, head_dim=16, ffn_dim_divisor=32,
-                           max_context_length=CONTEXT, rope_max_length=512)
-    hf = write_hf_folder(root / "model", config, OpenELM(config).state_dict())
-    shutil.copy(default_model_path(), hf / "tokenizer.model")
+    hf = write_model(root / "model")
     return hf, export(hf, root / "mlx", fmt="mlx")
 
 
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory):
-    """The multiple-choice task of tests/test_eval.py in lm-eval's YAML, with its json data."""
-    root = tmp_path_factory.mktemp("tasks_mlx")
-    data = root / "elm_mc.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in QUESTIONS))
-    (root / "elm_mc.yaml").write_text(
-        f"task: elm_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
-    return root
+    """The multiple-choice task of tests/test_eval.py."""
+    return write_tasks(tmp_path_factory.mktemp("tasks_mlx"), ("elm_mc",))
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +52,6 @@ def both(folders):
         return (OpenELMLM(model, tokenizer, batch_size=batch_size, add_bos=bos),
                 load_mlx_lm(mlx_dir, batch_size=batch_size, add_bos=bos, device="cpu")[0])
     return make
-
-
-def requests(kind: str, args: list[tuple]) -> list[Instance]:
-    return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
 
 
 # ---------------------------------------------------------------- the harness on the local task

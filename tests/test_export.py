@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import shaped_random_state
 from model.cli import cli_export
 from model.export import ExportError, export, mlx_cpu_env
 from model.source import SourceError, resolve_source
@@ -37,16 +38,7 @@ RUN_FACTS = {
 
 
 def random_state(seed: int) -> dict[str, torch.Tensor]:
-    """Seeded weights with every layer shaping the logits: norm weights off 1, residual projections full size."""
-    torch.manual_seed(seed)
-    model = OpenELM(CONFIG)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif p.dim() == 2 and "token_embeddings" not in name:
-                p.normal_(std=p.shape[1] ** -0.5)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return shaped_random_state(CONFIG, seed)
 
 
 def make_run(run_dir: Path, steps: tuple[int, ...] = (20,), run: dict | None = None) -> dict[int, dict]:

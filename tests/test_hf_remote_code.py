@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import shaped_random_state
 from model.config import OpenELMConfig
 from model.export import export
 from model.hf_folder import load_hf_folder, write_hf_folder
@@ -33,16 +34,7 @@ PROMPTS = ("The quick brown fox jumps over the lazy dog, and then it",
 
 
 def random_state(seed: int) -> dict[str, torch.Tensor]:
-    """Seeded weights in which every layer shapes the logits: norm weights off 1, residual projections full size."""
-    torch.manual_seed(seed)
-    model = OpenELM(CONFIG)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif p.dim() == 2 and "token_embeddings" not in name:
-                p.normal_(std=p.shape[1] ** -0.5)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return shaped_random_state(CONFIG, seed)
 
 
 @pytest.fixture(scope="module")

@@ -129,19 +129,31 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
     go_offline_unless_hub_reachable()
     from lm_eval import simple_evaluate
     wanted = expand_tasks(tasks, num_fewshot)
-    manager = task_manager_for([t for t, _ in wanted], include_path)
-    unknown = [t for t, _ in wanted if t not in manager.all_tasks]
-    if unknown:
-        raise EvalError(f"unknown task(s) {', '.join(unknown)}: not lm-eval tasks, nor in --include-path "
-                        f"{include_path or '(none given)'}, nor a task set of this project")
+    manager = known_tasks_manager([t for t, _ in wanted], include_path)
     merged: dict[str, Any] = {}
     for shots in dict.fromkeys(s for _, s in wanted):
         group = [t for t, s in wanted if s == shots]
-        _check_data(manager, group)
-        out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
-                              task_manager=manager, batch_size=getattr(lm, "batch_size", None), bootstrap_iters=1000)
+        try:
+            out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
+                                  task_manager=manager, batch_size=getattr(lm, "batch_size", None),
+                                  bootstrap_iters=1000)
+        except Exception:
+            # Loaded only on failure (the harness loads each task's data itself): a missing dataset becomes
+            # one clear error naming it; any other failure is raised as it was.
+            _check_data(manager, group)
+            raise
         _merge(merged, out)
     return merged, wanted
+
+
+def known_tasks_manager(tasks: list[str], include_path: str | None):
+    """The task manager that knows every one of `tasks`; an unknown name is refused with where it was looked for."""
+    manager = task_manager_for(tasks, include_path)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise EvalError(f"unknown task(s) {', '.join(unknown)}: not lm-eval tasks, nor in --include-path "
+                        f"{include_path or '(none given)'}, nor a task set of this project")
+    return manager
 
 
 @functools.lru_cache(maxsize=4)
@@ -184,11 +196,10 @@ def training_evaluator(tokenizer_spec: str, tokenizer_sha256: str, tasks: str, l
         raise EvalError(f"--eval-tasks: the tokenizer {tokenizer_spec} is not the one the corpus was built with")
     go_offline_unless_hub_reachable()
     names = [t for t, _ in expand_tasks(tasks)]
-    manager = task_manager_for(names, include_path)
-    unknown = [t for t in names if t not in manager.all_tasks]
-    if unknown:
-        raise EvalError(f"--eval-tasks: unknown task(s) {', '.join(unknown)}")
-    _check_data(manager, names)
+    try:
+        _check_data(known_tasks_manager(names, include_path), names)
+    except EvalError as e:
+        raise EvalError(f"--eval-tasks: {e}") from None
 
     def evaluate_model(model) -> dict[str, dict[str, float]]:
         lm = OpenELMLM(model, tokenizer, batch_size=batch_size)

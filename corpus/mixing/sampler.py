@@ -100,8 +100,6 @@ class MixtureSampler(IterableDataset):
         self.rank, self.world_size, self.batch_size, self.pad_id = rank, world_size, batch_size, int(pad_id)
         self.block_chunks = int(block_chunks)
         self.sources = MixedSources(corpus_dir, streams, manifest, weights, split, self.val_fraction)
-        self.corpus_dir, self.manifest = self.sources.corpus_dir, self.sources.manifest
-        self.source_names, self.chunk_counts = self.sources.names, self.sources.chunk_counts
         self.split_seed = self.manifest.seed if self.manifest is not None else 0
         self.sequence_length = int(sequence_length or (self.manifest.sequence_length if self.manifest else 2048))
         if self.sequence_length < 1:
@@ -109,6 +107,12 @@ class MixtureSampler(IterableDataset):
         self._start = TokenMixture(self.source_names, self.sources.raw_weights)
         self._tracker: tuple[TokenMixture, list] | None = None
         self._iteration: dict | None = None
+
+    # What is mixed, as `self.sources` holds it.
+    corpus_dir = property(lambda self: self.sources.corpus_dir)
+    manifest = property(lambda self: self.sources.manifest)
+    source_names = property(lambda self: self.sources.names)
+    chunk_counts = property(lambda self: self.sources.chunk_counts)
 
     def __getstate__(self):
         # DataLoader workers start from the sampler as configured, not from this process's iteration.

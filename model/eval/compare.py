@@ -15,7 +15,7 @@ from pathlib import Path
 
 from model.eval.tasks import PUBLISHED_ZERO_SHOT
 from model.train.metrics import METRICS_FILE, read_metrics, task_accuracy
-from model.train.run import RUN_JSON
+from model.train.run import read_run_json
 
 CHARTS = {
     "loss.png": "Training loss (lines) and validation loss (dots) of every run against tokens seen.",
@@ -47,8 +47,7 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
     train = [r for r in records if r.get("kind") == "train"]
     if not train:
         raise FileNotFoundError(f"{run_dir}: no training records in {METRICS_FILE}; is this a run folder?")
-    run_json = run_dir / RUN_JSON
-    run = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    run = read_run_json(run_dir)
     tokens_at = {int(r["step"]): int(r["tokens"]) for r in train}
     val = [(tokens_at.get(int(r["step"]), 0), float(r["val_loss"])) for r in records if r.get("kind") == "val"]
     evals = [r for r in records if r.get("kind") == "eval" and task_accuracy(r)]

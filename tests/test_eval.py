@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from corpus.tokenizer.tokenizer import Tokenizer
 from eval_data import CONTEXT, PROMPTS, QUESTIONS, TEXTS, requests, write_model, write_tasks
-from model.eval.harness import EvalError, evaluate, load_model
+from model.eval.harness import EvalError, _apply_template, evaluate, load_model
 from model.eval.lm import OpenELMLM
 from model.eval.tasks import TASK_SETS, expand_tasks, published_row
 from model.openelm import OpenELM
@@ -211,6 +211,20 @@ def test_the_results_record_the_run_settings(evaluation, model_dir):
     config = evaluation.results["config"]
     assert config["add_bos_token"] is True and config["batch_size"] == 4 and config["weights"] == str(model_dir)
     assert evaluation.results["n-shot"]["elm_mc"] == 0
+
+
+def test_the_harness_work_done_once_gives_the_same_output_and_the_harness_is_left_as_it_was(evaluation, model_dir, tasks_dir):
+    import lm_eval.evaluator
+    import lm_eval.utils
+    from lm_eval.loggers.utils import add_env_info
+    report = evaluation.results
+    assert "Python version" in report["pretty_env_info"] and report["lm_eval_version"] and report["date"]
+    again = evaluate(model_dir, "elm_mc", include_path=str(tasks_dir), device="cpu", batch_size=4, limit=2)
+    assert again.results["pretty_env_info"] == report["pretty_env_info"]
+    assert lm_eval.evaluator.add_env_info is add_env_info and lm_eval.utils.apply_template.__module__ == "lm_eval.utils"
+    doc = {"question": "Who?", "choices": ["a", "b"], "answer": 1}
+    for template in ("{{question}}", "{{choices}}", "{{question | regex_replace('\\?', '!')}} {{answer}}"):
+        assert _apply_template(template, doc) == lm_eval.utils.apply_template(template, doc)
 
 
 def test_cli_writes_lm_eval_results_json_and_prints_a_table(model_dir, tasks_dir, tmp_path, capsys):

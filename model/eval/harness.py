@@ -12,6 +12,7 @@ the cache fails in about a second with what to fetch, rather than after a minute
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -99,11 +100,18 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
     return Evaluation(merged, preset, source)
 
 
+PER_TASK_KEYS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
+                 "n-samples", "samples")
+
+
 def _merge(into: dict, out: dict) -> None:
-    for key in ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
-                "n-samples", "samples"):
-        if key in out:
-            into.setdefault(key, {}).update(out[key])
+    """Fold one few-shot group's lm-eval output into `into`: per-task tables merged, the rest (the harness's
+    environment report, git hash, date, tokenizer details) kept from the first group; `config` is the caller's."""
+    for key, value in out.items():
+        if key in PER_TASK_KEYS:
+            into.setdefault(key, {}).update(value)
+        elif key != "config":
+            into.setdefault(key, value)
 
 
 def _check_data(manager, tasks: list[str]) -> None:
@@ -134,9 +142,10 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
     for shots in dict.fromkeys(s for _, s in wanted):
         group = [t for t, s in wanted if s == shots]
         try:
-            out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
-                                  task_manager=manager, batch_size=getattr(lm, "batch_size", None),
-                                  bootstrap_iters=1000)
+            with _harness_work_done_once():
+                out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
+                                      task_manager=manager, batch_size=getattr(lm, "batch_size", None),
+                                      bootstrap_iters=1000)
         except Exception:
             # Loaded only on failure (the harness loads each task's data itself): a missing dataset becomes
             # one clear error naming it; any other failure is raised as it was.
@@ -144,6 +153,46 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
             raise
         _merge(merged, out)
     return merged, wanted
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> dict[str, Any]:
+    from lm_eval.loggers.utils import add_env_info
+    info: dict[str, Any] = {}
+    add_env_info(info)
+    return info
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_template(template: str):
+    from lm_eval.utils import env
+    return env.from_string(template)
+
+
+def _apply_template(template: str, doc: dict) -> str:
+    return _compiled_template(template).render(**doc)
+
+
+@contextlib.contextmanager
+def _harness_work_done_once():
+    """Two pieces of the harness's fixed work, done once per process instead of on every use; the output is the same.
+
+    - The environment report in every results dict: the harness gathers it on every `simple_evaluate` call with
+      torch's collect_env, which runs subprocesses (about 0.4 s each time, paid again by each few-shot group of a
+      set and by each evaluation during training). The environment does not change within a process.
+    - The task's Jinja templates (doc_to_text, doc_to_choice, doc_to_target): the harness compiles the template
+      string again for every document it renders (`Environment.from_string` keeps no cache), about 0.3 ms each,
+      three or more times per document. Compiled once here, they render the same text.
+    """
+    import lm_eval.evaluator as evaluator
+    import lm_eval.utils as harness_utils
+    originals = evaluator.add_env_info, harness_utils.apply_template
+    evaluator.add_env_info = lambda storage: storage.update(_environment())
+    harness_utils.apply_template = _apply_template
+    try:
+        yield
+    finally:
+        evaluator.add_env_info, harness_utils.apply_template = originals
 
 
 def known_tasks_manager(tasks: list[str], include_path: str | None):

@@ -82,16 +82,18 @@ class OpenELMLM(TemplateLM):
             chunk = order[start:start + self.batch_size]
             inputs = [windows[i][:-1] for i in chunk]
             counts = [len(requests[i][2]) for i in chunk]
-            for i, n, scores in zip(chunk, counts, self._continuation_logprobs(inputs, counts)):
-                target = torch.tensor(windows[i][-n:], device=scores.device)
-                chosen = scores.gather(1, target[:, None]).squeeze(1)
-                greedy = bool((scores.argmax(dim=-1) == target).all())
-                results[i] = (float(chosen.sum()), greedy)
+            logits = self._continuation_logits(inputs, counts)
+            targets = torch.tensor([t for i, n in zip(chunk, counts) for t in windows[i][-n:]], device=logits.device)
+            logprobs = F.log_softmax(logits, dim=-1)
+            chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
+            hits = logprobs.argmax(dim=-1) == targets
+            for i, logprob, hit in zip(chunk, chosen.split(counts), hits.split(counts)):
+                results[i] = (float(logprob.sum()), bool(hit.all()))
         return results
 
     @torch.no_grad()
-    def _continuation_logprobs(self, inputs: list[list[int]], counts: list[int]) -> list[torch.Tensor]:
-        """Per row, float32 log-probabilities (count, vocab) at its last `count` positions.
+    def _continuation_logits(self, inputs: list[list[int]], counts: list[int]) -> torch.Tensor:
+        """Float32 logits (sum of counts, vocab): each row's last `count` positions, rows one after another.
 
         The rows are right-padded with EOS into one batch; only the scored positions go through
         the output projection, which is most of a small model's work.
@@ -102,8 +104,7 @@ class OpenELMLM(TemplateLM):
             ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
         hidden = self.model.hidden_states(ids.to(self.device))
         picked = torch.cat([hidden[row, len(x) - n:len(x)] for row, (x, n) in enumerate(zip(inputs, counts))])
-        logprobs = F.log_softmax(self.model.logits(picked).float(), dim=-1)
-        return list(logprobs.split(counts))
+        return self.model.logits(picked).float()
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole texts, scored in disjoint windows of the model's context (perplexity tasks)."""

@@ -62,20 +62,16 @@ class MLXOpenELMLM(OpenELMLM):
     def device(self) -> str:
         return f"mlx:{mx.default_device().type.name}"
 
-    def _log_softmax(self, inputs: list[list[int]]) -> torch.Tensor:
-        """Log-probabilities (batch, longest, vocab) in float32, rows right-padded with EOS, as OpenELMLM's."""
+    def _continuation_logits(self, inputs: list[list[int]], counts: list[int]) -> torch.Tensor:
+        """As `OpenELMLM`'s, from mlx-lm's whole-sequence logits (its model has no separate output projection)."""
         width = max(len(x) for x in inputs)
         ids = np.full((len(inputs), width), self.sp.eos_id, dtype=np.int32)
         for row, x in enumerate(inputs):
             ids[row, :len(x)] = x
-        logprobs = nn.log_softmax(self.model(mx.array(ids)).astype(mx.float32), axis=-1)
-        mx.eval(logprobs)
-        return torch.from_numpy(np.asarray(logprobs))
-
-    def _continuation_logprobs(self, inputs: list[list[int]], counts: list[int]) -> list[torch.Tensor]:
-        """As `OpenELMLM`'s, from mlx-lm's whole-sequence logits (its model has no separate output projection)."""
-        logprobs = self._log_softmax(inputs)
-        return [logprobs[row, len(x) - n:len(x)] for row, (x, n) in enumerate(zip(inputs, counts))]
+        logits = self.model(mx.array(ids)).astype(mx.float32)
+        picked = mx.concatenate([logits[row, len(x) - n:len(x)] for row, (x, n) in enumerate(zip(inputs, counts))])
+        mx.eval(picked)
+        return torch.from_numpy(np.array(picked))
 
     def _generate(self, prompt: list[int], max_new: int, until: list[str], temperature: float) -> str:
         from mlx_lm.generate import generate_step

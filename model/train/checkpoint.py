@@ -72,8 +72,12 @@ def remove_stale_temporaries(run_dir: str | Path) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch.Tensor], hf_config: dict,
-                    trainer_state: dict[str, Any], state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep` checkpoints."""
+                    trainer_state: dict[str, Any], state: dict[str, Any], keep: int,
+                    extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep` checkpoints.
+
+    `extra_files` (relative path: bytes) go into the folder too, e.g. a fine-tuning run's adapter.
+    """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(run_dir, step)
@@ -86,7 +90,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
     (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=2, sort_keys=True) + "\n")
-    for path in tmp.iterdir():
+    for name, data in (extra_files or {}).items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    for path in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
         _fsync_path(path)
     _fsync_path(tmp)
 

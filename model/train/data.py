@@ -25,7 +25,7 @@ from model.train.distributed import Cluster
 SAMPLE_BUILD_HINT = "elm-corpus build manifests/openelm.yaml --sample"
 DEFAULT_MANIFEST = "manifests/openelm.yaml"
 
-Batch = tuple[Tensor, Tensor]  # (inputs, targets), both (micro batch size, sequence length), on the device
+Batch = tuple[Tensor, ...]  # (inputs, targets, *extras): inputs and targets (micro batch size, length), on the device
 
 
 class BatchSource(Protocol):

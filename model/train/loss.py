@@ -6,7 +6,7 @@ for the `Trainer` takes (logits, targets) and returns `LossSums`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ class LossSums:
     ce: Tensor      # cross entropy summed (no grad)
     z: Tensor       # lse^2 summed (no grad)
     tokens: int     # valid target tokens
+    extras: dict[str, Tensor] = field(default_factory=dict)  # other sums to report as means (no grad)
 
 
 class _CrossEntropyAndLogZ(torch.autograd.Function):

@@ -5,11 +5,13 @@ micro-batches with gradients synchronised on the last, clipping, a stop on a non
 the update); `validate` evaluates the held-out batches; `save_checkpoint` and `resume` move
 the whole state (model, optimizer, data position, RNGs) to and from `checkpoints/step_N/`.
 
-What to train is given, not built here: the model (any module with OpenELM's `config`; a
-wrapped one for fine-tuning), the data (`model.train.data.DataSource`: training batches
-whose position is checkpointed, and held-out batches) and the loss (`loss_fn(logits,
-targets) -> LossSums`, by default cross entropy + z-loss). `model.train.pretrain` assembles
-the pretraining run from a `TrainConfig`.
+What to train is given, not built here: the model (any module with OpenELM's `config`; one
+with adapters for fine-tuning), the data (`model.train.data.DataSource`: training batches
+whose position is checkpointed, and held-out batches), the loss (`loss_fn(logits, targets,
+*extras) -> LossSums`, by default cross entropy + z-loss) with what it is averaged over
+(`count_fn(batch)`, by default the target tokens), and how weights go to and from a
+checkpoint (`weights`, by default the model's own state). `model.train.pretrain` assembles
+the pretraining run from a `TrainConfig`; `model.finetune` a fine-tuning run.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -36,12 +38,25 @@ from model.train.metrics import METRICS_FILE, MetricsLog, ProgressBar, plot_run
 from model.train.optim import build_optimizer, learning_rate, set_learning_rate
 from model.train.run import CONFIG_YAML, RunRecord
 
-LossFn = Callable[[Tensor, Tensor], LossSums]  # (logits, targets) -> sums over the targets that count
+LossFn = Callable[..., LossSums]  # (logits, targets, *the batch's extra tensors) -> sums over what counts
+CountFn = Callable[[Batch], int]  # what a micro-batch's loss sum is averaged over (default: its target tokens)
 TaskEval = Callable[[nn.Module], dict]  # model -> {task: {metric: value}} (benchmark tasks, e.g. lm-eval's)
 
 
 class NonFiniteLoss(TrainError):
     """The loss or gradient norm became NaN or Inf; the last good checkpoint is kept."""
+
+
+class CheckpointWeights(Protocol):
+    """How a model's weights go into a checkpoint folder and come back (adapters: merged out, adapter files beside)."""
+
+    def to_checkpoint(self, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, bytes]]:
+        """(the weights the folder holds in the model's Hugging Face layout, extra files by relative path)."""
+        ...
+
+    def from_checkpoint(self, model: nn.Module, folder: Path, saved: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The model's whole state dict, from the folder's weights `saved` and its extra files."""
+        ...
 
 
 @dataclass
@@ -61,6 +76,7 @@ class StepResult:
     grad_norm: float     # before clipping
     tokens: int          # target tokens over all ranks
     tokens_per_s: float
+    extras: dict[str, float] = field(default_factory=dict)  # the loss's other means (e.g. preference rewards)
 
 
 @dataclass
@@ -78,8 +94,10 @@ class Trainer:
     """One run's model, optimizer, data and records; `start()` then `train()`."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, cluster: Cluster, model: nn.Module, data: DataSource,
-                 loss_fn: LossFn | None = None, task_eval: TaskEval | None = None):
+                 loss_fn: LossFn | None = None, task_eval: TaskEval | None = None, count_fn: CountFn | None = None,
+                 weights: CheckpointWeights | None = None):
         self.cfg, self.run_dir, self.cluster, self.data = cfg, run_dir, cluster, data
+        self.count_fn, self.weights = count_fn, weights
         self.model = model.to(cluster.device)
         self.train_model = wrap_model(self.model, cfg, cluster)
         # After wrapping: fully_shard swaps the parameters for sharded ones.
@@ -131,7 +149,8 @@ class Trainer:
                 result = self.train_step()
                 self.metrics.write({"kind": "train", "step": state.step, "loss": result.loss, "z_loss": result.z_loss,
                                     "lr": result.lr, "grad_norm": result.grad_norm, "tokens": state.tokens_seen,
-                                    "tokens_per_s": result.tokens_per_s, "elapsed_s": time.perf_counter() - started})
+                                    "tokens_per_s": result.tokens_per_s, "elapsed_s": time.perf_counter() - started,
+                                    **result.extras})
                 self.progress.update(state.step, result.loss, result.tokens_per_s, result.lr)
                 if self._due(cfg.log_every):
                     self.metrics.write({"kind": "mixture", "step": state.step, "sources": self.batches.shares()})
@@ -167,7 +186,7 @@ class Trainer:
         lr = learning_rate(self.state.step, self.cfg)
         set_learning_rate(self.optimizer, lr)
         micro = [self.batches.next() for _ in range(self.cfg.gradient_accumulation)]
-        loss, z_loss, tokens = self.forward_backward(micro)
+        loss, z_loss, tokens, extras = self.forward_backward(micro)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             last_good = ckpt.latest_checkpoint(self.run_dir)
@@ -183,29 +202,40 @@ class Trainer:
         self.state.tokens_seen += tokens
         self.state.train_loss = loss
         seconds = time.perf_counter() - started
-        return StepResult(loss, z_loss, lr, grad_norm, tokens, tokens / seconds if seconds > 0 else 0.0)
+        return StepResult(loss, z_loss, lr, grad_norm, tokens, tokens / seconds if seconds > 0 else 0.0, extras)
 
-    def forward_backward(self, micro: list[Batch]) -> tuple[float, float, int]:
-        """Accumulate the gradient of one global batch; return its mean cross entropy, mean lse^2, target count.
+    def forward_backward(self, micro: list[Batch]) -> tuple[float, float, int, dict[str, float]]:
+        """Accumulate the gradient of one global batch; return its mean loss, mean lse^2, target tokens and the
+        means of the loss's extras.
 
-        Every micro-batch's summed loss is divided by the target count of the whole global batch
-        (all ranks), so any split into micro-batches and ranks gives the same gradient.
+        Every micro-batch's summed loss is divided by the count (`count_fn`: target tokens, or pairs) of the
+        whole global batch (all ranks), so any split into micro-batches and ranks gives the same gradient.
         """
         cluster, model = self.cluster, self.train_model
-        local_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro)
-        global_tokens = max(cluster.sum([float(local_tokens)])[0], 1.0)
-        scale = cluster.world_size / global_tokens  # DDP and FSDP average gradients over ranks
+        local_tokens = sum(self._tokens(batch) for batch in micro)
+        local_count = sum(self.count_fn(batch) for batch in micro) if self.count_fn else local_tokens
+        global_tokens, global_count = cluster.sum([float(local_tokens), float(local_count)])
+        global_count = max(global_count, 1.0)
+        scale = cluster.world_size / global_count  # DDP and FSDP average gradients over ranks
         ce_sum = z_sum = torch.zeros((), dtype=torch.float64, device=cluster.device)
-        for i, (inputs, targets) in enumerate(micro):
+        extras: dict[str, float] = {}
+        for i, (inputs, *rest) in enumerate(micro):
             sync = i == len(micro) - 1 or not hasattr(model, "no_sync")  # DDP reduces gradients on the last only
             with contextlib.nullcontext() if sync else model.no_sync():
                 with self._autocast():
                     logits = model(inputs)
-                sums = self.loss_fn(logits, targets)
+                sums = self.loss_fn(logits, *rest)
                 (sums.total * scale).backward()
             ce_sum, z_sum = ce_sum + sums.ce, z_sum + sums.z
-        ce_sum, z_sum = cluster.sum([float(ce_sum), float(z_sum)])
-        return ce_sum / global_tokens, z_sum / global_tokens, int(global_tokens)
+            for name, value in sums.extras.items():
+                extras[name] = extras.get(name, 0.0) + float(value)
+        totals = cluster.sum([float(ce_sum), float(z_sum), *extras.values()])
+        means = {name: value / global_count for name, value in zip(extras, totals[2:])}
+        return totals[0] / global_count, totals[1] / global_count, int(global_tokens), means
+
+    @staticmethod
+    def _tokens(batch: Batch) -> int:
+        return int((batch[1] != IGNORE_INDEX).sum())
 
     def validate(self) -> float | None:
         """Mean cross entropy over the held-out batches of every rank (read once, the same each time); None without."""
@@ -216,17 +246,21 @@ class Trainer:
         if not self._held_out:
             return None
         self.train_model.eval()
-        ce, tokens = 0.0, 0
+        ce, count, extras = 0.0, 0, {}
         with torch.no_grad():
-            for inputs, targets in self._held_out:
+            for inputs, *rest in self._held_out:
                 with self._autocast():
-                    sums = self.loss_fn(self.train_model(inputs), targets)
+                    sums = self.loss_fn(self.train_model(inputs), *rest)
                 ce += float(sums.ce)
-                tokens += sums.tokens
+                count += self.count_fn((inputs, *rest)) if self.count_fn else sums.tokens
+                for name, value in sums.extras.items():
+                    extras[name] = extras.get(name, 0.0) + float(value)
         self.train_model.train()
-        ce, tokens = self.cluster.sum([ce, float(tokens)])
-        val_loss = ce / tokens if tokens else float("nan")
-        self.metrics.write({"kind": "val", "step": self.state.step, "val_loss": val_loss, "tokens": int(tokens)})
+        ce, count, *totals = self.cluster.sum([ce, float(count), *extras.values()])
+        val_loss = ce / count if count else float("nan")
+        means = {f"val_{name}": value / count for name, value in zip(extras, totals)} if count else {}
+        self.metrics.write({"kind": "val", "step": self.state.step, "val_loss": val_loss, "tokens": int(count),
+                            **means})
         self.progress.note(f"step {self.state.step}: val_loss {val_loss:.4f}")
         return val_loss
 
@@ -256,6 +290,9 @@ class Trainer:
         """Checkpoint this step (whole tensors, written by rank 0) and bring run.json up to date."""
         cfg, cluster, state = self.cfg, self.cluster, self.state
         model_state, optim_state = full_state(self.model, self.optimizer, cfg, cluster)
+        extra_files: dict[str, bytes] = {}
+        if self.weights is not None and cluster.is_main:
+            model_state, extra_files = self.weights.to_checkpoint(self.model)
         data_state = self.batches.state_dict()
         rngs = cluster.gather(ckpt.capture_rng_state())
         if cluster.is_main:
@@ -264,7 +301,8 @@ class Trainer:
                              "world_size": cluster.world_size}
             ckpt.save_checkpoint(self.run_dir, state.step, model_state, self.model.config.to_hf_config(), trainer_state,
                                  {"tokens_seen": state.tokens_seen, "train_loss": state.train_loss,
-                                  "val_loss": state.val_loss, "saved_at": utc_now()}, cfg.keep_checkpoints)
+                                  "val_loss": state.val_loss, "saved_at": utc_now()}, cfg.keep_checkpoints,
+                                 extra_files)
             self.record.update(steps_done=state.step, tokens_seen=state.tokens_seen, final_train_loss=state.train_loss,
                                final_val_loss=state.val_loss)
         if cluster.distributed:
@@ -273,6 +311,8 @@ class Trainer:
     def resume(self, checkpoint: Path) -> None:
         """Continue from a checkpoint: weights, optimizer, data position, this rank's RNGs, step and counters."""
         model_state, trainer_state, saved = ckpt.load_checkpoint(checkpoint)
+        if self.weights is not None:
+            model_state = self.weights.from_checkpoint(self.model, checkpoint, model_state)
         load_full_state(self.model, self.optimizer, model_state, trainer_state["optimizer"], self.cfg, self.cluster)
         # The data position is the global stream position, the same on every rank and for any world size.
         self.batches.load_state_dict(trainer_state["sampler"])

@@ -5,6 +5,7 @@
     elm-train plot RUN_DIR
     elm-train eval MODEL --tasks NAMES
     elm-train compare RUN_DIR... [--report DIR]
+    elm-train finetune --init-from MODEL --data TRAIN --method sft|lora|dora|dpo|rso [--recipe ...]
 
 The work is in `model.train` (the run) and `model.export`; `python -m model.cli` is `elm-train`
 (torchrun starts it that way).
@@ -22,7 +23,7 @@ from model.export import FORMATS, QUANT_BITS, export, mlx_generate_command
 from model.hf_folder import DTYPES, HFFolderError
 from model.presets import PRESETS, preset_settings
 from model.source import SourceError
-from model.train.config import FIELD_NAMES, ConfigError, TrainConfig, TrainError, load_yaml_config, resolve_config
+from model.train.config import ConfigError, TrainConfig, TrainError, load_yaml_config, resolve_config
 from model.train.distributed import process_settings, start_cluster, stop_cluster
 from model.train.metrics import CURVES_FILE, plot_run
 from model.train.pretrain import build_trainer
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_eval(argv[1:])
     if argv and argv[0] == "compare":
         return cli_compare(argv[1:])
+    if argv and argv[0] == "finetune":
+        return cli_finetune(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return cli_train(argv)
@@ -88,12 +91,30 @@ FLAG_HELP = {
     "eval_tasks_every": "steps between task evaluations (default: at every checkpoint)",
     "eval_tasks_limit": "examples per task in those evaluations (default: all)",
     "eval_tasks_include": "a folder of extra task YAMLs in lm-eval's format",
+    # elm-train finetune
+    "data": "training records: a jsonl, jsonl.gz, json or parquet file, a folder of them, a datasets folder or name",
+    "val_data": "held-out records in the same formats, for the validation loss",
+    "method": "sft (full fine-tuning), lora, dora (adapters through PEFT), dpo (sigmoid) or rso (hinge)",
+    "recipe": "openelm-peft (CoreNet's LoRA/DoRA settings) or openelm-instruct (OpenELM-Instruct's DPO/RSO per size)",
+    "epochs": "passes over the training data (--steps overrides)",
+    "tokenizer": "the SentencePiece model when the model folder has none (Apple's releases ship none)",
+    "beta": "DPO/RSO: the strength of the pull toward the reference (starting) model",
+    "max_prompt_length": "DPO/RSO: prompt tokens kept, cut on the left (default half of --sequence-length)",
+    "lora_rank": "adapter rank", "lora_alpha": "adapter alpha (the update is scaled by alpha / rank)",
+    "lora_dropout": "dropout on the adapter's input",
+    "lora_targets": "comma-separated layers given adapters (qkv_proj, out_proj, proj_1, proj_2)",
+    "instruct_size": "set by --recipe openelm-instruct: the OpenELM size whose row it took",
 }
+
+# Pretraining settings that mean nothing to a fine-tuning run.
+PRETRAIN_ONLY = ("corpus", "model", "vocab_size", "sampler_mode", "weights", "stream", "manifest", "stream_sample",
+                 "stream_workers", "eval_batches", "instruct_size")
 
 # Fields whose default (None) does not tell argparse their type.
 _FLAG_TYPES = {"corpus": str, "init_from": str, "vocab_size": int, "out": str, "warmup_steps": int, "threads": int,
                "manifest": str, "eval_tasks": str, "eval_tasks_every": int, "eval_tasks_limit": int,
-               "eval_tasks_include": str}
+               "eval_tasks_include": str, "data": str, "val_data": str, "recipe": str, "epochs": float,
+               "tokenizer": str, "max_prompt_length": int, "steps": int, "global_batch_tokens": int}
 
 
 def _parse_weights(text: str) -> dict[str, float]:
@@ -116,15 +137,16 @@ def _describe_default(name: str, default: Any, per_preset: set[str]) -> str:
     return f" (default: {default}, or the preset's)" if name in per_preset else f" (default: {default})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="elm-train", description=(
+def build_parser(kind: type[TrainConfig] = TrainConfig, prog: str = "elm-train", description: str = (
         "Train OpenELM on a built corpus with CoreNet's recipe. Every setting below can also be given in a YAML "
-        "run config (--config); flags win. `elm-train plot RUN_DIR` draws a run's curves."))
+        "run config (--config); flags win. `elm-train plot RUN_DIR` draws a run's curves."),
+        skip: tuple[str, ...] = ("instruct_size",)) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", metavar="YAML", help="run config: a mapping of the settings below (underscored names)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    defaults, per_preset = TrainConfig(), preset_settings()
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "gradient_accumulation":  # derived, never set
+    defaults, per_preset = kind(), preset_settings() if kind is TrainConfig else set()
+    for f in dataclasses.fields(kind):
+        if f.name == "gradient_accumulation" or f.name in skip:  # derived, never set; or not this command's
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
@@ -141,19 +163,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_train(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
+    return _run_training(build_parser().parse_args(argv), TrainConfig, build_trainer)
+
+
+def cli_finetune(argv: list[str]) -> int:
+    from model.finetune.config import FinetuneConfig
+    from model.finetune.run import build_finetune_trainer
+    parser = build_parser(FinetuneConfig, "elm-train finetune", (
+        "Fine-tune an OpenELM (a Hugging Face-format folder or a run) on local records or a datasets name: SFT, "
+        "LoRA/DoRA through PEFT, DPO or RSO, with the chosen recipe's values as defaults (docs/finetune.md). Every "
+        "setting can also be given in a YAML run config (--config); flags win."), skip=PRETRAIN_ONLY)
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.epochs is not None:
+        parser.error("give --steps or --epochs, not both")
+    return _run_training(args, FinetuneConfig, build_finetune_trainer)
+
+
+def _run_training(args: argparse.Namespace, kind: type[TrainConfig], build) -> int:
+    """Resolve the run's settings, start the cluster, build the run with `build` and train it; print the end."""
+    names = kind.field_names()
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
     cluster = cfg = None
     try:
-        yaml_values = load_yaml_config(args.config) if args.config else {}
-        base = resolve_config(yaml_values, flags)  # device and threads are needed before the rest
+        yaml_values = load_yaml_config(args.config, kind) if args.config else {}
+        base = resolve_config(yaml_values, flags, kind=kind)  # device and threads are needed before the rest
         cluster = start_cluster(base)
-        plan = prepare_run(yaml_values, flags, args.resume, cluster.world_size)
+        plan = prepare_run(yaml_values, flags, args.resume, cluster.world_size, kind)
         cfg = plan.config
         if plan.nothing_to_resume and cluster.is_main:
             print(f"elm-train: nothing to resume in {plan.run_dir}; starting a new run", file=sys.stderr)
         with process_settings(cfg):
-            result = build_trainer(cfg, plan.run_dir, plan.resume_from, cluster).train()
+            result = build(cfg, plan.run_dir, plan.resume_from, cluster).train()
         if cluster.is_main:
             print_summary(result)
         return 0
@@ -315,10 +355,12 @@ def cli_compare(argv: list[str]) -> int:
 
 def build_export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elm-train export",
-                                description="Export a run or a Hugging Face-format OpenELM folder to MLX or HF format.")
+                                description="Export a run or a Hugging Face-format OpenELM folder to MLX or HF "
+                                            "format, or an adapter run's adapter for mlx-lm or PEFT.")
     p.add_argument("source", metavar="RUN_DIR", help="run folder, one of its checkpoints/step_N, or an HF-format folder")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="mlx",
-                   help="mlx: for mlx-lm; hf: the layout of Apple's Hugging Face release (default mlx)")
+                   help="mlx: for mlx-lm; hf: the layout of Apple's Hugging Face release (default mlx); "
+                        "mlx-adapter, peft-adapter: an adapter run's adapter alone, for mlx-lm or PEFT")
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype (default float32)")
     p.add_argument("--quantize", type=int, choices=QUANT_BITS, default=None, help="bits, with mlx-lm's quantization")

@@ -9,21 +9,44 @@ Apple's released checkpoint. Both formats hold
 `README.md` model card carrying the run's provenance. `--quantize` runs mlx-lm's own
 quantization, so only the MLX format takes it. The folder is written beside `--out` and
 renamed into place, so a failed export never leaves a half-written model behind.
+
+A checkpoint of an adapter run (model/finetune/adapters.py) also holds its LoRA/DoRA adapter
+under `adapter/`, in PEFT's layout. `peft-adapter` hands that out as PEFT's folder (loaded with
+`PeftModel.from_pretrained` on the `hf` export of the base model, which run.json's `init_from`
+names); `mlx-adapter` converts it to mlx-lm's (`adapters.safetensors` + `adapter_config.json`,
+for `mlx_lm.load(..., adapter_path=)` and `mlx_lm fuse` on the `mlx` export of the base):
+PEFT's `lora_A` (r x in) and `lora_B` (out x r) become `lora_a` (in x r) and `lora_b` (r x out),
+the scale alpha / r is written out, and DoRA's magnitude is copied as `m`, since both libraries
+define it alike (the norm of each output row of W + scale B A, dividing the adapted output).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from model.hf_folder import CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, read_hf_folder, write_hf_folder
+from model.config import OpenELMConfig
+from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, expected_shapes, read_hf_config,
+                             read_hf_folder, read_json_object, write_hf_folder)
 from model.hf_remote import write_remote_code
 from model.source import ModelSource, SourceError, resolve_source, resolve_tokenizer, run_field
 
-FORMATS = ("mlx", "hf")
+FORMATS = ("mlx", "hf", "mlx-adapter", "peft-adapter")
+ADAPTER_FORMATS = ("mlx-adapter", "peft-adapter")
+# Kept here rather than imported from model.finetune.adapters, which imports peft: a plain export should not need it.
+ADAPTER_DIR, PEFT_WEIGHTS, ADAPTER_CONFIG, PEFT_PREFIX = ("adapter", "adapter_model.safetensors", "adapter_config.json",
+                                                          "base_model.model.")
+MLX_ADAPTER_WEIGHTS = "adapters.safetensors"
+# A PEFT adapter tensor on an OpenELM layer: layer index, module path inside the layer (mlx-lm's key), which tensor.
+_PEFT_KEY = re.compile(r"transformer\.layers\.(\d+)\.((?:attn|ffn)\.\w+)\."
+                       r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector)")
+_MLX_LEAF = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitude_vector": "m"}
 QUANT_BITS = (4, 8)
 # Debian's OpenBLAS (libopenblas0-pthread); preloaded, it makes mlx's CPU matmul several times faster on Linux.
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
@@ -142,6 +165,21 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
         raise ExportError(f"{out}: already exists; pass --force to replace it")
 
     source = resolve_source(source_path, step)
+    if fmt in ADAPTER_FORMATS:
+        adapter = read_adapter(source)
+        files = peft_adapter_files(adapter, dtype) if fmt == "peft-adapter" else mlx_adapter_files(adapter, dtype)
+        files["README.md"] = adapter_card(adapter, fmt, out.name).encode()
+        staging = _staging(out)
+        try:
+            staging.mkdir()
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            _replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return out
+
     checkpoint = read_hf_folder(source.weights_dir)
     if quantize is not None:
         check_quantizable(checkpoint, group_size)
@@ -150,10 +188,7 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
         raise ExportError(f"tokenizer {tokenizer.spec} has {tokenizer.vocab_size} pieces but the model's vocab_size is "
                           f"{checkpoint.config.vocab_size}; pass --tokenizer with the model the weights were trained with")
 
-    staging = out.parent / f".{out.name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)  # left by an export that was killed; it was never the output
-    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _staging(out)
     try:
         # Tokenizer first: transformers reads a config.json it finds beside the tokenizer and warns about it.
         write_tokenizer(tokenizer, staging)
@@ -171,6 +206,15 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
     return out
 
 
+def _staging(out: Path) -> Path:
+    """The folder an export is written into before it is renamed to `out` (absent, its parent made)."""
+    staging = out.parent / f".{out.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an export that was killed; it was never the output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
 def _replace(staging: Path, out: Path) -> None:
     """Rename the finished folder into place; an old `out` (with --force) is removed only after that."""
     old = None
@@ -182,6 +226,133 @@ def _replace(staging: Path, out: Path) -> None:
     staging.rename(out)
     if old is not None:
         shutil.rmtree(old)
+
+
+# --- adapters ---------------------------------------------------------------------------------
+
+@dataclass
+class PeftAdapter:
+    """An adapter run's checkpoint adapter, checked against its model: PEFT's config and tensors (keys unprefixed)."""
+
+    source: ModelSource
+    config: dict          # PEFT's adapter_config.json
+    tensors: dict         # "transformer.layers.N.attn.qkv_proj.lora_A.weight" -> tensor
+    model: OpenELMConfig
+    base: str | None      # the base model the adapter goes on, when the run or the adapter records it
+
+    @property
+    def method(self) -> str:
+        return "dora" if self.config.get("use_dora") else "lora"
+
+    @property
+    def scale(self) -> float:
+        # PEFT's `scaling`: alpha / r, or alpha / sqrt(r) with rank-stabilised LoRA.
+        rank = self.config["r"]
+        return self.config["lora_alpha"] / (math.sqrt(rank) if self.config.get("use_rslora") else rank)
+
+
+def read_adapter(source: ModelSource) -> PeftAdapter:
+    """The adapter beside the source's weights; refused with the way out when there is none or it does not fit."""
+    from safetensors.torch import load_file
+
+    folder = source.weights_dir / ADAPTER_DIR
+    if not (folder / PEFT_WEIGHTS).is_file() or not (folder / ADAPTER_CONFIG).is_file():
+        raise ExportError(f"{source.weights_dir}: not a checkpoint of an adapter run (no {ADAPTER_DIR}/{PEFT_WEIGHTS} "
+                          f"and {ADAPTER_DIR}/{ADAPTER_CONFIG}); --format mlx|hf exports merged weights of any run")
+    config = read_json_object(folder / ADAPTER_CONFIG, ExportError)
+    if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)):
+        raise ExportError(f"{folder / ADAPTER_CONFIG}: PEFT's config needs integer r and numeric lora_alpha")
+    _, model = read_hf_config(source.weights_dir)
+    tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / PEFT_WEIGHTS).items()}
+    shapes = expected_shapes(model)
+    wrong = []
+    for key, tensor in tensors.items():
+        match = _PEFT_KEY.fullmatch(key)
+        weight = f"transformer.layers.{match[1]}.{match[2]}.weight" if match else None
+        if weight not in shapes:
+            wrong.append(f"{key} (not a LoRA tensor of a linear layer of this model)")
+            continue
+        out_dim, in_dim = shapes[weight]
+        want = {"lora_A.weight": (config["r"], in_dim), "lora_B.weight": (out_dim, config["r"]),
+                "lora_magnitude_vector": (out_dim,)}[match[3]]
+        if tuple(tensor.shape) != want:
+            wrong.append(f"{key} {tuple(tensor.shape)} (needs {want})")
+    if wrong or not tensors:
+        raise ExportError(f"{folder / PEFT_WEIGHTS}: the adapter does not fit the model in {source.weights_dir}: "
+                          + ("; ".join(wrong[:3]) if wrong else "it holds no tensors"))
+    parts: dict[str, set[str]] = {}
+    for key in tensors:
+        match = _PEFT_KEY.fullmatch(key)
+        parts.setdefault(f"transformer.layers.{match[1]}.{match[2]}", set()).add(match[3])
+    needed = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if config.get("use_dora") else set())
+    incomplete = sorted(module for module, have in parts.items() if have != needed)
+    if incomplete:
+        raise ExportError(f"{folder / PEFT_WEIGHTS}: {len(incomplete)} adapted layer(s) do not hold exactly "
+                          f"{', '.join(sorted(needed))} (e.g. {incomplete[0]})")
+    base = run_field(source.run, "init_from") or config.get("base_model_name_or_path")
+    return PeftAdapter(source, config, tensors, model, str(base) if base else None)
+
+
+def peft_adapter_files(adapter: PeftAdapter, dtype: str) -> dict[str, bytes]:
+    """PEFT's folder as the run saved it, in `dtype`, naming the base model it goes on."""
+    from safetensors.torch import save
+
+    config = dict(adapter.config, base_model_name_or_path=adapter.base)
+    tensors = {PEFT_PREFIX + k: v.to(DTYPES[dtype]).contiguous() for k, v in sorted(adapter.tensors.items())}
+    return {PEFT_WEIGHTS: save(tensors, metadata={"format": "pt"}),
+            ADAPTER_CONFIG: (json.dumps(config, indent=2) + "\n").encode()}
+
+
+def mlx_adapter_files(adapter: PeftAdapter, dtype: str) -> dict[str, bytes]:
+    """mlx-lm's adapter folder: its parameter names and layouts, and the config its `load_adapters` reads."""
+    from safetensors.torch import save
+
+    # mlx-lm has one rank and one scale for every adapted layer; PEFT's per-module patterns have no equivalent.
+    patterns = [k for k in ("rank_pattern", "alpha_pattern") if adapter.config.get(k)]
+    if patterns:
+        raise ExportError(f"{adapter.source.weights_dir}/{ADAPTER_DIR}: the adapter sets {' and '.join(patterns)} "
+                          "(a rank or alpha per module), which mlx-lm's adapters cannot express; use "
+                          "--format peft-adapter, or --format mlx for the merged weights")
+    tensors, keys = {}, set()
+    for key, tensor in sorted(adapter.tensors.items()):
+        match = _PEFT_KEY.fullmatch(key)
+        name = f"transformer.layers.{match[1]}.{match[2]}.{_MLX_LEAF[match[3]]}"
+        tensors[name] = (tensor.T if match[3] != "lora_magnitude_vector" else tensor).to(DTYPES[dtype]).contiguous()
+        keys.add(match[2])
+    # mlx-lm adapts `keys` in the last `num_layers` layers; a layer PEFT left alone keeps mlx-lm's initial
+    # lora_b = 0 (and DoRA's m = the weight's row norms), so it stays the base layer as in PEFT.
+    config = {"fine_tune_type": adapter.method, "num_layers": adapter.model.num_transformer_layers,
+              "lora_parameters": {"rank": adapter.config["r"], "scale": adapter.scale,
+                                  "dropout": float(adapter.config.get("lora_dropout") or 0.0), "keys": sorted(keys)}}
+    return {MLX_ADAPTER_WEIGHTS: save(tensors, metadata={"format": "mlx"}),
+            ADAPTER_CONFIG: (json.dumps(config, indent=2) + "\n").encode()}
+
+
+def adapter_card(adapter: PeftAdapter, fmt: str, name: str) -> str:
+    """README.md of an adapter folder: what it was trained from and how to put it on its base model."""
+    source, base = adapter.source, adapter.base or "BASE"
+    facts = {"source": str(source.weights_dir), "run": str(source.run_dir) if source.run_dir else None,
+             "base model": adapter.base, "steps": source.step, "method": adapter.method, "rank": adapter.config["r"],
+             "alpha": adapter.config["lora_alpha"], "scale": adapter.scale,
+             "targets": ", ".join(sorted({_PEFT_KEY.fullmatch(k)[2] for k in adapter.tensors})), "format": fmt,
+             "elm_corpus_version": _version("elm-corpus")}
+    table = ["| | |", "|---|---|"] + [f"| {k.replace('_', ' ')} | {_cell(v)} |" for k, v in facts.items()
+                                      if v is not None]
+    if fmt == "mlx-adapter":
+        usage = [f"The adapter goes on the MLX export of its base model (`{base}`):", "", "```",
+                 f"elm-train export {base} --format mlx --out base-mlx",
+                 f"python -m mlx_lm generate --model base-mlx --adapter-path {name} --prompt \"Once upon a time\"",
+                 f"python -m mlx_lm fuse --model base-mlx --adapter-path {name} --save-path fused-mlx", "```"]
+    else:
+        usage = [f"The adapter goes on the Hugging Face export of its base model (`{base}`):", "", "```",
+                 f"elm-train export {base} --format hf --out base-hf", "```", "", "```python",
+                 "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
+                 "base = AutoModelForCausalLM.from_pretrained(\"base-hf\", trust_remote_code=True)",
+                 f"model = PeftModel.from_pretrained(base, \"{name}\")", "```"]
+    text = [f"# {name}", "", f"A {adapter.method.upper()} adapter for OpenELM trained by elm-corpus. "
+            f"`elm-train export {source.weights_dir} --format mlx|hf` gives the merged model instead.", "",
+            "## Provenance", "", "\n".join(table), "", "## Use", "", "\n".join(usage), ""]
+    return "\n".join(text)
 
 
 def mlx_cpu_env(env: dict[str, str] | None = None) -> dict[str, str]:

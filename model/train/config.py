@@ -100,6 +100,26 @@ class TrainConfig:
     def tokens_per_micro_batch(self) -> int:
         return self.micro_batch_size * self.sequence_length
 
+    # Values a resumed run must share with the run it continues: anything else changes the data or the model.
+    RESUME_INVARIANTS = ("corpus", "model", "vocab_size", "seed", "sequence_length", "global_batch_tokens",
+                         "sampler_mode", "weights", "stream", "manifest", "stream_sample")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls, merged: dict[str, Any]) -> dict[str, Any]:
+        """The values under the run config and flags (`merged`): the preset's training settings."""
+        return training_defaults(merged.get("model", cls.model))
+
+    def default_run_dir(self) -> Path:
+        data_name = Path(self.corpus).name if self.corpus else ("stream" if self.stream else "corpus")
+        return Path("runs") / f"{self.model}-{data_name}"
+
+    def check_and_derive(self, world_size: int) -> None:
+        _check_and_derive(self, world_size)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -107,28 +127,25 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-# Values a resumed run must share with the run it continues: anything else changes the data or the model.
-RESUME_INVARIANTS = ("corpus", "model", "vocab_size", "seed", "sequence_length", "global_batch_tokens",
-                     "sampler_mode", "weights", "stream", "manifest", "stream_sample")
+FIELD_NAMES = TrainConfig.field_names()
 
 
 def resolve_config(yaml_values: dict[str, Any] | None, flag_values: dict[str, Any] | None,
-                   world_size: int = 1, base: dict[str, Any] | None = None) -> TrainConfig:
-    """Merge defaults < preset < `base` (a saved run's config) < YAML < flags, then derive the rest."""
+                   world_size: int = 1, base: dict[str, Any] | None = None, kind: type[TrainConfig] = TrainConfig):
+    """Merge defaults < `kind.defaults` (the preset's, or a recipe's) < `base` (a saved run's config) < YAML < flags,
+    then derive the rest. `kind` is `TrainConfig` or a subclass with more settings (fine-tuning's)."""
+    names = kind.field_names()
     merged: dict[str, Any] = {}
     for layer_name, layer in (("saved run config", base), ("run config", yaml_values), ("flags", flag_values)):
         for key in layer or {}:
-            if key not in FIELD_NAMES:
-                raise ConfigError(f"{layer_name}: unknown setting {key!r}; known settings: {', '.join(FIELD_NAMES)}")
+            if key not in names:
+                raise ConfigError(f"{layer_name}: unknown setting {key!r}; known settings: {', '.join(names)}")
         merged.update({k: v for k, v in (layer or {}).items() if v is not None})
-    preset = merged.get("model", TrainConfig.model)
-    values = training_defaults(preset)
+    values = kind.defaults(merged)
     values.update(merged)
     values["gradient_accumulation"] = 0  # always derived from the batch settings and the world size
-    cfg = TrainConfig(**values)
-    _check_and_derive(cfg, world_size)
+    cfg = kind(**values)
+    cfg.check_and_derive(world_size)
     return cfg
 
 
@@ -165,7 +182,7 @@ def _check_and_derive(cfg: TrainConfig, world_size: int) -> None:
         raise ConfigError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
 
 
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
+def load_yaml_config(path: str | Path, kind: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"run config {path} does not exist")
@@ -175,7 +192,8 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a run config is a mapping of setting: value, got {type(values).__name__}")
-    unknown = sorted(set(values) - set(FIELD_NAMES))
+    names = kind.field_names()
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {unknown}; known settings: {', '.join(FIELD_NAMES)}")
+        raise ConfigError(f"{path}: unknown setting(s) {unknown}; known settings: {', '.join(names)}")
     return values

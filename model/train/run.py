@@ -17,15 +17,10 @@ import yaml
 
 from corpus.store.files import atomic_write_json
 from model.train.checkpoint import latest_checkpoint
-from model.train.config import RESUME_INVARIANTS, TrainConfig, TrainError, resolve_config
+from model.train.config import TrainConfig, TrainError, resolve_config
 
 RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
-
-
-def default_run_dir(cfg: TrainConfig) -> Path:
-    data_name = Path(cfg.corpus).name if cfg.corpus else ("stream" if cfg.stream else "corpus")
-    return Path("runs") / f"{cfg.model}-{data_name}"
 
 
 @dataclass
@@ -37,10 +32,11 @@ class RunPlan:
     nothing_to_resume: bool = False  # --resume was given, but the folder held no run: a new one starts
 
 
-def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int) -> RunPlan:
+def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int,
+                kind: type[TrainConfig] = TrainConfig) -> RunPlan:
     """Resolve the config (a resumed run starts from its saved one), check it, find the checkpoint to resume."""
-    preview = resolve_config(yaml_values, flags, world_size)
-    run_dir = Path(preview.out) if preview.out else default_run_dir(preview)
+    preview = resolve_config(yaml_values, flags, world_size, kind=kind)
+    run_dir = Path(preview.out) if preview.out else preview.default_run_dir()
     saved_path = run_dir / CONFIG_YAML
     # With nothing to resume, --resume starts a new run: the same command then starts a job and restarts it.
     nothing_to_resume = resume and not saved_path.exists()
@@ -52,8 +48,8 @@ def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int) -
         preview.out = str(run_dir)
         return RunPlan(preview, run_dir, None, nothing_to_resume)
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    cfg = resolve_config(yaml_values, flags, world_size, base=saved)
-    changed = [k for k in RESUME_INVARIANTS if saved.get(k) != getattr(cfg, k)]
+    cfg = resolve_config(yaml_values, flags, world_size, base=saved, kind=kind)
+    changed = [k for k in cfg.RESUME_INVARIANTS if saved.get(k) != getattr(cfg, k)]
     if changed:
         raise TrainError(f"--resume: {', '.join(f'{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})' for k in changed)} "
                          f"differ from the run in {run_dir}; a resumed run must read the same data with the same model")

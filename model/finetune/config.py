@@ -1,0 +1,173 @@
+"""The settings of a fine-tuning run: `FinetuneConfig` (the trainer's settings and fine-tuning's own) and the recipes.
+
+A recipe is a layer of defaults under the run config and the flags, as a preset is for
+pretraining (`model.train.config.resolve_config` layers them):
+
+- `openelm-peft`: CoreNet's LoRA/DoRA recipe for OpenELM (shared/OPENELM.md section 7): rank 32,
+  alpha 32, dropout 0.1 on qkv_proj, out_proj, proj_1, proj_2; AdamW (0.9, 0.95) without weight
+  decay; cosine from 3e-4 to 3e-5 after 1000 warmup steps; 3 epochs; sequences of 2048.
+- `openelm-instruct`: the preference optimisation that made OpenELM-Instruct: beta 0.01, sequences
+  of 1024 with prompts of at most 512, warmup a tenth of the run, cosine to zero, no weight
+  decay, and per model size its epochs, learning rate and loss (hinge, i.e. RSO, except 1.1B's
+  sigmoid, i.e. DPO). A model of another size takes the 270M row.
+
+Without a recipe the defaults are a plain fine-tuning run's: 3 epochs, LR 2e-5, cosine to zero.
+`--steps` overrides `--epochs`; with epochs the step count is known once the data is read
+(`set_steps`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.finetune.adapters import METHODS as ADAPTER_METHODS
+from model.finetune.adapters import TARGETS, AdapterSettings
+from model.train.config import ConfigError, TrainConfig
+
+METHODS = ("sft", "lora", "dora", "dpo", "rso")
+PREFERENCE_METHODS = ("dpo", "rso")
+LOSS_OF_METHOD = {"dpo": "sigmoid", "rso": "hinge"}
+RECIPES = ("openelm-instruct", "openelm-peft")
+
+PEFT_RECIPE: dict[str, Any] = {
+    "method": "lora", "lora_rank": 32, "lora_alpha": 32.0, "lora_dropout": 0.1, "lora_targets": ",".join(TARGETS),
+    "max_lr": 3e-4, "min_lr_ratio": 0.1, "warmup_steps": 1000, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.0,
+    "grad_clip": 1.0, "epochs": 3.0, "sequence_length": 2048,
+}
+# OpenELM-Instruct per size: (epochs, peak LR, method).
+INSTRUCT_BY_SIZE: dict[str, tuple[float, float, str]] = {
+    "openelm-270m": (5.0, 2e-5, "rso"),
+    "openelm-450m": (8.0, 3e-5, "rso"),
+    "openelm-1.1b": (5.0, 5e-5, "dpo"),
+    "openelm-3b": (10.0, 1e-4, "rso"),
+}
+INSTRUCT_RECIPE: dict[str, Any] = {
+    "beta": 0.01, "sequence_length": 1024, "max_prompt_length": 512, "min_lr_ratio": 0.0, "weight_decay": 0.0,
+    "beta1": 0.9, "beta2": 0.999,  # the alignment handbook's AdamW (transformers' defaults)
+}
+PLAIN_DEFAULTS: dict[str, Any] = {"epochs": 3.0, "max_lr": 2e-5, "min_lr_ratio": 0.0, "weight_decay": 0.0}
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Every setting of a fine-tuning run: the trainer's (batch, schedule, compute, observability) and these."""
+
+    data: str | None = None            # training records: jsonl / parquet / json file, folder, or a datasets name
+    val_data: str | None = None        # held-out records in the same formats (validation loss on them)
+    method: str = "sft"                # sft | lora | dora | dpo | rso
+    recipe: str | None = None          # openelm-instruct | openelm-peft
+    epochs: float | None = None        # passes over the data; --steps overrides
+    tokenizer: str | None = None       # the model's SentencePiece model when its folder has none
+    beta: float = 0.01                 # DPO/RSO: strength of the pull toward the reference model
+    max_prompt_length: int | None = None  # DPO/RSO: prompt tokens kept, cut on the left (None: half the length)
+    lora_rank: int = 32
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    lora_targets: str = ",".join(TARGETS)
+    instruct_size: str | None = None   # the OpenELM-Instruct row a recipe run took (recorded, not set)
+
+    # Fine-tuning's own defaults of trainer settings.
+    steps: int | None = None           # type: ignore[assignment]  (None: from --epochs once the data is read)
+    z_loss: float = 0.0
+    max_lr: float = 2e-5
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    micro_batch_size: int = 8
+    global_batch_tokens: int | None = None  # type: ignore[assignment]  (None: one micro-batch per rank)
+    eval_every: int = 50
+    checkpoint_every: int = 200
+
+    RESUME_INVARIANTS = ("init_from", "data", "val_data", "method", "seed", "sequence_length", "global_batch_tokens",
+                         "micro_batch_size", "beta", "max_prompt_length", "lora_rank", "lora_alpha", "lora_targets",
+                         "lora_dropout")
+
+    @classmethod
+    def defaults(cls, merged: dict[str, Any]) -> dict[str, Any]:
+        recipe = merged.get("recipe")
+        if recipe is None:
+            return dict(PLAIN_DEFAULTS)
+        if recipe == "openelm-peft":
+            return dict(PEFT_RECIPE)
+        if recipe == "openelm-instruct":
+            size = instruct_size(merged.get("init_from"))
+            epochs, lr, method = INSTRUCT_BY_SIZE[size]
+            return dict(INSTRUCT_RECIPE, epochs=epochs, max_lr=lr, method=method, instruct_size=size)
+        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+
+    def default_run_dir(self) -> Path:
+        data = Path(str(self.data or "data")).name.split(".")[0] or "data"
+        return Path("runs") / f"finetune-{self.method}-{data}"
+
+    def check_and_derive(self, world_size: int) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.init_from:
+            raise ConfigError("--init-from is required: the model folder (or run) to fine-tune")
+        if not self.data:
+            raise ConfigError("--data is required: the training records (jsonl, parquet, a folder or a datasets name)")
+        if self.steps is None and not (self.epochs and self.epochs > 0):
+            raise ConfigError("give --steps N or --epochs E (a positive number)")
+        if self.fsdp:
+            raise ConfigError("--fsdp is not supported by finetune yet; use DDP (torchrun without --fsdp)")
+        if not self.beta > 0:
+            raise ConfigError(f"--beta must be positive, got {self.beta}")
+        if self.global_batch_tokens is None:
+            self.global_batch_tokens = self.micro_batch_size * self.sequence_length * world_size
+        if self.max_prompt_length is None:
+            self.max_prompt_length = self.sequence_length // 2
+        if not 0 < self.max_prompt_length < self.sequence_length:
+            raise ConfigError(f"--max-prompt-length must lie in (0, --sequence-length {self.sequence_length}), "
+                              f"got {self.max_prompt_length}")
+        if self.method in ADAPTER_METHODS:
+            self.adapter_settings()  # refuses bad adapter settings now
+        steps = self.steps
+        if steps is None:
+            self.steps = 1  # checked and derived with a stand-in; set_steps gives the real count and warmup
+        recipe_warmup = self.warmup_steps
+        super().check_and_derive(world_size)
+        if steps is None:
+            self.steps, self.warmup_steps = None, recipe_warmup
+        else:
+            self.warmup_steps = self._warmup(recipe_warmup)
+
+    def _warmup(self, given: int | None) -> int:
+        # A tenth of the run (the Instruct recipe's warmup ratio), or the recipe's count cut to a tenth of a short run.
+        tenth = max(1, math.ceil(self.steps / 10))
+        return tenth if given is None else min(given, tenth) if self.recipe == "openelm-peft" else given
+
+    def set_steps(self, train_examples: int, world_size: int) -> None:
+        """The step count of `epochs` passes over `train_examples` (pairs for DPO/RSO), and the warmup from it."""
+        if self.steps is not None:
+            return
+        per_step = self.micro_batch_size * self.gradient_accumulation * world_size
+        self.steps = max(1, math.ceil(self.epochs * train_examples / per_step))
+        self.warmup_steps = self._warmup(self.warmup_steps)
+
+    @property
+    def preference(self) -> bool:
+        return self.method in PREFERENCE_METHODS
+
+    def adapter_settings(self) -> AdapterSettings | None:
+        if self.method not in ADAPTER_METHODS:
+            return None
+        try:
+            return AdapterSettings(self.method, int(self.lora_rank), float(self.lora_alpha), float(self.lora_dropout),
+                                   tuple(t.strip() for t in str(self.lora_targets).split(",") if t.strip()))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def instruct_size(init_from: str | None) -> str:
+    """The OpenELM-Instruct row for the model in `init_from`: its preset by shape, else the 270M row."""
+    from model.hf_folder import read_hf_config
+    from model.presets import preset_name
+    from model.source import resolve_source
+    if not init_from:
+        return "openelm-270m"
+    try:
+        name = preset_name(read_hf_config(resolve_source(init_from).weights_dir)[1])
+    except (OSError, ValueError):  # an unreadable folder is refused, with its reason, when the run loads it
+        return "openelm-270m"
+    return name if name in INSTRUCT_BY_SIZE else "openelm-270m"

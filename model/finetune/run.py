@@ -1,0 +1,161 @@
+"""A fine-tuning run assembled from a `FinetuneConfig`: the starting model, the examples, the loss, a `Trainer`.
+
+Everything that can refuse the run (a model folder that is not one, a tokenizer that does not
+fit it, data where most records fail) is checked before any training. The run folder is a
+pretraining run's (config.yaml, run.json, metrics.jsonl, checkpoints/, curves.png) plus
+`quarantine.jsonl` (the records that fit no format, with their place and reason) and, for
+DPO/RSO, `reference_logps.pt` (the starting model's log-probabilities of every pair, computed
+once, so a resumed run uses the very same reference).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.finetune.adapters import AdapterCheckpoints, add_adapters
+from model.finetune.batches import ExampleBatches, ShuffledBatches
+from model.finetune.config import LOSS_OF_METHOD, FinetuneConfig
+from model.finetune.preference import PreferenceLoss, reference_logps
+from model.train.config import TrainError
+from model.train.data import Batch
+from model.train.distributed import Cluster, autocast_dtype
+from model.train.loss import language_model_loss
+from model.train.pretrain import task_evaluator
+from model.train.run import read_run_json
+from model.train.trainer import Trainer
+
+QUARANTINE_FILE = "quarantine.jsonl"
+REFERENCE_FILE = "reference_logps.pt"
+
+
+@dataclass
+class Examples:
+    """One split's tokenized examples and what became of its records."""
+    examples: list
+    records: int        # records read
+    quarantined: int    # records that fit no format, or kept no trained token
+    truncated: int      # examples cut to the sequence length
+
+
+def load_examples(spec: str, cfg: FinetuneConfig, tokenizer, quarantine_path: Path | None) -> Examples:
+    """Read `spec`, keep what fits the method's format, tokenize; the rest is quarantined (and written)."""
+    from model.finetune.examples import tokenize_preference, tokenize_sft
+    from model.finetune.records import DataError, Rejected, load
+    try:
+        parsed, quarantine = load(spec, "preference" if cfg.preference else "sft")
+    except DataError as e:
+        raise TrainError(str(e)) from None
+    examples, truncated = [], 0
+    for item in parsed:
+        if cfg.preference:
+            example = tokenize_preference(item, tokenizer, cfg.sequence_length, cfg.max_prompt_length)
+        else:
+            example = tokenize_sft(item, tokenizer, cfg.sequence_length)
+        if isinstance(example, Rejected):
+            quarantine.add(example)
+            continue
+        truncated += bool(getattr(example, "truncated", False))
+        examples.append(example)
+    if quarantine_path is not None and len(quarantine):
+        quarantine.write(quarantine_path)
+    if not examples:
+        raise TrainError(f"{spec}: no record gave a training example ({quarantine.summary()})")
+    return Examples(examples, len(parsed) + len(quarantine) - 0, len(quarantine), truncated)
+
+
+class FinetuneData:
+    """The trainer's `DataSource` for fine-tuning: shuffled training examples and the held-out ones in order."""
+
+    def __init__(self, train: ExampleBatches, val: ExampleBatches | None, tokenizer: dict):
+        self.train, self.val, self.tokenizer = train, val, tokenizer
+
+    def train_batches(self, cfg: FinetuneConfig, cluster: Cluster) -> ShuffledBatches:
+        return ShuffledBatches(self.train, cfg.micro_batch_size, cfg.seed, cluster.rank, cluster.world_size,
+                               cluster.device)
+
+    def held_out(self, cfg: FinetuneConfig, cluster: Cluster) -> tuple[list[Batch], str | None]:
+        if self.val is None:
+            return [], "no validation: pass --val-data for a validation loss"
+        return self.val.in_order(cfg.micro_batch_size, cluster.device, cluster.rank, cluster.world_size), None
+
+
+def attach_reference(model, splits: list[ExampleBatches], cfg: FinetuneConfig, cluster: Cluster,
+                     path: Path) -> None:
+    """Give preference examples the starting model's log-probabilities: read from `path`, or computed and saved."""
+    saved = torch.load(path, map_location="cpu") if path.is_file() else None
+    sizes = [len(s.examples) for s in splits]
+    if saved is not None and [len(t) for t in saved] == sizes:
+        for split, tensor in zip(splits, saved):
+            split.reference = tensor
+        return
+    amp = autocast_dtype(cfg, cluster.device)
+    autocast = functools.partial(torch.autocast, cluster.device.type, dtype=amp, enabled=amp is not None)
+    model = model.to(cluster.device)
+    for split in splits:
+        rows = reference_logps(model, split.in_order(cfg.micro_batch_size, cluster.device), autocast)
+        n, micro = len(split.examples), cfg.micro_batch_size
+        # Each micro-batch of k pairs is its k chosen rows, then its k rejected rows.
+        per_batch = rows.split([2 * min(micro, n - s) for s in range(0, n, micro)])
+        chosen = torch.cat([b[:len(b) // 2] for b in per_batch])
+        rejected = torch.cat([b[len(b) // 2:] for b in per_batch])
+        split.reference = torch.stack([chosen, rejected], dim=1)
+    if cluster.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save([s.reference for s in splits], path)
+
+
+def build_finetune_trainer(cfg: FinetuneConfig, run_dir: Path, resume_from: Path | None, cluster: Cluster) -> Trainer:
+    """The fine-tuning run of `cfg` in `run_dir`, resumed from `resume_from` if given, ready to `train()`."""
+    from model.hf_folder import load_hf_folder
+    from model.source import SourceError, resolve_source, resolve_tokenizer
+    try:
+        source = resolve_source(cfg.init_from)
+        model_config, model = load_hf_folder(source.weights_dir)
+        tokenizer = resolve_tokenizer(source, cfg.tokenizer)
+    except (SourceError, OSError, ValueError) as e:
+        raise TrainError(f"--init-from: {e}") from None
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise TrainError(f"{source.weights_dir}: the model has a vocabulary of {model_config.vocab_size} but the "
+                         f"tokenizer {tokenizer.spec} has {tokenizer.vocab_size} pieces; pass --tokenizer")
+    if cfg.sequence_length > model_config.rope_max_length:
+        raise TrainError(f"--sequence-length {cfg.sequence_length} exceeds the model's rope_max_length "
+                         f"{model_config.rope_max_length}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train = load_examples(cfg.data, cfg, tokenizer, run_dir / QUARANTINE_FILE if cluster.is_main else None)
+    val = load_examples(cfg.val_data, cfg, tokenizer, None) if cfg.val_data else None
+    cfg.set_steps(len(train.examples), cluster.world_size)
+
+    splits = [ExampleBatches(train.examples, cfg.preference, tokenizer.eos_id)]
+    if val is not None:
+        splits.append(ExampleBatches(val.examples, cfg.preference, tokenizer.eos_id))
+    if cfg.preference:
+        attach_reference(model, splits, cfg, cluster, run_dir / REFERENCE_FILE)
+        loss_fn, count_fn = PreferenceLoss(cfg.beta, LOSS_OF_METHOD[cfg.method]), PreferenceLoss.count
+    else:
+        loss_fn, count_fn = functools.partial(language_model_loss, z_loss=cfg.z_loss), None
+
+    settings = cfg.adapter_settings()
+    weights = None
+    if settings is not None:
+        model = add_adapters(model, settings)
+        weights = AdapterCheckpoints(settings, str(source.weights_dir))
+    tokenizer_facts = {"spec": tokenizer.spec, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size}
+    data = FinetuneData(splits[0], splits[1] if len(splits) > 1 else None, tokenizer_facts)
+    torch.manual_seed(cfg.seed)  # adapter dropout draws from it
+    trainer = Trainer(cfg, run_dir, cluster, model, data, loss_fn=loss_fn, task_eval=task_evaluator(cfg, data, cluster),
+                      count_fn=count_fn, weights=weights)
+    previous = read_run_json(run_dir) if resume_from is not None else {}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainer.start(resume_from, previous=previous, facts={
+        "kind": "finetune", "method": cfg.method, "recipe": cfg.recipe, "init_from": str(cfg.init_from),
+        "base_weights": str(source.weights_dir), "tokenizer": tokenizer_facts,
+        "model_config": model_config.to_hf_config(), "parameters": model_config.num_parameters(),
+        "trainable_parameters": trainable, "adapter": settings.describe() if settings else None,
+        "data": {"train": cfg.data, "train_records": train.records, "train_examples": len(train.examples),
+                 "quarantined": train.quarantined, "truncated": train.truncated,
+                 "val": cfg.val_data, "val_examples": len(val.examples) if val else 0},
+    })
+    return trainer

@@ -42,28 +42,17 @@ class Examples:
 
 def load_examples(spec: str, cfg: FinetuneConfig, tokenizer, quarantine_path: Path | None) -> Examples:
     """Read `spec`, keep what fits the method's format, tokenize; the rest is quarantined (and written)."""
-    from model.finetune.examples import tokenize_preference, tokenize_sft
-    from model.finetune.records import DataError, Rejected, load
+    from model.finetune.examples import tokenize_all
+    from model.finetune.records import DataError, load
     try:
         parsed, quarantine = load(spec, "preference" if cfg.preference else "sft")
+        examples = tokenize_all(parsed, tokenizer, quarantine, cfg.sequence_length, cfg.max_prompt_length)
     except DataError as e:
         raise TrainError(str(e)) from None
-    examples, truncated = [], 0
-    for item in parsed:
-        if cfg.preference:
-            example = tokenize_preference(item, tokenizer, cfg.sequence_length, cfg.max_prompt_length)
-        else:
-            example = tokenize_sft(item, tokenizer, cfg.sequence_length)
-        if isinstance(example, Rejected):
-            quarantine.add(example)
-            continue
-        truncated += bool(getattr(example, "truncated", False))
-        examples.append(example)
-    if quarantine_path is not None and len(quarantine):
-        quarantine.write(quarantine_path)
-    if not examples:
-        raise TrainError(f"{spec}: no record gave a training example ({quarantine.summary()})")
-    return Examples(examples, len(parsed) + len(quarantine) - 0, len(quarantine), truncated)
+    finally:
+        if quarantine_path is not None and "quarantine" in locals() and len(quarantine):
+            quarantine.write(quarantine_path)
+    return Examples(examples, quarantine.seen, len(quarantine), sum(e.truncated for e in examples))
 
 
 class FinetuneData:
@@ -139,12 +128,12 @@ def build_finetune_trainer(cfg: FinetuneConfig, run_dir: Path, resume_from: Path
 
     settings = cfg.adapter_settings()
     weights = None
+    torch.manual_seed(cfg.seed)  # the adapters' initial A matrices, then adapter dropout, draw from it
     if settings is not None:
         model = add_adapters(model, settings)
         weights = AdapterCheckpoints(settings, str(source.weights_dir))
     tokenizer_facts = {"spec": tokenizer.spec, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size}
     data = FinetuneData(splits[0], splits[1] if len(splits) > 1 else None, tokenizer_facts)
-    torch.manual_seed(cfg.seed)  # adapter dropout draws from it
     trainer = Trainer(cfg, run_dir, cluster, model, data, loss_fn=loss_fn, task_eval=task_evaluator(cfg, data, cluster),
                       count_fn=count_fn, weights=weights)
     previous = read_run_json(run_dir) if resume_from is not None else {}

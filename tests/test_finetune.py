@@ -1,0 +1,242 @@
+"""`elm-train finetune`: SFT masking, LoRA/DoRA through PEFT, DPO and RSO, exact resume, on a small local model."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from eval_data import write_model
+from model.cli import main
+from model.finetune.adapters import ADAPTER_DIR, ADAPTER_WEIGHTS, AdapterSettings, add_adapters, merged_state
+from model.finetune.batches import pad_batch, preference_rows
+from model.finetune.examples import PreferenceExample
+from model.finetune.preference import PreferenceLoss, preference_losses, sequence_logps
+from model.hf_folder import load_hf_folder, read_weight_tensors
+from model.train.checkpoint import list_checkpoints
+from model.train.data import IGNORE_INDEX
+from model.train.loss import language_model_loss
+from model.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+FACTS = [("What is the capital of France?", "Paris."), ("Two plus two?", "Four."),
+         ("Colour of the sky?", "Blue."), ("Opposite of hot?", "Cold."), ("First letter?", "A."),
+         ("Frozen water?", "Ice."), ("Largest ocean?", "Pacific."), ("Author of Hamlet?", "Shakespeare.")]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory.mktemp("finetune") / "base")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sft-data")
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in FACTS]
+    rows += [{"prompt": q, "completion": " " + a} for q, a in FACTS[:4]]
+    rows += [{"text": "In the beginning God created the heaven and the earth."}]
+    rows.insert(3, "{not json")
+    rows.insert(6, {"question": "no known fields"})
+    return write_jsonl(folder / "train.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def preference_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pref-data")
+    rows = []
+    for i, (q, a) in enumerate(FACTS):
+        wrong = FACTS[(i + 3) % len(FACTS)][1]
+        rows.append({"prompt": q, "chosen": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                     "rejected": [{"role": "user", "content": q}, {"role": "assistant", "content": wrong}]})
+    return write_jsonl(folder / "pairs.jsonl", rows)
+
+
+def finetune(run: Path, base: Path, data: Path, method: str, *extra: str) -> int:
+    return main(["finetune", "--init-from", str(base), "--data", str(data), "--method", method, "--out", str(run),
+                 "--sequence-length", "64", "--micro-batch-size", "4", "--threads", "1", "--no-progress",
+                 "--eval-every", "1000", *extra])
+
+
+def train_records(run: Path) -> list[dict]:
+    return [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+
+
+# ---------------------------------------------------------------- SFT masking
+
+
+def test_sft_loss_is_the_mean_cross_entropy_over_exactly_the_completion_tokens(base):
+    _, model = load_hf_folder(base)
+    prompt, completion = [1, 450, 338, 263], [3681, 29889, 2]  # BOS + a prompt; a completion ending in EOS
+    ids, trained = prompt + completion, [False] * len(prompt) + [True] * len(completion)
+    short = [1, 910, 2]
+    inputs, targets = pad_batch([ids, short], [trained, [False, True, True]], pad_id=2)
+    with torch.no_grad():
+        logits = model(inputs)
+    sums = language_model_loss(logits, targets, z_loss=0.0)
+    # By hand: position t predicts token t + 1; only the completion tokens (and the short row's two) count.
+    expected = []
+    for row, (seq, mask) in enumerate(((ids, trained), (short, [False, True, True]))):
+        for t in range(1, len(seq)):
+            if mask[t]:
+                expected.append(-F.log_softmax(logits[row, t - 1], -1)[seq[t]])
+    assert sums.tokens == len(completion) + 2 == len(expected)
+    assert float(sums.ce) / sums.tokens == pytest.approx(float(torch.stack(expected).mean()), abs=1e-6)
+    assert (targets[0, :len(prompt) - 1] == IGNORE_INDEX).all() and (targets[1, 2:] == IGNORE_INDEX).all()
+
+
+# ---------------------------------------------------------------- DPO / RSO loss
+
+
+def test_dpo_and_rso_losses_equal_the_published_formulas_on_a_hand_computed_example():
+    policy_c, policy_r = torch.tensor([-4.0, -9.0]), torch.tensor([-6.0, -5.0])
+    ref_c, ref_r = torch.tensor([-5.0, -8.0]), torch.tensor([-5.0, -6.0])
+    beta = 0.5
+    # pair 0: z = 0.5 * ((-4 + 5) - (-6 + 5)) = 1.0 ; pair 1: z = 0.5 * ((-9 + 8) - (-5 + 6)) = -1.0
+    dpo, chosen, rejected = preference_losses(policy_c, policy_r, ref_c, ref_r, beta, "sigmoid")
+    assert dpo.tolist() == pytest.approx([math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(1.0))])
+    assert chosen.tolist() == [0.5, -0.5] and rejected.tolist() == [-0.5, 0.5]
+    rso, _, _ = preference_losses(policy_c, policy_r, ref_c, ref_r, beta, "hinge")
+    assert rso.tolist() == pytest.approx([0.0, 2.0])
+
+
+def test_the_preference_loss_reads_chosen_rows_then_rejected_rows_and_counts_pairs(base):
+    _, model = load_hf_folder(base)
+    pairs = [PreferenceExample([1, 450, 338], [3681, 2], [4517, 29889, 2]),
+             PreferenceExample([1, 910], [263, 2], [278, 2])]
+    ids, trained = preference_rows(pairs)
+    inputs, targets = pad_batch(ids, trained, pad_id=2)
+    logits = model(inputs)
+    logps = sequence_logps(logits, targets)
+    by_hand = []
+    for row, seq in enumerate(ids):
+        prompt = len(pairs[row % 2].prompt)
+        by_hand.append(sum(float(F.log_softmax(logits[row, t - 1], -1)[seq[t]]) for t in range(prompt, len(seq))))
+    assert logps.tolist() == pytest.approx(by_hand, abs=1e-5)
+    ref = torch.tensor([-3.0, -4.0, -5.0, -6.0])
+    sums = PreferenceLoss(0.1, "sigmoid")(logits, targets, ref)
+    losses, _, _ = preference_losses(logps[:2], logps[2:], ref[:2], ref[2:], 0.1, "sigmoid")
+    assert float(sums.total) == pytest.approx(float(losses.sum()), abs=1e-6)
+    assert PreferenceLoss.count((inputs, targets, ref)) == 2
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_sft_run_quarantines_bad_records_with_their_line_and_reason(base, sft_data, tmp_path):
+    run = tmp_path / "sft"
+    assert finetune(run, base, sft_data, "sft", "--steps", "3") == 0
+    bad = [json.loads(line) for line in (run / "quarantine.jsonl").read_text().splitlines()]
+    assert [b["where"] for b in bad] == [f"{sft_data}:4", f"{sft_data}:7"]
+    assert "JSON" in bad[0]["reason"] and bad[1]["reason"]
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["train_examples"] == 13 and info["data"]["quarantined"] == 2
+    assert info["status"] == "complete" and len(train_records(run)) == 3
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_adapter_run_trains_only_the_adapter_and_its_merged_weights_give_its_logits(base, sft_data, tmp_path,
+                                                                                   method):
+    run = tmp_path / method
+    assert finetune(run, base, sft_data, method, "--steps", "4", "--max-lr", "1e-2", "--warmup-steps", "1",
+                    "--lora-rank", "4", "--lora-alpha", "8") == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["adapter"]["method"] == method and 0 < info["trainable_parameters"] < info["parameters"] / 5
+    checkpoint = list_checkpoints(run)[-1][1]
+    adapter = load_file(str(checkpoint / ADAPTER_DIR / ADAPTER_WEIGHTS))
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter.items())
+
+    # The adapter model rebuilt from the base and the saved adapter; its frozen base is the base, bit for bit.
+    from model.finetune.adapters import load_adapter_state
+    _, model = load_hf_folder(base)
+    model = add_adapters(model, AdapterSettings(method, 4, 8.0, 0.1))
+    load_adapter_state(model, adapter, "test")
+    model.eval()
+    base_tensors = read_weight_tensors(base)
+    merged = merged_state(model)
+    for name, tensor in base_tensors.items():
+        key = name if name in dict(model.named_parameters()) else name.replace(".weight", ".base_layer.weight")
+        assert torch.equal(dict(model.named_parameters())[key], tensor), name
+    assert any(not torch.equal(merged[k], base_tensors[k]) for k in merged)
+
+    _, merged_model = load_hf_folder(checkpoint)  # the checkpoint folder holds the merged weights
+    ids = torch.randint(0, 32000, (2, 20), generator=torch.Generator().manual_seed(1))
+    # In float64, so that what is compared is the merge (its weights rounded to float32 as saved), not the float32
+    # rounding of W x + s B (A x) against (W + s B A) x, which alone comes near 1e-5.
+    with torch.no_grad():
+        assert torch.allclose(merged_model.double().eval()(ids), model.double()(ids), atol=1e-5, rtol=0)
+
+
+def test_only_adapter_parameters_receive_gradients(base):
+    _, model = load_hf_folder(base)
+    model = add_adapters(model, AdapterSettings("lora", 4, 8.0, 0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    ids = torch.randint(0, 32000, (2, 12))
+    language_model_loss(model(ids[:, :-1]), ids[:, 1:], z_loss=0.0).total.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad and all("lora_" in n for n in with_grad)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == with_grad
+
+
+@pytest.mark.parametrize("method", ["dpo", "rso"])
+def test_preference_training_raises_accuracy_and_margin(base, preference_data, tmp_path, method):
+    run = tmp_path / method
+    assert finetune(run, base, preference_data, method, "--steps", "12", "--max-lr", "3e-3", "--warmup-steps", "1",
+                    "--beta", "0.5", "--micro-batch-size", "8") == 0
+    rows = train_records(run)
+    assert {"reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected"} <= set(rows[0])
+    first, last = rows[0], rows[-1]
+    assert first["reward_margin"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
+    assert last["reward_margin"] > first["reward_margin"] + 0.1
+    assert last["reward_accuracy"] > first["reward_accuracy"] and last["reward_accuracy"] >= 0.75
+    assert (run / "reference_logps.pt").is_file()
+
+
+def test_a_preference_run_refuses_sft_data_naming_the_first_bad_line(base, sft_data, tmp_path, capsys):
+    assert finetune(tmp_path / "bad", base, sft_data, "dpo", "--steps", "2") == 2
+    err = capsys.readouterr().err
+    assert f"{sft_data}:1" in err and "chosen" in err
+
+
+def command(base: Path, data: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "model.cli", "finetune", "--init-from", str(base), "--data", str(data),
+            "--method", "lora", "--out", str(run), "--sequence-length", "64", "--micro-batch-size", "2",
+            "--steps", "12", "--checkpoint-every", "2", "--keep-checkpoints", "2", "--max-lr", "5e-3",
+            "--warmup-steps", "2", "--threads", "1", "--no-progress", "--lora-rank", "4", *extra]
+
+
+def test_a_lora_run_killed_and_resumed_reproduces_every_loss(base, sft_data, tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    reference = tmp_path / "reference"
+    assert main(command(base, sft_data, reference)[3:]) == 0
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen(command(base, sft_data, interrupted), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (interrupted / "metrics.jsonl").exists() or len(train_records(interrupted)) < 5:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "the run made no progress"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert len(train_records(interrupted)) < 12
+    subprocess.run(command(base, sft_data, interrupted, "--resume"), cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    losses = [(r["step"], r["loss"]) for r in train_records(interrupted)]
+    assert [s for s, _ in losses] == list(range(1, 13))
+    assert losses == [(r["step"], r["loss"]) for r in train_records(reference)]

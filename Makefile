@@ -38,4 +38,4 @@ demo: $(STAMP)
 	$(VENV)/bin/elm-train export $(DEMO_RUN) --format mlx --out $(DEMO_MLX) --force
 	@echo "mlx-lm continues \"$(DEMO_PROMPT)\" from $(DEMO_MLX):"
 	@$(MLX_CPU) TRANSFORMERS_VERBOSITY=error $(PY) -m mlx_lm generate --model $(DEMO_MLX) \
-		--prompt "$(DEMO_PROMPT)" --max-tokens 40 --temp 0.7 --top-p 0.9 --seed 0 --verbose False
+		--ignore-chat-template --prompt "$(DEMO_PROMPT)" --max-tokens 40 --temp 0.7 --top-p 0.9 --seed 0 --verbose False

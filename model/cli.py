@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model.export import FORMATS, QUANT_BITS, export, mlx_generate_command
+from model.export import FORMATS, QUANT_BITS, export, is_chat_export, mlx_generate_command
 from model.hf_folder import DTYPES, HFFolderError
 from model.presets import PRESETS, preset_settings
 from model.source import SourceError
@@ -269,6 +269,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="SentencePiece .model (path/URI or 'default'); default: the run's, or tokenizer.model in MODEL")
     p.add_argument("--step", type=int, default=None, help="evaluate this checkpoint step of a run")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a PEFT adapter folder (a fine-tuning checkpoint's adapter/, or an export --format "
+                        "peft-adapter) to apply to MODEL, its base (torch backend)")
     p.add_argument("--out", default=None, help="write lm-eval's results JSON here")
     p.add_argument("--log-samples", action="store_true", help="keep every request and answer in --out")
     return p
@@ -282,7 +285,7 @@ def cli_eval(argv: list[str]) -> int:
                               limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
                               batch_size=args.batch_size, device=args.device, add_bos=args.bos,
                               include_path=args.include_path, log_samples=args.log_samples,
-                              tokenizer=args.tokenizer, step=args.step, backend=args.backend)
+                              tokenizer=args.tokenizer, step=args.step, backend=args.backend, adapter=args.adapter)
     except (EvalError, SourceError, HFFolderError, ValueError) as e:
         print(f"elm-train eval: error: {e}", file=sys.stderr)
         return 2
@@ -383,7 +386,7 @@ def cli_export(argv: list[str]) -> int:
     quant = f", {args.quantize}-bit" if args.quantize else ""
     print(f"wrote {out} ({args.fmt}, {args.dtype}{quant})")
     if args.fmt == "mlx":
-        print(f"try: {mlx_generate_command(out)}")
+        print(f"try: {mlx_generate_command(out, chat_model=is_chat_export(out))}")
     return 0
 
 

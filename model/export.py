@@ -58,8 +58,17 @@ class ExportError(SourceError):
     """An export that cannot be done as asked; the message names the input and the way out."""
 
 
-def write_tokenizer(tokenizer, folder: Path) -> None:
-    """The tokenizer files, with BOS added on encode (OpenELM was trained with it) for mlx-lm and transformers."""
+def write_tokenizer(tokenizer, folder: Path, chat_model: bool = False) -> None:
+    """The tokenizer files, with BOS added on encode (OpenELM was trained with it) for mlx-lm and transformers,
+    and OpenELM-Instruct's chat template.
+
+    The template spells each message's end as the EOS token's text (`</s>`). A chat model (`chat_model`: an
+    export of a fine-tuning run) must read that text back as the EOS token, so its tokenizer parses special
+    tokens in text; any other export keeps them as plain text, as the SentencePiece model the corpus was
+    tokenized with does (code holds a literal `<s>`), so `apply_chat_template(..., tokenize=False)` is the
+    way to chat with a pretrained model's export.
+    """
+    from model.finetune.chat import CHAT_TEMPLATE
     tokenizer.export(folder)
     path = folder / "tokenizer_config.json"
     config = json.loads(path.read_text())
@@ -67,7 +76,16 @@ def write_tokenizer(tokenizer, folder: Path) -> None:
         config.pop(key, None)
     config["add_bos_token"] = True
     config["add_eos_token"] = False
+    config["chat_template"] = CHAT_TEMPLATE
+    if chat_model:
+        config["split_special_tokens"] = False
     path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def is_chat_export(folder: Path) -> bool:
+    """Whether an export's tokenizer reads the chat template's EOS text as the EOS token (a chat model's does)."""
+    path = Path(folder) / "tokenizer_config.json"
+    return path.is_file() and json.loads(path.read_text()).get("split_special_tokens") is False
 
 
 def check_quantizable(checkpoint: HFCheckpoint, group_size: int) -> None:
@@ -191,7 +209,7 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
     staging = _staging(out)
     try:
         # Tokenizer first: transformers reads a config.json it finds beside the tokenizer and warns about it.
-        write_tokenizer(tokenizer, staging)
+        write_tokenizer(tokenizer, staging, chat_model=source.run.get("kind") == "finetune")
         write_hf_folder(staging, checkpoint.config, checkpoint.tensors, dtype,
                         safetensors_format="mlx" if fmt == "mlx" else "pt")
         quantization = quantize_mlx_folder(staging, quantize, group_size) if quantize is not None else None
@@ -363,10 +381,16 @@ def mlx_cpu_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def mlx_generate_command(folder: Path) -> str:
-    """The shell command that tries an MLX export, OpenBLAS preloaded where `mlx_cpu_env` would preload it."""
+def mlx_generate_command(folder: Path, chat_model: bool = False) -> str:
+    """The shell command that tries an MLX export, OpenBLAS preloaded where `mlx_cpu_env` would preload it.
+
+    mlx-lm wraps the prompt in the tokenizer's chat template unless told not to: a pretrained model continues
+    the raw prompt; a chat model (a fine-tuning run's export) is asked a question in its template.
+    """
     preload = f"LD_PRELOAD={OPENBLAS} " if "LD_PRELOAD" in mlx_cpu_env({}) else ""
-    return f"{preload}python -m mlx_lm generate --model {folder} --prompt \"Once upon a time\""
+    if chat_model:
+        return f"{preload}python -m mlx_lm generate --model {folder} --prompt \"What is the capital of France?\""
+    return f"{preload}python -m mlx_lm generate --model {folder} --ignore-chat-template --prompt \"Once upon a time\""
 
 
 def _cell(value) -> str:

@@ -153,7 +153,7 @@ def test_model_card_records_provenance(mlx_dir):
 def test_mlx_lm_generate_command_runs_offline(mlx_dir, torch_model, prompt_ids, tokenizer):
     result = subprocess.run(
         [sys.executable, "-m", "mlx_lm", "generate", "--model", str(mlx_dir), "--prompt", PROMPT,
-         "--max-tokens", "12", "--temp", "0"],
+         "--max-tokens", "12", "--temp", "0", "--ignore-chat-template"],
         capture_output=True, text=True, env=mlx_cpu_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     expected = torch_model.generate(torch.tensor([prompt_ids]), max_new_tokens=12, eos_id=None)[0, len(prompt_ids):]

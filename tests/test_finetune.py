@@ -240,3 +240,56 @@ def test_a_lora_run_killed_and_resumed_reproduces_every_loss(base, sft_data, tmp
     losses = [(r["step"], r["loss"]) for r in train_records(interrupted)]
     assert [s for s, _ in losses] == list(range(1, 13))
     assert losses == [(r["step"], r["loss"]) for r in train_records(reference)]
+
+
+# ---------------------------------------------------------------- what comes after a run: eval and export
+
+
+@pytest.fixture(scope="module")
+def lora_run(base, sft_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("lora-run") / "run"
+    assert finetune(run, base, sft_data, "lora", "--steps", "3", "--max-lr", "1e-2", "--warmup-steps", "1",
+                    "--lora-rank", "4") == 0
+    return run
+
+
+def test_eval_of_a_finetuned_run_merged_equals_eval_of_its_base_with_the_adapter(lora_run, base, tmp_path):
+    from eval_data import write_tasks
+    from model.eval.harness import evaluate
+    (tmp_path / "tasks").mkdir()
+    tasks = write_tasks(tmp_path / "tasks", ("elm_mc",))
+    merged = evaluate(lora_run, "elm_mc", include_path=str(tasks), device="cpu", batch_size=4, log_samples=True)
+    adapter = list_checkpoints(lora_run)[-1][1] / ADAPTER_DIR
+    applied = evaluate(base, "elm_mc", include_path=str(tasks), device="cpu", batch_size=4, log_samples=True,
+                       adapter=str(adapter))
+    plain = evaluate(base, "elm_mc", include_path=str(tasks), device="cpu", batch_size=4, log_samples=True)
+
+    def logliks(evaluation):
+        return [r[0][0] for s in evaluation.results["samples"]["elm_mc"] for r in s["resps"]]
+    assert logliks(merged) == pytest.approx(logliks(applied), abs=1e-4)
+    assert logliks(plain) != pytest.approx(logliks(applied), abs=1e-4)  # the adapter did change the model
+    assert merged.results["results"]["elm_mc"]["acc,none"] == applied.results["results"]["elm_mc"]["acc,none"]
+
+
+def test_an_export_of_a_chat_run_tokenizes_its_chat_template_as_training_did(lora_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from corpus.tokenizer.tokenizer import Tokenizer
+    from model.export import export
+    from model.finetune.examples import tokenize_sft
+    from model.finetune.records import Chat, Message
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": FACTS[0][0]},
+                {"role": "assistant", "content": FACTS[0][1]}]
+    trained = tokenize_sft(Chat("x", tuple(Message(**m) for m in messages)), Tokenizer(), 256)
+    folder = export(lora_run, tmp_path / "hf", fmt="hf")
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    theirs = hf.apply_chat_template(messages, tokenize=True, return_dict=False)
+    # Training starts with BOS (the template adds none) and ends at the last EOS (the template adds a line break).
+    assert trained.input_ids[0] == hf.bos_token_id
+    assert theirs[:len(trained.input_ids) - 1] == trained.input_ids[1:]
+    assert hf.decode(theirs[len(trained.input_ids) - 1:]).strip() == ""
+    prompt = hf.apply_chat_template(messages[:2], add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("<|assistant|>\n")
+    from mlx_lm.tokenizer_utils import load as load_mlx_tokenizer
+    mlx_folder = export(lora_run, tmp_path / "mlx", fmt="mlx")
+    assert load_mlx_tokenizer(mlx_folder).apply_chat_template(messages, tokenize=True) == theirs

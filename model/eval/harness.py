@@ -57,10 +57,14 @@ def go_offline_unless_hub_reachable(timeout: float = 3.0) -> bool:
         return True
 
 
-def load_model(path: str | Path, tokenizer: str | None = None, device: str = "auto", step: int | None = None):
-    """(OpenELM on `device` in eval mode, its Tokenizer, where it came from) for a model folder."""
+def load_model(path: str | Path, tokenizer: str | None = None, device: str = "auto", step: int | None = None,
+               adapter: str | Path | None = None):
+    """(OpenELM on `device` in eval mode, its Tokenizer, where it came from) for a model folder, with the PEFT
+    `adapter` folder applied to it when given."""
     source = resolve_source(path, step)
     config, model = load_hf_folder(source.weights_dir)
+    if adapter is not None:
+        model = apply_adapter(model, adapter)
     sp = resolve_tokenizer(source, tokenizer)
     if sp.vocab_size != config.vocab_size:
         raise EvalError(f"{source.weights_dir}: the model has a vocabulary of {config.vocab_size} but the tokenizer "
@@ -70,10 +74,19 @@ def load_model(path: str | Path, tokenizer: str | None = None, device: str = "au
     return model.to(device).eval(), sp, source
 
 
+def apply_adapter(model, folder: str | Path):
+    """`model` with the PEFT adapter folder `folder` put into it; a folder that does not fit is an EvalError."""
+    from model.finetune.adapters import AdapterError, load_adapter_folder
+    try:
+        return load_adapter_folder(model, folder)
+    except AdapterError as e:
+        raise EvalError(f"--adapter: {e}") from None
+
+
 def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
              batch_size: int = 8, device: str = "auto", add_bos: bool = True, include_path: str | None = None,
              log_samples: bool = False, tokenizer: str | None = None, step: int | None = None,
-             backend: str = "torch") -> Evaluation:
+             backend: str = "torch", adapter: str | None = None) -> Evaluation:
     """Run the harness on `tasks` (lm-eval names and/or the sets of `model.eval.tasks`); see the module docstring.
 
     `backend="mlx"` evaluates an MLX export with mlx-lm's model (`model.eval.mlx`); the answers are the torch
@@ -83,19 +96,22 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
         raise EvalError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     go_offline_unless_hub_reachable()  # before anything imports `datasets`
     if backend == "mlx":
+        if adapter is not None:
+            raise EvalError("--adapter applies to the torch backend; for MLX, evaluate the merged export "
+                            "(elm-train export RUN --format mlx)")
         from model.eval.mlx import load_mlx_lm
         lm, source, preset = load_mlx_lm(path, tokenizer, batch_size=batch_size, add_bos=add_bos, device=device,
                                          step=step)
         sp = lm.sp
     else:
         from model.eval.lm import OpenELMLM
-        model, sp, source = load_model(path, tokenizer, device, step)
+        model, sp, source = load_model(path, tokenizer, device, step, adapter)
         lm = OpenELMLM(model, sp, batch_size=batch_size, add_bos=add_bos)
         preset = preset_name(model.config)
     merged, wanted = run_tasks(lm, tasks, num_fewshot, limit, include_path, log_samples)
     merged["config"] = {"model": str(path), "weights": str(source.weights_dir), "tokenizer": sp.spec,
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
-                        "backend": backend, "device": str(lm.device), "limit": limit,
+                        "backend": backend, "device": str(lm.device), "limit": limit, "adapter": adapter,
                         "tasks": [[t, s] for t, s in wanted], "include_path": include_path}
     return Evaluation(merged, preset, source)
 

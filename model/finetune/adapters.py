@@ -135,10 +135,24 @@ def read_adapter_settings(folder: str | Path) -> AdapterSettings:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise AdapterError(f"{path}: not a readable PEFT adapter config ({e})") from None
+    if not isinstance(cfg, dict) or "r" not in cfg or "lora_alpha" not in cfg:
+        raise AdapterError(f"{path}: not a LoRA/DoRA adapter config (no r and lora_alpha)")
     targets = set(cfg.get("target_modules") or [])
     return AdapterSettings("dora" if cfg.get("use_dora") else "lora", int(cfg["r"]), float(cfg["lora_alpha"]),
                            float(cfg.get("lora_dropout", 0.0)),
                            tuple(t for t in TARGETS if t in targets) + tuple(sorted(targets - set(TARGETS))))
+
+
+def load_adapter_folder(model: nn.Module, folder: str | Path) -> nn.Module:
+    """`model` with the adapter of a PEFT folder (`adapter_config.json`, `adapter_model.safetensors`) put into it."""
+    folder = Path(folder)
+    settings = read_adapter_settings(folder)
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise AdapterError(f"{folder}: no {ADAPTER_WEIGHTS} beside {ADAPTER_CONFIG}")
+    model = add_adapters(model, settings)
+    load_adapter_state(model, load_file(str(weights)), str(weights))
+    return model
 
 
 class AdapterCheckpoints:

@@ -293,3 +293,12 @@ def test_an_export_of_a_chat_run_tokenizes_its_chat_template_as_training_did(lor
     from mlx_lm.tokenizer_utils import load as load_mlx_tokenizer
     mlx_folder = export(lora_run, tmp_path / "mlx", fmt="mlx")
     assert load_mlx_tokenizer(mlx_folder).apply_chat_template(messages, tokenize=True) == theirs
+
+
+def test_a_preference_runs_curves_draw_its_rewards_and_accuracy(base, preference_data, sft_data, tmp_path):
+    import matplotlib.image
+    dpo, sft = tmp_path / "dpo-curves", tmp_path / "sft-curves"
+    assert finetune(dpo, base, preference_data, "dpo", "--steps", "3", "--micro-batch-size", "8") == 0
+    assert finetune(sft, base, sft_data, "sft", "--steps", "3") == 0
+    # The SFT run draws loss and learning rate; the DPO run a third panel: rewards, margin, preference accuracy.
+    assert matplotlib.image.imread(dpo / "curves.png").shape[0] > matplotlib.image.imread(sft / "curves.png").shape[0]

@@ -110,7 +110,8 @@ def _series(records: Iterable[dict], kind: str, key: str) -> tuple[list[int], li
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw training/validation loss and the learning rate against steps; return the PNG's path."""
+    """Draw training/validation loss and the learning rate against steps, and where the run has them, task accuracy
+    and (DPO/RSO) the rewards and preference accuracy; return the PNG's path."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / METRICS_FILE)
     train_steps, train_loss = _series(records, "train", "loss")
@@ -124,17 +125,21 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     evals = [r for r in records if r.get("kind") == "eval" and r.get("tasks")]
-    if evals:
-        fig, (ax_loss, ax_lr, ax_acc) = plt.subplots(3, 1, figsize=(8, 9), height_ratios=(3, 1, 2))
-        ax_lr.sharex(ax_loss)
-        plt.setp(ax_loss.get_xticklabels(), visible=False)
-        _plot_task_accuracy(ax_acc, evals)
-    else:
-        fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
+    preference = [r for r in records if r.get("kind") == "train" and "reward_margin" in r]
+    extra = [(2, lambda ax: _plot_task_accuracy(ax, evals))] if evals else []
+    if preference:  # a DPO/RSO run: its rewards and how often the chosen completion wins
+        extra.append((2, lambda ax: _plot_preference(ax, preference)))
+    fig, axes = plt.subplots(2 + len(extra), 1, figsize=(8, 6 + 3 * len(extra)),
+                             height_ratios=(3, 1, *(h for h, _ in extra)))
+    ax_loss, ax_lr = axes[0], axes[1]
+    ax_lr.sharex(ax_loss)
+    plt.setp(ax_loss.get_xticklabels(), visible=False)
+    for ax, (_, draw) in zip(axes[2:], extra):
+        draw(ax)
     ax_loss.plot(train_steps, train_loss, label="train", linewidth=1)
     if val_steps:
         ax_loss.plot(val_steps, val_loss, "o-", label="validation", markersize=3)
-    ax_loss.set_ylabel("cross entropy (nats)")
+    ax_loss.set_ylabel("preference loss" if preference else "cross entropy (nats)")
     ax_loss.set_title(run_dir.name)
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
@@ -157,6 +162,23 @@ def task_accuracy(record: dict) -> dict[str, float]:
         if isinstance(value, (int, float)):
             out[task] = float(value)
     return out
+
+
+def _plot_preference(ax, records: list[dict]) -> None:
+    steps = [r["step"] for r in records]
+    for key, label in (("reward_chosen", "reward of chosen"), ("reward_rejected", "reward of rejected"),
+                       ("reward_margin", "margin")):
+        ax.plot(steps, [r[key] for r in records], label=label, linewidth=1)
+    ax.set_ylabel("reward (beta x log-ratio)")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    accuracy = ax.twinx()
+    accuracy.plot(steps, [100 * r["reward_accuracy"] for r in records], color="black", linestyle=":",
+                  label="preference accuracy")
+    accuracy.set_ylabel("accuracy %")
+    accuracy.set_ylim(0, 100)
+    accuracy.legend(fontsize=8, loc="lower right")
 
 
 def _plot_task_accuracy(ax, evals: list[dict]) -> None:

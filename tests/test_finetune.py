@@ -302,3 +302,27 @@ def test_a_preference_runs_curves_draw_its_rewards_and_accuracy(base, preference
     assert finetune(sft, base, sft_data, "sft", "--steps", "3") == 0
     # The SFT run draws loss and learning rate; the DPO run a third panel: rewards, margin, preference accuracy.
     assert matplotlib.image.imread(dpo / "curves.png").shape[0] > matplotlib.image.imread(sft / "curves.png").shape[0]
+
+
+@pytest.mark.parametrize("method", ["lora", "dpo"])
+def test_two_ranks_under_torchrun_fine_tune_like_one_process(base, sft_data, preference_data, tmp_path, method):
+    data = preference_data if method == "dpo" else sft_data
+    # A global batch of 4 rows of 64 tokens: one process accumulates two micro-batches of 2, two ranks take one each.
+    # No adapter dropout: each rank draws its own dropout masks.
+    args = ["finetune", "--init-from", str(base), "--data", str(data), "--method", method, "--steps", "3",
+            "--sequence-length", "64", "--micro-batch-size", "2", "--global-batch-tokens", "256", "--max-lr", "5e-3",
+            "--warmup-steps", "1", "--lora-dropout", "0", "--threads", "1", "--no-progress", "--eval-every", "1000"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    alone = subprocess.run([sys.executable, "-m", "model.cli", *args, "--out", str(tmp_path / "one")], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "model.cli", *args, "--out", str(tmp_path / "two")], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    one, two = train_records(tmp_path / "one"), train_records(tmp_path / "two")
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    assert [r["tokens"] for r in two] == [r["tokens"] for r in one]
+    if method == "dpo":
+        assert [r["reward_margin"] for r in two] == pytest.approx([r["reward_margin"] for r in one], abs=1e-4)

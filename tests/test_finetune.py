@@ -326,3 +326,50 @@ def test_two_ranks_under_torchrun_fine_tune_like_one_process(base, sft_data, pre
     assert [r["tokens"] for r in two] == [r["tokens"] for r in one]
     if method == "dpo":
         assert [r["reward_margin"] for r in two] == pytest.approx([r["reward_margin"] for r in one], abs=1e-4)
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def test_the_peft_recipe_is_corenets_and_flags_override_it():
+    from model.finetune.config import FinetuneConfig
+    from model.train.config import resolve_config
+    cfg = resolve_config({}, {"recipe": "openelm-peft", "init_from": "x", "data": "d.jsonl", "steps": 20_000},
+                         kind=FinetuneConfig)
+    assert (cfg.method, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout) == ("lora", 32, 32.0, 0.1)
+    assert cfg.adapter_settings().targets == ("qkv_proj", "out_proj", "proj_1", "proj_2")
+    assert (cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio, cfg.warmup_steps) == (3e-4, pytest.approx(3e-5), 1000)
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.epochs) == (0.9, 0.95, 0.0, 1.0, 3.0)
+    dora = resolve_config({}, {"recipe": "openelm-peft", "init_from": "x", "data": "d", "method": "dora",
+                               "lora_rank": 8, "steps": 100}, kind=FinetuneConfig)
+    assert dora.adapter_settings().method == "dora" and dora.lora_rank == 8 and dora.warmup_steps == 10
+
+
+def test_the_instruct_recipe_takes_the_row_of_the_models_size(tmp_path):
+    from model.finetune.config import FinetuneConfig
+    from model.presets import get_preset
+    from model.train.config import resolve_config
+    folder = tmp_path / "m"  # config.json alone tells the size
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(get_preset("openelm-1.1b").to_hf_config()))
+    cfg = resolve_config({}, {"recipe": "openelm-instruct", "init_from": str(folder), "data": "d"},
+                         kind=FinetuneConfig)
+    assert (cfg.method, cfg.epochs, cfg.max_lr, cfg.beta, cfg.instruct_size) == ("dpo", 5.0, 5e-5, 0.01,
+                                                                                  "openelm-1.1b")
+    assert (cfg.sequence_length, cfg.max_prompt_length, cfg.min_lr_ratio) == (1024, 512, 0.0)
+    cfg.set_steps(train_examples=1000, world_size=1)  # 5 epochs of 1000 pairs in batches of 8
+    assert cfg.steps == 625 and cfg.warmup_steps == 63
+    small = resolve_config({}, {"recipe": "openelm-instruct", "init_from": str(tmp_path / "none"), "data": "d"},
+                           kind=FinetuneConfig)
+    assert (small.method, small.epochs, small.max_lr) == ("rso", 5.0, 2e-5)
+
+
+def test_bad_settings_are_refused_by_name(base, sft_data, tmp_path, capsys):
+    assert finetune(tmp_path / "a", base, sft_data, "qlora", "--steps", "2") == 2
+    assert "--method must be one of" in capsys.readouterr().err
+    assert main(["finetune", "--data", str(sft_data), "--steps", "2", "--out", str(tmp_path / "b")]) == 2
+    assert "--init-from is required" in capsys.readouterr().err
+    assert finetune(tmp_path / "c", base, sft_data, "lora", "--steps", "2", "--lora-targets", "token_embeddings") == 2
+    assert "ties it to the output projection" in capsys.readouterr().err
+    assert finetune(tmp_path / "d", base, tmp_path / "missing.jsonl", "sft", "--steps", "2") == 2
+    assert "missing.jsonl" in capsys.readouterr().err

@@ -133,9 +133,12 @@ class FinetuneConfig(TrainConfig):
             self.warmup_steps = self._warmup(recipe_warmup)
 
     def _warmup(self, given: int | None) -> int:
-        # A tenth of the run (the Instruct recipe's warmup ratio), or the recipe's count cut to a tenth of a short run.
+        """A tenth of the run (the Instruct recipe's warmup ratio) unless given; the PEFT recipe's 1000 steps are
+        cut to a tenth of a run too short for them (as pretraining's 5000 are)."""
         tenth = max(1, math.ceil(self.steps / 10))
-        return tenth if given is None else min(given, tenth) if self.recipe == "openelm-peft" else given
+        if given is None:
+            return tenth
+        return min(given, tenth) if self.recipe == "openelm-peft" else given
 
     def set_steps(self, train_examples: int, world_size: int) -> None:
         """The step count of `epochs` passes over `train_examples` (pairs for DPO/RSO), and the warmup from it."""

@@ -32,6 +32,8 @@ from importlib import metadata
 from pathlib import Path
 
 from model.config import OpenELMConfig
+from model.finetune.adapter_files import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, MLX_ADAPTER_WEIGHTS, PEFT_PREFIX
+from model.finetune.chat import CHAT_TEMPLATE
 from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, expected_shapes, read_hf_config,
                              read_hf_folder, read_json_object, write_hf_folder)
 from model.hf_remote import write_remote_code
@@ -39,10 +41,6 @@ from model.source import ModelSource, SourceError, resolve_source, resolve_token
 
 FORMATS = ("mlx", "hf", "mlx-adapter", "peft-adapter")
 ADAPTER_FORMATS = ("mlx-adapter", "peft-adapter")
-# Kept here rather than imported from model.finetune.adapters, which imports peft: a plain export should not need it.
-ADAPTER_DIR, PEFT_WEIGHTS, ADAPTER_CONFIG, PEFT_PREFIX = ("adapter", "adapter_model.safetensors", "adapter_config.json",
-                                                          "base_model.model.")
-MLX_ADAPTER_WEIGHTS = "adapters.safetensors"
 # A PEFT adapter tensor on an OpenELM layer: layer index, module path inside the layer (mlx-lm's key), which tensor.
 _PEFT_KEY = re.compile(r"transformer\.layers\.(\d+)\.((?:attn|ffn)\.\w+)\."
                        r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector)")
@@ -68,7 +66,6 @@ def write_tokenizer(tokenizer, folder: Path, chat_model: bool = False) -> None:
     tokenized with does (code holds a literal `<s>`), so `apply_chat_template(..., tokenize=False)` is the
     way to chat with a pretrained model's export.
     """
-    from model.finetune.chat import CHAT_TEMPLATE
     tokenizer.export(folder)
     path = folder / "tokenizer_config.json"
     config = json.loads(path.read_text())
@@ -274,14 +271,14 @@ def read_adapter(source: ModelSource) -> PeftAdapter:
     from safetensors.torch import load_file
 
     folder = source.weights_dir / ADAPTER_DIR
-    if not (folder / PEFT_WEIGHTS).is_file() or not (folder / ADAPTER_CONFIG).is_file():
-        raise ExportError(f"{source.weights_dir}: not a checkpoint of an adapter run (no {ADAPTER_DIR}/{PEFT_WEIGHTS} "
+    if not (folder / ADAPTER_WEIGHTS).is_file() or not (folder / ADAPTER_CONFIG).is_file():
+        raise ExportError(f"{source.weights_dir}: not a checkpoint of an adapter run (no {ADAPTER_DIR}/{ADAPTER_WEIGHTS} "
                           f"and {ADAPTER_DIR}/{ADAPTER_CONFIG}); --format mlx|hf exports merged weights of any run")
     config = read_json_object(folder / ADAPTER_CONFIG, ExportError)
     if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)):
         raise ExportError(f"{folder / ADAPTER_CONFIG}: PEFT's config needs integer r and numeric lora_alpha")
     _, model = read_hf_config(source.weights_dir)
-    tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / PEFT_WEIGHTS).items()}
+    tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
     shapes = expected_shapes(model)
     wrong = []
     for key, tensor in tensors.items():
@@ -296,7 +293,7 @@ def read_adapter(source: ModelSource) -> PeftAdapter:
         if tuple(tensor.shape) != want:
             wrong.append(f"{key} {tuple(tensor.shape)} (needs {want})")
     if wrong or not tensors:
-        raise ExportError(f"{folder / PEFT_WEIGHTS}: the adapter does not fit the model in {source.weights_dir}: "
+        raise ExportError(f"{folder / ADAPTER_WEIGHTS}: the adapter does not fit the model in {source.weights_dir}: "
                           + ("; ".join(wrong[:3]) if wrong else "it holds no tensors"))
     parts: dict[str, set[str]] = {}
     for key in tensors:
@@ -305,7 +302,7 @@ def read_adapter(source: ModelSource) -> PeftAdapter:
     needed = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if config.get("use_dora") else set())
     incomplete = sorted(module for module, have in parts.items() if have != needed)
     if incomplete:
-        raise ExportError(f"{folder / PEFT_WEIGHTS}: {len(incomplete)} adapted layer(s) do not hold exactly "
+        raise ExportError(f"{folder / ADAPTER_WEIGHTS}: {len(incomplete)} adapted layer(s) do not hold exactly "
                           f"{', '.join(sorted(needed))} (e.g. {incomplete[0]})")
     base = run_field(source.run, "init_from") or config.get("base_model_name_or_path")
     return PeftAdapter(source, config, tensors, model, str(base) if base else None)
@@ -317,7 +314,7 @@ def peft_adapter_files(adapter: PeftAdapter, dtype: str) -> dict[str, bytes]:
 
     config = dict(adapter.config, base_model_name_or_path=adapter.base)
     tensors = {PEFT_PREFIX + k: v.to(DTYPES[dtype]).contiguous() for k, v in sorted(adapter.tensors.items())}
-    return {PEFT_WEIGHTS: save(tensors, metadata={"format": "pt"}),
+    return {ADAPTER_WEIGHTS: save(tensors, metadata={"format": "pt"}),
             ADAPTER_CONFIG: (json.dumps(config, indent=2) + "\n").encode()}
 
 

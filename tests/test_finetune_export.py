@@ -169,10 +169,3 @@ def test_cli_exports_an_adapter_and_refuses_a_plain_model(adapter_run, base, tmp
     assert cli_export([str(base), "--format", "mlx-adapter", "--out", str(tmp_path / "b")]) == 2
     assert "--format mlx|hf exports merged weights" in capsys.readouterr().err
 
-
-def test_export_names_the_adapter_files_as_the_trainer_writes_them():
-    # model.export keeps its own copy of these names so that a plain export does not import peft.
-    from model import export as exporter
-    from model.finetune import adapters
-    assert (exporter.ADAPTER_DIR, exporter.PEFT_WEIGHTS, exporter.ADAPTER_CONFIG, exporter.PEFT_PREFIX) == \
-        (adapters.ADAPTER_DIR, adapters.ADAPTER_WEIGHTS, adapters.ADAPTER_CONFIG, adapters.PEFT_PREFIX)

@@ -23,10 +23,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-ADAPTER_DIR = "adapter"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in a saved adapter (its PeftModel -> LoraModel -> model)
+from model.finetune.adapter_files import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, PEFT_PREFIX
+
 TARGETS = ("qkv_proj", "out_proj", "proj_1", "proj_2")  # CoreNet's PEFT recipe (the embedding apart)
 METHODS = ("lora", "dora")
 

@@ -1,6 +1,8 @@
 """The chunk-by-chunk shard writer the build uses writes exactly what write_shard writes."""
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from corpus.store.writer import ShardWriter
@@ -32,4 +34,6 @@ def test_an_aborted_writer_leaves_nothing(tmp_path):
 def test_an_empty_shard_has_one_offset(tmp_path):
     meta = ShardWriter(tmp_path / "u").close({})
     assert meta["chunks"] == 0 and meta["tokens"] == 0
-    assert np.fromfile(tmp_path / "u.idx", dtype="<u8").tolist() == [0]
+    # a Megatron index of no sequences: header, version 1, uint16 (code 8), 0 sequences, 1 document boundary: 0
+    assert (tmp_path / "u.idx").read_bytes() == b"MMIDIDX\x00\x00" + struct.pack("<QBQQq", 1, 8, 0, 1, 0)
+    assert Shard.open(tmp_path / "u").offsets.tolist() == [0]

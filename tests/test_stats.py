@@ -43,6 +43,15 @@ def _length_numbers(lengths: np.ndarray) -> dict:
             "min": int(lengths.min()), "max": int(lengths.max())}
 
 
+def _idx_lengths(path: Path) -> np.ndarray:
+    """Tokens per chunk from a Megatron .idx, read with numpy alone (the layout in docs/formats.md)."""
+    with open(path, "rb") as f:
+        head = f.read(34)
+    assert head[:9] == b"MMIDIDX\x00\x00"
+    n = int(np.frombuffer(head, "<u8", count=1, offset=18)[0])
+    return np.fromfile(path, dtype="<i4", count=n, offset=34).astype(np.int64)
+
+
 def recount(corpus_dir: Path, manifest_path: Path) -> dict:
     """The numbers of `stats --json`, counted with numpy over .bin/.idx and plain reads of the sidecars."""
     plan = json.loads((corpus_dir / "plan.json").read_text())
@@ -57,10 +66,10 @@ def recount(corpus_dir: Path, manifest_path: Path) -> dict:
         sidecars = [json.loads((corpus_dir / "shards" / name / f"{u}.json").read_text()) for u in done]
         lengths = []
         for u in done:
-            idx = np.fromfile(corpus_dir / "shards" / name / f"{u}.idx", dtype="<u8")
+            unit_lengths = _idx_lengths(corpus_dir / "shards" / name / f"{u}.idx")
             tokens = np.fromfile(corpus_dir / "shards" / name / f"{u}.bin", dtype="<u2")
-            assert idx[0] == 0 and int(idx[-1]) == tokens.size
-            lengths.append(np.diff(idx.astype(np.int64)))
+            assert int(unit_lengths.sum()) == tokens.size
+            lengths.append(unit_lengths)
         lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         every_length.append(lengths)
         all_sidecars.extend(sidecars)
@@ -219,7 +228,7 @@ def test_encoded_tokens_are_the_kept_tokens_plus_the_dropped_ones_in_every_sourc
     got = stats_json(capsys, str(corpus_dir))
     want = recount(corpus_dir, manifest)
     for s, w in zip([*got["sources"], got["total"]], [*want["sources"], want["total"]]):
-        kept_from_idx = w["tokens"]  # the recount sums np.diff of each .idx
+        kept_from_idx = w["tokens"]  # the recount sums the sequence lengths of each .idx
         assert s["tokens_after_chars"] == kept_from_idx + sum(s["tokens_dropped"].values()), s.get("name", "total")
         assert "too_few_chars" not in s["tokens_dropped"]  # those chunks are never encoded
         assert set(s["tokens_dropped"]) == set(s["chunks"]["dropped"]) - {"too_few_chars"}
@@ -439,7 +448,7 @@ def test_inspect_prints_provenance_and_is_repeatable_by_seed(sample_dir, capsys)
 def test_inspect_one_chunk_by_shard_and_index(sample_dir, capsys):
     from corpus.inspection.chunks import chunk_at
     idx = sorted((sample_dir / "shards" / "refinedweb").glob("*.idx"))[0]
-    offsets = np.fromfile(idx, dtype="<u8")
+    offsets = np.concatenate(([0], np.cumsum(_idx_lengths(idx))))
     tokens = np.fromfile(idx.with_suffix(".bin"), dtype="<u2")
     c = chunk_at(idx.with_suffix(".bin"), 2)
     assert c.text == Tokenizer().decode(tokens[offsets[2]:offsets[3]])
@@ -450,7 +459,7 @@ def test_inspect_one_chunk_by_shard_and_index(sample_dir, capsys):
 
 def test_inspect_out_of_range_index_says_how_many_chunks_there_are(sample_dir, capsys):
     idx = sorted((sample_dir / "shards" / "refinedweb").glob("*.idx"))[0]
-    n = len(np.fromfile(idx, dtype="<u8")) - 1
+    n = len(_idx_lengths(idx))
     assert cli_main(["inspect", "--shard", str(idx), "--index", str(n)]) == 2
     assert f"holds {n} chunks" in capsys.readouterr().err
 

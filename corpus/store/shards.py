@@ -3,30 +3,71 @@
 Per work unit, three files under ``<corpus>/shards/<source>/``:
 
 - ``<unit>.bin``  little-endian uint16 token ids, chunks concatenated (each BOS ... EOS);
-- ``<unit>.idx``  little-endian uint64 offsets into ``.bin`` in tokens, number of chunks + 1, first 0;
+- ``<unit>.idx``  Megatron's indexed-dataset index (``MMIDIDX``, version 1), one sequence and one
+  document per chunk, so megatron-core's ``IndexedDataset(stem)`` reads the pair unchanged;
 - ``<unit>.json`` the sidecar: source, input slice, counts, drops by reason, sha256 of both files.
 
-numpy opens them without this package: ``np.fromfile(p, "<u2")`` and ``np.fromfile(q, "<u8")``.
-Every write is atomic (temporary file in the same folder, fsync, rename).
+Corpora written before that hold an ``.idx`` of little-endian uint64 token offsets (chunks + 1,
+first 0). :meth:`Shard.open` reads both, told apart by the header: a legacy index starts with
+eight zero bytes, never with ``MMIDIDX``. Byte layouts, and how to read them with numpy alone:
+``docs/formats.md``. Every write is atomic (temporary file in the same folder, fsync, rename).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 TOKEN_DTYPE = np.dtype("<u2")
-OFFSET_DTYPE = np.dtype("<u8")
+OFFSET_DTYPE = np.dtype("<u8")   # token offsets: the legacy index, and Shard.offsets
+
+INDEX_FORMAT = "megatron-mmidx-1"
+LEGACY_INDEX_FORMAT = "uint64-offsets"
+
+# Megatron's index: header, version, dtype code, sequence count, document count (34 bytes), then
+# int32 sequence lengths, int64 byte pointers into .bin, int64 document boundaries.
+MEGATRON_HEADER = b"MMIDIDX\x00\x00"
+MEGATRON_VERSION = 1
+MEGATRON_UINT16 = 8              # megatron-core's DType code for uint16
+_MEGATRON_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float64", 7: "float32", 8: "uint16"}
+_PREAMBLE = struct.Struct("<9sQBQQ")
+LENGTH_DTYPE = np.dtype("<i4")
+POINTER_DTYPE = np.dtype("<i8")
+DOCUMENT_DTYPE = np.dtype("<i8")
+
+_MMAP_FROM = 1 << 20             # smaller indexes are read whole: many small maps cost more than the reads
+
+
+def megatron_index_bytes(lengths: list[int] | np.ndarray) -> bytes:
+    """The ``.idx`` bytes of a shard whose chunks have these token lengths.
+
+    Built here with numpy, not with megatron-core's writer: megatron-core is only a test
+    dependency, there to prove that it reads these bytes back.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size and (lengths.min() < 0 or lengths.max() > np.iinfo(LENGTH_DTYPE).max):
+        raise ValueError("chunk lengths must fit Megatron's int32 sequence lengths")
+    n = int(lengths.size)
+    pointers = np.zeros(n, dtype=POINTER_DTYPE)
+    np.cumsum(lengths[:-1] * TOKEN_DTYPE.itemsize, out=pointers[1:])
+    # each chunk is its own document: boundaries 0, 1, ..., n (megatron checks the last equals n)
+    documents = np.arange(n + 1, dtype=DOCUMENT_DTYPE)
+    preamble = _PREAMBLE.pack(MEGATRON_HEADER, MEGATRON_VERSION, MEGATRON_UINT16, n, n + 1)
+    return b"".join((preamble, lengths.astype(LENGTH_DTYPE).tobytes(), pointers.tobytes(), documents.tobytes()))
 
 
 @dataclass
 class Shard:
-    """A read-only, memory-mapped view of one shard."""
+    """A read-only, memory-mapped view of one shard, whichever index format it has."""
     stem: Path
-    tokens: np.ndarray   # uint16, memory-mapped
-    offsets: np.ndarray  # uint64, memory-mapped
+    tokens: np.ndarray                               # uint16, memory-mapped
+    index_format: str                                # INDEX_FORMAT or LEGACY_INDEX_FORMAT
+    sequence_lengths: np.ndarray | None = None       # Megatron index: int32 tokens per chunk
+    sequence_pointers: np.ndarray | None = None      # Megatron index: int64 byte offset of each chunk in .bin
+    _offsets: np.ndarray | None = field(default=None, repr=False)  # legacy index; Megatron's once asked for
 
     @classmethod
     def open(cls, stem: str | Path) -> "Shard":
@@ -34,28 +75,108 @@ class Shard:
         if stem.suffix in (".bin", ".idx", ".json"):
             stem = stem.with_suffix("")
         bin_path, idx_path = stem.with_suffix(".bin"), stem.with_suffix(".idx")
-        offsets = np.fromfile(idx_path, dtype=OFFSET_DTYPE) if idx_path.stat().st_size < (1 << 20) \
-            else np.memmap(idx_path, dtype=OFFSET_DTYPE, mode="r")
-        if len(offsets) == 0 or offsets[0] != 0:
-            raise ValueError(f"{idx_path}: not a shard index (must start with offset 0)")
-        size = bin_path.stat().st_size
-        if size != int(offsets[-1]) * TOKEN_DTYPE.itemsize:
-            raise ValueError(f"{bin_path}: holds {size // 2} tokens but {idx_path.name} says {int(offsets[-1])}")
-        tokens = np.memmap(bin_path, dtype=TOKEN_DTYPE, mode="r") if size else np.zeros(0, TOKEN_DTYPE)
-        return cls(stem, tokens, offsets)
+        size = idx_path.stat().st_size
+        raw = np.fromfile(idx_path, dtype=np.uint8) if size < _MMAP_FROM \
+            else np.memmap(idx_path, dtype=np.uint8, mode="r").view(np.ndarray)
+        bin_size = bin_path.stat().st_size
+        if bin_size % TOKEN_DTYPE.itemsize:
+            raise ValueError(f"{bin_path}: {bin_size} bytes, not a whole number of uint16 tokens")
+        tokens = np.memmap(bin_path, dtype=TOKEN_DTYPE, mode="r") if bin_size else np.zeros(0, TOKEN_DTYPE)
+        if raw[:len(MEGATRON_HEADER)].tobytes() == MEGATRON_HEADER:
+            lengths, pointers = _megatron_index(idx_path, raw, bin_size)
+            return cls(stem, tokens, INDEX_FORMAT, lengths, pointers)
+        return cls(stem, tokens, LEGACY_INDEX_FORMAT, _offsets=_legacy_index(idx_path, raw, bin_size))
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        if self.sequence_lengths is not None:
+            return len(self.sequence_lengths)
+        return len(self._offsets) - 1
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Token offsets of every chunk plus the end (``len + 1`` values, first 0), as the legacy index held them.
+
+        For a Megatron index they are made from its byte pointers on first use (8 bytes a chunk);
+        :meth:`chunk`, :meth:`chunk_lengths` and :attr:`num_tokens` never need them.
+        """
+        if self._offsets is None:
+            offsets = np.empty(len(self) + 1, dtype=OFFSET_DTYPE)
+            offsets[:-1] = self.sequence_pointers // TOKEN_DTYPE.itemsize
+            offsets[-1] = self.num_tokens
+            self._offsets = offsets
+        return self._offsets
 
     @property
     def num_tokens(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.tokens.size)  # Shard.open checked that the index covers .bin exactly
 
     def chunk(self, i: int) -> np.ndarray:
-        return self.tokens[int(self.offsets[i]):int(self.offsets[i + 1])]
+        if self.sequence_lengths is not None:
+            start = int(self.sequence_pointers[i]) // TOKEN_DTYPE.itemsize
+            return self.tokens[start:start + int(self.sequence_lengths[i])]
+        return self.tokens[int(self._offsets[i]):int(self._offsets[i + 1])]
 
     def chunk_lengths(self) -> np.ndarray:
-        return np.diff(self.offsets.astype(np.int64))
+        if self.sequence_lengths is not None:
+            return self.sequence_lengths.astype(np.int64)
+        return np.diff(self._offsets.astype(np.int64))
 
     def sidecar(self) -> dict:
         return json.loads(self.stem.with_suffix(".json").read_text())
+
+
+def _megatron_index(idx_path: Path, raw: np.ndarray, bin_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sequence lengths and byte pointers of a Megatron index (views into ``raw``), checked against ``.bin``."""
+    if raw.size < _PREAMBLE.size:
+        raise ValueError(f"{idx_path}: Megatron index cut short: {raw.size} bytes, its header alone takes "
+                         f"{_PREAMBLE.size}")
+    _, version, code, n, d = _PREAMBLE.unpack(raw[:_PREAMBLE.size].tobytes())
+    if version != MEGATRON_VERSION:
+        raise ValueError(f"{idx_path}: Megatron index version {version}; only version {MEGATRON_VERSION} is read")
+    if code != MEGATRON_UINT16:
+        name = _MEGATRON_DTYPES.get(code, "unknown")
+        raise ValueError(f"{idx_path}: Megatron index of dtype code {code} ({name}); shards hold uint16 tokens "
+                         f"(code {MEGATRON_UINT16})")
+    at = [_PREAMBLE.size]
+    for count, dtype in ((n, LENGTH_DTYPE), (n, POINTER_DTYPE), (d, DOCUMENT_DTYPE)):
+        at.append(at[-1] + count * dtype.itemsize)
+    if raw.size != at[-1]:
+        raise ValueError(f"{idx_path}: {raw.size} bytes, but a Megatron index of {n} sequences and {d} documents "
+                         f"takes {at[-1]}")
+    lengths = raw[at[0]:at[1]].view(LENGTH_DTYPE)
+    pointers = raw[at[1]:at[2]].view(POINTER_DTYPE)
+    documents = raw[at[2]:at[3]].view(DOCUMENT_DTYPE)
+    if n and int(lengths.min()) < 0:
+        raise ValueError(f"{idx_path}: sequence {int(np.argmax(lengths < 0))} has a negative length")
+    # the project's chunks lie back to back, so each pointer is where the lengths before it end
+    ends = np.cumsum(lengths, dtype=np.int64) * TOKEN_DTYPE.itemsize
+    starts = ends - lengths.astype(np.int64) * TOKEN_DTYPE.itemsize
+    wrong = np.flatnonzero(pointers != starts)
+    if wrong.size:
+        i = int(wrong[0])
+        raise ValueError(f"{idx_path}: sequence {i} starts at byte {int(pointers[i])}, but the lengths before it "
+                         f"end at byte {int(starts[i])}")
+    end = int(ends[-1]) if n else 0
+    if end != bin_size:
+        raise ValueError(f"{idx_path}: its sequences end at byte {end} ({end // 2} tokens), but "
+                         f"{idx_path.with_suffix('.bin').name} holds {bin_size} bytes ({bin_size // 2} tokens)")
+    if d == 0 or int(documents[0]) != 0 or int(documents[-1]) != n or bool((np.diff(documents) < 0).any()):
+        raise ValueError(f"{idx_path}: document indices must rise from 0 to the sequence count {n}")
+    return lengths, pointers
+
+
+def _legacy_index(idx_path: Path, raw: np.ndarray, bin_size: int) -> np.ndarray:
+    """The token offsets of a legacy index (a view into ``raw``), checked against ``.bin``."""
+    if raw.size < OFFSET_DTYPE.itemsize or raw.size % OFFSET_DTYPE.itemsize:
+        raise ValueError(f"{idx_path}: not a shard index: no {MEGATRON_HEADER!r} header, and {raw.size} bytes "
+                         f"are not legacy uint64 offsets")
+    offsets = raw.view(OFFSET_DTYPE)
+    if offsets[0] != 0:
+        raise ValueError(f"{idx_path}: not a shard index: no {MEGATRON_HEADER!r} header, and as legacy uint64 "
+                         f"offsets it does not start at 0")
+    if bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"{idx_path}: legacy offsets go backwards at chunk {int(np.argmax(offsets[1:] < offsets[:-1]))}")
+    if bin_size != int(offsets[-1]) * TOKEN_DTYPE.itemsize:
+        raise ValueError(f"{idx_path}: its chunks end at token {int(offsets[-1])}, but "
+                         f"{idx_path.with_suffix('.bin').name} holds {bin_size // 2} tokens")
+    return offsets

@@ -1,7 +1,8 @@
 """Writing shards: chunk by chunk, so a worker's memory does not grow with its work unit.
 
 The ``.bin`` grows in a temporary file and is renamed into place at :meth:`ShardWriter.close`,
-then the ``.idx`` and, last, the sidecar (format: :mod:`corpus.store.shards`).
+then the ``.idx`` (Megatron's ``MMIDIDX`` index, one sequence per chunk) and, last, the sidecar
+(format: :mod:`corpus.store.shards`).
 :func:`write_shard` drives the same writer for a list of chunks already in memory.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from corpus.store.files import atomic_write_bytes, atomic_write_json, temporary_beside
-from corpus.store.shards import OFFSET_DTYPE, TOKEN_DTYPE
+from corpus.store.shards import INDEX_FORMAT, TOKEN_DTYPE, megatron_index_bytes
 
 
 class ShardWriter:
@@ -41,18 +42,17 @@ class ShardWriter:
 
     def close(self, sidecar: dict) -> dict:
         """Put the three files in place and return the sidecar as written."""
+        idx_bytes = megatron_index_bytes(self._lengths)  # before the rename: a chunk it refuses leaves no .bin
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         bin_path, idx_path = self.stem.with_suffix(".bin"), self.stem.with_suffix(".idx")
         os.replace(self._tmp, bin_path)
-        offsets = np.zeros(len(self._lengths) + 1, dtype=OFFSET_DTYPE)
-        np.cumsum(np.asarray(self._lengths, dtype=np.int64), out=offsets[1:])
-        idx_bytes = offsets.tobytes()
         atomic_write_bytes(idx_path, idx_bytes)
         meta = dict(sidecar)
-        meta.update(chunks=len(self._lengths), tokens=int(offsets[-1]), bin=bin_path.name, idx=idx_path.name,
-                    sha256_bin=self._sha.hexdigest(), sha256_idx=hashlib.sha256(idx_bytes).hexdigest())
+        meta.update(chunks=len(self._lengths), tokens=self.tokens, bin=bin_path.name, idx=idx_path.name,
+                    index_format=INDEX_FORMAT, sha256_bin=self._sha.hexdigest(),
+                    sha256_idx=hashlib.sha256(idx_bytes).hexdigest())
         atomic_write_json(self.stem.with_suffix(".json"), meta)
         return meta
 
@@ -72,7 +72,7 @@ def write_shard(stem: str | Path, chunks: list[np.ndarray] | list[list[int]], si
     try:
         for chunk in chunks:
             writer.add(chunk)
+        return writer.close(sidecar)
     except BaseException:
         writer.abort()
         raise
-    return writer.close(sidecar)

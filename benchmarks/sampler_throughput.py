@@ -64,8 +64,10 @@ def build_synthetic_corpus(out: Path, total_tokens: int, seed: int = 0) -> dict[
             chunks = [tokens[starts[i]:starts[i + 1]] for i in idx]
             write_shard(out / "shards" / source / f"unit-{u:05d}", chunks, {"source": source, "synthetic": True})
         written[source] = int(lengths.sum())
+    # vocab_size as a build records it: the sampler checks every served window against it
     atomic_write_json(out / "corpus.json", {"manifest": manifest.model_dump(mode="json"),
-                                            "tokenizer": {"bos_id": 1, "eos_id": 2}, "synthetic": True})
+                                            "tokenizer": {"bos_id": 1, "eos_id": 2, "vocab_size": 32000},
+                                            "synthetic": True})
     return written
 
 

@@ -8,6 +8,11 @@ unit's bytes depend only on the unit, the result is the same as an uninterrupted
 The corpus folder remembers the manifest fingerprint (text rules, sources, tokenizer) in
 ``plan.json``; a rerun whose fingerprint differs is refused, or with ``--force`` the old
 folder is moved aside to ``<out>.stale-<old fingerprint[:8]>`` and a fresh build starts.
+
+A full disk (or quota), met by a worker or by the driver, stops the build with a
+:class:`CorpusWriteError` naming the file and the filesystem: no new unit starts, the ones
+running finish (or stop on the same full disk), and every finished unit keeps its ledger
+entry, so the same command run again, once there is space, goes on from there.
 """
 from __future__ import annotations
 
@@ -18,9 +23,9 @@ from pathlib import Path
 
 from corpus.manifest import Manifest, load_manifest
 from corpus.paths import default_corpus_dir
-from corpus.store.files import utc_now
+from corpus.store.files import out_of_space, utc_now
 from corpus.store.index import corpus_index
-from corpus.store.layout import CorpusBusy, CorpusDir
+from corpus.store.layout import CorpusBusy, CorpusDir, CorpusWriteError
 from corpus.text.filters import build_filters
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
@@ -94,6 +99,18 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sa
     for s in manifest.sources:  # bad filter params fail here, before any work starts
         build_filters(s.filters, where=f"source {s.name}: ")
     out = Path(out_dir) if out_dir is not None else default_corpus_dir(manifest.name, sample)
+    try:
+        return _build(manifest, tokenizer, out, sample, workers, address, force, progress, unit_bytes,
+                      mirror_root, started, t0)
+    except OSError as e:  # the driver's own writes: plan, corpus.json, failed entries, the lock file
+        if not out_of_space(e):
+            raise
+        raise CorpusWriteError(e.filename or out, e.errno) from e
+
+
+def _build(manifest: Manifest, tokenizer: Tokenizer, out: Path, sample: bool, workers: int | None,
+           address: str | None, force: bool, progress: bool, unit_bytes: int, mirror_root: str | Path | None,
+           started: str, t0: float) -> BuildResult:
     with ExitStack() as held:
         corpus = _hold(held, CorpusDir(out))
         plan, moved = _check_plan(corpus, manifest, tokenizer, sample, force)
@@ -113,26 +130,40 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sa
         pending = [u for u in units if not corpus.is_done(u.source, u.unit_id)]
         skipped = len(units) - len(pending)
         failed: list[dict] = []
+        full: list[dict] = []  # units stopped by a full disk: no new unit starts after the first
         ran, started_ray, interrupted, bar = 0, False, True, None
         try:
             if pending:
                 started_ray = start_ray(workers, address)
                 bar = BuildProgress(progress, len(units), skipped)
                 job = BuildJob(UnitJob.of(manifest, tokenizer), str(out))
-                for summary in run_units(job, pending, workers or cluster_cpus()):
+                for summary in run_units(job, pending, workers or cluster_cpus(), stop=lambda: bool(full)):
+                    if summary["status"] == "disk_full":
+                        full.append(summary)
+                        continue
                     ran += 1
                     if summary["status"] == "failed":
                         failed.append(summary)
                     bar.advance(summary)
             interrupted = False
         finally:
-            if bar is not None:
-                bar.close()
-            status = "partial" if interrupted else ("failed" if failed else "complete")
-            index = write_index(status, utc_now())
-            if started_ray:
-                import ray
-                ray.shutdown()
+            try:
+                if bar is not None:
+                    bar.close()
+                status = "partial" if interrupted or full else ("failed" if failed else "complete")
+                try:
+                    index = write_index(status, utc_now())
+                except OSError as e:
+                    if not (full and out_of_space(e)):
+                        raise
+                    index = None  # corpus.json keeps "building"; the rerun rewrites it from the ledger
+            finally:
+                if started_ray:
+                    import ray
+                    ray.shutdown()
+    if full:
+        first = full[0]
+        raise CorpusWriteError(first["path"], first["errno"])
     return BuildResult(out, status, len(units), skipped, ran, index["failed_units"], index, moved,
                        time.perf_counter() - t0)
 
@@ -183,10 +214,10 @@ def _check_plan(corpus: CorpusDir, manifest: Manifest, tokenizer: Tokenizer, sam
     return None, _move_aside(out, plan["fingerprint"])
 
 
-def run_units(job: BuildJob, units: list[WorkUnit], workers: int):
-    """Yield each unit's summary as it finishes, keeping at most ``workers`` tasks in flight."""
+def run_units(job: BuildJob, units: list[WorkUnit], workers: int, stop=None):
+    """Yield each unit's summary as it finishes, at most ``workers`` tasks in flight; none starts once ``stop()``."""
     import ray
-    for unit, ref in in_flight(execute_unit, job, units, WorkUnit.to_dict, workers):
+    for unit, ref in in_flight(execute_unit, job, units, WorkUnit.to_dict, workers, stop=stop):
         try:
             yield ray.get(ref)
         except Exception as e:  # the worker died (out of memory, node lost): record it like any failure

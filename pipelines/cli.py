@@ -1,8 +1,8 @@
 """`elm-corpus`: build, inspect and describe token corpora.
 
 This module parses the command line and prints; the work is done by the domain modules
-(`pipelines.build`, `corpus.inspection`, `corpus.mirror`, `corpus.tokenizer`), whose heavy
-imports stay lazy so `elm-corpus --help` is instant. Terminal tables: `pipelines.views`.
+(`pipelines.build`, `corpus.inspection`, `corpus.store.verify`, `corpus.mirror`, `corpus.tokenizer`),
+whose heavy imports stay lazy so `elm-corpus --help` is instant. Terminal tables: `pipelines.views`.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 
 
 def _build(args) -> int:
+    from corpus.store.layout import CorpusWriteError
     from pipelines.build import BuildRefused, build
     try:
         result = build(args.manifest, out_dir=args.out, sample=args.sample, workers=args.workers,
@@ -19,6 +20,9 @@ def _build(args) -> int:
     except BuildRefused as e:
         print(f"elm-corpus build: refused: {e}", file=sys.stderr)
         return 3
+    except CorpusWriteError as e:
+        print(f"elm-corpus build: stopped: {e}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("elm-corpus build: interrupted; finished units are kept, run the same command to resume",
               file=sys.stderr)
@@ -63,6 +67,26 @@ def _stats(args) -> int:
         page = write_report(stats, args.report)
         print(f"report: {page}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _verify(args) -> int:
+    from corpus.store.layout import CorpusBusy, find_corpus
+    from corpus.store.verify import verify
+    from pipelines import views
+    folder = find_corpus(args.target, args.data_dir)
+    progress = views.VerifyProgress(enabled=not args.json and sys.stderr.isatty())
+    try:
+        result = verify(folder, repair=args.repair, progress=progress.update)
+    except CorpusBusy as e:
+        print(f"elm-corpus verify: refused: {e}", file=sys.stderr)
+        return 3
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        views.print_verification(result, args.target, repaired=args.repair)
+    return 0 if result.ok else 1
 
 
 def _inspect(args) -> int:
@@ -125,7 +149,8 @@ def _validate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="elm-corpus", description="OpenELM pretraining corpora: build, stats, inspect.")
+    p = argparse.ArgumentParser(prog="elm-corpus",
+                                description="OpenELM pretraining corpora: build, stats, verify, inspect.")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build or resume the corpus a manifest names")
@@ -144,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", metavar="DIR", help="write an HTML report with PNG charts to DIR")
     s.add_argument("--data-dir", default=None, help="where corpora live (default data/corpora)")
     s.set_defaults(func=_stats)
+
+    c = sub.add_parser("verify", help="re-hash every shard against its records; find damaged units")
+    c.add_argument("target", help="corpus name (under data/corpora) or folder")
+    c.add_argument("--repair", action="store_true",
+                   help="remove the damaged units' ledger entries and files, so the next build redoes them")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--data-dir", default=None, help="where corpora live (default data/corpora)")
+    c.set_defaults(func=_verify)
 
     i = sub.add_parser("inspect", help="decode chunks back to text with their provenance")
     i.add_argument("target", nargs="?", default=None, help="corpus name or folder")

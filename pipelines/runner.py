@@ -42,20 +42,21 @@ def cluster_cpus() -> int:
 
 
 def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[Any], Any], limit: int,
-              ordered: bool = False) -> Iterator[tuple[Any, Any]]:
+              ordered: bool = False, stop: Callable[[], bool] | None = None) -> Iterator[tuple[Any, Any]]:
     """Run ``task(shared, argument(item))`` as a one-CPU Ray task per item, at most ``limit`` at a time.
 
     Yields ``(item, object ref)`` once the ref is ready to ``ray.get`` (which raises if its task
     failed; the caller decides what a failure means): in the order items finish, or with
     ``ordered`` in the order they were given. ``shared`` is put in the object store once.
+    Once ``stop()`` is true no new task starts, and the ones running are still yielded as they end.
     """
     import ray
     remote = ray.remote(num_cpus=1)(task)
     shared_ref = ray.put(shared)
     queue = deque(items)
     running: deque[tuple[Any, Any]] = deque()
-    while queue or running:
-        while queue and len(running) < limit:
+    while running or (queue and not (stop and stop())):
+        while queue and len(running) < limit and not (stop and stop()):
             item = queue.popleft()
             running.append((item, remote.remote(shared_ref, argument(item))))
         if ordered:

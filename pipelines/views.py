@@ -26,7 +26,8 @@ def _console() -> Console:
 
 
 def _status_style(status: str) -> str:
-    return {"complete": "green", "building": "yellow", "partial": "yellow", "failed": "red"}.get(status, "white")
+    return {"complete": "green", "building": "yellow", "partial": "yellow", "failed": "red",
+            "damaged": "red"}.get(status, "white")
 
 
 def print_corpora(rows: list[dict], folder: Path) -> None:
@@ -62,7 +63,7 @@ def _header(numbers: dict) -> Panel:
         f"tokenizer {escape(c['tokenizer']['spec'] or '-')}   sha256 {c['tokenizer']['sha256'] or '-'}",
         f"started {c['started_at'] or '-'}   finished {c['finished_at'] or '-'}",
     ]
-    note = progress_note(c["status"], c.get("build_running"), c.get("build_pid"))
+    note = progress_note(c["status"], c.get("build_running"), c.get("build_pid"), c["path"])
     if note:
         lines.append(f"[yellow]{escape(note)}[/yellow]")
     return Panel("\n".join(lines), expand=False)
@@ -141,8 +142,76 @@ def print_corpus(numbers: dict) -> None:
         console.print(table)
     for f in numbers["failed_units"]:
         console.print(f"[red]failed[/red] {escape(f['source'])}/{escape(f['unit'])}: {escape(f['error'])}")
+    for d in numbers.get("damaged_units", []):
+        console.print(f"[red]damaged[/red] {escape(d['source'])}/{escape(d['unit'])} ({escape(d['shard'])}): "
+                      f"{escape('; '.join(d['problems']))}")
+    if numbers.get("damaged_units"):  # unwrapped, so the command can be copied whole
+        console.print(f"next: elm-corpus verify {escape(shlex.quote(numbers['corpus']['path']))} (then --repair)",
+                      soft_wrap=True, highlight=False)
+    shown = tuple(f"{d['source']}/{d['unit']}: " for d in numbers.get("damaged_units", []))
     for p in numbers["problems"]:
-        console.print(f"[red]problem[/red] {escape(p)}")
+        if not p.startswith(shown or ("\0",)):  # a damaged unit's problems are listed with it above
+            console.print(f"[red]problem[/red] {escape(p)}")
+
+
+def print_verification(result, target: str, repaired: bool) -> None:
+    """`elm-corpus verify`: each damaged unit with what is wrong, a summary, and what to run next."""
+    console = _console()
+
+    def say(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False)  # unwrapped: paths and commands copy whole
+
+    for d in result.damaged:
+        say(f"[red]damaged[/red] {escape(d.source)}/{escape(d.unit)}  {escape(d.shard)}")
+        for problem in d.problems:
+            say(f"  - {escape(problem)}")
+    for problem in result.problems:
+        say(f"[red]problem[/red] {escape(problem)}")
+    ids = (f"token ids below {result.vocab_size:,}" if result.vocab_size is not None
+           else "token ids not checked (corpus.json records no vocabulary size)")
+    say(f"{escape(str(result.path))}: {result.units_checked:,} units checked, {human_bytes(result.bytes_hashed)} "
+        f"hashed, {short_count(result.tokens_checked)} tokens; {ids}")
+    if not result.locked:
+        say("[yellow]the folder could not be locked (read-only?): a build could have written it meanwhile[/yellow]")
+    if result.ok:
+        say("[green]ok[/green]: every shard matches its sidecar, ledger entry and corpus.json")
+        return
+    if result.problems:
+        say("the next 'elm-corpus build' of the same manifest (with --out this folder) writes corpus.json afresh "
+            "from plan.json and the ledger")
+    if not result.damaged:
+        return
+    say(f"[red]{len(result.damaged):,} damaged unit(s)[/red]")
+    if repaired:
+        say(f"repaired: removed the ledger entries and files of {len(result.damaged):,} unit(s) "
+            f"({len(result.repaired):,} files); they are pending now. Next, to rebuild exactly them:")
+        say(f"  {escape(result.next_command)}")
+    else:
+        again = f"elm-corpus verify {shlex.quote(target)} --repair"
+        say(f"run '{escape(again)}' to remove them, so that the next 'elm-corpus build' redoes exactly those units")
+
+
+class VerifyProgress:
+    """Units checked out of the ledger's, on one line to stderr (or nothing)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.task = enabled, None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self.bar = Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
+                                TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self.bar.start()
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("verify", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
 
 
 _PREVIEW_CHARS = 1200

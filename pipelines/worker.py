@@ -2,7 +2,8 @@
 
 A :class:`UnitJob` holds everything a worker needs besides its unit (text rules, sources,
 the tokenizer's bytes) and is shipped to the cluster once. :func:`execute_unit` is the
-build's task: it writes the unit's shard, quarantine and, last, its ledger entry.
+build's task: it writes the unit's shard, quarantine and, last, its ledger entry; on a full
+disk it reports ``disk_full`` instead of failing the unit, and the build stops.
 :func:`tokenize_unit` is the live stream's task: the same chunks, returned instead of written.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from corpus.manifest import Manifest, Source, TextRules
-from corpus.store.files import utc_now
+from corpus.store.files import out_of_space, utc_now
 from corpus.store.layout import CorpusDir
 from corpus.store.writer import ShardWriter
 from corpus.text.filters import build_filters
@@ -118,9 +119,29 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
     except Exception as e:  # the unit fails alone; the build goes on and a rerun retries it
         if writer is not None:
             writer.abort()
+        if out_of_space(e):
+            return disk_full(corpus, unit, e)
         entry = failure_entry(unit, e)
-        corpus.write_failed(unit.source, unit.unit_id, entry)
+        try:
+            corpus.write_failed(unit.source, unit.unit_id, entry)
+        except OSError as w:
+            if not out_of_space(w):
+                raise
+            return disk_full(corpus, unit, w)
         return {"status": "failed", **entry}
+
+
+def disk_full(corpus: CorpusDir, unit: WorkUnit, error: OSError) -> dict:
+    """The summary of a unit stopped by a full disk: not the unit's fault, so no failed entry (nor room for one).
+
+    Files it placed before its ledger entry are removed: they are no finished unit, and the space helps.
+    """
+    # a write(2) into the shard's growing .bin names no file; every other write here names its own
+    path = error.filename or str(corpus.shard_stem(unit.source, unit.unit_id).with_suffix(".bin"))
+    if not corpus.is_done(unit.source, unit.unit_id):
+        corpus.discard_unit_files(unit.source, unit.unit_id)
+    return {"status": "disk_full", "source": unit.source, "unit": unit.unit_id, "path": path,
+            "errno": error.errno, "error": f"{type(error).__name__}: {error.strerror or error}"}
 
 
 def tokenize_unit(job: UnitJob, unit_dict: dict) -> tuple[np.ndarray, np.ndarray]:

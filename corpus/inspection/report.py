@@ -223,7 +223,8 @@ tr.total td { font-weight: bold; border-top: 2px solid #9aa5b1; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #e4e7eb; }
 figcaption { font-size: 0.85rem; color: #52606d; max-width: 900px; }
 .status { display: inline-block; padding: 0.1rem 0.5rem; border-radius: 0.3rem; color: white; }
-.complete { background: #2f8132; } .building, .partial { background: #b7791f; } .failed { background: #c0392b; }
+.complete { background: #2f8132; } .building, .partial { background: #b7791f; }
+.failed, .damaged { background: #c0392b; }
 .planned { background: #52606d; }
 code, .mono { font-family: ui-monospace, monospace; font-size: 0.85em; word-break: break-all; }
 .excerpt { white-space: pre-wrap; max-width: 36rem; }
@@ -295,6 +296,12 @@ def _failed_section(numbers: dict) -> str:
         items = "".join(f"<li><code>{_e(f['source'])}/{_e(f['unit'])}</code>: {_e(f['error'])}</li>"
                         for f in numbers["failed_units"])
         parts.append(f"<h2>Failed units</h2><p>Rerun <code>elm-corpus build</code> to retry them.</p><ul>{items}</ul>")
+    if numbers.get("damaged_units"):
+        items = "".join(f"<li><code>{_e(d['source'])}/{_e(d['unit'])}</code> (<code>{_e(d['shard'])}</code>): "
+                        f"{_e('; '.join(d['problems']))}</li>" for d in numbers["damaged_units"])
+        parts.append(f"<h2>Damaged units</h2><p>Their files disagree with their ledger entries. Run "
+                     f"<code>elm-corpus verify {_e(numbers['corpus']['path'])}</code> to check every shard, then "
+                     f"with <code>--repair</code>, and rerun the build it prints.</p><ul>{items}</ul>")
     if numbers["problems"]:
         items = "".join(f"<li>{_e(p)}</li>" for p in numbers["problems"])
         parts.append(f"<h2>Problems found on disk</h2><ul>{items}</ul>")
@@ -306,8 +313,11 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
     c, t = n["corpus"], n["total"]
     status = c["status"]
     note = ""
-    advice = progress_note(status, c.get("build_running"), c.get("build_pid"))
-    if advice:
+    advice = progress_note(status, c.get("build_running"), c.get("build_pid"), c["path"])
+    if status == "damaged":
+        note = (f"<p><strong>This corpus is damaged:</strong> {len(n['damaged_units']):,} finished work unit(s) "
+                f"have files that disagree with their ledger entries (listed at the end). {_e(advice)}.</p>")
+    elif advice:
         note = (f"<p><strong>This corpus is {_e(status)}:</strong> {t['units']['done']:,} of "
                 f"{t['units']['total']:,} work units are done; the numbers below count those. {_e(advice)}.</p>")
     facts = [("folder", c["path"]), ("manifest", c["manifest_path"]),

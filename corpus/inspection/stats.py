@@ -4,7 +4,9 @@ The numbers come from the files a build leaves, never from a build's memory: the
 (``plan.json``, every work unit), the ledger (a unit is done once its entry exists), the
 failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped chunks, quarantine) and
 ``.idx`` (chunk lengths). So they are right for a finished corpus, a build still running
-and one that was interrupted. ``corpus.json`` supplies the manifest, tokenizer and status.
+and one that was interrupted. ``corpus.json`` supplies the manifest, tokenizer and status; the
+status shown is ``damaged`` instead when a finished unit's files disagree with its ledger entry
+(:func:`corpus.store.verify.quick_check`: presence, byte sizes, records; no hashing).
 
 The JSON schema (``--json``) is documented in ``docs/stats.md``; ``SCHEMA_VERSION`` changes
 whenever a field changes meaning or disappears.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ import numpy as np
 from corpus.store.counts import UnitCounts
 from corpus.store.layout import CORPUS_JSON, PLAN_JSON, QUARANTINE_DIR, SHARDS_DIR, CorpusDir, NotACorpus
 from corpus.store.shards import Shard
+from corpus.store.verify import UnitDamage, quick_check
 
 SCHEMA_VERSION = 1
 
@@ -178,7 +182,16 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
     tallies: dict[str, _Tally] = {}
     per_source: dict[str, dict] = {}
     problems: list[str] = []
+    damage = {(d.source, d.unit): d for d in quick_check(root)}
     failed_units: list[dict] = []
+
+    def damaged(source: str, unit: str, problem: str) -> None:
+        problems.append(f"{source}/{unit}: {problem}")
+        shard = folder.relative(folder.shard_stem(source, unit))
+        d = damage.setdefault((source, unit), UnitDamage(source, unit, shard))
+        if problem not in d.problems:
+            d.problems.append(problem)
+
     for name in names:
         tally = _Tally()
         units = planned.get(name) or sorted(u for s, u in ledger if s == name)
@@ -189,16 +202,15 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
             try:
                 meta = _read_json(stem.with_suffix(".json"))
                 if meta is None:
-                    problems.append(f"{name}/{unit}: the ledger says done but {stem}.json is missing")
+                    damaged(name, unit, f"the ledger says done but {stem}.json is missing")
                     continue
                 lengths = Shard.open(stem).chunk_lengths()
             except (FileNotFoundError, ValueError) as e:
-                problems.append(f"{name}/{unit}: unreadable shard: {e}")
+                damaged(name, unit, f"unreadable shard: {e}")
                 continue
             if len(lengths) != meta.get("chunks") or int(lengths.sum()) != meta.get("tokens"):
-                problems.append(f"{name}/{unit}: {stem.name}.idx holds {len(lengths)} chunks and "
-                                f"{int(lengths.sum())} tokens but its sidecar says {meta.get('chunks')} and "
-                                f"{meta.get('tokens')}")
+                damaged(name, unit, f"{stem.name}.idx holds {len(lengths)} chunks and {int(lengths.sum())} tokens "
+                                    f"but its sidecar says {meta.get('chunks')} and {meta.get('tokens')}")
             tally.add_sidecar(meta)
             tally.add_lengths(lengths)
         for unit in failed_here:
@@ -226,12 +238,14 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
     corpus_json = corpus_json or {}
     tokenizer = corpus_json.get("tokenizer") or {}
     holder = build_holder(root)
+    recorded = corpus_json.get("status", "planned")
     numbers = {
         "schema_version": SCHEMA_VERSION,
         "corpus": {
             "name": corpus_json.get("name") or (plan or {}).get("name") or root.name,
             "path": str(root),
-            "status": corpus_json.get("status", "planned"),
+            "status": "damaged" if damage else recorded,
+            "recorded_status": recorded,
             "sample": corpus_json.get("sample", (plan or {}).get("sample")),
             "manifest_path": (corpus_json.get("manifest") or {}).get("path"),
             "manifest_fingerprint": corpus_json.get("manifest_fingerprint") or (plan or {}).get("fingerprint"),
@@ -254,6 +268,7 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
                               "folder": _folder_bytes(root)},
         },
         "failed_units": failed_units,
+        "damaged_units": [d.to_dict() for _, d in sorted(damage.items())],
         "problems": problems,
     }
     lengths = {name: tally.lengths for name, tally in tallies.items()}
@@ -269,10 +284,12 @@ def summary_row(corpus_dir: Path) -> dict:
     tokens = sum((_read_json(p) or {}).get("tokens", 0) for p in ledger.values())
     sources = corpus_json.get("sources") or {}
     holder = build_holder(corpus_dir)
+    damaged = quick_check(corpus_dir)
     return {
         "name": corpus_dir.name,
         "path": str(corpus_dir),
-        "status": corpus_json.get("status", "planned"),
+        "status": "damaged" if damaged else corpus_json.get("status", "planned"),
+        "damaged_units": len(damaged),
         "build_running": None if holder is None else bool(holder),
         "sources": len(sources) or len({u["source"] for u in plan.get("units", [])}),
         "units": {"total": units_total, "done": len(ledger)},
@@ -303,8 +320,11 @@ def quarantine_examples(corpus_dir: str | Path, per_source: int = 3) -> dict[str
     return out
 
 
-def progress_note(status: str, running: bool | None, pid: int | None) -> str | None:
-    """What a reader should know about an unfinished corpus, or None when it is complete."""
+def progress_note(status: str, running: bool | None, pid: int | None, target: str = "NAME") -> str | None:
+    """What a reader should know about an unfinished or damaged corpus (``target``: its name or folder), or None."""
+    if status == "damaged":
+        return (f"the files of some finished units disagree with their ledger entries: run 'elm-corpus verify "
+                f"{shlex.quote(target)}' to check every shard, then add --repair and rerun the build it prints")
     if running:
         return f"a build (pid {pid}) is writing this folder now; the numbers count the units finished so far"
     if status == "building" and running is False:

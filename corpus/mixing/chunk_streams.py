@@ -20,6 +20,7 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -53,14 +54,11 @@ class SourceChunks:
         """For chunk ids: the shard holding each, its first token in that shard, its length."""
         shard = np.searchsorted(self.first, ids, side="right") - 1
         begin = np.empty(len(ids), dtype=np.int64)
-        end = np.empty(len(ids), dtype=np.int64)
+        length = np.empty(len(ids), dtype=np.int64)
         for s in np.unique(shard):
             where = shard == s if len(self.shards) > 1 else slice(None)
-            local = ids[where] - self.first[s]
-            offsets = self.shards[s].offsets
-            begin[where] = offsets[local]
-            end[where] = offsets[local + 1]
-        return shard, begin, end - begin
+            begin[where], length[where] = self.shards[s].spans(ids[where] - self.first[s])
+        return shard, begin, length
 
 
 @dataclass
@@ -156,6 +154,11 @@ class ShuffledChunks:
         block, r = self._where(i)
         a = block.begin[r]
         return self.chunks.tokens[block.shard[r]][a:a + block.length[r]]
+
+    def origin(self, i: int, offset: int) -> tuple[Path, int]:
+        """Where token ``offset`` of the chunk at ordinal ``i`` lies on disk: its ``.bin`` and token offset there."""
+        block, r = self._where(i)
+        return self.chunks.shards[block.shard[r]].stem.with_suffix(".bin"), block.begin[r] + offset
 
     def locate(self, p: int) -> tuple[int, int]:
         """The ordinal of the chunk that holds token position ``p``, and that chunk's start position."""

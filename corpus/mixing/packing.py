@@ -37,6 +37,12 @@ class PackedSequences:
             i, offset = i + 1, 0
         return want
 
+    def origin(self, k: int, position: int) -> tuple[int, int]:
+        """The chunk ordinal and the offset in that chunk of token ``position`` of sequence ``k``."""
+        p = k * self.length + position
+        i, start = self.stream.locate(p)
+        return i, p - start
+
     def epochs(self, items: int) -> float:
         return self.stream.epochs(tokens=items * self.length)
 
@@ -54,6 +60,9 @@ class ChunkSequences:
         out[:m] = tokens
         out[m:] = self.pad_id
         return m
+
+    def origin(self, k: int, position: int) -> tuple[int, int]:
+        return k, position
 
     def epochs(self, items: int) -> float:
         return self.stream.epochs(chunks=items)

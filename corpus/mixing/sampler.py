@@ -49,6 +49,11 @@ into ``sampler.source_names``) and ``index`` (the global index). Padded input po
 hold ``pad_id`` (default 0, a real embedding row, so a 32000-row model never sees an
 out-of-range id; CoreNet's pad id 32000 only ever reaches its loss, where it is ignored,
 as ``-100`` is here). Only corenet mode pads.
+
+Every window is checked against the vocabulary of the corpus's tokenizer (``corpus.json``)
+before it is served: a token id outside it (a damaged shard) raises ValueError naming the
+shard's ``.bin`` and the token's offset in it. One numpy max per batch (per sample when
+iterated one at a time) keeps it cheap; only a refusal walks back to the chunk.
 """
 from __future__ import annotations
 
@@ -100,6 +105,9 @@ class MixtureSampler(IterableDataset):
         self.rank, self.world_size, self.batch_size, self.pad_id = rank, world_size, batch_size, int(pad_id)
         self.block_chunks = int(block_chunks)
         self.sources = MixedSources(corpus_dir, streams, manifest, weights, split, self.val_fraction)
+        self.vocab_size = self.sources.vocab_size
+        if self.vocab_size is not None and not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id {self.pad_id} is outside the corpus's vocabulary of {self.vocab_size} ids")
         self.split_seed = self.manifest.seed if self.manifest is not None else 0
         self.sequence_length = int(sequence_length or (self.manifest.sequence_length if self.manifest else 2048))
         if self.sequence_length < 1:
@@ -140,9 +148,13 @@ class MixtureSampler(IterableDataset):
         iteration = None
         if info is None:
             iteration = self._iteration = {"mix": mix, "readers": readers, "consumed": 0, "block": self.batch_size}
+        vocab = self.vocab_size
         for g, s, k in self._deal(mix, readers, self.batch_size, worker, workers):
             window = np.empty(self.sequence_length + 1, dtype=np.int64)
-            inputs, labels = split_inputs_and_labels(window, readers[s].fill(k, window))
+            real = readers[s].fill(k, window)
+            if vocab is not None and window.max() >= vocab:
+                self._refuse(window[None], [s], [k], readers)
+            inputs, labels = split_inputs_and_labels(window, real)
             if iteration is not None:
                 iteration["consumed"] += 1
             yield {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels), "source": s, "index": g}
@@ -156,22 +168,38 @@ class MixtureSampler(IterableDataset):
         mix = self._start.copy()
         readers = self._open_readers()
         iteration = self._iteration = {"mix": mix, "readers": readers, "consumed": 0, "block": block}
-        L = self.sequence_length
+        L, vocab = self.sequence_length, self.vocab_size
         dealt = self._deal(mix, readers, block)
         while True:
             windows = np.empty((block, L + 1), dtype=np.int64)
             real = np.empty(block, dtype=np.int64)
             sources = np.empty(block, dtype=np.int64)
             index = np.empty(block, dtype=np.int64)
+            items = [0] * block
             for row in range(block):
                 g, s, k = next(dealt)
                 real[row] = readers[s].fill(k, windows[row])
-                sources[row], index[row] = s, g
+                sources[row], index[row], items[row] = s, g, k
+            if vocab is not None and windows.max() >= vocab:
+                self._refuse(windows, sources.tolist(), items, readers)
             inputs, labels = split_inputs_and_labels(windows, real)
             iteration["consumed"] += block
             yield {"input_ids": torch.from_numpy(np.ascontiguousarray(inputs)),
                    "labels": torch.from_numpy(labels), "source": torch.from_numpy(sources),
                    "index": torch.from_numpy(index)}
+
+    def _refuse(self, windows: np.ndarray, sources: list[int], items: list[int], readers: list) -> None:
+        """Raise for the first token outside the vocabulary in ``windows``, naming its shard and offset."""
+        vocab = self.vocab_size
+        row = int(np.argmax(windows.max(axis=1) >= vocab))
+        position = int(np.argmax(windows[row] >= vocab))
+        s, token = sources[row], int(windows[row, position])
+        reader = readers[s]
+        i, offset = reader.origin(items[row], position)
+        path, at = reader.stream.origin(i, offset)
+        raise ValueError(f"{path}: token id {token} at token offset {at} is outside the vocabulary of the corpus's "
+                         f"tokenizer ({vocab} ids; source {self.source_names[s]!r}); refusing to serve it to the "
+                         f"model: the shard is damaged, run 'elm-corpus verify {self.corpus_dir}'")
 
     # ------------------------------------------------------------------ state
 

@@ -32,8 +32,10 @@ class MixedSources:
         self.corpus_dir = Path(corpus_dir) if corpus_dir is not None else None
         self.streams = dict(streams) if streams is not None else None
         self.split, self.val_fraction = split, val_fraction
+        # The built corpus's tokenizer bounds every token id served (None: live, or not recorded).
+        self.vocab_size: int | None = None
         if self.corpus_dir is not None:
-            manifest = _built_manifest(self.corpus_dir)
+            manifest, self.vocab_size = _built_manifest(self.corpus_dir)
             self.names = [s.name for s in manifest.sources]
         else:
             names = list(self.streams)
@@ -122,7 +124,8 @@ class MixedSources:
         return dict(self.__dict__, _opened=None)
 
 
-def _built_manifest(corpus_dir: Path) -> Manifest:
+def _built_manifest(corpus_dir: Path) -> tuple[Manifest, int | None]:
+    """The manifest a corpus was built from, and its tokenizer's vocabulary size (None when not recorded)."""
     corpus = read_corpus_json(corpus_dir)
     if not isinstance(corpus.get("manifest"), dict):
         raise ValueError(f"{corpus_dir}/corpus.json has no 'manifest'; rebuild it with 'elm-corpus build'")
@@ -131,4 +134,5 @@ def _built_manifest(corpus_dir: Path) -> Manifest:
     if corpus.get("status", "complete") != "complete":
         warnings.warn(f"{corpus_dir}: corpus status is {corpus['status']!r}; the sampler uses the shards "
                       f"present now, and its states will not load once the corpus changes", stacklevel=4)
-    return manifest
+    vocab_size = (corpus.get("tokenizer") or {}).get("vocab_size")
+    return manifest, int(vocab_size) if vocab_size else None

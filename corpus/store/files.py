@@ -3,9 +3,12 @@
 Everything a later stage reads (shards, sidecars, ledger entries, corpus.json, the mirror's
 index, a run's run.json) is written to a temporary file in the same folder, fsynced and
 renamed into place, so a process killed at any moment leaves the old file or the new one.
+A write that fails names the file it was for (``OSError.filename``), and :func:`out_of_space`
+tells a full disk or quota (which the caller can stop on) from every other failure.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -44,20 +47,45 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(error: BaseException) -> bool:
+    """A write failed because the filesystem (or the user's quota on it) is full."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the filesystem that holds ``path`` (or would hold it): what a user frees space on."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def write_synced(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to an open descriptor, closing it, and fsync: the one place bytes reach the disk here."""
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     path = Path(path)
     fd, tmp = temporary_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(fd, data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a failed write(2) names no file; say which one it was for
         raise
 
 

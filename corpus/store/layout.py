@@ -15,6 +15,7 @@ named by its folder, or by its folder's name under the corpora folder (:func:`fi
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from corpus.paths import corpora_root
-from corpus.store.files import atomic_write_bytes, atomic_write_json, held_lock
+from corpus.store.files import atomic_write_bytes, atomic_write_json, held_lock, mount_point
 from corpus.store.shards import Shard
 
 PLAN_JSON = "plan.json"
@@ -40,6 +41,24 @@ class CorpusBusy(RuntimeError):
 
 class NotACorpus(FileNotFoundError):
     """A name or folder that does not hold a corpus; the message says what was looked for and where."""
+
+
+class CorpusWriteError(RuntimeError):
+    """A build could not write into its corpus folder because the disk (or the user's quota) is full.
+
+    The message is one line: the file, the filesystem to free space on, and that a rerun keeps
+    the finished units (each is whole once its ledger entry exists).
+    """
+
+    def __init__(self, path: str | Path, errno_code: int | None, detail: str = ""):
+        self.path, self.errno = str(path), errno_code
+        what = "disk quota exceeded" if errno_code == errno.EDQUOT else "no space left on the device"
+        super().__init__(f"{what} writing {self.path}{f' ({detail})' if detail else ''}: free space on "
+                         f"{mount_point(self.path)} then rerun the same build: finished units are kept")
+        self.detail = detail
+
+    def __reduce__(self):  # rebuilt from its parts, since __init__ does not take the message
+        return type(self), (self.path, self.errno, self.detail)
 
 
 class CorpusDir:
@@ -75,6 +94,12 @@ class CorpusDir:
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+    def unit_files(self, source: str, unit: str) -> list[Path]:
+        """What a unit leaves besides its ledger entry: sidecar, index, tokens, quarantine (some may not exist)."""
+        stem = self.shard_stem(source, unit)
+        return [stem.with_suffix(".json"), stem.with_suffix(".idx"), stem.with_suffix(".bin"),
+                self.quarantine_path(source, unit)]
 
     # ------------------------------------------------------------ reading
 
@@ -140,6 +165,33 @@ class CorpusDir:
         if failed.exists():
             failed.unlink()
 
+    def discard_unit_files(self, source: str, unit: str) -> list[Path]:
+        """Remove the files of a unit that has no ledger entry (they are not a finished unit); return those removed."""
+        if self.is_done(source, unit):
+            raise ValueError(f"{source}/{unit} is finished: forget_unit() it first")
+        removed = []
+        for path in self.unit_files(source, unit):
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def forget_unit(self, source: str, unit: str) -> list[Path]:
+        """Make a finished unit pending again, so the next build computes it afresh; return the files removed.
+
+        The ledger entry goes first (and that removal is made durable): a crash after it leaves
+        a pending unit whose leftover files the build overwrites, never a finished unit without files.
+        """
+        ledger = self.ledger_path(source, unit)
+        removed = []
+        if ledger.exists():
+            ledger.unlink()
+            _sync_folder(ledger.parent)
+            removed.append(ledger)
+        return removed + self.discard_unit_files(source, unit)
+
     def write_failed(self, source: str, unit: str, entry: dict) -> None:
         atomic_write_json(self.failed_path(source, unit), entry)
 
@@ -158,6 +210,15 @@ class CorpusDir:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
         return removed
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename or removal in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unit_files(folder: Path) -> dict[tuple[str, str], Path]:

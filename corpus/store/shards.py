@@ -116,6 +116,19 @@ class Shard:
             return self.tokens[start:start + int(self.sequence_lengths[i])]
         return self.tokens[int(self._offsets[i]):int(self._offsets[i + 1])]
 
+    def spans(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first token, token count) of the chunks numbered `local`, read from the index for those chunks only.
+
+        `offsets` would build 8 bytes per chunk of the whole shard in memory for a Megatron index; a sampler
+        over a trillion-token corpus asks for a few chunks at a time and must not hold that.
+        """
+        local = np.asarray(local, dtype=np.int64)
+        if self.sequence_lengths is not None:
+            begin = self.sequence_pointers[local].astype(np.int64) // TOKEN_DTYPE.itemsize
+            return begin, self.sequence_lengths[local].astype(np.int64)
+        begin = self._offsets[local].astype(np.int64)
+        return begin, self._offsets[local + 1].astype(np.int64) - begin
+
     def chunk_lengths(self) -> np.ndarray:
         if self.sequence_lengths is not None:
             return self.sequence_lengths.astype(np.int64)

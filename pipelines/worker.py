@@ -145,7 +145,7 @@ def disk_full(corpus: CorpusDir, unit: WorkUnit, error: OSError) -> dict:
 
 
 def tokenize_unit(job: UnitJob, unit_dict: dict) -> tuple[np.ndarray, np.ndarray]:
-    """One unit's kept chunks as (uint16 tokens, uint64 offsets), the same bytes a shard would hold."""
+    """One unit's kept chunks as (uint16 tokens, uint64 token offsets, first 0): the tokens a shard's .bin would hold."""
     unit = WorkUnit.from_dict(unit_dict)
     output = processor_for(job, unit.source).run(unit)
     lengths = np.fromiter((len(c) for c in output.chunks), dtype=np.uint64, count=len(output.chunks))

@@ -213,20 +213,22 @@ def test_a_preference_run_refuses_sft_data_naming_the_first_bad_line(base, sft_d
     assert f"{sft_data}:1" in err and "chosen" in err
 
 
-def command(base: Path, data: Path, run: Path, *extra: str) -> list[str]:
+def command(base: Path, data: Path, run: Path, method: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "model.cli", "finetune", "--init-from", str(base), "--data", str(data),
-            "--method", "lora", "--out", str(run), "--sequence-length", "64", "--micro-batch-size", "2",
+            "--method", method, "--out", str(run), "--sequence-length", "64", "--micro-batch-size", "2",
             "--steps", "12", "--checkpoint-every", "2", "--keep-checkpoints", "2", "--max-lr", "5e-3",
             "--warmup-steps", "2", "--threads", "1", "--no-progress", "--lora-rank", "4", *extra]
 
 
-def test_a_lora_run_killed_and_resumed_reproduces_every_loss(base, sft_data, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "dpo"])
+def test_a_run_killed_and_resumed_reproduces_every_loss(base, sft_data, preference_data, tmp_path, method):
+    data = preference_data if method == "dpo" else sft_data
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     reference = tmp_path / "reference"
-    assert main(command(base, sft_data, reference)[3:]) == 0
+    assert main(command(base, data, reference, method)[3:]) == 0
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(command(base, sft_data, interrupted), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(base, data, interrupted, method), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (interrupted / "metrics.jsonl").exists() or len(train_records(interrupted)) < 5:
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -235,7 +237,7 @@ def test_a_lora_run_killed_and_resumed_reproduces_every_loss(base, sft_data, tmp
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert len(train_records(interrupted)) < 12
-    subprocess.run(command(base, sft_data, interrupted, "--resume"), cwd=REPO, env=env, check=True,
+    subprocess.run(command(base, data, interrupted, method, "--resume"), cwd=REPO, env=env, check=True,
                    capture_output=True)
     losses = [(r["step"], r["loss"]) for r in train_records(interrupted)]
     assert [s for s, _ in losses] == list(range(1, 13))

@@ -1,7 +1,8 @@
 """Where the project keeps its data: ``$ELM_CORPUS_DATA`` if set, else ``./data``.
 
 Corpora go to ``data_root()/corpora/<name>``, the offline sample mirror to
-``data_root()/sample``. Resolved at call time so a changed environment is honoured.
+``data_root()/sample``, local copies of corpora on object stores (for training) to
+``data_root()/cache``. Resolved at call time so a changed environment is honoured.
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def corpora_root() -> Path:
 def mirror_root() -> Path:
     """The offline sample mirror (``elm-corpus build --sample`` reads it)."""
     return data_root() / "sample"
+
+
+def cache_root() -> Path:
+    """Local copies of the shards of corpora on object stores, which training memory-maps (``--corpus-cache``)."""
+    return data_root() / "cache"
 
 
 def corpus_name(manifest_name: str, sample: bool) -> str:

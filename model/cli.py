@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- elm-train [train]
 
 FLAG_HELP = {
-    "corpus": "corpus name under <data root>/corpora (e.g. openelm-sample) or a corpus folder",
+    "corpus": "corpus name under <data root>/corpora (e.g. openelm-sample), a corpus folder, or a URI "
+              "(s3://bucket/prefix)",
+    "corpus_cache": "folder for the local copy of a --corpus on an object store: each shard downloaded once, "
+                    "checked against its ledger sha256, then memory-mapped (default <data root>/cache)",
     "model": f"preset: {', '.join(PRESETS)}",
     "init_from": "start from the weights of a Hugging Face-format folder (e.g. a run's checkpoints/step_N)",
     "vocab_size": "override the preset's vocabulary (must equal the corpus tokenizer's)",
@@ -107,14 +110,14 @@ FLAG_HELP = {
 }
 
 # Pretraining settings that mean nothing to a fine-tuning run.
-PRETRAIN_ONLY = ("corpus", "model", "vocab_size", "sampler_mode", "weights", "stream", "manifest", "stream_sample",
-                 "stream_workers", "eval_batches", "instruct_size")
+PRETRAIN_ONLY = ("corpus", "corpus_cache", "model", "vocab_size", "sampler_mode", "weights", "stream", "manifest",
+                 "stream_sample", "stream_workers", "eval_batches", "instruct_size")
 
 # Fields whose default (None) does not tell argparse their type.
-_FLAG_TYPES = {"corpus": str, "init_from": str, "vocab_size": int, "out": str, "warmup_steps": int, "threads": int,
-               "manifest": str, "eval_tasks": str, "eval_tasks_every": int, "eval_tasks_limit": int,
-               "eval_tasks_include": str, "data": str, "val_data": str, "recipe": str, "epochs": float,
-               "tokenizer": str, "max_prompt_length": int, "steps": int, "global_batch_tokens": int}
+_FLAG_TYPES = {"corpus": str, "corpus_cache": str, "init_from": str, "vocab_size": int, "out": str,
+               "warmup_steps": int, "threads": int, "manifest": str, "eval_tasks": str, "eval_tasks_every": int,
+               "eval_tasks_limit": int, "eval_tasks_include": str, "data": str, "val_data": str, "recipe": str,
+               "epochs": float, "tokenizer": str, "max_prompt_length": int, "steps": int, "global_batch_tokens": int}
 
 
 def _parse_weights(text: str) -> dict[str, float]:

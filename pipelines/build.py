@@ -9,10 +9,17 @@ The corpus folder remembers the manifest fingerprint (text rules, sources, token
 ``plan.json``; a rerun whose fingerprint differs is refused, or with ``--force`` the old
 folder is moved aside to ``<out>.stale-<old fingerprint[:8]>`` and a fresh build starts.
 
-A full disk (or quota), met by a worker or by the driver, stops the build with a
-:class:`CorpusWriteError` naming the file and the filesystem: no new unit starts, the ones
-running finish (or stop on the same full disk), and every finished unit keeps its ledger
-entry, so the same command run again, once there is space, goes on from there.
+A full disk (or quota) or an unreachable object store, met by a worker or by the driver,
+stops the build with a :class:`CorpusWriteError` naming the file and what to do: no new unit
+starts, the ones running finish (or stop the same way), and every finished unit keeps its
+ledger entry, so the same command run again, once there is space or a connection, goes on
+from there.
+
+``out_dir`` may be a URI (``s3://bucket/prefix``, see :mod:`corpus.store.location`): the
+workers then write their units straight to the store and the driver reads only through it,
+so the driver and the workers need not share a disk. The driver's ``AWS_*`` and ``FSSPEC_*``
+variables travel with the unit tasks (Ray's runtime environment), so workers started without
+them reach the same endpoint with the same credentials.
 """
 from __future__ import annotations
 
@@ -23,9 +30,11 @@ from pathlib import Path
 
 from corpus.manifest import Manifest, load_manifest
 from corpus.paths import default_corpus_dir
-from corpus.store.files import out_of_space, utc_now
+from corpus.store import location
+from corpus.store.files import utc_now
 from corpus.store.index import corpus_index
 from corpus.store.layout import CorpusBusy, CorpusDir, CorpusWriteError
+from corpus.store.location import ObjectPath, StorePath, stops_build
 from corpus.text.filters import build_filters
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
@@ -59,7 +68,7 @@ def _what_changed(old: dict, new: dict) -> list[str]:
 
 @dataclass
 class BuildResult:
-    out_dir: Path
+    out_dir: StorePath
     status: str                       # complete | partial | failed
     units_total: int
     units_skipped: int                # already finished before this run
@@ -74,7 +83,10 @@ class BuildResult:
         return self.status == "complete"
 
 
-def _move_aside(out: Path, old_fingerprint: str) -> Path:
+def _move_aside(out: StorePath, old_fingerprint: str) -> Path:
+    if isinstance(out, ObjectPath):  # an object store renames by copying every object: not done behind a flag
+        raise BuildRefused(f"{out} was built from a different manifest, and --force cannot move a corpus aside on an "
+                           f"object store (there is no rename); delete that prefix or pass another --out")
     target = out.with_name(f"{out.name}.stale-{old_fingerprint[:8]}")
     n = 1
     while target.exists():
@@ -84,7 +96,7 @@ def _move_aside(out: Path, old_fingerprint: str) -> Path:
     return target
 
 
-def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sample: bool = False,
+def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | None = None, sample: bool = False,
           workers: int | None = None, address: str | None = None, force: bool = False, progress: bool = True,
           unit_bytes: int = DEFAULT_UNIT_BYTES, mirror_root: str | Path | None = None) -> BuildResult:
     """Build or resume a corpus; see the module docstring.
@@ -98,17 +110,17 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | None = None, sa
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     for s in manifest.sources:  # bad filter params fail here, before any work starts
         build_filters(s.filters, where=f"source {s.name}: ")
-    out = Path(out_dir) if out_dir is not None else default_corpus_dir(manifest.name, sample)
+    out = location.at(out_dir) if out_dir is not None else default_corpus_dir(manifest.name, sample)
     try:
         return _build(manifest, tokenizer, out, sample, workers, address, force, progress, unit_bytes,
                       mirror_root, started, t0)
-    except OSError as e:  # the driver's own writes: plan, corpus.json, failed entries, the lock file
-        if not out_of_space(e):
+    except OSError as e:  # the driver's own reads and writes: plan, corpus.json, ledger, failed entries, the lock
+        if not stops_build(e):
             raise
-        raise CorpusWriteError(e.filename or out, e.errno) from e
+        raise CorpusWriteError.of(e, out) from e
 
 
-def _build(manifest: Manifest, tokenizer: Tokenizer, out: Path, sample: bool, workers: int | None,
+def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: bool, workers: int | None,
            address: str | None, force: bool, progress: bool, unit_bytes: int, mirror_root: str | Path | None,
            started: str, t0: float) -> BuildResult:
     with ExitStack() as held:
@@ -126,19 +138,22 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: Path, sample: bool, wo
             corpus.write_index(index)
             return index
 
-        write_index("building", None)
-        pending = [u for u in units if not corpus.is_done(u.source, u.unit_id)]
+        done = corpus.ledger_units()  # one listing: on an object store not a request per unit
+        pending = [u for u in units if (u.source, u.unit_id) not in done]
+        if pending:  # corpus.json reads every ledger entry: a rerun with nothing to do assembles it once, at the end
+            write_index("building", None)
         skipped = len(units) - len(pending)
         failed: list[dict] = []
-        full: list[dict] = []  # units stopped by a full disk: no new unit starts after the first
+        full: list[dict] = []  # units stopped by a full disk or the store: no new unit starts after the first
         ran, started_ray, interrupted, bar = 0, False, True, None
         try:
             if pending:
                 started_ray = start_ray(workers, address)
                 bar = BuildProgress(progress, len(units), skipped)
-                job = BuildJob(UnitJob.of(manifest, tokenizer), str(out))
+                env = tuple(sorted(location.store_environment().items())) if corpus.remote else ()
+                job = BuildJob(UnitJob.of(manifest, tokenizer), str(out), env)
                 for summary in run_units(job, pending, workers or cluster_cpus(), stop=lambda: bool(full)):
-                    if summary["status"] == "disk_full":
+                    if summary["status"] == "stopped":
                         full.append(summary)
                         continue
                     ran += 1
@@ -154,7 +169,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: Path, sample: bool, wo
                 try:
                     index = write_index(status, utc_now())
                 except OSError as e:
-                    if not (full and out_of_space(e)):
+                    if not (full and stops_build(e)):
                         raise
                     index = None  # corpus.json keeps "building"; the rerun rewrites it from the ledger
             finally:
@@ -163,7 +178,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: Path, sample: bool, wo
                     ray.shutdown()
     if full:
         first = full[0]
-        raise CorpusWriteError(first["path"], first["errno"])
+        raise CorpusWriteError(first["path"], first["errno"], first.get("detail", ""),
+                               unreachable=first.get("unreachable", False))
     return BuildResult(out, status, len(units), skipped, ran, index["failed_units"], index, moved,
                        time.perf_counter() - t0)
 
@@ -217,7 +233,8 @@ def _check_plan(corpus: CorpusDir, manifest: Manifest, tokenizer: Tokenizer, sam
 def run_units(job: BuildJob, units: list[WorkUnit], workers: int, stop=None):
     """Yield each unit's summary as it finishes, at most ``workers`` tasks in flight; none starts once ``stop()``."""
     import ray
-    for unit, ref in in_flight(execute_unit, job, units, WorkUnit.to_dict, workers, stop=stop):
+    for unit, ref in in_flight(execute_unit, job, units, WorkUnit.to_dict, workers, stop=stop,
+                               env=dict(job.store_env) or None):
         try:
             yield ray.get(ref)
         except Exception as e:  # the worker died (out of memory, node lost): record it like any failure

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build or resume the corpus a manifest names")
     b.add_argument("manifest")
     b.add_argument("--sample", action="store_true", help="read the offline sample mirror instead of upstream")
-    b.add_argument("--out", help="output folder (default data/corpora/<name>, or <name>-sample with --sample)")
+    b.add_argument("--out", metavar="URI", help="output folder or URI, e.g. s3://bucket/prefix (default "
+                   "data/corpora/<name>, or <name>-sample with --sample)")
     b.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
     b.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     b.add_argument("--force", action="store_true", help="rebuild into a fresh folder when the manifest changed")
@@ -164,14 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_build)
 
     s = sub.add_parser("stats", help="what a corpus holds, per source and per filter")
-    s.add_argument("target", nargs="?", default=None, help="corpus name (under data/corpora) or folder")
+    s.add_argument("target", nargs="?", default=None, help="corpus name (under data/corpora), folder or URI")
     s.add_argument("--json", action="store_true", help="print the numbers as JSON (schema: docs/stats.md)")
     s.add_argument("--report", metavar="DIR", help="write an HTML report with PNG charts to DIR")
     s.add_argument("--data-dir", default=None, help="where corpora live (default data/corpora)")
     s.set_defaults(func=_stats)
 
     c = sub.add_parser("verify", help="re-hash every shard against its records; find damaged units")
-    c.add_argument("target", help="corpus name (under data/corpora) or folder")
+    c.add_argument("target", help="corpus name (under data/corpora), folder or URI (s3://bucket/prefix)")
     c.add_argument("--repair", action="store_true",
                    help="remove the damaged units' ledger entries and files, so the next build redoes them")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -217,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"elm-corpus {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ConnectionError as e:  # an object store that does not answer (corpus.store.location.StoreUnreachable)
+        print(f"elm-corpus {args.command}: error: {e}; check the network, the endpoint (AWS_ENDPOINT_URL) and "
+              f"the credentials", file=sys.stderr)
         return 2
 
 

@@ -42,16 +42,19 @@ def cluster_cpus() -> int:
 
 
 def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[Any], Any], limit: int,
-              ordered: bool = False, stop: Callable[[], bool] | None = None) -> Iterator[tuple[Any, Any]]:
+              ordered: bool = False, stop: Callable[[], bool] | None = None,
+              env: dict[str, str] | None = None) -> Iterator[tuple[Any, Any]]:
     """Run ``task(shared, argument(item))`` as a one-CPU Ray task per item, at most ``limit`` at a time.
 
     Yields ``(item, object ref)`` once the ref is ready to ``ray.get`` (which raises if its task
     failed; the caller decides what a failure means): in the order items finish, or with
     ``ordered`` in the order they were given. ``shared`` is put in the object store once.
     Once ``stop()`` is true no new task starts, and the ones running are still yielded as they end.
+    ``env``: environment variables the tasks run with (Ray starts their workers with them).
     """
     import ray
-    remote = ray.remote(num_cpus=1)(task)
+    options = {"runtime_env": {"env_vars": env}} if env else {}
+    remote = ray.remote(num_cpus=1, **options)(task)
     shared_ref = ray.put(shared)
     queue = deque(items)
     running: deque[tuple[Any, Any]] = deque()

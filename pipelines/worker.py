@@ -2,8 +2,9 @@
 
 A :class:`UnitJob` holds everything a worker needs besides its unit (text rules, sources,
 the tokenizer's bytes) and is shipped to the cluster once. :func:`execute_unit` is the
-build's task: it writes the unit's shard, quarantine and, last, its ledger entry; on a full
-disk it reports ``disk_full`` instead of failing the unit, and the build stops.
+build's task: it writes the unit's shard, quarantine and, last, its ledger entry, into a
+local folder or straight to an object store; on a full disk or an unreachable store it
+reports ``stopped`` instead of failing the unit, and the build stops.
 :func:`tokenize_unit` is the live stream's task: the same chunks, returned instead of written.
 """
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from corpus.manifest import Manifest, Source, TextRules
-from corpus.store.files import out_of_space, utc_now
+from corpus.store.files import utc_now
 from corpus.store.layout import CorpusDir
+from corpus.store.location import StoreUnreachable, stops_build
 from corpus.store.writer import ShardWriter
 from corpus.text.filters import build_filters
 from corpus.text.rules import CoreNetRules
@@ -45,9 +47,13 @@ class UnitJob:
 
 @dataclass(frozen=True)
 class BuildJob:
-    """A :class:`UnitJob` and the corpus folder its units are written to."""
+    """A :class:`UnitJob` and the corpus its units are written to (a folder, or a URI such as ``s3://bucket/prefix``).
+
+    ``store_env``: the driver's store settings (``AWS_*``, ``FSSPEC_*``) the tasks run with, for a corpus on a store.
+    """
     units: UnitJob
     out_dir: str
+    store_env: tuple[tuple[str, str], ...] = ()
 
 
 _PROCESSORS: dict[tuple[str, str], UnitProcessor] = {}  # per worker process, built once per source
@@ -119,29 +125,36 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
     except Exception as e:  # the unit fails alone; the build goes on and a rerun retries it
         if writer is not None:
             writer.abort()
-        if out_of_space(e):
-            return disk_full(corpus, unit, e)
+        if stops_build(e):
+            return write_stopped(corpus, unit, e)
         entry = failure_entry(unit, e)
         try:
             corpus.write_failed(unit.source, unit.unit_id, entry)
         except OSError as w:
-            if not out_of_space(w):
+            if not stops_build(w):
                 raise
-            return disk_full(corpus, unit, w)
+            return write_stopped(corpus, unit, w)
         return {"status": "failed", **entry}
 
 
-def disk_full(corpus: CorpusDir, unit: WorkUnit, error: OSError) -> dict:
-    """The summary of a unit stopped by a full disk: not the unit's fault, so no failed entry (nor room for one).
+def write_stopped(corpus: CorpusDir, unit: WorkUnit, error: OSError) -> dict:
+    """The summary of a unit stopped by a full disk or an unreachable store: not the unit's fault, so no failed
+    entry (nor, often, a way to write one).
 
-    Files it placed before its ledger entry are removed: they are no finished unit, and the space helps.
+    Files it placed before its ledger entry are removed where that is possible: they are no finished unit.
     """
     # a write(2) into the shard's growing .bin names no file; every other write here names its own
     path = error.filename or str(corpus.shard_stem(unit.source, unit.unit_id).with_suffix(".bin"))
-    if not corpus.is_done(unit.source, unit.unit_id):
-        corpus.discard_unit_files(unit.source, unit.unit_id)
-    return {"status": "disk_full", "source": unit.source, "unit": unit.unit_id, "path": path,
-            "errno": error.errno, "error": f"{type(error).__name__}: {error.strerror or error}"}
+    try:
+        if not corpus.is_done(unit.source, unit.unit_id):
+            corpus.discard_unit_files(unit.source, unit.unit_id)
+    except StoreUnreachable:
+        pass  # the next build overwrites them: without a ledger entry they are no finished unit
+    reachable = not isinstance(error, StoreUnreachable)
+    return {"status": "stopped", "source": unit.source, "unit": unit.unit_id, "path": path,
+            "errno": error.errno, "unreachable": not reachable,
+            "detail": "" if reachable else error.detail,
+            "error": f"{type(error).__name__}: {error.strerror or error}"}
 
 
 def tokenize_unit(job: UnitJob, unit_dict: dict) -> tuple[np.ndarray, np.ndarray]:

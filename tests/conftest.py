@@ -93,13 +93,16 @@ def token_corpus(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="session")
 def sample_mirror(tmp_path_factory):
-    """The offline sample mirror of manifests/openelm.yaml, written once per session into a temporary folder."""
+    """The offline sample mirror of manifests/openelm.yaml, written once per session into ``<tmp>/sample``.
+
+    Where ``ELM_CORPUS_DATA=<tmp>`` (the mirror's parent) points the CLI, its ``--sample`` reads these very paths.
+    """
     from pathlib import Path
 
     from corpus.manifest import load_manifest
     from corpus.mirror.mirror import ensure_mirror
     manifest = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
-    return ensure_mirror(manifest, tmp_path_factory.mktemp("sample-mirror"))
+    return ensure_mirror(manifest, tmp_path_factory.mktemp("data") / "sample")
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +132,48 @@ def chromium():
     browser = HeadlessChromium(binary)
     yield browser
     browser.close()
+
+
+class S3Server:
+    """A running S3-compatible endpoint (moto's server over HTTP) and a client of it, for tests."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def bucket(self, name: str) -> str:
+        """Create the bucket ``name`` (if missing) and return its URI."""
+        import fsspec
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        if not fs.exists(name):
+            fs.mkdir(name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server for the session: moto's ``ThreadedMotoServer`` on a free local port, which s3fs reaches
+    through ``AWS_ENDPOINT_URL``. The ``AWS_*`` variables point at it for the session only (restored after it);
+    ``AWS_CONFIG_FILE`` and ``AWS_SHARED_CREDENTIALS_FILE`` point nowhere, so no real profile can leak in."""
+    import logging
+    import socket
+
+    server_module = pytest.importorskip("moto.server", reason="needs moto[server] (pip install -e '.[dev]')")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    patch = pytest.MonkeyPatch()
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
+        patch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        patch.delenv(name, raising=False)
+    try:
+        yield S3Server(endpoint)
+    finally:
+        patch.undo()
+        server.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from corpus.store.layout import CorpusDir, read_corpus_json
+from corpus.store.location import is_remote
 from corpus.store.shards import Shard
 from corpus.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
@@ -86,6 +87,9 @@ def chunk_at(shard_path: str | Path, index: int) -> ChunkView:
 
 def draw_chunks(corpus_dir: str | Path, source: str | None = None, n: int = 3, seed: int = 0) -> list[ChunkView]:
     """``n`` chunks drawn uniformly without replacement from the finished units (of ``source``), in corpus order."""
+    if is_remote(corpus_dir):  # chunks are read from memory-mapped shards
+        raise ValueError(f"{corpus_dir}: inspect reads a corpus on the local disk; copy it down first "
+                         f"(stats and verify read it where it is)")
     root = Path(corpus_dir)
     folder = CorpusDir(root)
     finished = list(folder.ledger_units())  # (source, unit), sorted

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from corpus.inspection.numbers import grouped, human_bytes, percent, short_count
 from corpus.inspection.stats import CorpusStats, progress_note, quarantine_examples
+from corpus.store import location
 
 CHARTS = {
     "funnel.png": "Token funnel per source: tokens (BOS and EOS included) of the chunks that pass the character "
@@ -360,8 +361,7 @@ def write_report(stats: CorpusStats, out_dir: str | Path) -> Path:
     """Write ``index.html``, the PNG charts and ``stats.json`` into ``out_dir``; return the page's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus_json_path = stats.path / "corpus.json"
-    corpus_json = json.loads(corpus_json_path.read_text()) if corpus_json_path.exists() else {}
+    corpus_json = location.read_json(location.at(stats.path) / "corpus.json") or {}
     rules = corpus_json.get("text_rules", {})
     _chart_funnel(stats, out / "funnel.png", _filter_order(corpus_json, stats.sources))
     _chart_mixture(stats, out / "mixture.png")

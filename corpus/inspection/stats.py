@@ -7,6 +7,8 @@ failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens
 and one that was interrupted. ``corpus.json`` supplies the manifest, tokenizer and status; the
 status shown is ``damaged`` instead when a finished unit's files disagree with its ledger entry
 (:func:`corpus.store.verify.quick_check`: presence, byte sizes, records; no hashing).
+A corpus on an object store (``s3://bucket/prefix``) is counted the same way, through
+:mod:`corpus.store.location`: its indexes are read, its tokens never.
 
 The JSON schema (``--json``) is documented in ``docs/stats.md``; ``SCHEMA_VERSION`` changes
 whenever a field changes meaning or disappears.
@@ -22,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from corpus.store import location
 from corpus.store.counts import UnitCounts
 from corpus.store.layout import CORPUS_JSON, PLAN_JSON, QUARANTINE_DIR, SHARDS_DIR, CorpusDir, NotACorpus
-from corpus.store.shards import Shard
+from corpus.store.location import ObjectPath, StorePath
+from corpus.store.shards import read_index
 from corpus.store.verify import UnitDamage, quick_check
 
 SCHEMA_VERSION = 1
@@ -32,32 +36,37 @@ SCHEMA_VERSION = 1
 
 # ---------------------------------------------------------------- reading the folder
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: StorePath) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(location.read_bytes(path))
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for dirpath, _, names in os.walk(folder):
-        for name in names:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except FileNotFoundError:  # a build renamed a temporary file away under us
-                pass
-    return total
+def _folder_bytes(folder: StorePath) -> int:
+    return sum(location.files_under(folder).values())
 
 
-def build_holder(corpus_dir: Path) -> int | None:
+def _bytes_below(sizes: dict[str, int], prefix: str) -> int:
+    """Bytes of the files under ``prefix`` in one listing of the corpus (``{relative path: size}``)."""
+    return sum(size for rel, size in sizes.items() if rel.startswith(prefix + "/"))
+
+
+def build_holder(corpus_dir: StorePath) -> int | None:
     """The pid of the build holding the folder's lock, 0 when none does, None when this system cannot say.
 
     Read from /proc/locks (Linux) rather than by taking the lock, which could make a build
-    that starts at that moment refuse to run.
+    that starts at that moment refuse to run. On an object store, the pid the lock object
+    records (on the host it names).
     """
+    if isinstance(corpus_dir, ObjectPath):
+        try:
+            holder = location.read_json(CorpusDir(corpus_dir).lock_path)
+        except ValueError:
+            return None
+        return 0 if holder is None else (holder.get("pid") if isinstance(holder, dict) else None)
     lock, locks = CorpusDir(corpus_dir).lock_path, Path("/proc/locks")
     if not lock.exists():
         return 0
@@ -139,7 +148,7 @@ class _Tally:
 @dataclass
 class CorpusStats:
     """The ``--json`` numbers plus what only the report needs (full chunk-length distributions)."""
-    path: Path
+    path: StorePath
     numbers: dict
     lengths: dict[str, Counter]  # source -> {chunk length in tokens: number of chunks}
 
@@ -163,9 +172,9 @@ def _manifest_view(corpus_json: dict | None) -> tuple[list[str], dict[str, float
             {k: v.get("target_tokens") for k, v in sources.items()})
 
 
-def collect(corpus_dir: str | Path) -> CorpusStats:
+def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
     """Count everything a corpus folder holds; see the module docstring for where each number comes from."""
-    root = Path(corpus_dir)
+    root = location.at(corpus_dir)
     folder = CorpusDir(root)
     if not folder.is_corpus():
         raise NotACorpus(f"{root} is not a corpus folder: it has neither {CORPUS_JSON} nor {PLAN_JSON}")
@@ -181,6 +190,7 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
 
     tallies: dict[str, _Tally] = {}
     per_source: dict[str, dict] = {}
+    sizes = location.files_under(root)  # one listing for every byte count below (one request set on a store)
     problems: list[str] = []
     damage = {(d.source, d.unit): d for d in quick_check(root)}
     failed_units: list[dict] = []
@@ -204,7 +214,7 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
                 if meta is None:
                     damaged(name, unit, f"the ledger says done but {stem}.json is missing")
                     continue
-                lengths = Shard.open(stem).chunk_lengths()
+                lengths = read_index(stem).chunk_lengths()
             except (FileNotFoundError, ValueError) as e:
                 damaged(name, unit, f"unreadable shard: {e}")
                 continue
@@ -225,8 +235,8 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
             **tally.numbers(),
             "share": {"target": target_shares.get(name), "achieved": None},
             "manifest_tokens": manifest_tokens.get(name),
-            "bytes_on_disk": {"shards": _folder_bytes(root / SHARDS_DIR / name),
-                              "quarantine": _folder_bytes(root / QUARANTINE_DIR / name)},
+            "bytes_on_disk": {"shards": _bytes_below(sizes, f"{SHARDS_DIR}/{name}"),
+                              "quarantine": _bytes_below(sizes, f"{QUARANTINE_DIR}/{name}")},
         }
 
     total = _Tally()
@@ -265,7 +275,7 @@ def collect(corpus_dir: str | Path) -> CorpusStats:
             "manifest_tokens": sum(v for v in manifest_tokens.values() if v) if manifest_tokens else None,
             "bytes_on_disk": {"shards": sum(s["bytes_on_disk"]["shards"] for s in per_source.values()),
                               "quarantine": sum(s["bytes_on_disk"]["quarantine"] for s in per_source.values()),
-                              "folder": _folder_bytes(root)},
+                              "folder": sum(sizes.values())},
         },
         "failed_units": failed_units,
         "damaged_units": [d.to_dict() for _, d in sorted(damage.items())],
@@ -299,25 +309,35 @@ def summary_row(corpus_dir: Path) -> dict:
     }
 
 
-def quarantine_examples(corpus_dir: str | Path, per_source: int = 3) -> dict[str, list[dict]]:
+def quarantine_examples(corpus_dir: str | Path | ObjectPath, per_source: int = 3) -> dict[str, list[dict]]:
     """The first few quarantined records of each source, in unit order."""
-    root = Path(corpus_dir) / QUARANTINE_DIR
+    root = location.at(corpus_dir) / QUARANTINE_DIR
+    files: dict[str, list[str]] = {}
+    for rel in location.list_files(root):
+        parts = rel.split("/")
+        if len(parts) == 2 and parts[1].endswith(".jsonl") and not parts[1].startswith("."):
+            files.setdefault(parts[0], []).append(parts[1])
     out: dict[str, list[dict]] = {}
-    if not root.is_dir():
-        return out
-    for source_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for source in sorted(files):
         rows: list[dict] = []
-        for path in sorted(source_dir.glob("*.jsonl")):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if len(rows) >= per_source:
-                        break
-                    rows.append(json.loads(line))
+        for name in sorted(files[source]):
+            rows += [json.loads(line) for line in _first_lines(root / source / name, per_source - len(rows))]
             if len(rows) >= per_source:
                 break
         if rows:
-            out[source_dir.name] = rows
+            out[source] = rows
     return out
+
+
+def _first_lines(path: StorePath, n: int) -> list[str]:
+    """Up to ``n`` lines from the start of a file, reading no more of it than they take."""
+    lines, pending = [], b""
+    for block in location.blocks(path, 1 << 16):
+        *whole, pending = (pending + block).split(b"\n")
+        lines += [line.decode("utf-8") for line in whole]
+        if len(lines) >= n:
+            return lines[:n]
+    return (lines + ([pending.decode("utf-8")] if pending else []))[:n]
 
 
 def progress_note(status: str, running: bool | None, pid: int | None, target: str = "NAME") -> str | None:

@@ -89,8 +89,13 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
         raise
 
 
+def json_bytes(obj: Any) -> bytes:
+    """A record's bytes, the same wherever it is written (a local file or an object)."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 @contextmanager

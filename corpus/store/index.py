@@ -17,6 +17,7 @@ def corpus_index(manifest: Manifest, tokenizer: dict, plan: dict, corpus: Corpus
     ``tokenizer`` is the tokenizer's description (``Tokenizer.describe()``).
     """
     shares = manifest.target_shares()
+    ledger, failures = corpus.ledger_entries(), corpus.failed_entries()  # one listing each, not a request per unit
     units_by_source: dict[str, list[dict]] = {s.name: [] for s in manifest.sources}
     for u in plan["units"]:
         units_by_source.setdefault(u["source"], []).append(u)
@@ -24,7 +25,7 @@ def corpus_index(manifest: Manifest, tokenizer: dict, plan: dict, corpus: Corpus
     for s in manifest.sources:
         totals, shards, failed, done = UnitCounts(), [], [], 0
         for u in units_by_source[s.name]:
-            entry = corpus.ledger_entry(s.name, u["unit"])
+            entry = ledger.get((s.name, u["unit"]))
             if entry is not None:
                 done += 1
                 totals.add(UnitCounts.from_dict(entry))
@@ -33,7 +34,7 @@ def corpus_index(manifest: Manifest, tokenizer: dict, plan: dict, corpus: Corpus
                                "sha256_idx": entry["sha256_idx"], "chunks": entry["chunks"],
                                "tokens": entry["tokens"]})
                 continue
-            fail = corpus.failed_entry(s.name, u["unit"])
+            fail = failures.get((s.name, u["unit"]))
             if fail is not None:
                 failed.append({"source": s.name, "unit": u["unit"], "input": u["input"], "error": fail["error"]})
         grand.add(totals)

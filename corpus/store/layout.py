@@ -9,21 +9,27 @@
     <corpus>/ledger/<source>/<unit>.json        written last: the unit is complete once this exists
     <corpus>/failed/<source>/<unit>.json        the error of a unit's last failed attempt
 
-Every file is written atomically, so a build killed at any moment leaves either a whole
-file or none, and a unit without a ledger entry is simply computed again. A corpus is
-named by its folder, or by its folder's name under the corpora folder (:func:`find_corpus`).
+Every file is written whole (locally: atomically; on an object store: one put each), so a
+build killed at any moment leaves either a whole file or none, and a unit without a ledger
+entry is simply computed again. A corpus is named by its folder, by its folder's name under
+the corpora folder, or by a URI such as ``s3://bucket/prefix`` (:func:`find_corpus`); every
+access goes through :mod:`corpus.store.location`.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from corpus.paths import corpora_root
-from corpus.store.files import atomic_write_bytes, atomic_write_json, held_lock, mount_point
+from corpus.store import location
+from corpus.store.files import held_lock, json_bytes, mount_point, utc_now
+from corpus.store.location import ObjectPath, StorePath
 from corpus.store.shards import Shard
 
 PLAN_JSON = "plan.json"
@@ -44,58 +50,78 @@ class NotACorpus(FileNotFoundError):
 
 
 class CorpusWriteError(RuntimeError):
-    """A build could not write into its corpus folder because the disk (or the user's quota) is full.
+    """A build could not write into its corpus: the disk (or the user's quota) is full, or the store is unreachable.
 
-    The message is one line: the file, the filesystem to free space on, and that a rerun keeps
-    the finished units (each is whole once its ledger entry exists).
+    The message is one line: the file, what to do (free space on the filesystem, or check the
+    connection to the store), and that a rerun keeps the finished units (each is whole once its
+    ledger entry exists).
     """
 
-    def __init__(self, path: str | Path, errno_code: int | None, detail: str = ""):
-        self.path, self.errno = str(path), errno_code
-        what = "disk quota exceeded" if errno_code == errno.EDQUOT else "no space left on the device"
-        super().__init__(f"{what} writing {self.path}{f' ({detail})' if detail else ''}: free space on "
-                         f"{mount_point(self.path)} then rerun the same build: finished units are kept")
+    def __init__(self, path: str | Path, errno_code: int | None, detail: str = "", unreachable: bool = False):
+        self.path, self.errno, self.unreachable = str(path), errno_code, unreachable
+        if unreachable:
+            message = (f"lost the connection to the store writing {self.path}{f' ({detail})' if detail else ''}: "
+                       f"check the network, the endpoint (AWS_ENDPOINT_URL) and the credentials, then rerun the "
+                       f"same build: finished units are kept")
+        else:
+            what = "disk quota exceeded" if errno_code == errno.EDQUOT else "no space left on the device"
+            message = (f"{what} writing {self.path}{f' ({detail})' if detail else ''}: free space on "
+                       f"{mount_point(self.path)} then rerun the same build: finished units are kept")
+        super().__init__(message)
         self.detail = detail
 
+    @classmethod
+    def of(cls, error: OSError, path: str | Path) -> "CorpusWriteError":
+        """The stop for ``error`` (one :func:`location.stops_build` accepts); ``path`` when the error names none."""
+        if isinstance(error, location.StoreUnreachable):
+            return cls(error.filename or path, None, error.detail, unreachable=True)
+        return cls(error.filename or path, error.errno)
+
     def __reduce__(self):  # rebuilt from its parts, since __init__ does not take the message
-        return type(self), (self.path, self.errno, self.detail)
+        return type(self), (self.path, self.errno, self.detail, self.unreachable)
 
 
 class CorpusDir:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    """A corpus's files, wherever it lives: ``root`` is a ``Path`` or an :class:`ObjectPath` (:func:`location.at`)."""
+
+    def __init__(self, root: str | os.PathLike | ObjectPath):
+        self.root: StorePath = location.at(root)
 
     @property
-    def plan_path(self) -> Path:
+    def remote(self) -> bool:
+        return isinstance(self.root, ObjectPath)
+
+    @property
+    def plan_path(self) -> StorePath:
         return self.root / PLAN_JSON
 
     @property
-    def corpus_json_path(self) -> Path:
+    def corpus_json_path(self) -> StorePath:
         return self.root / CORPUS_JSON
 
     @property
-    def lock_path(self) -> Path:
+    def lock_path(self) -> StorePath:
         return self.root / LOCK_FILE
 
-    def shard_stem(self, source: str, unit: str) -> Path:
+    def shard_stem(self, source: str, unit: str) -> StorePath:
         return self.root / SHARDS_DIR / source / unit
 
-    def source_shards_dir(self, source: str) -> Path:
+    def source_shards_dir(self, source: str) -> StorePath:
         return self.root / SHARDS_DIR / source
 
-    def ledger_path(self, source: str, unit: str) -> Path:
+    def ledger_path(self, source: str, unit: str) -> StorePath:
         return self.root / LEDGER_DIR / source / f"{unit}.json"
 
-    def failed_path(self, source: str, unit: str) -> Path:
+    def failed_path(self, source: str, unit: str) -> StorePath:
         return self.root / FAILED_DIR / source / f"{unit}.json"
 
-    def quarantine_path(self, source: str, unit: str) -> Path:
+    def quarantine_path(self, source: str, unit: str) -> StorePath:
         return self.root / QUARANTINE_DIR / source / f"{unit}.jsonl"
 
-    def relative(self, path: Path) -> str:
+    def relative(self, path: StorePath) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def unit_files(self, source: str, unit: str) -> list[Path]:
+    def unit_files(self, source: str, unit: str) -> list[StorePath]:
         """What a unit leaves besides its ledger entry: sidecar, index, tokens, quarantine (some may not exist)."""
         stem = self.shard_stem(source, unit)
         return [stem.with_suffix(".json"), stem.with_suffix(".idx"), stem.with_suffix(".bin"),
@@ -105,80 +131,115 @@ class CorpusDir:
 
     def is_corpus(self) -> bool:
         """A folder a build has started: it holds corpus.json or plan.json."""
-        return self.corpus_json_path.is_file() or self.plan_path.is_file()
+        return location.exists(self.corpus_json_path) or location.exists(self.plan_path)
 
     def is_done(self, source: str, unit: str) -> bool:
-        return self.ledger_path(source, unit).exists()
+        return location.exists(self.ledger_path(source, unit))
 
     def ledger_entry(self, source: str, unit: str) -> dict | None:
-        path = self.ledger_path(source, unit)
-        return json.loads(path.read_text()) if path.exists() else None
+        return location.read_json(self.ledger_path(source, unit))
 
     def failed_entry(self, source: str, unit: str) -> dict | None:
-        path = self.failed_path(source, unit)
-        return json.loads(path.read_text()) if path.exists() else None
+        return location.read_json(self.failed_path(source, unit))
 
     def read_plan(self) -> dict | None:
-        return json.loads(self.plan_path.read_text()) if self.plan_path.exists() else None
+        return location.read_json(self.plan_path)
 
-    def ledger_units(self) -> dict[tuple[str, str], Path]:
+    def ledger_units(self) -> dict[tuple[str, str], StorePath]:
         """``(source, unit) -> ledger entry path`` of every finished unit."""
         return _unit_files(self.root / LEDGER_DIR)
 
-    def failed_units(self) -> dict[tuple[str, str], Path]:
+    def failed_units(self) -> dict[tuple[str, str], StorePath]:
         """``(source, unit) -> failure entry path`` of every unit whose last attempt failed."""
         return _unit_files(self.root / FAILED_DIR)
 
+    def ledger_entries(self) -> dict[tuple[str, str], dict]:
+        """Every ledger entry, by ``(source, unit)``: one listing, then the reads (concurrent on an object store)."""
+        return _read_entries(self.ledger_units())
+
+    def failed_entries(self) -> dict[tuple[str, str], dict]:
+        return _read_entries(self.failed_units())
+
     def source_shards(self, source: str) -> list[Shard]:
-        """The shards of one source in their deterministic (unit id) order."""
+        """The shards of one source in their deterministic (unit id) order, memory-mapped."""
+        if self.remote:
+            raise ValueError(f"{self.root}: shards on an object store are memory-mapped from a local copy; "
+                             f"read them through corpus.store.cache")
         return [Shard.open(p.with_suffix("")) for p in sorted(self.source_shards_dir(source).glob("*.idx"))]
 
     # ------------------------------------------------------------ writing
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold the folder for one build; the lock dies with its process, however that ends."""
+        """Hold the folder for one build; locally the lock dies with its process, however that ends."""
+        if self.remote:
+            with self._lock_object():
+                yield
+            return
         try:
             with held_lock(self.lock_path, wait=False):
                 yield
         except BlockingIOError:
             raise CorpusBusy(f"{self.root}: another build is writing this folder; wait for it or stop it") from None
 
+    @contextmanager
+    def _lock_object(self) -> Iterator[None]:
+        """The build lock on an object store, which has no flock: an object created only where none is.
+
+        It holds the build's id, host and pid. No fencing and no expiry: a build killed without
+        running its ``finally`` leaves the object behind; the next build on the same host takes
+        it over once that pid is gone, any other is refused until the object is deleted by hand.
+        """
+        mine = {"build_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                "started_at": utc_now()}
+        if not location.create(self.lock_path, json_bytes(mine)):
+            holder = _lock_holder(self.lock_path)
+            if not (holder.get("host") == mine["host"] and isinstance(holder.get("pid"), int)
+                    and not location.pid_alive(holder["pid"])):
+                raise CorpusBusy(
+                    f"{self.root}: another build holds the lock object {self.lock_path} (build "
+                    f"{holder.get('build_id', '?')} on {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+                    f"since {holder.get('started_at', '?')}); wait for it, or if that build is dead, delete "
+                    f"the lock object and rerun")
+            location.write_bytes(self.lock_path, json_bytes(mine))  # the holder died on this host: take it over
+        try:
+            yield
+        finally:
+            try:
+                if _lock_holder(self.lock_path).get("build_id") == mine["build_id"]:
+                    location.remove(self.lock_path)
+            except OSError:  # the store is gone: the lock stays, and a rerun on this host takes it over
+                pass
+
     def remove_if_only_lock(self) -> None:
+        if self.remote:
+            if set(location.files_under(self.root)) == {LOCK_FILE}:
+                location.remove(self.lock_path)
+            return
         if self.root.is_dir() and all(p.name == LOCK_FILE for p in self.root.iterdir()):
             self.lock_path.unlink(missing_ok=True)
             self.root.rmdir()
 
-    def write_quarantine(self, source: str, unit: str, rows: list[dict]) -> Path | None:
+    def write_quarantine(self, source: str, unit: str, rows: list[dict]) -> StorePath | None:
         path = self.quarantine_path(source, unit)
         if not rows:
-            if path.exists():  # left by an attempt on an input that has since been repaired
-                path.unlink()
+            location.remove(path)  # left by an attempt on an input that has since been repaired
             return None
-        atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n"
-                                         for r in rows).encode("utf-8"))
+        location.write_bytes(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n"
+                                           for r in rows).encode("utf-8"))
         return path
 
     def write_ledger(self, source: str, unit: str, entry: dict) -> None:
-        atomic_write_json(self.ledger_path(source, unit), entry)
-        failed = self.failed_path(source, unit)
-        if failed.exists():
-            failed.unlink()
+        location.write_json(self.ledger_path(source, unit), entry)
+        location.remove(self.failed_path(source, unit))
 
-    def discard_unit_files(self, source: str, unit: str) -> list[Path]:
+    def discard_unit_files(self, source: str, unit: str) -> list[StorePath]:
         """Remove the files of a unit that has no ledger entry (they are not a finished unit); return those removed."""
         if self.is_done(source, unit):
             raise ValueError(f"{source}/{unit} is finished: forget_unit() it first")
-        removed = []
-        for path in self.unit_files(source, unit):
-            try:
-                path.unlink()
-                removed.append(path)
-            except FileNotFoundError:
-                pass
-        return removed
+        return [path for path in self.unit_files(source, unit) if location.remove(path)]
 
-    def forget_unit(self, source: str, unit: str) -> list[Path]:
+    def forget_unit(self, source: str, unit: str) -> list[StorePath]:
         """Make a finished unit pending again, so the next build computes it afresh; return the files removed.
 
         The ledger entry goes first (and that removal is made durable): a crash after it leaves
@@ -186,23 +247,25 @@ class CorpusDir:
         """
         ledger = self.ledger_path(source, unit)
         removed = []
-        if ledger.exists():
-            ledger.unlink()
-            _sync_folder(ledger.parent)
+        if location.remove(ledger):
+            if isinstance(ledger, Path):
+                _sync_folder(ledger.parent)
             removed.append(ledger)
         return removed + self.discard_unit_files(source, unit)
 
     def write_failed(self, source: str, unit: str, entry: dict) -> None:
-        atomic_write_json(self.failed_path(source, unit), entry)
+        location.write_json(self.failed_path(source, unit), entry)
 
     def write_plan(self, plan: dict) -> None:
-        atomic_write_json(self.plan_path, plan)
+        location.write_json(self.plan_path, plan)
 
     def write_index(self, index: dict) -> None:
-        atomic_write_json(self.corpus_json_path, index)
+        location.write_json(self.corpus_json_path, index)
 
     def remove_stale_temporaries(self) -> int:
-        """Delete the temporary files of writes a killed build left half done."""
+        """Delete the temporary files of writes a killed build left half done (an object store has none)."""
+        if self.remote:
+            return 0
         removed = 0
         for dirpath, _, names in os.walk(self.root):
             for name in names:
@@ -210,6 +273,14 @@ class CorpusDir:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
         return removed
+
+
+def _lock_holder(path: StorePath) -> dict:
+    try:
+        holder = location.read_json(path)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def _sync_folder(folder: Path) -> None:
@@ -221,23 +292,28 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _unit_files(folder: Path) -> dict[tuple[str, str], Path]:
-    """``(source, unit) -> path`` for every ``<folder>/<source>/<unit>.json``."""
+def _unit_files(folder: StorePath) -> dict[tuple[str, str], StorePath]:
+    """``(source, unit) -> path`` for every ``<folder>/<source>/<unit>.json``, sorted."""
     out = {}
-    if folder.is_dir():
-        for source_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            for path in sorted(source_dir.glob("*.json")):
-                out[(source_dir.name, path.stem)] = path
+    for rel in location.list_files(folder):
+        parts = rel.split("/")
+        if len(parts) == 2 and parts[1].endswith(".json") and not parts[1].startswith("."):
+            out[(parts[0], parts[1][:-len(".json")])] = folder / parts[0] / parts[1]
     return out
 
 
-def read_corpus_json(corpus_dir: str | Path) -> dict:
+def _read_entries(paths: dict[tuple[str, str], StorePath]) -> dict[tuple[str, str], dict]:
+    found = location.read_many(list(paths.values()))
+    return {key: json.loads(found[path]) for key, path in paths.items() if path in found}
+
+
+def read_corpus_json(corpus_dir: str | Path | ObjectPath) -> dict:
     """The corpus-level index: manifest, tokenizer hash, every shard with checksums, totals."""
-    path = Path(corpus_dir) / CORPUS_JSON
-    if not path.exists():
+    index = location.read_json(location.at(corpus_dir) / CORPUS_JSON)
+    if index is None:
         raise FileNotFoundError(f"{corpus_dir}: not a corpus folder (no {CORPUS_JSON}); build it with "
                                 f"'elm-corpus build MANIFEST'")
-    return json.loads(path.read_text())
+    return index
 
 
 def source_shards(corpus_dir: str | Path, source: str) -> list[Shard]:
@@ -259,9 +335,16 @@ def list_corpora(data_dir: str | Path | None = None) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and CorpusDir(p).is_corpus())
 
 
-def find_corpus(target: str | Path, data_dir: str | Path | None = None) -> Path:
-    """A corpus folder from a folder path, or from a name under the corpora folder (``data_dir`` or the default)."""
-    path = Path(target).expanduser()
+def find_corpus(target: str | Path, data_dir: str | Path | None = None) -> StorePath:
+    """A corpus from a folder path, a URI (``s3://bucket/prefix``), or a name under the corpora folder
+    (``data_dir`` or the default)."""
+    where = location.at(target)
+    if isinstance(where, ObjectPath):
+        if CorpusDir(where).is_corpus():
+            return where
+        raise NotACorpus(f"{where} is not a corpus: it holds neither {CORPUS_JSON} nor {PLAN_JSON} (check the "
+                         f"URI, and that your credentials can read it)")
+    path = where
     under = corpora_dir(data_dir) / str(target)
     for candidate in (path, under):
         if candidate.is_dir():

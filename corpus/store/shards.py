@@ -10,7 +10,9 @@ Per work unit, three files under ``<corpus>/shards/<source>/``:
 Corpora written before that hold an ``.idx`` of little-endian uint64 token offsets (chunks + 1,
 first 0). :meth:`Shard.open` reads both, told apart by the header: a legacy index starts with
 eight zero bytes, never with ``MMIDIDX``. Byte layouts, and how to read them with numpy alone:
-``docs/formats.md``. Every write is atomic (temporary file in the same folder, fsync, rename).
+``docs/formats.md``. :func:`read_index` checks a shard's index against its ``.bin`` without
+the tokens, on the local disk or an object store (stats and verify use it). Every write is
+whole: atomic locally (temporary file in the same folder, fsync, rename), one put on a store.
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from corpus.store import location
+from corpus.store.location import StorePath
 
 TOKEN_DTYPE = np.dtype("<u2")
 OFFSET_DTYPE = np.dtype("<u8")   # token offsets: the legacy index, and Shard.offsets
@@ -82,10 +87,8 @@ class Shard:
         if bin_size % TOKEN_DTYPE.itemsize:
             raise ValueError(f"{bin_path}: {bin_size} bytes, not a whole number of uint16 tokens")
         tokens = np.memmap(bin_path, dtype=TOKEN_DTYPE, mode="r") if bin_size else np.zeros(0, TOKEN_DTYPE)
-        if raw[:len(MEGATRON_HEADER)].tobytes() == MEGATRON_HEADER:
-            lengths, pointers = _megatron_index(idx_path, raw, bin_size)
-            return cls(stem, tokens, INDEX_FORMAT, lengths, pointers)
-        return cls(stem, tokens, LEGACY_INDEX_FORMAT, _offsets=_legacy_index(idx_path, raw, bin_size))
+        index_format, lengths, pointers, offsets = _parse_index(idx_path, raw, bin_size)
+        return cls(stem, tokens, index_format, lengths, pointers, offsets)
 
     def __len__(self) -> int:
         if self.sequence_lengths is not None:
@@ -138,7 +141,53 @@ class Shard:
         return json.loads(self.stem.with_suffix(".json").read_text())
 
 
-def _megatron_index(idx_path: Path, raw: np.ndarray, bin_size: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class ShardIndex:
+    """A shard's index checked against the size of its ``.bin``, without its tokens: what stats and verify read."""
+    stem: StorePath
+    index_format: str
+    bin_size: int
+    sequence_lengths: np.ndarray | None = None
+    offsets: np.ndarray | None = None                # legacy index only
+
+    def __len__(self) -> int:
+        return len(self.sequence_lengths) if self.sequence_lengths is not None else len(self.offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.bin_size // TOKEN_DTYPE.itemsize
+
+    def chunk_lengths(self) -> np.ndarray:
+        if self.sequence_lengths is not None:
+            return self.sequence_lengths.astype(np.int64)
+        return np.diff(self.offsets.astype(np.int64))
+
+
+def read_index(stem: StorePath) -> ShardIndex:
+    """The ``.idx`` of ``stem`` (a local path or an object), read whole and checked against the ``.bin``'s size.
+
+    FileNotFoundError when either file is missing; ValueError, naming the file, when they disagree.
+    """
+    bin_path, idx_path = stem.with_suffix(".bin"), stem.with_suffix(".idx")
+    raw = np.frombuffer(location.read_bytes(idx_path), dtype=np.uint8)
+    bin_size = location.size(bin_path)
+    if bin_size is None:
+        raise FileNotFoundError(f"{bin_path}: no such file")
+    if bin_size % TOKEN_DTYPE.itemsize:
+        raise ValueError(f"{bin_path}: {bin_size} bytes, not a whole number of uint16 tokens")
+    index_format, lengths, _, offsets = _parse_index(idx_path, raw, bin_size)
+    return ShardIndex(stem, index_format, bin_size, lengths, offsets)
+
+
+def _parse_index(idx_path: StorePath, raw: np.ndarray, bin_size: int):
+    """(index format, lengths, pointers, legacy offsets) of an index's bytes, checked against ``.bin``'s size."""
+    if raw[:len(MEGATRON_HEADER)].tobytes() == MEGATRON_HEADER:
+        lengths, pointers = _megatron_index(idx_path, raw, bin_size)
+        return INDEX_FORMAT, lengths, pointers, None
+    return LEGACY_INDEX_FORMAT, None, None, _legacy_index(idx_path, raw, bin_size)
+
+
+def _megatron_index(idx_path: StorePath, raw: np.ndarray, bin_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The sequence lengths and byte pointers of a Megatron index (views into ``raw``), checked against ``.bin``."""
     if raw.size < _PREAMBLE.size:
         raise ValueError(f"{idx_path}: Megatron index cut short: {raw.size} bytes, its header alone takes "
@@ -178,7 +227,7 @@ def _megatron_index(idx_path: Path, raw: np.ndarray, bin_size: int) -> tuple[np.
     return lengths, pointers
 
 
-def _legacy_index(idx_path: Path, raw: np.ndarray, bin_size: int) -> np.ndarray:
+def _legacy_index(idx_path: StorePath, raw: np.ndarray, bin_size: int) -> np.ndarray:
     """The token offsets of a legacy index (a view into ``raw``), checked against ``.bin``."""
     if raw.size < OFFSET_DTYPE.itemsize or raw.size % OFFSET_DTYPE.itemsize:
         raise ValueError(f"{idx_path}: not a shard index: no {MEGATRON_HEADER!r} header, and {raw.size} bytes "

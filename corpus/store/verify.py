@@ -15,14 +15,14 @@ from the ledger, so a crash at any point leaves units the next build redoes (a r
 the repair finishes the job). The same ``elm-corpus build`` then recomputes exactly those
 units, byte for byte.
 
-Every read, listing and removal goes through the few functions under "file access", so an
-object-store corpus needs only those replaced.
+Every read, listing and removal goes through the few functions under "file access", which
+go through :mod:`corpus.store.location`: a corpus on an object store (``s3://...``) is
+verified the same way, each object streamed through the hash, never downloaded whole.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,10 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from corpus.manifest import Manifest
+from corpus.store import location
 from corpus.store.counts import UnitCounts
 from corpus.store.index import corpus_index
 from corpus.store.layout import CORPUS_JSON, PLAN_JSON, SHARDS_DIR, CorpusDir, NotACorpus
-from corpus.store.shards import TOKEN_DTYPE, Shard
+from corpus.store.location import ObjectPath, StorePath
+from corpus.store.shards import TOKEN_DTYPE, Shard, ShardIndex, read_index
 
 _BLOCK = 8 << 20  # bytes read at a time when hashing; even, so uint16 ids never straddle two blocks
 _SHARD_SUFFIXES = (".bin", ".idx", ".json")
@@ -43,44 +45,40 @@ _SHARD_SUFFIXES = (".bin", ".idx", ".json")
 
 # ---------------------------------------------------------------- file access
 
-def _size(path: Path) -> int | None:
+def _size(path: StorePath) -> int | None:
     """Bytes in a file, or None when it is absent."""
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
+    return location.size(path)
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: StorePath) -> dict | None:
     """A JSON record, None when absent; ValueError when it does not parse."""
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(location.read_bytes(path))
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"not valid JSON ({e})") from None
 
 
-def _blocks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            yield block
+def _blocks(path: StorePath) -> Iterator[bytes]:
+    return location.blocks(path, _BLOCK)
 
 
-def _shard_stems(root: Path) -> set[tuple[str, str]]:
+def _shard_stems(root: StorePath) -> set[tuple[str, str]]:
     """``(source, unit)`` of every shard file under shards/ (a unit counts if any of its three files is there)."""
     out = set()
-    folder = root / SHARDS_DIR
-    if folder.is_dir():
-        for source_dir in folder.iterdir():
-            if source_dir.is_dir():
-                out.update((source_dir.name, p.stem) for p in source_dir.iterdir()
-                           if p.suffix in _SHARD_SUFFIXES and not p.name.startswith("."))
+    for rel in location.list_files(root / SHARDS_DIR):
+        parts = rel.split("/")
+        if len(parts) == 2 and not parts[1].startswith("."):
+            name = Path(parts[1])
+            if name.suffix in _SHARD_SUFFIXES:
+                out.add((parts[0], name.stem))
     return out
 
 
-def _open_shard(stem: Path) -> Shard:
-    return Shard.open(stem)
+def _open_shard(stem: StorePath) -> Shard | ShardIndex:
+    # a local shard is memory-mapped as every reader opens it; an object's index is read, its tokens are not
+    return Shard.open(stem) if isinstance(stem, Path) else read_index(stem)
 
 
 # ---------------------------------------------------------------- results
@@ -98,7 +96,7 @@ class UnitDamage:
 
 @dataclass
 class Verification:
-    path: Path
+    path: StorePath
     units_checked: int = 0         # units with a ledger entry, plus those found damaged without one
     tokens_checked: int = 0        # token ids compared with the vocabulary
     bytes_hashed: int = 0
@@ -123,7 +121,8 @@ class Verification:
 
 # ---------------------------------------------------------------- checks
 
-def _records(root: Path, problems: list[str] | None = None) -> tuple[dict, dict | None, dict[tuple[str, str], dict]]:
+def _records(root: StorePath,
+             problems: list[str] | None = None) -> tuple[dict, dict | None, dict[tuple[str, str], dict]]:
     """corpus.json (or {}), plan.json (or None) and corpus.json's shard lines by ``(source, unit)``.
 
     A record that does not parse counts as absent, and is named in ``problems``.
@@ -172,7 +171,7 @@ def _entry_problems(corpus: CorpusDir, source: str, unit: str, entry: dict, side
     return problems
 
 
-def _hash_and_max(path: Path, vocab_size: int | None) -> tuple[str, int, int, tuple[int, int] | None]:
+def _hash_and_max(path: StorePath, vocab_size: int | None) -> tuple[str, int, int, tuple[int, int] | None]:
     """sha256, bytes read, token ids compared, and the first id outside the vocabulary as (offset, id), in one pass."""
     h, size, tokens, first_bad = hashlib.sha256(), 0, 0, None
     carry = b""
@@ -269,7 +268,7 @@ def _unledgered_damage(corpus: CorpusDir, source: str, unit: str, listed: dict |
     return UnitDamage(source, unit, corpus.relative(stem), problems) if problems else None
 
 
-def _inspect(root: Path, deep: bool, progress: Callable[[int, int], None] | None = None) -> Verification:
+def _inspect(root: StorePath, deep: bool, progress: Callable[[int, int], None] | None = None) -> Verification:
     corpus = CorpusDir(root)
     problems: list[str] = []
     corpus_json, plan, listed = _records(root, problems)
@@ -293,17 +292,17 @@ def _inspect(root: Path, deep: bool, progress: Callable[[int, int], None] | None
     return result
 
 
-def _require_corpus(root: Path) -> None:
+def _require_corpus(root: StorePath) -> None:
     if not CorpusDir(root).is_corpus():
         raise NotACorpus(f"{root} is not a corpus folder: it has neither {CORPUS_JSON} nor {PLAN_JSON}")
 
 
-def quick_check(corpus_dir: str | Path) -> list[UnitDamage]:
+def quick_check(corpus_dir: str | Path | ObjectPath) -> list[UnitDamage]:
     """Finished units whose files are missing, have the wrong size, or whose records disagree: no token is read.
 
     Units without a ledger entry are left out (a build may be writing them now); :func:`verify` looks at those.
     """
-    root = Path(corpus_dir)
+    root = location.at(corpus_dir)
     _require_corpus(root)
     return _inspect(root, deep=False).damaged
 
@@ -329,14 +328,14 @@ def _held(corpus: CorpusDir, required: bool) -> Iterator[bool]:
         yield locked
 
 
-def verify(corpus_dir: str | Path, repair: bool = False,
+def verify(corpus_dir: str | Path | ObjectPath, repair: bool = False,
            progress: Callable[[int, int], None] | None = None) -> Verification:
     """Check every unit of a corpus folder (see the module docstring); with ``repair``, make the damaged ones pending.
 
     Holds the folder's build lock throughout: raises CorpusBusy while a build writes the folder.
     ``progress(done, total)`` is called after each finished unit is checked.
     """
-    root = Path(corpus_dir)
+    root = location.at(corpus_dir)
     _require_corpus(root)
     corpus = CorpusDir(root)
     with _held(corpus, required=repair) as locked:
@@ -364,9 +363,9 @@ def _repair(corpus: CorpusDir, result: Verification) -> None:
     result.next_command = rebuild_command(corpus.root, corpus_json, plan)
 
 
-def rebuild_command(root: Path, corpus_json: dict, plan: dict | None) -> str:
+def rebuild_command(root: StorePath, corpus_json: dict, plan: dict | None) -> str:
     """The `elm-corpus build` that resumes this folder (its plan fixes the units, so the same command redoes them)."""
     manifest = (corpus_json.get("manifest") or {}).get("path") or "MANIFEST"
     sample = corpus_json.get("sample", (plan or {}).get("sample"))
     return " ".join(["elm-corpus", "build", shlex.quote(str(manifest)), *(["--sample"] if sample else []),
-                     "--out", shlex.quote(os.fspath(root))])
+                     "--out", shlex.quote(str(root))])

@@ -37,7 +37,8 @@ class TrainConfig:
     """Every setting of a training run. Field names are the YAML keys; `--max-lr` sets `max_lr`."""
 
     # What to train on and what to train.
-    corpus: str | None = None          # a corpus name under <data root>/corpora, or a folder
+    corpus: str | None = None          # a corpus name under <data root>/corpora, a folder, or a URI (s3://...)
+    corpus_cache: str | None = None    # local copy of a corpus on an object store (default <data root>/cache)
     model: str = "tiny"                # preset name (model.presets.PRESETS)
     init_from: str | None = None       # a Hugging Face folder to start from instead of random weights
     vocab_size: int | None = None      # override the preset's vocabulary (must equal the tokenizer's)

@@ -2,8 +2,9 @@
 
 Every import of the data side (`corpus.mixing`, `corpus.store`, `pipelines`) by the trainer is
 here (tests/test_layout.py holds the rule). `resolve_corpus` finds a built corpus and refuses
-one that is missing or unfinished with what to run; `resolve_stream` names a manifest whose
-sources are tokenized live on Ray. `TrainingData.train_batches` and `held_out` are what the
+one that is missing or unfinished with what to run; a corpus on an object store (`s3://...`)
+is read from a local copy that `corpus.store.cache` keeps checked against the ledger.
+`resolve_stream` names a manifest whose sources are tokenized live on Ray. `TrainingData.train_batches` and `held_out` are what the
 `Trainer` reads; another data source (fine-tuning examples) only has to offer the same two.
 """
 from __future__ import annotations
@@ -87,19 +88,25 @@ def _plain(value: Any) -> Any:
 class TrainingData:
     """Where the tokens come from: a built corpus folder, or (`--stream`) the live pipelines of a manifest."""
     name: str
-    folder: Path | None      # the built corpus; None when streaming
+    folder: Path | None      # the built corpus (for one on an object store, its local copy); None when streaming
     fingerprint: str | None  # the manifest fingerprint the shards were (or would be) built with
     tokenizer: dict          # spec, sha256, vocab_size
     manifest: Any = None     # streaming only: the manifest whose sources are tokenized on the fly
     sample: bool = False     # streaming only: read the offline sample mirror
+    uri: str | None = None   # a corpus on an object store: its URI (``folder`` is then the local copy)
 
     def where(self) -> str:
+        if self.uri is not None:
+            return self.uri
         return str(self.folder) if self.folder is not None else f"the live pipeline of manifest {self.manifest.name}"
 
     def describe(self) -> dict:
         """run.json's `corpus` entry."""
-        return {"name": self.name, "dir": str(self.folder.resolve()) if self.folder is not None else None,
-                "fingerprint": self.fingerprint}
+        described = {"name": self.name, "dir": str(self.folder.resolve()) if self.folder is not None else None,
+                     "fingerprint": self.fingerprint}
+        if self.uri is not None:
+            described.update(dir=self.uri, cache=str(self.folder.resolve()))
+        return described
 
     def train_batches(self, cfg: TrainConfig, cluster: Cluster) -> MicroBatches:
         return MicroBatches(self.sampler(cfg, "train", cluster), cluster.device)
@@ -141,34 +148,51 @@ class TrainingData:
 
 def resolve_data(cfg: TrainConfig) -> TrainingData:
     """The data a run's settings name: `--stream` of a manifest, else the built `--corpus`."""
-    return resolve_stream(cfg) if cfg.stream else resolve_corpus(cfg.corpus)
+    return resolve_stream(cfg) if cfg.stream else resolve_corpus(cfg.corpus, cfg.corpus_cache)
 
 
-def resolve_corpus(name_or_dir: str | None) -> TrainingData:
-    """A built corpus by folder or by name under the corpora folder; a missing or unfinished one is refused."""
+def resolve_corpus(name_or_dir: str | None, cache: str | Path | None = None) -> TrainingData:
+    """A built corpus by folder, by name under the corpora folder, or by URI; a missing or unfinished one is refused.
+
+    A corpus on an object store is brought into its local copy under ``cache`` (default
+    ``<data root>/cache``) first: each shard downloaded once, checked against its ledger sha256.
+    """
     from corpus.paths import corpora_root
     from corpus.store.layout import NotACorpus, find_corpus, read_corpus_json
+    from corpus.store.location import ObjectPath
     if not name_or_dir:
-        raise TrainError(f"no corpus given: pass --corpus NAME (a corpus under {corpora_root()}) "
-                         f"or a corpus folder; build the sample one with '{SAMPLE_BUILD_HINT}' (--corpus openelm-sample)")
+        raise TrainError(f"no corpus given: pass --corpus NAME (a corpus under {corpora_root()}), a corpus folder "
+                         f"or URI; build the sample one with '{SAMPLE_BUILD_HINT}' (--corpus openelm-sample)")
     try:
-        folder = find_corpus(name_or_dir)
-    except NotACorpus as e:
+        found = find_corpus(name_or_dir)
+        folder, uri = (_cached(found, cache), str(found)) if isinstance(found, ObjectPath) else (found, None)
+    except (NotACorpus, ConnectionError) as e:
         raise TrainError(str(e)) from None
+    where = uri or folder
     try:
         info = read_corpus_json(folder)
     except FileNotFoundError:
-        raise TrainError(f"{folder} holds no corpus.json, so its build never finished; rerun 'elm-corpus build' "
+        raise TrainError(f"{where} holds no corpus.json, so its build never finished; rerun 'elm-corpus build' "
                          f"with the same manifest to complete it") from None
     tokenizer = info.get("tokenizer") or {}
     if not tokenizer.get("vocab_size") or not tokenizer.get("sha256"):
-        raise TrainError(f"{folder}/corpus.json records no tokenizer (vocab_size, sha256); rebuild it with "
+        raise TrainError(f"{where}/corpus.json records no tokenizer (vocab_size, sha256); rebuild it with "
                          f"'elm-corpus build'")
     if int(info.get("totals", {}).get("tokens", 1)) <= 0:
-        raise TrainError(f"{folder}: the corpus holds no tokens; check 'elm-corpus stats {folder}' for what was dropped")
+        raise TrainError(f"{where}: the corpus holds no tokens; check 'elm-corpus stats {where}' for what was dropped")
     # The folder's name is what --corpus takes (a sample build of manifest 'openelm' is 'openelm-sample').
-    return TrainingData(folder.name, folder, info.get("manifest_fingerprint"),
-                        {k: tokenizer.get(k) for k in ("spec", "sha256", "vocab_size")})
+    return TrainingData(found.name, folder, info.get("manifest_fingerprint"),
+                        {k: tokenizer.get(k) for k in ("spec", "sha256", "vocab_size")}, uri=uri)
+
+
+def _cached(root, cache: str | Path | None) -> Path:
+    """The local copy of the corpus at ``root`` on an object store, brought up to date with its ledger."""
+    from corpus.paths import cache_root
+    from corpus.store.cache import CacheError, cache_corpus
+    try:
+        return cache_corpus(root, cache if cache is not None else cache_root()).folder
+    except CacheError as e:
+        raise TrainError(str(e)) from None
 
 
 def resolve_stream(cfg: TrainConfig) -> TrainingData:

@@ -97,6 +97,16 @@ def test_a_sample_build_on_s3_holds_the_local_builds_bytes_and_verify_passes_it(
     assert result["bytes_hashed"] == sum(len(v) for k, v in local.items() if k.endswith((".bin", ".idx")))
 
 
+def test_inspect_of_the_s3_corpus_draws_the_local_corpus_chunks(s3_sample, sample_corpus, capsys):
+    from corpus.inspection.chunks import draw_chunks
+    remote, local = draw_chunks(s3_sample, n=5, seed=3), draw_chunks(sample_corpus.out_dir, n=5, seed=3)
+    strip = lambda views: [{k: v for k, v in c.to_dict().items() if k != "shard"} for c in views]  # noqa: E731
+    assert strip(remote) == strip(local) and len(remote) == 5
+    assert all(str(c.shard).startswith(s3_sample) for c in remote)
+    assert cli_main(["inspect", s3_sample, "-n", "2", "--seed", "3"]) == 0
+    assert remote[0].text[:40] in capsys.readouterr().out
+
+
 def test_stats_of_the_s3_corpus_report_the_local_corpus_totals(s3_sample, sample_corpus, capsys, tmp_path):
     local, remote = collect(sample_corpus.out_dir).numbers, collect(s3_sample).numbers
     assert remote["corpus"]["status"] == "complete" and remote["corpus"]["build_running"] is False

@@ -6,11 +6,13 @@ record it is, so a chunk can be traced to the bytes it was made from.
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from corpus.store import location
 from corpus.store.layout import CorpusDir, read_corpus_json
 from corpus.store.location import is_remote
 from corpus.store.shards import Shard
@@ -47,12 +49,17 @@ def _shard_stem(path: str | Path) -> Path:
 
 def _tokenizer_for(stem: Path, sidecar: dict) -> Tokenizer:
     """The tokenizer the shard was written with: the corpus's, checked against the sidecar's hash."""
-    want = sidecar.get("tokenizer_sha256")
     corpus_json = CorpusDir(stem.parents[2]).corpus_json_path if len(stem.parents) > 2 else None
-    spec, normalize = "default", "NFC"
+    described = {}
     if corpus_json is not None and corpus_json.exists():
         described = read_corpus_json(corpus_json.parent).get("tokenizer") or {}
-        spec, normalize = described.get("spec", spec), described.get("normalize", normalize)
+    return _checked_tokenizer(stem, sidecar, described)
+
+
+def _checked_tokenizer(stem: Path, sidecar: dict, described: dict) -> Tokenizer:
+    """The tokenizer corpus.json describes (`described`), refused unless it is the one the sidecar names."""
+    want = sidecar.get("tokenizer_sha256")
+    spec, normalize = described.get("spec", "default"), described.get("normalize", "NFC")
     tokenizer = load_tokenizer(spec, normalize)
     if want and tokenizer.sha256 != want:
         raise ValueError(f"{stem}: written with tokenizer {want[:12]}, but {spec!r} is {tokenizer.sha256[:12]}; "
@@ -64,10 +71,10 @@ def _view(shard: Shard, sidecar: dict, index: int, tokenizer: Tokenizer) -> Chun
     origin = sidecar.get("origin") or {}
     records, parts = origin.get("record") or [], origin.get("part") or []
     source_input = sidecar.get("input") or {}
+    begin, length = shard.spans([index])
     return ChunkView(
         source=sidecar.get("source", shard.stem.parent.name), unit=sidecar.get("unit", shard.stem.name),
-        shard=shard.stem.with_suffix(".bin"), index=index, token_offset=int(shard.offsets[index]),
-        num_tokens=int(shard.offsets[index + 1] - shard.offsets[index]),
+        shard=shard.stem.with_suffix(".bin"), index=index, token_offset=int(begin[0]), num_tokens=int(length[0]),
         input_uri=source_input.get("uri", "?"), location_kind=origin.get("location", "byte"),
         location=int(records[index]) if index < len(records) else None,
         part=int(parts[index]) if index < len(parts) else None,
@@ -86,30 +93,51 @@ def chunk_at(shard_path: str | Path, index: int) -> ChunkView:
 
 
 def draw_chunks(corpus_dir: str | Path, source: str | None = None, n: int = 3, seed: int = 0) -> list[ChunkView]:
-    """``n`` chunks drawn uniformly without replacement from the finished units (of ``source``), in corpus order."""
-    if is_remote(corpus_dir):  # chunks are read from memory-mapped shards
-        raise ValueError(f"{corpus_dir}: inspect reads a corpus on the local disk; copy it down first "
-                         f"(stats and verify read it where it is)")
-    root = Path(corpus_dir)
-    folder = CorpusDir(root)
-    finished = list(folder.ledger_units())  # (source, unit), sorted
+    """``n`` chunks drawn uniformly without replacement from the finished units (of ``source``), in corpus order.
+
+    The chunk counts come from the ledger, so only the units drawn from are opened; a corpus on an
+    object store has just those units' shards and sidecars fetched, each checked against its ledger entry.
+    """
+    folder = CorpusDir(corpus_dir)
+    entries = folder.ledger_entries()  # (source, unit) -> entry
+    finished = sorted(entries)
     sources = sorted({s for s, _ in finished})
     if source is not None:
         if source not in sources:
-            raise ValueError(f"{root}: no finished units of source {source!r}; sources with some: "
+            raise ValueError(f"{corpus_dir}: no finished units of source {source!r}; sources with some: "
                              f"{', '.join(sources) or 'none yet'}")
         sources = [source]
-    shards = [Shard.open(folder.shard_stem(s, u)) for s, u in finished if s in sources]
-    counts = np.array([len(s) for s in shards], dtype=np.int64)
+    units = [key for key in finished if key[0] in sources]
+    counts = np.array([int(entries[key]["chunks"]) for key in units], dtype=np.int64)
     total = int(counts.sum())
     if total == 0:
-        raise ValueError(f"{root}: no chunks to inspect yet" + (f" in source {source!r}" if source else ""))
+        raise ValueError(f"{corpus_dir}: no chunks to inspect yet" + (f" in source {source!r}" if source else ""))
     picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
     starts = np.concatenate([[0], np.cumsum(counts)])
-    out, tokenizer = [], None
-    for pick in picks.tolist():
-        k = int(np.searchsorted(starts, pick, side="right") - 1)
-        sidecar = shards[k].sidecar()
-        tokenizer = tokenizer or _tokenizer_for(shards[k].stem, sidecar)
-        out.append(_view(shards[k], sidecar, pick - int(starts[k]), tokenizer))
+    with tempfile.TemporaryDirectory(prefix="elm-inspect-") as scratch:
+        out, tokenizer, opened = [], None, {}
+        for pick in picks.tolist():
+            k = int(np.searchsorted(starts, pick, side="right") - 1)
+            if k not in opened:
+                opened[k] = Shard.open(_local_stem(folder, units[k], entries[units[k]], Path(scratch)))
+            shard = opened[k]
+            sidecar = shard.sidecar()
+            if tokenizer is None:
+                described = read_corpus_json(corpus_dir).get("tokenizer") or {}
+                tokenizer = _checked_tokenizer(shard.stem, sidecar, described)
+            view = _view(shard, sidecar, pick - int(starts[k]), tokenizer)
+            view.shard = folder.shard_stem(*units[k]).with_suffix(".bin")  # the store's, not the scratch copy
+            out.append(view)
     return out
+
+
+def _local_stem(folder: CorpusDir, key: tuple[str, str], entry: dict, scratch: Path) -> Path:
+    """The unit's shard stem on the local disk: where it is, or (object store) a checked copy in ``scratch``."""
+    stem = folder.shard_stem(*key)
+    if not is_remote(folder.root):
+        return Path(stem)
+    local = scratch / key[0] / key[1]
+    local.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, sha in ((".bin", entry.get("sha256_bin")), (".idx", entry.get("sha256_idx")), (".json", None)):
+        location.download(stem.with_suffix(suffix), local.with_suffix(suffix), sha256=sha)
+    return local

@@ -16,7 +16,6 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
-GROUPS = ("refinedweb", "redpajama", "pile", "dolma")
 FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
 FILTER_TYPES = ("gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality", "language")
 
@@ -24,6 +23,9 @@ COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 # Source fields that never change a shard's bytes (mixing and documentation only): left out of the fingerprint.
 NOT_IN_SHARDS = frozenset({"weight", "description", "tokens", "files"})
 _TOKENS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBT]?)\s*$", re.IGNORECASE)
+# Any family or kind of sources (refinedweb, dolma, web, code), but an identifier, so that one group is
+# spelled one way in stats and reports.
+_GROUP_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 
 
 class ManifestError(ValueError):
@@ -104,7 +106,7 @@ class ExtraFilter(_Strict):
 
 class Source(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    group: Literal[GROUPS]  # type: ignore[valid-type]
+    group: str
     description: str = ""
     upstream: Upstream
     format: Literal[FORMATS]  # type: ignore[valid-type]
@@ -114,6 +116,16 @@ class Source(_Strict):
     tokens: TokenCount
     weight: float | None = Field(None, ge=0)
     filters: list[ExtraFilter] = Field(default_factory=list)
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _group_name(cls, value: Any):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError(f"{value!r} is read as a number: quote it to make it a group name")
+        if not isinstance(value, str) or not _GROUP_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a group name: use 1 to 64 lowercase letters, digits, '-' or '_', "
+                             f"starting with a letter or digit (e.g. web, code, redpajama)")
+        return value
 
 
 class Manifest(_Strict):

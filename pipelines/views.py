@@ -94,14 +94,30 @@ def _table(title: str, heads: tuple[str, ...], cells, numbers: dict) -> Table:
     return table
 
 
+def _groups_table(numbers: dict) -> Table:
+    """Tokens and shares summed by the manifest's groups (whatever names the manifest gives them)."""
+    table = Table(title="tokens and mixture by group", title_justify="left")
+    table.add_column("group", no_wrap=True)
+    for name in ("sources", "units done", "tokens", "share", "target share"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for g in numbers["groups"]:
+        units = f"{g['units']['done']:,}/{g['units']['total']:,}"
+        table.add_row(g["name"] or "(unknown)", str(len(g["sources"])), units, grouped(g["tokens"]),
+                      percent(g["share"]["achieved"]), percent(g["share"]["target"]))
+    return table
+
+
 def _sources_tables(numbers: dict) -> list[Table]:
-    return [
+    tables = [
         _table("work units, documents and chunks (pieces of at most split_words words)",
                ("units done", "failed", "docs read", "kept", "dropped", "quarantined", "chunks", "kept", "dropped"),
                _count_cells, numbers),
         _table("tokens and mixture", ("tokens", "tokens/chunk mean", "median", "share", "target share", "on disk"),
                _token_cells, numbers),
     ]
+    if numbers["groups"]:  # none while a corpus has no source yet
+        tables.append(_groups_table(numbers))
+    return tables
 
 
 def _by_reason_table(numbers: dict, title: str, reasons: list[str], cell) -> Table:

@@ -6,6 +6,7 @@ import pytest
 from corpus.manifest import (Manifest, ManifestError, load_manifest, parse_manifest, parse_token_count)
 
 OPENELM = Path(__file__).resolve().parents[1] / "manifests" / "openelm.yaml"
+FINEWEB_EDU_STACK_MATH = OPENELM.with_name("fineweb-edu-stack-math.yaml")
 
 GOOD = """\
 name: tiny
@@ -89,10 +90,40 @@ def test_wrong_type_names_the_value():
                    "unable to parse string as an integer"]
 
 
-def test_unknown_group_and_format_are_listed_together():
-    out = problems(GOOD.replace("group: redpajama", "group: redpyjama").replace("format: jsonl", "format: csv"))
-    assert out[0].startswith("manifests/x.yaml:11: sources[1].group: 'redpyjama': Input should be")
+def test_bad_group_and_unknown_format_are_listed_together():
+    out = problems(GOOD.replace("group: redpajama", "group: Red Pajama").replace("format: jsonl", "format: csv"))
+    assert out[0].startswith("manifests/x.yaml:11: sources[1].group: 'Red Pajama' is not a group name")
     assert out[1].startswith("manifests/x.yaml:15: sources[1].format: 'csv': Input should be")
+
+
+@pytest.mark.parametrize("group", ["web", "code", "math", "redpyjama", "my-family_2", '"2024"', "a" * 64])
+def test_any_group_name_is_accepted(group):
+    m = parse_manifest(GOOD.replace("group: redpajama", f"group: {group}"))
+    assert m.source("books").group == group.strip('"')
+
+
+@pytest.mark.parametrize("group,why", [
+    ("Web", "'Web' is not a group name"), ("web text", "'web text' is not a group name"),
+    ("-web", "'-web' is not a group name"), ('""', "'' is not a group name"), ("", "None is not a group name"),
+    ("a" * 65, f"'{'a' * 65}' is not a group name"), ("[web]", "['web'] is not a group name"),
+    ("2024", "2024 is read as a number: quote it to make it a group name")])
+def test_a_bad_group_name_is_refused_naming_its_line(group, why):
+    out = problems(GOOD.replace("group: redpajama", f"group: {group}"))
+    assert len(out) == 1 and out[0].startswith(f"manifests/x.yaml:11: sources[1].group: {why}"), out
+    if "not a group name" in why:
+        assert out[0].endswith("use 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit "
+                               "(e.g. web, code, redpajama)")
+
+
+def test_second_manifest_mixes_web_code_and_math_by_explicit_weights():
+    m = load_manifest(FINEWEB_EDU_STACK_MATH)
+    assert [(s.name, s.group, s.format, s.text_field) for s in m.sources] == [
+        ("fineweb-edu", "web", "parquet", "text"), ("the-stack-dedup-python", "code", "parquet", "content"),
+        ("open-web-math", "math", "parquet", "text")]
+    assert m.target_shares() == pytest.approx({"fineweb-edu": 0.70, "the-stack-dedup-python": 0.15,
+                                               "open-web-math": 0.15})
+    assert all(f.startswith("hf://datasets/") for s in m.sources for f in s.upstream.files)
+    assert (m.tokenizer, m.text) == (load_manifest(OPENELM).tokenizer, load_manifest(OPENELM).text)
 
 
 def test_upstream_needs_exactly_one_of_files_or_list():

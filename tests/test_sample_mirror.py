@@ -336,6 +336,15 @@ def test_unknown_source_gets_a_generic_mirror_from_its_format_and_text_field(tmp
     assert all("body" in r and "meta" in r for r in good if r.get("body") is not None)
 
 
+def test_a_source_of_a_group_of_its_own_gets_a_generic_mirror(tmp_path):
+    manifest = one_source_manifest(name="my-notes", group="lab-notes", fmt="json.gz")
+    files = mirror_files(manifest, "my-notes", tmp_path)
+    assert len(files) >= 2 and all(f.endswith(".json.gz") for f in files)
+    entry = read_index(tmp_path)["sources"]["my-notes"]
+    assert entry["spec"]["group"] == "lab-notes" and "truncated_gzip" in {b["reason"] for b in entry["bad_records"]}
+    assert sum(1 for _ in iter_documents(tmp_path, "my-notes")) == entry["documents"] >= 200
+
+
 def test_unknown_parquet_source_with_an_id_field(tmp_path):
     manifest = one_source_manifest(name="my-web", group="refinedweb", fmt="parquet", text_field="content",
                                    extra="    id_field: doc_id")

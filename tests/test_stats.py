@@ -75,6 +75,7 @@ def recount(corpus_dir: Path, manifest_path: Path) -> dict:
         all_sidecars.extend(sidecars)
         sources.append({
             "name": name,
+            "group": source.group,
             "units": {"total": len(units), "done": len(done), "failed": len(failed),
                       "pending": len(units) - len(done) - len(failed)},
             **_counts(sidecars, lengths),
@@ -94,7 +95,19 @@ def recount(corpus_dir: Path, manifest_path: Path) -> dict:
         "bytes_on_disk": {"shards": _bytes_under(corpus_dir / "shards"),
                           "quarantine": _bytes_under(corpus_dir / "quarantine"), "folder": _bytes_under(corpus_dir)},
     }
-    return {"sources": sources, "total": total}
+    groups: dict[str, dict] = {}
+    for s, source in zip(sources, manifest.sources):
+        g = groups.setdefault(source.group, {"name": source.group, "sources": [], "units": Counter(), "tokens": 0,
+                                             "share": {"target": 0.0, "achieved": None}, "manifest_tokens": 0})
+        g["sources"].append(s["name"])
+        g["units"].update(s["units"])
+        g["tokens"] += s["tokens"]
+        g["share"]["target"] += s["share"]["target"]
+        g["manifest_tokens"] += s["manifest_tokens"]
+    for g in groups.values():
+        g["units"] = {k: g["units"][k] for k in ("total", "done", "failed", "pending")}
+        g["share"]["achieved"] = g["tokens"] / int(all_lengths.sum()) if all_lengths.sum() else None
+    return {"sources": sources, "groups": list(groups.values()), "total": total}
 
 
 def _counts(sidecars: list[dict], lengths: np.ndarray) -> dict:
@@ -198,6 +211,7 @@ def test_every_json_number_equals_a_recount_of_the_sample_build(sample_dir, caps
     got = stats_json(capsys, str(sample_dir))
     want = recount(sample_dir, OPENELM)
     assert_same(got["sources"], want["sources"], "sources")
+    assert_same(got["groups"], want["groups"], "groups")
     assert_same(got["total"], want["total"], "total")
     assert got["failed_units"] == [] and got["problems"] == []
     assert got["total"]["tokens"] > 1_000_000  # the sample is real text, not an empty shell
@@ -208,6 +222,7 @@ def test_every_json_number_equals_a_recount_with_filters_and_a_failed_unit(filte
     got = stats_json(capsys, str(corpus_dir))
     want = recount(corpus_dir, manifest)
     assert_same(got["sources"], want["sources"], "sources")
+    assert_same(got["groups"], want["groups"], "groups")
     assert_same(got["total"], want["total"], "total")
     code = got["sources"][0]
     assert code["chunks"]["dropped"].get("gopher_repetition", 0) >= 1
@@ -303,6 +318,7 @@ def test_an_interrupted_build_shows_the_units_finished_so_far(sample_dir, tmp_pa
     got = stats_json(capsys, str(corpus_dir))
     want = recount(corpus_dir, OPENELM)
     assert_same(got["sources"], want["sources"], "sources")
+    assert_same(got["groups"], want["groups"], "groups")
     assert_same(got["total"], want["total"], "total")
     assert got["corpus"]["status"] == "building" and got["corpus"]["build_running"] is False
     assert got["total"]["units"]["done"] == 11 and got["total"]["units"]["pending"] == len(removed)

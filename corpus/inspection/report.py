@@ -256,6 +256,18 @@ def _sources_table(numbers: dict) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
+def _groups_table(numbers: dict) -> str:
+    heads = ["group", "sources", "units done/total", "tokens", "share", "target share"]
+    rows = []
+    for g in numbers["groups"]:
+        cells = [f"{g['units']['done']:,}/{g['units']['total']:,}", grouped(g["tokens"]),
+                 percent(g["share"]["achieved"]), percent(g["share"]["target"])]
+        rows.append(f"<tr><td>{_e(g['name'])}</td><td>{_e(', '.join(g['sources']))}</td>"
+                    + "".join(f'<td class="n">{_e(c)}</td>' for c in cells) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
 def _reasons_table(numbers: dict) -> str:
     sources = [*numbers["sources"], {"name": "total", **numbers["total"]}]
     drops = sorted({r for s in sources for r in (*s["chunks"]["dropped"], *s["documents"]["dropped"])})
@@ -344,6 +356,8 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
 <dl>{''.join(f'<dt>{_e(k)}</dt><dd class="mono">{_e(v)}</dd>' for k, v in facts)}</dl>
 <h2>Per source</h2>
 <div class="scroll">{_sources_table(n)}</div>
+<h2>Per group</h2>
+<div class="scroll">{_groups_table(n)}</div>
 <h2>Drops and quarantine by reason</h2>
 <div class="scroll">{_reasons_table(n)}</div>
 <h2>Charts</h2>

@@ -157,19 +157,44 @@ class CorpusStats:
         return self.numbers["sources"]
 
 
-def _manifest_view(corpus_json: dict | None) -> tuple[list[str], dict[str, float], dict[str, int]]:
-    """Source names in manifest order, target shares and published token counts."""
+def _manifest_view(corpus_json: dict | None, plan: dict | None
+                   ) -> tuple[list[str], dict[str, float], dict[str, int], dict[str, str]]:
+    """Source names in manifest order, target shares, published token counts and groups."""
     if not corpus_json:
-        return [], {}, {}
+        # a build that has planned but not yet written corpus.json: its plan still names each source's group
+        planned = ((plan or {}).get("fingerprint_parts") or {}).get("sources") or {}
+        return [], {}, {}, {k: v["group"] for k, v in planned.items() if isinstance(v, dict) and v.get("group")}
     dump = (corpus_json.get("manifest") or {}).get("dump")
     if dump:
         from corpus.manifest import Manifest
         manifest = Manifest.model_validate(dump)
         return ([s.name for s in manifest.sources], manifest.target_shares(),
-                {s.name: s.tokens for s in manifest.sources})
+                {s.name: s.tokens for s in manifest.sources}, {s.name: s.group for s in manifest.sources})
     sources = corpus_json.get("sources", {})
     return (list(sources), {k: v.get("target_share") for k, v in sources.items()},
-            {k: v.get("target_tokens") for k, v in sources.items()})
+            {k: v.get("target_tokens") for k, v in sources.items()},
+            {k: v["group"] for k, v in sources.items() if v.get("group")})
+
+
+def _group_numbers(per_source: dict[str, dict], total_tokens: int) -> list[dict]:
+    """Sources summed by their manifest group, groups in the order they first appear (null: group unknown)."""
+    groups: dict[str | None, dict] = {}
+    for s in per_source.values():
+        if s["group"] not in groups:
+            groups[s["group"]] = {"name": s["group"], "sources": [], "units": dict.fromkeys(s["units"], 0),
+                                  "tokens": 0, "share": {"target": None, "achieved": None}, "manifest_tokens": None}
+        g = groups[s["group"]]
+        g["sources"].append(s["name"])
+        for k in g["units"]:
+            g["units"][k] += s["units"][k]
+        g["tokens"] += s["tokens"]
+        if s["share"]["target"] is not None:
+            g["share"]["target"] = (g["share"]["target"] or 0.0) + s["share"]["target"]
+        if s["manifest_tokens"] is not None:
+            g["manifest_tokens"] = (g["manifest_tokens"] or 0) + s["manifest_tokens"]
+    for g in groups.values():
+        g["share"]["achieved"] = g["tokens"] / total_tokens if total_tokens else None
+    return list(groups.values())
 
 
 def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
@@ -180,7 +205,7 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
         raise NotACorpus(f"{root} is not a corpus folder: it has neither {CORPUS_JSON} nor {PLAN_JSON}")
     corpus_json = _read_json(root / CORPUS_JSON)
     plan = _read_json(root / PLAN_JSON)
-    order, target_shares, manifest_tokens = _manifest_view(corpus_json)
+    order, target_shares, manifest_tokens, source_groups = _manifest_view(corpus_json, plan)
     planned: dict[str, list[str]] = {}
     for unit in (plan or {}).get("units", []):
         planned.setdefault(unit["source"], []).append(unit["unit"])
@@ -230,6 +255,7 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
         tallies[name] = tally
         per_source[name] = {
             "name": name,
+            "group": source_groups.get(name),
             "units": {"total": len(units), "done": len(done), "failed": len(failed_here),
                       "pending": len(units) - len(done) - len(failed_here)},
             **tally.numbers(),
@@ -267,6 +293,7 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
             "build_running": None if holder is None else bool(holder),
         },
         "sources": list(per_source.values()),
+        "groups": _group_numbers(per_source, total.tokens),
         "total": {
             "units": units_total,
             **total.numbers(),

@@ -6,6 +6,7 @@ derived from the document); the free-form metadata names each text's real origin
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -139,6 +140,42 @@ def _wiki_metadata(d, i, rng):
             "length": len(d.text or ""), "sample_origin": d.origin}
 
 
+def _fineweb_edu(d: Doc, i: int, rng: random.Random, text_field: str) -> dict:
+    when = _when(rng)
+    dump = f"CC-MAIN-{when.year}-{when.isocalendar()[1]:02d}"
+    score = round(2.5 + 2.5 * rng.random(), 6)  # FineWeb-Edu keeps pages its classifier scores 3 or more
+    return {text_field: d.text, "id": f"<urn:uuid:{_uuid('fwe', i)}>", "dump": dump,
+            "url": f"https://sample.invalid/fineweb-edu/{_hex('fwe', i, n=12)}",
+            "file_path": f"s3://commoncrawl/crawl-data/{dump}/segments/{1_700_000_000_000 + i}.{rng.randrange(100)}"
+                         f"/warc/{dump}-{when:%Y%m%d%H%M%S}-{i:05d}.warc.gz",
+            "language": "en", "language_score": round(0.9 + 0.1 * rng.random(), 6),
+            "token_count": len(d.text or "") // 4, "score": score, "int_score": round(score)}
+
+
+def _stack_v1(d: Doc, i: int, rng: random.Random, text_field: str) -> dict:
+    text = d.text or ""
+    data = text.encode("utf-8", "surrogatepass")
+    lines = text.splitlines() or [""]
+    path = d.origin.split(":", 1)[-1]
+    # hexsha is the file's git blob id, as upstream's is
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return {"hexsha": blob, "size": len(data), "ext": "py", "lang": "Python", "max_stars_repo_path": f"Lib/{path}",
+            "max_stars_repo_name": "python/cpython", "max_stars_repo_head_hexsha": _hex("cpython", i, n=40),
+            "max_stars_repo_licenses": ["PSF-2.0"], "max_stars_count": rng.randrange(50_000, 60_000),
+            text_field: d.text, "avg_line_length": round(len(text) / len(lines), 6),
+            "max_line_length": max(map(len, lines)),
+            "alphanum_fraction": round(sum(map(str.isalnum, text)) / max(1, len(text)), 6)}
+
+
+def _open_web_math(d: Doc, i: int, rng: random.Random, text_field: str) -> dict:
+    extraction = {"found_math": True, "math_score": round(0.2 + 0.8 * rng.random(), 6),
+                  "perplexity": round(20 + 400 * rng.random(), 2)}
+    return {"url": f"https://sample.invalid/open-web-math/{_hex('owm', i, n=12)}", text_field: d.text,
+            "date": _when(rng).strftime("%Y-%m-%d %H:%M:%S"),
+            # upstream's metadata is a JSON document stored as a string
+            "metadata": json.dumps({"extraction_info": extraction, "sample_origin": d.origin})}
+
+
 def _generic(group: str) -> Callable:
     if group == "refinedweb":
         return _refinedweb
@@ -170,6 +207,29 @@ def _refinedweb_schema(text_field: str):
 def _pile_schema(text_field: str):
     import pyarrow as pa
     return pa.schema([(text_field, pa.string()), ("meta", pa.struct([("pile_set_name", pa.string())]))])
+
+
+def _fineweb_edu_schema(text_field: str):
+    import pyarrow as pa
+    return pa.schema([(text_field, pa.string()), ("id", pa.string()), ("dump", pa.string()), ("url", pa.string()),
+                      ("file_path", pa.string()), ("language", pa.string()), ("language_score", pa.float64()),
+                      ("token_count", pa.int64()), ("score", pa.float64()), ("int_score", pa.int64())])
+
+
+def _stack_v1_schema(text_field: str):
+    """The Stack v1's columns a reader uses; the max_issues_* and max_forks_* provenance columns are left out."""
+    import pyarrow as pa
+    return pa.schema([("hexsha", pa.string()), ("size", pa.int64()), ("ext", pa.string()), ("lang", pa.string()),
+                      ("max_stars_repo_path", pa.string()), ("max_stars_repo_name", pa.string()),
+                      ("max_stars_repo_head_hexsha", pa.string()), ("max_stars_repo_licenses", pa.list_(pa.string())),
+                      ("max_stars_count", pa.int64()), (text_field, pa.string()), ("avg_line_length", pa.float64()),
+                      ("max_line_length", pa.int64()), ("alphanum_fraction", pa.float64())])
+
+
+def _open_web_math_schema(text_field: str):
+    import pyarrow as pa
+    return pa.schema([("url", pa.string()), (text_field, pa.string()), ("date", pa.string()),
+                      ("metadata", pa.string())])
 
 
 def _hf_names(s: Source, n: int) -> list[str]:
@@ -221,6 +281,15 @@ PROFILES: dict[str, Profile] = {
                                lambda rng: chapter_runs(rng, 210, 3), n_files=3),
     "dolma-wiki": Profile("json.gz", _numbered("en_simple_wiki_v0-{i:04d}.json.gz"),
                           _dolma("wikipedia", _wiki_metadata), lambda rng: module_articles() + topic_docs()),
+    # manifests/fineweb-edu-stack-math.yaml; names are paths below each dataset's root on the Hub
+    "fineweb-edu": Profile("parquet", _numbered("sample/100BT/{i:03d}_00000.parquet"), _fineweb_edu,
+                           lambda rng: module_articles() + topic_docs() + paragraph_docs(rng, 60, 3), n_files=3,
+                           schema=_fineweb_edu_schema),
+    "the-stack-dedup-python": Profile("parquet", _numbered("data/python/data-{i:05d}-of-{total:05d}.parquet"),
+                                      _stack_v1, lambda rng: code_files(rng, 230), style="code", n_files=3,
+                                      schema=_stack_v1_schema),
+    "open-web-math": Profile("parquet", lambda s, n: [f"data/{name}" for name in _hf_names(s, n)], _open_web_math,
+                             lambda rng: latex_papers(), n_files=2, schema=_open_web_math_schema),
 }
 
 _EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst", "json.gz": ".json.gz"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -210,16 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from corpus.manifest import ManifestError
+    from corpus.store.location import StoreUnreachable
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of our output went away (`| head`): not the store's network
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush cannot fail again
+        return 1
     except ManifestError as e:
         print(str(e), file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"elm-corpus {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except ConnectionError as e:  # an object store that does not answer (corpus.store.location.StoreUnreachable)
+    except StoreUnreachable as e:
         print(f"elm-corpus {args.command}: error: {e}; check the network, the endpoint (AWS_ENDPOINT_URL) and "
               f"the credentials", file=sys.stderr)
         return 2

@@ -166,3 +166,14 @@ def test_dumped_manifest_validates_back_to_the_same_manifest():
     m = load_manifest(OPENELM)
     again = Manifest.model_validate(m.model_dump(by_alias=True))
     assert again.model_copy(update={"path": m.path}) == m
+
+
+def test_validate_into_a_closed_pipe_exits_without_blaming_the_network():
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "validate", "manifests/openelm.yaml"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head -0` would
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "network" not in err and "Traceback" not in err

@@ -74,8 +74,8 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def unreachable_store(monkeypatch):
-    """The AWS_* settings of a store nothing answers at (one attempt per request, so it fails at once)."""
+def unreachable_store(s3_server, monkeypatch):
+    """The AWS_* settings (credentials from the session server) of a store nothing answers at, one attempt per request."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
 

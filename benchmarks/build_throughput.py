@@ -1,7 +1,7 @@
 """Build throughput on ~50 MB of real text: the build with 1 and 2 workers against bare
 sentencepiece encoding of the same chunks and datatrove's LocalPipelineExecutor doing the same steps.
 
-    .venv/bin/python benchmarks/build_throughput.py [--mb 50] [--repeats 3] [--text fresh|repeated]
+    .venv/bin/python benchmarks/build_throughput.py [--mb 50] [--repeats 3] [--text fresh|repeated] [--s3]
 
 A third baseline, bare encoding split over 2 processes, shows how much the machine itself
 can gain from a second process at the time of the run (on a shared machine, often little).
@@ -20,6 +20,13 @@ files (its reader gives each task whole files). Each of our timed builds gets fr
 workers (Ray restarted, outside the timing, then a small warm-up build on other text), so
 no encoder cache survives from an earlier run; datatrove starts fresh processes per run.
 Medians over ``--repeats``.
+
+``--s3`` measures instead the build to an object store against the build to local disk: 2
+workers each, the same text, one to a folder and one to ``s3://`` on moto's S3 server, which
+this process starts on a free local port (``ThreadedMotoServer``; the ``AWS_*`` variables that
+point s3fs at it are set here before Ray starts, and the build sends them to its tasks). The
+server runs on the same CPUs as the build, which a real store does not. The two take turns;
+each timed build gets fresh Ray workers, warmed up by a small build to the same kind of place.
 
 datatrove's pipeline: JsonlReader -> NFC + 2048-word split -> the min-characters filter ->
 DocumentTokenizer (the exported tokenizer.json, BOS and EOS added, no shuffling; its
@@ -171,26 +178,113 @@ def bare_encoding_parallel(tokenizer: Tokenizer, chunks: list[str], processes: i
     return tokens, seconds, float("nan")
 
 
-def fresh_workers(warm: Path, out: Path) -> None:
-    """Restart Ray as the CLI starts it and run a small build on other text: workers up, caches empty."""
+def clear(out: str | Path) -> None:
+    """Remove a corpus left by an earlier run: a folder, or every object under an ``s3://`` prefix."""
+    from corpus.store import location
+    root = location.at(out)
+    if isinstance(root, Path):
+        shutil.rmtree(root, ignore_errors=True)
+    elif root.fs.exists(root.path):
+        root.fs.rm(root.path, recursive=True)
+
+
+def fresh_workers(warm: Path, out: str | Path) -> None:
+    """Restart Ray as the CLI starts it and run a small build on other text: workers up, caches empty.
+
+    ``out`` on a store warms the workers that a build to a store gets (Ray starts other workers for
+    tasks that carry the store's settings), and their clients of the store.
+    """
     import ray
 
     from pipelines.build import build
     from pipelines.runner import start_ray
     ray.shutdown()
     start_ray(2, None)  # the local Ray the CLI starts (2 CPUs, workers at niceness 0)
-    shutil.rmtree(out, ignore_errors=True)
+    clear(out)
     assert build(warm, out, workers=2, progress=False, unit_bytes=32 << 10).status == "complete"
 
 
-def our_build(manifest: Path, out: Path, workers: int) -> tuple[int, float, float]:
+def our_build(manifest: Path, out: str | Path, workers: int) -> tuple[int, float, float]:
     """Tokens written, wall seconds of build() and the CPU seconds its workers spent on units."""
+    from corpus.store.layout import CorpusDir
     from pipelines.build import build
-    shutil.rmtree(out, ignore_errors=True)
+    clear(out)
     result = build(manifest, out, workers=workers, progress=False, unit_bytes=UNIT_BYTES)
     assert result.status == "complete", result.failed
-    cpu = sum(json.loads(p.read_text())["cpu_seconds"] for p in (out / "ledger").rglob("*.json"))
+    cpu = sum(entry["cpu_seconds"] for entry in CorpusDir(out).ledger_entries().values())
     return result.corpus["totals"]["tokens"], result.seconds, cpu
+
+
+# ---------------------------------------------------------------- to an S3 server, against local disk
+
+S3_BUCKET = "bench-corpora"
+
+
+def start_s3_server():
+    """moto's S3 server on a free local port, in this process, with a bucket; the ``AWS_*`` variables of this
+    process point s3fs at it (and the build hands them to its Ray tasks)."""
+    import logging
+    import socket
+
+    import fsspec
+    from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        os.environ.pop(name, None)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_CONFIG_FILE=os.devnull,
+                      AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(S3_BUCKET)
+    return server
+
+
+def store_comparison(manifest: Path, warm: Path, work: Path, repeats: int) -> int:
+    """The build with 2 workers to local disk and to the S3 server, taking turns; the ratio S3 / local."""
+    import ray
+    server = start_s3_server()
+    places = {"local": work / "out-local", "s3": f"s3://{S3_BUCKET}/out-s3"}
+    warm_out = {"local": work / "out-warm", "s3": f"s3://{S3_BUCKET}/out-warm"}
+    runs: dict[str, list[float]] = {k: [] for k in places}
+    per_cpu: dict[str, list[float]] = {k: [] for k in places}
+    counts: dict[str, int] = {}
+    print(f"S3 server: moto {_version('moto')} at {os.environ['AWS_ENDPOINT_URL']}; s3fs {_version('s3fs')}")
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    try:
+        for r in range(repeats):
+            for key in (("local", "s3") if r % 2 == 0 else ("s3", "local")):
+                fresh_workers(warm, warm_out[key])
+                tokens, seconds, cpu = our_build(manifest, places[key], 2)
+                counts[key] = tokens
+                runs[key].append(tokens / seconds)
+                per_cpu[key].append(tokens / cpu)
+                print(f"  run {r + 1} {key:<6} {tokens:>12,} tokens {seconds:7.2f} s "
+                      f"{tokens / seconds / 1e6:6.3f} M tokens/s  (load {os.getloadavg()[0]:.1f})", flush=True)
+                clear(places[key])
+    finally:
+        ray.shutdown()
+        server.stop()
+    assert counts["local"] == counts["s3"], counts
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    med_cpu = {k: statistics.median(v) for k, v in per_cpu.items()}
+    print("\nmedian tokens/s (wall clock; per CPU-second of the build's workers)")
+    labels = {"local": "build, 2 workers, to local disk", "s3": "build, 2 workers, to the S3 server"}
+    for k in places:
+        print(f"  {labels[k]:<36} {med[k] / 1e6:6.3f} M  {med_cpu[k] / 1e6:6.3f} M per CPU-s  ({counts[k]:,} tokens)")
+    ratio = med["s3"] / med["local"]
+    print(f"\nratio, wall clock (target)\n  build to S3 / build to local disk   {ratio:5.2f}x  (>= 0.8x) "
+          f"{'ok' if ratio >= 0.8 else 'MISSED'}")
+    print(f"  (per CPU-second of the workers: {med_cpu['s3'] / med_cpu['local']:.2f}x)")
+    return 0 if ratio >= 0.8 else 1
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+    return version(package)
 
 
 # ---------------------------------------------------------------- datatrove, same steps
@@ -254,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also compare the segment-cache encoder's ids with sp.encode's on every chunk")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-datatrove", action="store_true")
+    ap.add_argument("--s3", action="store_true",
+                    help="only the build with 2 workers to local disk against the same build to an S3 server "
+                         "(moto's, started here)")
     args = ap.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="build-throughput-"))
@@ -265,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     warm = write_manifest(work / "warm.yaml", work / "warm.jsonl", "warm")
     warm_text = [" ".join(f"warm-up word{i}x{k}" for k in range(200)) for i in range(40)]  # not the timed text
     (work / "warm.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in warm_text))
+    if args.s3:
+        print(f"input ({args.text}): {one_file.stat().st_size / 1e6:.1f} MB, {len(docs):,} documents; "
+              f"units of {UNIT_BYTES >> 20} MB; {os.cpu_count()} CPUs")
+        code = store_comparison(manifest, warm, work, args.repeats)
+        shutil.rmtree(work, ignore_errors=True)
+        return code
     tokenizer = Tokenizer()
     tokenizer_json = tokenizer.export(work / "tokenizer") / "tokenizer.json"
     chunks = chunks_for_bare_encoding(docs)

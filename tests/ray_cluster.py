@@ -3,8 +3,10 @@
 The child holds a ``ray.cluster_utils.Cluster``: a head node and one worker node, each with its
 own raylet, object store and CPUs. It runs under a private ``RAY_TMPDIR``, so no other
 ``ray.init()`` on the machine finds it as "the current cluster", and the test process's own
-Ray is left alone. The child reads commands on stdin: ``remove`` kills the worker node; end
-of input shuts the cluster down.
+Ray is left alone. Its nodes are started without the test's store settings (``AWS_*``,
+``FSSPEC_*``), as cluster nodes that were never given credentials: a build reaches a store
+from them only with what its driver sends along with its tasks. The child reads commands on
+stdin: ``remove`` kills the worker node; end of input shuts the cluster down.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ class TwoNodeCluster:
     def __init__(self, cpus_per_node: int = 1, timeout: float = 90):
         self.tmp = Path(tempfile.mkdtemp(prefix="elm-ray-", dir="/tmp"))  # short: Ray's socket paths live here
         self.log = self.tmp / "cluster.log"
-        env = dict(os.environ, RAY_TMPDIR=str(self.tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+        env.update(RAY_TMPDIR=str(self.tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([sys.executable, __file__, str(cpus_per_node)], env=env, text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)

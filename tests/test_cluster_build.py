@@ -1,12 +1,16 @@
 """`elm-corpus build --address` on a real two-node Ray cluster that loses its worker node half-way.
 
-Both nodes run on this machine (tests/ray_cluster.py) and share its disk: the corpus folder
-is a local path that every node's workers write into. Nodes without a shared disk write to
-object storage, which is tested on its own. The unit lost with the node is run again by Ray
-(a task whose worker dies is retried), so the one build finishes.
+Both nodes run on this machine (tests/ray_cluster.py). The corpus is written either to a local
+folder, which both nodes share, or to a real S3 server (the session's ``s3_server``, moto over
+HTTP), which the nodes reach only through the store settings the driver sends with its tasks:
+the nodes themselves are started without any. The unit lost with the node is run again by Ray
+(a task whose worker dies is retried), so the one build finishes, byte-identical to the
+session's local build.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -16,27 +20,35 @@ from pathlib import Path
 
 import psutil
 
-from corpus.store.files import sha256_file
+from corpus.store import location
 from corpus.store.layout import read_corpus_json
+from pipelines.cli import main as cli_main
 from ray_cluster import TwoNodeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "openelm.yaml"
 
 
-def ledger_count(out: Path) -> int:
-    return sum(1 for _ in (out / "ledger").rglob("*.json")) if (out / "ledger").is_dir() else 0
+def ledger_count(out: str | Path) -> int:
+    """Finished units (ledger entries) of the corpus at ``out``, a folder or a URI; 0 before the build made it."""
+    names = [rel.rsplit("/", 1)[-1] for rel in location.list_files(location.at(out) / "ledger")]
+    return sum(1 for name in names if name.endswith(".json") and not name.startswith("."))
 
 
-def unit_files(corpus_dir: Path) -> dict[str, str]:
-    """sha256 of every shard (.bin, .idx, sidecar) and quarantine file; a killed write's hidden temporary is no file."""
-    files = [p for sub in ("shards", "quarantine") for p in (corpus_dir / sub).rglob("*")
-             if p.is_file() and not p.name.startswith(".")]
-    return {p.relative_to(corpus_dir).as_posix(): sha256_file(p) for p in sorted(files)}
+def unit_files(corpus_dir: str | Path) -> dict[str, str]:
+    """sha256 of every shard (.bin, .idx, sidecar) and quarantine file, on a disk or a store, by relative path;
+    a killed write's hidden temporary is no file."""
+    root = location.at(corpus_dir)
+    keys = [k for k in location.list_files(root)
+            if k.split("/")[0] in ("shards", "quarantine") and not k.rsplit("/", 1)[-1].startswith(".")]
+    return {k: hashlib.sha256(location.read_bytes(root / k)).hexdigest() for k in keys}
 
 
-def start_cli_build(out: Path, address: str, mirror: Path, log: Path) -> subprocess.Popen:
-    """The real CLI in its own process, driving a cluster build; ``--sample`` reads ``mirror``; output to ``log``."""
+def start_cli_build(out: str | Path, address: str, mirror: Path, log: Path) -> subprocess.Popen:
+    """The real CLI in its own process, driving a cluster build; ``--sample`` reads ``mirror``; output to ``log``.
+
+    It runs with this process's environment, so with the ``AWS_*`` settings of the test's store when one is up.
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT), ELM_CORPUS_DATA=str(mirror.parent), RAY_AUTH_MODE="disabled")
     assert mirror.name == "sample"  # where ELM_CORPUS_DATA puts the mirror, so the inputs' paths equal the fixture's
     with open(log, "w") as sink:  # a file, not a pipe: Ray's messages on a lost node must never block the driver
@@ -45,8 +57,8 @@ def start_cli_build(out: Path, address: str, mirror: Path, log: Path) -> subproc
                                 cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
 
-def stop_a_unit_on_the_worker_node(cluster: TwoNodeCluster, out: Path, after: int, build: subprocess.Popen,
-                                   log: Path, seconds: float = 90) -> int:
+def stop_a_unit_on_the_worker_node(cluster: TwoNodeCluster, out: str | Path, after: int, build: subprocess.Popen,
+                                   log: Path, seconds: float = 90, poll: float = 0.02) -> int:
     """Once ``after`` units are finished, freeze a Ray worker of the worker node in the middle of a unit.
 
     A frozen worker cannot finish its unit, so removing the node now surely loses a unit in flight.
@@ -65,17 +77,22 @@ def stop_a_unit_on_the_worker_node(cluster: TwoNodeCluster, out: Path, after: in
                     worker.send_signal(signal.SIGCONT)
                 except psutil.NoSuchProcess:
                     pass
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
-def test_a_build_that_loses_its_worker_node_half_way_ends_byte_identical_to_a_local_build(
-        sample_corpus, sample_mirror, tmp_path):
-    total = sample_corpus.units_total
-    out, log = tmp_path / "openelm-sample", tmp_path / "build.log"
+def build_losing_the_worker_node(out: str | Path, mirror: Path, total: int, log: Path, poll: float = 0.02,
+                                 node_check=None) -> int:
+    """Run the CLI build on a fresh two-node cluster, remove the worker node once half the units are done and a
+    unit runs on it, and wait for the build to end; returns the finished units at the removal.
+
+    ``node_check(cluster)`` runs once the cluster is up, before the build starts.
+    """
     with TwoNodeCluster(cpus_per_node=1) as cluster:
-        build = start_cli_build(out, cluster.address, sample_mirror, log)
+        if node_check is not None:
+            node_check(cluster)
+        build = start_cli_build(out, cluster.address, mirror, log)
         try:
-            done_at_removal = stop_a_unit_on_the_worker_node(cluster, out, after=total // 2, build=build, log=log)
+            done_at_removal = stop_a_unit_on_the_worker_node(cluster, out, total // 2, build, log, poll=poll)
             cluster.remove_worker_node()
             build.wait(timeout=120)
         finally:
@@ -84,9 +101,42 @@ def test_a_build_that_loses_its_worker_node_half_way_ends_byte_identical_to_a_lo
                 build.wait()
     assert build.returncode == 0, log.read_text()[-3000:]
     assert total // 2 <= done_at_removal < total
+    return done_at_removal
+
+
+def test_a_build_that_loses_its_worker_node_half_way_ends_byte_identical_to_a_local_build(
+        sample_corpus, sample_mirror, tmp_path):
+    total = sample_corpus.units_total
+    out = tmp_path / "openelm-sample"
+    build_losing_the_worker_node(out, sample_mirror, total, tmp_path / "build.log")
 
     index = read_corpus_json(out)
     assert index["status"] == "complete" and not index["failed_units"]
     assert ledger_count(out) == total
     local = unit_files(sample_corpus.out_dir)
     assert len(local) >= 3 * total and unit_files(out) == local  # .bin, .idx and sidecar of every unit
+
+
+def no_store_settings(cluster: TwoNodeCluster) -> None:
+    """The worker node's raylet runs without the store's settings, so its tasks can only have them from the driver."""
+    environ = psutil.Process(cluster.worker_raylet).environ()
+    assert not [k for k in environ if k.startswith(("AWS_", "FSSPEC_"))]
+
+
+def test_a_cluster_build_to_s3_that_loses_its_worker_node_half_way_ends_byte_identical_and_verified(
+        s3_server, sample_corpus, sample_mirror, tmp_path, capsys):
+    total = sample_corpus.units_total
+    uri = f"{s3_server.bucket('elm-cluster')}/openelm-sample"
+    # a listing per poll: a little slower than a local folder's, and moto answers on this process's threads
+    build_losing_the_worker_node(uri, sample_mirror, total, tmp_path / "build.log", poll=0.05,
+                                 node_check=no_store_settings)
+
+    index = read_corpus_json(uri)
+    assert index["status"] == "complete" and not index["failed_units"]
+    assert ledger_count(uri) == total
+    local = unit_files(sample_corpus.out_dir)
+    assert len(local) >= 3 * total and unit_files(uri) == local  # .bin, .idx, sidecar and quarantine objects
+    capsys.readouterr()
+    assert cli_main(["verify", uri, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["units_checked"] == total

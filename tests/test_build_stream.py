@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from corpus.store.layout import source_shards
-from pipelines.stream import StreamError, stream_source
+from corpus.manifest import load_manifest
+from pipelines.stream import StreamError, stream_source, stream_units
 
 MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
 
@@ -19,6 +20,29 @@ def test_streamed_chunks_equal_the_built_shards_in_order(sample_corpus, sample_m
     streamed = list(stream_source(MANIFEST, source, sample=True, workers=2, window=2, mirror_root=str(sample_mirror)))
     assert len(streamed) == len(built) > 0
     assert all(a.dtype == np.uint16 and np.array_equal(a, b) for a, b in zip(streamed, built))
+
+
+def test_the_held_out_split_is_whole_units_and_the_train_split_is_the_rest_in_order(sample_mirror, ray_session):
+    def chunks(split):
+        return list(stream_source(MANIFEST, "dolma-wiki", sample=True, workers=2, window=2,
+                                  mirror_root=str(sample_mirror), split=split, val_fraction=0.001))
+    every, train, val = chunks(None), chunks("train"), chunks("val")
+    held = stream_units(load_manifest(MANIFEST), "dolma-wiki", sample=True, mirror_root=str(sample_mirror),
+                        split="val", val_fraction=0.001)
+    assert len(held) == 1 and train and val  # 2 units: one held out, however small the fraction
+    # the full stream is the train split with the held-out unit's chunks spliced back in at its place: no chunk
+    # is in both splits (the mirror's inputs repeat a few documents, so equal contents can still occur in both)
+    cut = next((i for i, (a, b) in enumerate(zip(every, train)) if not np.array_equal(a, b)), len(train))
+    assert len(every) == len(train) + len(val)
+    assert all(np.array_equal(a, b) for a, b in zip(every, train[:cut] + val + train[cut:]))
+
+
+def test_a_one_unit_source_holds_out_nothing(sample_mirror):
+    manifest = load_manifest(MANIFEST)
+    def units(split):
+        return stream_units(manifest, "redpajama-books", sample=True, mirror_root=str(sample_mirror), split=split,
+                            val_fraction=0.5)
+    assert units("val") == [] and len(units("train")) == 1
 
 
 def test_a_unit_that_cannot_be_read_stops_the_stream_naming_it(tmp_path, ray_session):

@@ -352,3 +352,12 @@ def test_live_validation_split_takes_its_own_chunks(live_chunks):
     val, train = served("val"), served("train")
     assert val and train and not val & train
     assert len(val | train) == len(live_chunks["code"])
+
+
+def test_presplit_live_streams_are_served_whole_in_either_split(live_chunks):
+    # a pipeline that holds out whole units serves each split its own stream; the sampler must not split it again
+    sampler = MixtureSampler(None, sequence_length=4096, weights={"code": 1}, mode="corenet", split="val",
+                             val_fraction=0.2, presplit=True, streams=live_streams(live_chunks))
+    served = [s["input_ids"][:12].tolist() for s in take(sampler, len(live_chunks["code"]))]
+    assert served == [c[:12].tolist() for c in live_chunks["code"]]
+    assert sampler.state_dict()["presplit"] is True

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -272,6 +275,42 @@ def test_activation_checkpointing_changes_memory_not_results(token_corpus, tmp_p
     assert train_losses(recomputed) == train_losses(plain)
 
 
+def test_every_train_record_says_how_long_its_step_waited_for_data(token_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "3"]) == 0
+    train = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(train) == 3 and all(0 <= r["data_wait_s"] <= r["step_s"] for r in train)
+
+
+class SlowBatches:
+    """A batch source whose every micro-batch takes `delay` seconds to arrive: a pipeline slower than the model."""
+
+    def __init__(self, batches, delay: float):
+        self.batches, self.delay = batches, delay
+
+    def next(self):
+        time.sleep(self.delay)
+        return self.batches.next()
+
+    def __getattr__(self, name):
+        return getattr(self.batches, name)
+
+
+def test_a_slow_data_source_shows_as_data_wait_in_metrics_and_the_progress_line(token_corpus, tmp_path, monkeypatch,
+                                                                                capsys):
+    from model.train.data import TrainingData
+    plain = TrainingData.train_batches
+    monkeypatch.setattr(TrainingData, "train_batches", lambda self, cfg, cluster: SlowBatches(plain(self, cfg, cluster), 0.2))
+    run = tmp_path / "run"
+    # two micro-batches a step: each step waits at least 0.4 s
+    args = [a for a in QUICK if a != "--no-progress"]
+    assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *args, "--global-batch-tokens", "256",
+                      "--steps", "2", "--log-every", "1"]) == 0
+    train = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(train) == 2 and all(0.4 <= r["data_wait_s"] <= r["step_s"] for r in train)
+    waits = [float(w) for w in re.findall(r"wait (\d+\.\d\d)s \(\d+% of step\)", capsys.readouterr().err)]
+    assert len(waits) == 2 and all(w >= 0.4 for w in waits)
+
 def test_corenet_mode_trains_on_padded_chunks_and_counts_only_real_targets(token_corpus, tmp_path):
     run = tmp_path / "run"
     assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "2",
@@ -314,3 +353,82 @@ def test_stream_trains_from_the_live_pipeline_of_the_sample_mirror(sample_mirror
     assert len(train_losses(run)) == 2 and all(math.isfinite(l) for l in train_losses(run))
     mixture = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "mixture"][-1]["sources"]
     assert mixture["dolma-wiki"]["achieved"] == 1.0
+
+
+class RecordedBatches(SlowBatches):
+    """A batch source that keeps the inputs of every micro-batch it hands out."""
+
+    def __init__(self, batches, seen: list):
+        super().__init__(batches, 0.0)
+        self.seen = seen
+
+    def next(self):
+        batch = self.batches.next()
+        self.seen.extend(batch[0].cpu().numpy().astype(np.uint16))
+        return batch
+
+
+def occurs_in(row: np.ndarray, tokens: bytes) -> bool:
+    """Whether the token ids of `row` occur in order, contiguously, in the uint16 bytes `tokens`."""
+    needle, at = row.tobytes(), tokens.find(row.tobytes())
+    while at >= 0 and at % 2:
+        at = tokens.find(needle, at + 1)
+    return at >= 0
+
+
+def test_streaming_validates_on_held_out_units_never_trained_on_the_same_in_every_run(sample_mirror, ray_session,
+                                                                                      tmp_path, monkeypatch):
+    from model.train.data import TrainingData
+    from pipelines.stream import stream_source
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sample").symlink_to(sample_mirror)
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(data))
+    trained, held_out = [], []
+    train_batches, held_out_batches = TrainingData.train_batches, TrainingData.held_out
+    monkeypatch.setattr(TrainingData, "train_batches",
+                        lambda self, cfg, cluster: RecordedBatches(train_batches(self, cfg, cluster), trained))
+
+    def recorded_held_out(self, cfg, cluster):
+        batches, why_none = held_out_batches(self, cfg, cluster)
+        held_out.append([b[0].cpu().numpy().astype(np.uint16) for b in batches])
+        return batches, why_none
+    monkeypatch.setattr(TrainingData, "held_out", recorded_held_out)
+
+    def train(run, *more):
+        assert cli_train(["--stream", "--stream-sample", "--weights", "dolma-wiki=1", "--out", str(run), *QUICK,
+                          "--eval-every", "1", "--eval-batches", "2", "--checkpoint-every", "1",
+                          "--manifest", str(REPO / "manifests" / "openelm.yaml"), *more]) == 0
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(whole, "--steps", "2")
+    train(resumed, "--steps", "1")
+    train(resumed, "--steps", "2", "--resume")
+
+    val = [r for r in read_metrics(whole / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [1, 2] and all(math.isfinite(r["val_loss"]) for r in val)
+    # the held-out batches: the same in a second run and after a resume, and all from the held-out unit
+    assert len(held_out) == 3 and len(held_out[0]) == 2
+    assert all(np.array_equal(a, b) for other in held_out[1:] for a, b in zip(held_out[0], other))
+    chunks = {split: [c.tobytes() for c in stream_source(REPO / "manifests" / "openelm.yaml", "dolma-wiki", sample=True,
+                                                         workers=2, split=split, val_fraction=0.001,
+                                                         mirror_root=str(sample_mirror))]
+              for split in ("train", "val")}
+    val_tokens = b"".join(chunks["val"])
+    assert all(occurs_in(row, val_tokens) for batch in held_out[0] for row in batch)
+    # no sequence trained on comes from the held-out unit (documents the mirror repeats in both splits aside)
+    val_only = b"".join(c for c in chunks["val"] if c not in set(chunks["train"]))
+    assert len(trained) == 2 * 4 + 4 * 2 and not any(occurs_in(row, val_only) for row in trained)
+
+
+def test_a_source_too_small_to_hold_out_a_unit_is_left_out_of_streamed_validation(sample_mirror, tmp_path,
+                                                                                  monkeypatch):
+    from model.train.data import resolve_stream
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sample").symlink_to(sample_mirror)
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(data))
+    cfg = resolve_config({}, {"model": "tiny", "stream": True, "stream_sample": True,
+                              "manifest": str(REPO / "manifests" / "openelm.yaml"),
+                              "weights": {"dolma-wiki": 1.0, "redpajama-books": 3.0}})
+    # redpajama-books is one unit on the sample mirror: nothing of it can be held out
+    assert resolve_stream(cfg)._held_out_weights(cfg) == {"dolma-wiki": 1.0, "redpajama-books": 0.0}

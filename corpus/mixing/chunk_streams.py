@@ -12,7 +12,8 @@ A stream is addressed by *ordinal* ``i`` (the i-th chunk served, across epochs) 
 The validation split is held out per source and never overlaps train: on disk the
 first ``val_chunk_count(n, f)`` positions of a keyed permutation of all ``n`` chunks
 are validation and the rest are train; live, a chunk is validation when a keyed hash
-of its position in the pass falls below ``f``.
+of its position in the pass falls below ``f``, unless the streams are split already
+(``presplit``: the training pipeline holds out whole units and serves each split its own).
 """
 from __future__ import annotations
 
@@ -188,11 +189,12 @@ class LiveChunks:
     """
 
     def __init__(self, source: str, open_stream: Callable[[], Iterable], split: str, *,
-                 split_seed: int, val_fraction: float):
+                 split_seed: int, val_fraction: float, presplit: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.source, self.split = source, split
         self._open, self._fraction = open_stream, float(val_fraction)
+        self._presplit = presplit  # the stream serves only this split's chunks: take every one
         self._key = derive_key("live-split", split_seed, source)
         self._buffer: deque[np.ndarray] = deque()
         self._first = 0          # ordinal of _buffer[0]
@@ -213,7 +215,7 @@ class LiveChunks:
             for raw in self._pass:
                 position = self._pass_position
                 self._pass_position += 1
-                if self._is_val(position) == (self.split == "val"):
+                if self._presplit or self._is_val(position) == (self.split == "val"):
                     self._pass_kept += 1
                     return np.asarray(raw)
             if self._pass_kept == 0:

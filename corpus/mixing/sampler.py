@@ -41,7 +41,9 @@ Live mode (``streams=``, no shards on disk) mixes the same way. Each consumer re
 every live stream in full (there is no index to skip by), so use one process without
 DataLoader workers; resume skips each source's consumed chunks, which is exact as long
 as the streams are deterministic. Validation chunks are chosen by a keyed hash of their
-position in the pass.
+position in the pass, unless ``presplit=True`` says each stream already serves only its
+split's chunks (the training pipeline holds out whole units, so held-out data gathers
+fast; see ``pipelines.stream``).
 
 Samples are dicts: ``input_ids`` and ``labels`` (``LongTensor[sequence_length]``; labels
 are inputs shifted by one, ``-100`` where the target is padding), ``source`` (an index
@@ -83,6 +85,7 @@ class MixtureSampler(IterableDataset):
     ``weights``: ``{source: weight}``, overriding the manifest's target shares; sources left
     out get none. ``batch_size``: the per-rank batch size the consumer uses (sharding unit).
     ``val_fraction`` must be the same for the train and val samplers of one corpus.
+    ``presplit`` (live mode): the streams serve only ``split``'s chunks, so every chunk is taken.
     """
 
     def __init__(self, corpus_dir: str | Path | None = None, sequence_length: int | None = None,
@@ -90,11 +93,13 @@ class MixtureSampler(IterableDataset):
                  split: str = "train", val_fraction: float = DEFAULT_VAL_FRACTION, rank: int = 0,
                  world_size: int = 1, *, batch_size: int = 1, pad_id: int = 0,
                  streams: Mapping[str, Callable[[], Iterable]] | None = None,
-                 manifest: Manifest | None = None, block_chunks: int = 8192):
+                 manifest: Manifest | None = None, block_chunks: int = 8192, presplit: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if presplit and streams is None:
+            raise ValueError("presplit applies to live streams only")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -104,7 +109,7 @@ class MixtureSampler(IterableDataset):
         self.mode, self.seed, self.split, self.val_fraction = mode, int(seed), split, float(val_fraction)
         self.rank, self.world_size, self.batch_size, self.pad_id = rank, world_size, batch_size, int(pad_id)
         self.block_chunks = int(block_chunks)
-        self.sources = MixedSources(corpus_dir, streams, manifest, weights, split, self.val_fraction)
+        self.sources = MixedSources(corpus_dir, streams, manifest, weights, split, self.val_fraction, presplit)
         self.vocab_size = self.sources.vocab_size
         if self.vocab_size is not None and not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id {self.pad_id} is outside the corpus's vocabulary of {self.vocab_size} ids")
@@ -245,9 +250,12 @@ class MixtureSampler(IterableDataset):
         return {"format": STATE_FORMAT, **self._identity(), "mixture": mix.state()}
 
     def _identity(self) -> dict:
-        return {"mode": self.mode, "sequence_length": self.sequence_length, "seed": self.seed,
-                "split": self.split, "val_fraction": self.val_fraction, "split_seed": self.split_seed,
-                "live": self.sources.live, "chunks": self.chunk_counts}
+        identity = {"mode": self.mode, "sequence_length": self.sequence_length, "seed": self.seed,
+                    "split": self.split, "val_fraction": self.val_fraction, "split_seed": self.split_seed,
+                    "live": self.sources.live, "chunks": self.chunk_counts}
+        if self.sources.presplit:  # a presplit stream holds other chunks than a chunk-hashed one at the same position
+            identity["presplit"] = True
+        return identity
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken; new weights start a new segment without replaying data."""

@@ -26,12 +26,14 @@ class MixedSources:
     """
 
     def __init__(self, corpus_dir: str | Path | None, streams: Mapping[str, Callable[[], Iterable]] | None,
-                 manifest: Manifest | None, weights: Mapping[str, float] | None, split: str, val_fraction: float):
+                 manifest: Manifest | None, weights: Mapping[str, float] | None, split: str, val_fraction: float,
+                 presplit: bool = False):
         if (corpus_dir is None) == (streams is None):
             raise ValueError("give either corpus_dir (a built corpus) or streams (live mode), not both or neither")
         self.corpus_dir = Path(corpus_dir) if corpus_dir is not None else None
         self.streams = dict(streams) if streams is not None else None
         self.split, self.val_fraction = split, val_fraction
+        self.presplit = presplit  # live streams that serve only this split's chunks
         # The built corpus's tokenizer bounds every token id served (None: live, or not recorded).
         self.vocab_size: int | None = None
         if self.corpus_dir is not None:
@@ -102,7 +104,7 @@ class MixedSources:
         """
         if self.live:
             return [LiveChunks(n, self.streams[n], self.split, split_seed=split_seed,
-                               val_fraction=self.val_fraction) if w > 0 else None
+                               val_fraction=self.val_fraction, presplit=self.presplit) if w > 0 else None
                     for n, w in zip(self.names, self.raw_weights)]
         if self._opened is None or self._opened[0] != os.getpid():
             streams = []

@@ -113,9 +113,12 @@ class TrainingData:
 
     def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]:
         """This rank's share of `eval_batches` held-out micro-batches, or none and why."""
-        if self.folder is None:
-            return [], "no validation while streaming: the live held-out split is too sparse to gather"
-        stream = MicroBatches(self.sampler(cfg, "val", cluster), cluster.device)
+        try:
+            stream = MicroBatches(self.sampler(cfg, "val", cluster), cluster.device)
+        except TrainError as e:
+            if self.folder is not None:
+                raise
+            return [], f"no validation while streaming: {e}"
         # Ranks share the held-out batches (rounded up to a multiple of the world size, so every rank runs
         # the same number of forwards): any world size evaluates the same sequences.
         per_rank = -(-cfg.eval_batches // cluster.world_size)
@@ -133,17 +136,35 @@ class TrainingData:
         try:
             if self.folder is not None:
                 return MixtureSampler(self.folder, cfg.sequence_length, **kwargs)
-            return MixtureSampler(None, cfg.sequence_length, streams=self._streams(cfg), manifest=self.manifest,
-                                  **kwargs)
+            if split == "val":
+                kwargs["weights"] = self._held_out_weights(cfg)
+            # The pipeline splits by whole units (pipelines.stream), so the sampler takes every chunk it serves.
+            return MixtureSampler(None, cfg.sequence_length, streams=self._streams(cfg, split), manifest=self.manifest,
+                                  presplit=True, **kwargs)
         except ValueError as e:
             raise TrainError(f"cannot sample {self.where()} ({split} split): {e}") from None
 
-    def _streams(self, cfg: TrainConfig) -> dict:
+    def _streams(self, cfg: TrainConfig, split: str) -> dict:
+        from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
         from pipelines.runner import start_ray
         from pipelines.stream import stream_source
         start_ray(cfg.stream_workers)  # started here so that no single stream owns (and shuts down) Ray
         return {s.name: functools.partial(stream_source, self.manifest, s.name, sample=self.sample,
-                                          workers=cfg.stream_workers) for s in self.manifest.sources}
+                                          workers=cfg.stream_workers, split=split, val_fraction=DEFAULT_VAL_FRACTION)
+                for s in self.manifest.sources}
+
+    def _held_out_weights(self, cfg: TrainConfig) -> dict[str, float]:
+        """The training weights, less the sources too small to hold out a unit (one-unit sources)."""
+        from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
+        from pipelines.stream import stream_units
+        weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
+        for name, weight in weights.items():
+            if weight > 0 and not stream_units(self.manifest, name, self.sample, split="val",
+                                               val_fraction=DEFAULT_VAL_FRACTION):
+                weights[name] = 0.0
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError("no weighted source has more than one unit, so none holds out a unit for validation")
+        return weights
 
 
 def resolve_data(cfg: TrainConfig) -> TrainingData:

@@ -2,7 +2,8 @@
 
 `metrics.jsonl` holds one JSON object per line, each with `kind` and `step`:
 - `train`: loss (cross entropy), z_loss (mean logsumexp^2), lr, grad_norm, tokens (seen so far),
-  tokens_per_s, elapsed_s;
+  tokens_per_s, step_s (the step's wall-clock seconds), data_wait_s (of those, the seconds this rank waited
+  for its micro-batches: near step_s means the data pipeline is the bottleneck), elapsed_s;
 - `val`: val_loss on the held-out split, tokens evaluated;
 - `mixture`: per source, the sampler's target and achieved shares;
 - `eval`: benchmark tasks run while training (`--eval-tasks`): tokens seen, seconds, and per task its
@@ -68,7 +69,7 @@ class MetricsLog:
 
 
 class ProgressBar:
-    """A rich progress bar (loss, tokens/s, LR) on a terminal; a plain line every `every` steps otherwise."""
+    """A rich progress bar (loss, tokens/s, LR, data wait) on a terminal; a plain line every `every` steps otherwise."""
 
     def __init__(self, total: int, start: int, every: int, enabled: bool = True):
         self.total, self.every, self.enabled = total, every, enabled
@@ -81,8 +82,13 @@ class ProgressBar:
             self._task = self._bar.add_task("train", total=total, completed=start, info="")
             self._bar.start()
 
-    def update(self, step: int, loss: float, tokens_per_s: float, lr: float) -> None:
+    def update(self, step: int, loss: float, tokens_per_s: float, lr: float, data_wait_s: float | None = None,
+               step_s: float | None = None) -> None:
         info = f"loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  lr {lr:.2e}"
+        if data_wait_s is not None:
+            # the share of the step spent waiting for data: high means the pipeline, not the model, sets the pace
+            share = f" ({100 * data_wait_s / step_s:.0f}% of step)" if step_s else ""
+            info += f"  wait {data_wait_s:.2f}s{share}"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, info=info)
         elif self.enabled and (step % self.every == 0 or step == self.total):

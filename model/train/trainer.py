@@ -77,6 +77,8 @@ class StepResult:
     tokens: int          # target tokens over all ranks
     tokens_per_s: float
     extras: dict[str, float] = field(default_factory=dict)  # the loss's other means (e.g. preference rewards)
+    seconds: float = 0.0     # the whole step, wall clock
+    data_wait_s: float = 0.0  # of which waiting for this rank's micro-batches (the pipeline as the bottleneck)
 
 
 @dataclass
@@ -149,9 +151,11 @@ class Trainer:
                 result = self.train_step()
                 self.metrics.write({"kind": "train", "step": state.step, "loss": result.loss, "z_loss": result.z_loss,
                                     "lr": result.lr, "grad_norm": result.grad_norm, "tokens": state.tokens_seen,
-                                    "tokens_per_s": result.tokens_per_s, "elapsed_s": time.perf_counter() - started,
+                                    "tokens_per_s": result.tokens_per_s, "step_s": result.seconds,
+                                    "data_wait_s": result.data_wait_s, "elapsed_s": time.perf_counter() - started,
                                     **result.extras})
-                self.progress.update(state.step, result.loss, result.tokens_per_s, result.lr)
+                self.progress.update(state.step, result.loss, result.tokens_per_s, result.lr, result.data_wait_s,
+                                     result.seconds)
                 if self._due(cfg.log_every):
                     self.metrics.write({"kind": "mixture", "step": state.step, "sources": self.batches.shares()})
                 if self._due(cfg.eval_every):
@@ -185,7 +189,9 @@ class Trainer:
         started = time.perf_counter()
         lr = learning_rate(self.state.step, self.cfg)
         set_learning_rate(self.optimizer, lr)
+        waiting = time.perf_counter()
         micro = [self.batches.next() for _ in range(self.cfg.gradient_accumulation)]
+        data_wait = time.perf_counter() - waiting
         loss, z_loss, tokens, extras = self.forward_backward(micro)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -202,7 +208,8 @@ class Trainer:
         self.state.tokens_seen += tokens
         self.state.train_loss = loss
         seconds = time.perf_counter() - started
-        return StepResult(loss, z_loss, lr, grad_norm, tokens, tokens / seconds if seconds > 0 else 0.0, extras)
+        return StepResult(loss, z_loss, lr, grad_norm, tokens, tokens / seconds if seconds > 0 else 0.0, extras,
+                          seconds, data_wait)
 
     def forward_backward(self, micro: list[Batch]) -> tuple[float, float, int, dict[str, float]]:
         """Accumulate the gradient of one global batch; return its mean loss, mean lse^2, target tokens and the

@@ -43,7 +43,7 @@ def cluster_cpus() -> int:
 
 def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[Any], Any], limit: int,
               ordered: bool = False, stop: Callable[[], bool] | None = None,
-              env: dict[str, str] | None = None) -> Iterator[tuple[Any, Any]]:
+              env: dict[str, str] | None = None, retries: int = 3) -> Iterator[tuple[Any, Any]]:
     """Run ``task(shared, argument(item))`` as a one-CPU Ray task per item, at most ``limit`` at a time.
 
     Yields ``(item, object ref)`` once the ref is ready to ``ray.get`` (which raises if its task
@@ -51,10 +51,12 @@ def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[
     ``ordered`` in the order they were given. ``shared`` is put in the object store once.
     Once ``stop()`` is true no new task starts, and the ones running are still yielded as they end.
     ``env``: environment variables the tasks run with (Ray starts their workers with them).
+    ``retries``: how often Ray reruns a task whose worker process died (killed, out of memory, node lost);
+    an exception raised by the task itself is never retried, since rereading the same input raises it again.
     """
     import ray
     options = {"runtime_env": {"env_vars": env}} if env else {}
-    remote = ray.remote(num_cpus=1, **options)(task)
+    remote = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=False, **options)(task)
     shared_ref = ray.put(shared)
     queue = deque(items)
     running: deque[tuple[Any, Any]] = deque()

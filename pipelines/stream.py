@@ -12,6 +12,11 @@ stream skips them without tokenizing them, the ``val`` split tokenizes only them
 held-out batches gather as fast as one unit tokenizes, the choice is the same on every rank
 and after a resume (a pure function of the plan and the manifest's seed), and no held-out
 chunk is ever trained on.
+
+Faults: a unit whose worker process dies (killed, out of memory, node lost) is rerun by Ray, up to
+``WORKER_RETRIES`` times, and the stream goes on with the same chunks. A unit that fails for good (its
+input unreadable or corrupt, or its worker dying on every try) ends the stream with a :class:`StreamError`
+naming the source, the unit and its input: a stream never skips a unit.
 """
 from __future__ import annotations
 
@@ -29,8 +34,25 @@ from pipelines.runner import in_flight, start_ray
 from pipelines.worker import UnitJob, tokenize_unit
 
 
+WORKER_RETRIES = 3  # reruns of a unit whose worker process died, before the stream gives up on it
+
+
 class StreamError(RuntimeError):
-    """A unit of the stream could not be read; the stream stops rather than skip data silently."""
+    """A unit of the stream failed for good; the stream stops rather than skip data silently.
+
+    One line: the source, the unit, its input and the cause (the task's own exception, not Ray's traceback).
+    """
+
+    def __init__(self, unit: WorkUnit, cause: BaseException):
+        self.source, self.unit, self.input = unit.source, unit.key, unit.slice.describe()
+        inner = getattr(cause, "cause", None)  # a RayTaskError carries the task's exception
+        # else the worker died on every try (WorkerCrashedError and kin), which Ray's own first line says
+        error = inner if isinstance(inner, BaseException) else cause
+        kind = type(error).__name__ if type(error).__module__ == "builtins" else \
+            f"{type(error).__module__}.{type(error).__name__}"  # zlib.error, not a bare "error"
+        first = (str(error).strip().splitlines() or [""])[0]
+        self.cause = f"{kind}: {first}" if first else kind
+        super().__init__(f"source {self.source}, unit {self.unit}, input {self.input}: {self.cause}")
 
 
 def held_out_units(units: list[WorkUnit], fraction: float, seed: int) -> set[str]:
@@ -72,11 +94,12 @@ def stream_source(manifest: Manifest | str, source_name: str, sample: bool = Fal
     import ray
     try:
         job = UnitJob.of(manifest, tokenizer, [source])
-        for unit, ref in in_flight(tokenize_unit, job, units, WorkUnit.to_dict, window or 2 * workers, ordered=True):
+        for unit, ref in in_flight(tokenize_unit, job, units, WorkUnit.to_dict, window or 2 * workers, ordered=True,
+                                   retries=WORKER_RETRIES):
             try:
                 tokens, offsets = ray.get(ref)
             except Exception as e:
-                raise StreamError(f"{unit.key} ({unit.slice.describe()}): {e}") from e
+                raise StreamError(unit, e) from e
             for i in range(len(offsets) - 1):
                 # a copy, so a consumer holding chunks never pins Ray's shared buffer
                 yield tokens[int(offsets[i]):int(offsets[i + 1])].copy()

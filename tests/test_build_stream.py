@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +49,46 @@ def test_a_one_unit_source_holds_out_nothing(sample_mirror):
     assert units("val") == [] and len(units("train")) == 1
 
 
-def test_a_unit_that_cannot_be_read_stops_the_stream_naming_it(tmp_path, ray_session):
+def test_a_unit_whose_worker_is_killed_once_is_rerun_and_the_stream_is_unchanged(sample_mirror, ray_session):
+    psutil = pytest.importorskip("psutil")
+
+    def chunks():
+        return list(stream_source(MANIFEST, "dolma-gutenberg", sample=True, workers=2, window=1,
+                                  mirror_root=str(sample_mirror)))
+
+    killed: list[int] = []
+    streaming = threading.Event()
+
+    def kill_the_first_unit_worker():
+        while streaming.is_set() and not killed:
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                if "ray::tokenize_unit" in " ".join(p.info["cmdline"] or []):
+                    os.kill(p.info["pid"], signal.SIGKILL)
+                    killed.append(p.info["pid"])
+                    return
+            time.sleep(0.002)
+
+    uninterrupted = chunks()
+    streaming.set()
+    killer = threading.Thread(target=kill_the_first_unit_worker)
+    killer.start()
+    try:
+        interrupted = chunks()
+    finally:
+        streaming.clear()
+        killer.join()
+    assert killed  # a worker died running a unit, and Ray reran the unit
+    assert len(interrupted) == len(uninterrupted) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(interrupted, uninterrupted))
+
+
+def test_a_unit_that_fails_for_good_names_its_source_unit_input_and_cause_in_one_line(tmp_path, ray_session):
     (tmp_path / "a.json.gz").write_bytes(gzip.compress(b'{"text": "short"}\n'))
     (tmp_path / "b.json.gz").write_bytes(b"not gzip")
     manifest = tmp_path / "m.yaml"
     manifest.write_text(f"name: m\nsources:\n  - name: d\n    group: dolma\n    upstream: {{files: [\"{tmp_path}/*.json.gz\"]}}\n"
                         "    format: json.gz\n    tokens: 1M\n")
-    with pytest.raises(StreamError, match="d/00001-00000"):
+    with pytest.raises(StreamError) as failed:
         list(stream_source(manifest, "d", workers=2))
+    assert str(failed.value) == (f"source d, unit d/00001-00000, input file://{tmp_path}/b.json.gz bytes 0..end: "
+                                 "gzip.BadGzipFile: Not a gzipped file (b'no')")

@@ -432,3 +432,40 @@ def test_a_source_too_small_to_hold_out_a_unit_is_left_out_of_streamed_validatio
                               "weights": {"dolma-wiki": 1.0, "redpajama-books": 3.0}})
     # redpajama-books is one unit on the sample mirror: nothing of it can be held out
     assert resolve_stream(cfg)._held_out_weights(cfg) == {"dolma-wiki": 1.0, "redpajama-books": 0.0}
+
+
+def test_a_stream_unit_that_fails_for_good_stops_training_by_name_and_resume_goes_on_once_fixed(
+        sample_mirror, ray_session, tmp_path, capsys):
+    from corpus.manifest import load_manifest
+    from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
+    from pipelines.stream import stream_units
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for f in sorted((sample_mirror / "dolma-wiki").glob("*.json.gz")):
+        (inputs / f.name).write_bytes(f.read_bytes())
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"name: m\nsources:\n  - name: wiki\n    group: dolma\n"
+                        f"    upstream: {{files: [\"{inputs}/*.json.gz\"]}}\n    format: json.gz\n    tokens: 1M\n")
+    # the held-out unit is first read at the first validation (step 2), after the checkpoint of step 1
+    (unit,) = stream_units(load_manifest(manifest), "wiki", split="val", val_fraction=DEFAULT_VAL_FRACTION)
+    broken = Path(unit.slice.uri.removeprefix("file://"))
+    good = broken.read_bytes()
+    broken.write_bytes(good[:200] + bytes(len(good) - 200))  # corrupt past its gzip header
+
+    run = tmp_path / "run"
+    args = ["--stream", "--manifest", str(manifest), "--weights", "wiki=1", "--out", str(run), *QUICK,
+            "--steps", "3", "--eval-every", "2", "--checkpoint-every", "1"]
+    capsys.readouterr()
+    assert cli_train(args) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and message.startswith("elm-train: the live pipeline stopped: source wiki, ")
+    assert f"unit {unit.key}, input {unit.slice.describe()}: " in message and "--resume" in message
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "stopped: stream unit failed" and unit.key in info["error"]
+    assert ckpt.latest_checkpoint(run).name == "step_00000001"
+
+    broken.write_bytes(good)
+    assert cli_train([*args, "--resume"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["steps_done"] == 3 and info["resumed_from"] == ["step_00000001"]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "val"] == [2, 3]

@@ -45,6 +45,20 @@ class DataSource(Protocol):
     def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]: ...
 
 
+class DataStopped(TrainError):
+    """A unit of the live pipeline failed for good (its worker retries spent, or its input unreadable): training
+    stops rather than skip it."""
+
+
+def live_chunks(*args: Any, **kwargs: Any) -> Iterator[Any]:
+    """`pipelines.stream.stream_source`, whose failure for good stops training as a `DataStopped`."""
+    from pipelines.stream import StreamError, stream_source
+    try:
+        yield from stream_source(*args, **kwargs)
+    except StreamError as e:
+        raise DataStopped(f"the live pipeline stopped: {e}") from e
+
+
 class MicroBatches:
     """(inputs, targets) micro-batches of this rank from a `MixtureSampler`, read in this process.
 
@@ -147,9 +161,8 @@ class TrainingData:
     def _streams(self, cfg: TrainConfig, split: str) -> dict:
         from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
         from pipelines.runner import start_ray
-        from pipelines.stream import stream_source
         start_ray(cfg.stream_workers)  # started here so that no single stream owns (and shuts down) Ray
-        return {s.name: functools.partial(stream_source, self.manifest, s.name, sample=self.sample,
+        return {s.name: functools.partial(live_chunks, self.manifest, s.name, sample=self.sample,
                                           workers=cfg.stream_workers, split=split, val_fraction=DEFAULT_VAL_FRACTION)
                 for s in self.manifest.sources}
 

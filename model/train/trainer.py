@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from corpus.store.files import utc_now
 from model.train import checkpoint as ckpt
 from model.train.config import TrainConfig, TrainError
-from model.train.data import IGNORE_INDEX, Batch, DataSource
+from model.train.data import IGNORE_INDEX, Batch, DataSource, DataStopped
 from model.train.distributed import Cluster, autocast_dtype, full_state, load_full_state, wrap_model
 from model.train.loss import LossSums, language_model_loss
 from model.train.metrics import METRICS_FILE, MetricsLog, ProgressBar, plot_run
@@ -164,6 +164,13 @@ class Trainer:
                     self.evaluate_tasks()
                 if self._due(cfg.checkpoint_every):
                     self.save_checkpoint()
+        except DataStopped as stop:
+            # raised while waiting for a batch, before any update: the last checkpoint is this run's last good state
+            last = ckpt.latest_checkpoint(self.run_dir)
+            self.record.update(status="stopped: stream unit failed", error=str(stop), ended_at=utc_now())
+            where = last if last else "the start (no checkpoint was written yet)"
+            raise DataStopped(f"{stop}; training stopped at step {state.step}. Fix the input, then rerun with "
+                              f"--resume to continue from {where}") from stop
         except (NonFiniteLoss, KeyboardInterrupt) as stop:
             status = "stopped: non-finite loss" if isinstance(stop, NonFiniteLoss) else "interrupted"
             self.record.update(status=status, ended_at=utc_now())

@@ -37,12 +37,11 @@ SCHEMA_VERSION = 1
 # ---------------------------------------------------------------- reading the folder
 
 def _read_json(path: StorePath) -> dict | None:
+    """`location.read_json`, its parse error naming the file (stats reads many and stops at the first bad one)."""
     try:
-        return json.loads(location.read_bytes(path))
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return location.read_json(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def _folder_bytes(folder: StorePath) -> int:

@@ -73,6 +73,15 @@ def write_synced(fd: int, data: bytes | memoryview) -> None:
         os.fsync(f.fileno())
 
 
+def sync_path(path: str | Path) -> None:
+    """fsync a file or folder by path (a folder's entries: what makes a rename or removal in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     path = Path(path)
     fd, tmp = temporary_beside(path)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from corpus.paths import corpora_root
 from corpus.store import location
-from corpus.store.files import held_lock, json_bytes, mount_point, utc_now
+from corpus.store.files import held_lock, json_bytes, mount_point, sync_path, utc_now
 from corpus.store.location import ObjectPath, StorePath
 from corpus.store.shards import Shard
 
@@ -249,7 +249,7 @@ class CorpusDir:
         removed = []
         if location.remove(ledger):
             if isinstance(ledger, Path):
-                _sync_folder(ledger.parent)
+                sync_path(ledger.parent)
             removed.append(ledger)
         return removed + self.discard_unit_files(source, unit)
 
@@ -281,15 +281,6 @@ def _lock_holder(path: StorePath) -> dict:
     except ValueError:
         return {}
     return holder if isinstance(holder, dict) else {}
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename or removal in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unit_files(folder: StorePath) -> dict[tuple[str, str], StorePath]:

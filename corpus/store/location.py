@@ -223,11 +223,13 @@ def read_bytes(path: StorePath) -> bytes:
 
 
 def read_json(path: StorePath) -> Any | None:
-    """A JSON record, None when absent (ValueError when it does not parse)."""
+    """A JSON record, None when absent; ValueError("not valid JSON (...)") when it does not parse."""
     try:
         return json.loads(read_bytes(path))
     except FileNotFoundError:
         return None
+    except ValueError as e:  # UnicodeDecodeError too
+        raise ValueError(f"not valid JSON ({e})") from None
 
 
 def read_many(paths: list[StorePath]) -> dict[StorePath, bytes]:

@@ -22,7 +22,6 @@ verified the same way, each object streamed through the hash, never downloaded w
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -48,16 +47,6 @@ _SHARD_SUFFIXES = (".bin", ".idx", ".json")
 def _size(path: StorePath) -> int | None:
     """Bytes in a file, or None when it is absent."""
     return location.size(path)
-
-
-def _read_json(path: StorePath) -> dict | None:
-    """A JSON record, None when absent; ValueError when it does not parse."""
-    try:
-        return json.loads(location.read_bytes(path))
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"not valid JSON ({e})") from None
 
 
 def _blocks(path: StorePath) -> Iterator[bytes]:
@@ -130,7 +119,7 @@ def _records(root: StorePath,
     records = []
     for name in (CORPUS_JSON, PLAN_JSON):
         try:
-            records.append(_read_json(root / name))
+            records.append(location.read_json(root / name))
         except ValueError as e:
             records.append(None)
             if problems is not None:
@@ -237,12 +226,12 @@ def _unit_damage(corpus: CorpusDir, source: str, unit: str, listed: dict | None,
     stem = corpus.shard_stem(source, unit)
     damage = UnitDamage(source, unit, corpus.relative(stem))
     try:
-        entry = _read_json(corpus.ledger_path(source, unit))
+        entry = location.read_json(corpus.ledger_path(source, unit))
     except ValueError as e:
         entry = {}
         damage.problems.append(f"the ledger entry is {e}")
     try:
-        sidecar = _read_json(stem.with_suffix(".json"))
+        sidecar = location.read_json(stem.with_suffix(".json"))
     except ValueError as e:
         sidecar = None
         damage.problems.append(f"the sidecar {stem.name}.json is {e}")

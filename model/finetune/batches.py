@@ -14,6 +14,7 @@ ones (`model.finetune.preference`), and carries the reference log-probabilities 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -68,11 +69,13 @@ class ExampleBatches:
         ref_logps = torch.cat([ref[:, 0], ref[:, 1]])
         return inputs.to(device), targets.to(device), ref_logps.to(device)
 
-    def in_order(self, micro_batch_size: int, device, rank: int = 0, world_size: int = 1) -> list[Batch]:
-        """Every example once, in order, in micro-batches; this rank's share (batches rank, rank + W, ...)."""
+    def in_order(self, micro_batch_size: int, device, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """Every example once, in order, in micro-batches, each padded when it is reached; this rank's share
+        (batches rank, rank + W, ...). A pass over a large set (the reference log-probabilities) holds one batch."""
         starts = range(0, len(self.examples), micro_batch_size)
-        return [self.batch(list(range(s, min(s + micro_batch_size, len(self.examples)))), device)
-                for j, s in enumerate(starts) if j % world_size == rank]
+        for j, s in enumerate(starts):
+            if j % world_size == rank:
+                yield self.batch(list(range(s, min(s + micro_batch_size, len(self.examples)))), device)
 
 
 @dataclass

@@ -68,7 +68,8 @@ class FinetuneData:
     def held_out(self, cfg: FinetuneConfig, cluster: Cluster) -> tuple[list[Batch], str | None]:
         if self.val is None:
             return [], "no validation: pass --val-data for a validation loss"
-        return self.val.in_order(cfg.micro_batch_size, cluster.device, cluster.rank, cluster.world_size), None
+        # Kept by the trainer and evaluated again at every --eval-every, so gathered once.
+        return list(self.val.in_order(cfg.micro_batch_size, cluster.device, cluster.rank, cluster.world_size)), None
 
 
 def attach_reference(model, splits: list[ExampleBatches], cfg: FinetuneConfig, cluster: Cluster,

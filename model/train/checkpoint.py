@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from corpus.store.files import sync_path
 from model.hf_folder import CONFIG_FILE
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -55,14 +56,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temporaries(run_dir: str | Path) -> None:
     """Drop the leftovers of saves or prunes that a kill interrupted (never a complete checkpoint)."""
     root = Path(run_dir) / CHECKPOINTS_DIR
@@ -94,15 +87,15 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(data)
     for path in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
-        _fsync_path(path)
-    _fsync_path(tmp)
+        sync_path(path)
+    sync_path(tmp)
 
     if final.exists():  # a rerun of a step after resuming from an earlier checkpoint
         trash = root / f".trash-{final.name}-{os.getpid()}"
         os.replace(final, trash)
         shutil.rmtree(trash)
     os.replace(tmp, final)
-    _fsync_path(root)
+    sync_path(root)
     prune_checkpoints(run_dir, keep)
     return final
 

@@ -84,6 +84,7 @@ FLAG_HELP = {
     "manifest": "the manifest --stream reads (default manifests/openelm.yaml)",
     "stream_sample": "--stream the offline sample mirror instead of the upstream files",
     "stream_workers": "Ray workers for --stream",
+    "stream_unit_bytes": "input bytes per --stream work unit (default 64 MiB; small units make resume tests cheap)",
     "log_every": "steps between progress lines and mixture records",
     "eval_every": "steps between validation-loss evaluations",
     "eval_batches": "held-out micro-batches per evaluation, over all ranks",
@@ -111,7 +112,7 @@ FLAG_HELP = {
 
 # Pretraining settings that mean nothing to a fine-tuning run.
 PRETRAIN_ONLY = ("corpus", "corpus_cache", "model", "vocab_size", "sampler_mode", "weights", "stream", "manifest",
-                 "stream_sample", "stream_workers", "eval_batches", "instruct_size")
+                 "stream_sample", "stream_workers", "stream_unit_bytes", "eval_batches", "instruct_size")
 
 # Fields whose default (None) does not tell argparse their type.
 _FLAG_TYPES = {"corpus": str, "corpus_cache": str, "init_from": str, "vocab_size": int, "out": str,

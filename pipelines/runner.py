@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
-def start_ray(workers: int | None = None, address: str | None = None) -> bool:
+def start_ray(workers: int | None = None, address: str | None = None, ship_code: bool = True) -> bool:
     """Start (or join) Ray unless this process already has it; True when this call started it.
 
     ``address``: a cluster to join; the cluster then runs this very code (shipped as
-    ``py_modules``), whatever its nodes have installed. Else a local Ray with ``workers`` CPUs.
+    ``py_modules``), whatever its nodes have installed, unless ``ship_code`` is false (a process
+    that only reads what others compute). Else a local Ray with ``workers`` CPUs.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -24,7 +25,9 @@ def start_ray(workers: int | None = None, address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    if address:
+    if address and not ship_code:
+        ray.init(address=address, **common)
+    elif address:
         import corpus
         import pipelines
         ray.init(address=address, runtime_env={"py_modules": [corpus, pipelines]}, **common)

@@ -1,9 +1,18 @@
-"""A live stream of one source's token chunks, computed on Ray and never written to disk.
+"""The live pipeline: one source's token chunks computed on Ray as training reads them, never written to disk.
 
 The chunks come in the order a build's shards would hold them (units in plan order,
 chunks in input order within a unit), because each unit is computed exactly as the
-build computes it. At most ``window`` units are in flight or waiting to be consumed,
-so memory stays bounded however large the source is.
+build computes it.
+
+One :class:`UnitFeed` (a Ray actor) serves a whole training job: it starts one task per
+unit and hands the result (the unit's tokens and chunk offsets, in Ray's object store)
+to every rank that asks for it, so each unit is tokenized once per pass whatever the
+number of ranks. Ranks address units as (pass, index), which is what lets a resumed
+run open each source at the unit where it stopped. Memory is bounded by the feed's
+lookahead: per source it starts at most ``lookahead`` units beyond the furthest rank,
+and it lets a unit go once every rank has asked for a later one (a rank keeps its own
+reference while it reads the unit). :class:`FedUnits` is one rank's view of one source
+and split, in the form ``corpus.mixing.chunk_streams.LiveChunks`` reads.
 
 Validation while streaming holds out whole units: per source, the
 ``val_chunk_count(units, f)`` units (ceil(f * units), at least one, never all; none for a
@@ -20,8 +29,11 @@ naming the source, the unit and its input: a stream never skips a unit.
 """
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -30,7 +42,7 @@ from corpus.mixing.chunk_streams import SPLITS, val_chunk_count
 from corpus.mixing.permutation import derive_key
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_source, source_files
-from pipelines.runner import in_flight, start_ray
+from pipelines.runner import start_ray
 from pipelines.worker import UnitJob, tokenize_unit
 
 
@@ -75,34 +87,176 @@ def stream_units(manifest: Manifest, source_name: str, sample: bool = False, uni
     return [u for u in units if (u.key in held) == (split == "val")]
 
 
+Key = str          # "<source>/<split>": one stream the feed serves
+Place = tuple[int, int]  # (pass, unit index): a unit's place in a stream, ordered
+FEED_NAMESPACE = "elm-corpus"
+
+
+def stream_key(source: str, split: str) -> Key:
+    return f"{source}/{split}"
+
+
+class UnitFeed:
+    """The tasks of a job's live streams, each unit started once and shared by every rank (run as a Ray actor).
+
+    ``plans``: per stream key, its units (``WorkUnit.to_dict``) in plan order. ``lookahead``: per key, how
+    many units beyond the one asked for are started ahead. ``world_size``: the ranks that read; a unit is let go
+    once all of them have asked for a later one.
+    """
+
+    def __init__(self, job: UnitJob, plans: dict[Key, list[dict]], lookahead: dict[Key, int], world_size: int,
+                 retries: int = 0):
+        import ray
+        self._job = ray.put(job)
+        self._task = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=False)(tokenize_unit)
+        self._plans, self._lookahead = plans, lookahead
+        self._refs: dict[Key, dict[Place, object]] = {key: {} for key in plans}
+        self._at: dict[Key, list[Place | None]] = {key: [None] * world_size for key in plans}
+        self._started: Counter = Counter()  # (key, pass, index) -> tasks started for it
+        self._furthest: dict[Key, Place] = {}
+        self._most_held = 0
+
+    def units(self, key: Key) -> int:
+        return len(self._plans[key])
+
+    def unit(self, key: Key, place: Place, rank: int) -> tuple[dict, list]:
+        """The unit at ``place`` of stream ``key`` and (in a list, so Ray passes it on unresolved) its result's ref.
+
+        ``rank`` is done with every unit before ``place``.
+        """
+        refs, n = self._refs[key], len(self._plans[key])
+        place = (int(place[0]), int(place[1]))
+        ahead = place
+        for _ in range(1 + self._lookahead.get(key, 0)):
+            if ahead not in refs:
+                refs[ahead] = self._task.remote(self._job, self._plans[key][ahead[1]])
+                self._started[(key, *ahead)] += 1
+                self._furthest[key] = max(self._furthest.get(key, ahead), ahead)
+            ahead = (ahead[0], ahead[1] + 1) if ahead[1] + 1 < n else (ahead[0] + 1, 0)
+        ref = refs[place]
+        at = self._at[key]
+        at[rank] = place
+        if all(a is not None for a in at):
+            slowest = min(at)
+            for done in [p for p in refs if p < slowest]:
+                del refs[done]
+        self._most_held = max(self._most_held, sum(len(r) for r in self._refs.values()))
+        return self._plans[key][place[1]], [ref]
+
+    def furthest(self) -> dict[Key, Place]:
+        """Per stream, the furthest unit started: what a checkpoint taken now has tokenized ahead of its position."""
+        return dict(self._furthest)
+
+    def report(self) -> dict:
+        """Tasks started (``units_tokenized``), of which for a unit started before (``units_tokenized_again``: a
+        unit let go and asked for again), the most unit results the feed held at once, and per stream its count
+        and the first and last (pass, unit) started."""
+        again = sum(c - 1 for c in self._started.values())
+        streams: dict[Key, dict] = {}
+        for (key, passes, index), count in sorted(self._started.items()):
+            entry = streams.setdefault(key, {"units_tokenized": 0, "first": [passes, index]})
+            entry["units_tokenized"] += count
+            entry["last"] = [passes, index]
+        return {"units_tokenized": sum(self._started.values()), "units_tokenized_again": again,
+                "most_units_held": self._most_held, "streams": streams}
+
+
+def split_window(weights: Mapping[str, float], window: int) -> dict[str, int]:
+    """Per source with weight, its share of ``window`` units of lookahead (by weight, at least one)."""
+    total = sum(w for w in weights.values() if w > 0)
+    return {name: max(1, math.floor(window * w / total)) for name, w in weights.items() if w > 0}
+
+
+def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahead: Mapping[Key, int],
+              world_size: int = 1, tokenizer: Tokenizer | None = None):
+    """Start a :class:`UnitFeed` actor on the Ray this process is connected to; returns (handle, name).
+
+    The name (in namespace ``FEED_NAMESPACE``) is how the other ranks of the job find it (:func:`join_feed`).
+    """
+    import ray
+    tokenizer = tokenizer or Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
+    sources = [manifest.source(name) for name in dict.fromkeys(key.split("/")[0] for key in streams)]
+    job = UnitJob.of(manifest, tokenizer, sources)
+    name = f"unit-feed-{uuid.uuid4().hex[:12]}"
+    handle = ray.remote(num_cpus=0)(UnitFeed).options(name=name, namespace=FEED_NAMESPACE).remote(
+        job, {k: [u.to_dict() for u in units] for k, units in streams.items()}, dict(lookahead), world_size,
+        WORKER_RETRIES)
+    return handle, name
+
+
+def join_feed(name: str):
+    import ray
+    return ray.get_actor(name, namespace=FEED_NAMESPACE)
+
+
+def close_feed(feed) -> None:
+    import ray
+    ray.kill(feed, no_restart=True)
+
+
+def feed_furthest(feed) -> dict[Key, Place]:
+    import ray
+    return ray.get(feed.furthest.remote())
+
+
+def feed_report(feed) -> dict:
+    import ray
+    return ray.get(feed.report.remote())
+
+
+def feed_units_between(feed, key: Key, first: Place, last: Place) -> int:
+    """Units from ``first`` through ``last`` of stream ``key`` (0 when ``last`` comes before ``first``)."""
+    import ray
+    if tuple(last) < tuple(first):
+        return 0
+    n = ray.get(feed.units.remote(key))
+    return (last[0] - first[0]) * n + last[1] - first[1] + 1
+
+
+class FedUnits:
+    """One rank's reader of one stream of a feed: called with (pass, first unit), yields that pass's units from
+    there to its end, each as its list of chunks (uint16 arrays, BOS ... EOS; views of the unit's result)."""
+
+    def __init__(self, feed, key: Key, rank: int = 0):
+        self.feed, self.key, self.rank = feed, key, rank
+        self._units: int | None = None
+
+    def __call__(self, passes: int, first: int) -> Iterator[list[np.ndarray]]:
+        import ray
+        if self._units is None:
+            self._units = ray.get(self.feed.units.remote(self.key))
+        for index in range(first, self._units):
+            unit, (ref,) = ray.get(self.feed.unit.remote(self.key, (passes, index), self.rank))
+            try:
+                tokens, offsets = ray.get(ref)
+            except Exception as e:
+                raise StreamError(WorkUnit.from_dict(unit), e) from e
+            bounds = offsets.tolist()
+            yield [tokens[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def stream_source(manifest: Manifest | str, source_name: str, sample: bool = False, workers: int | None = None,
                   window: int | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES,
                   mirror_root: str | None = None, address: str | None = None, split: str | None = None,
                   val_fraction: float = 0.0) -> Iterator[np.ndarray]:
-    """Yield the kept chunks (uint16 arrays, BOS ... EOS) of one source, in shard order.
+    """Yield the kept chunks (uint16 arrays, BOS ... EOS) of one pass of one source, in shard order.
 
     ``split`` ``"train"`` or ``"val"`` reads only the units outside or inside the held-out set
-    that ``val_fraction`` sizes; ``None`` reads them all.
+    that ``val_fraction`` sizes; ``None`` reads them all. ``window``: units started ahead (default 2 per worker).
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
-    tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
-    source = manifest.source(source_name)
     units = stream_units(manifest, source_name, sample, unit_bytes, mirror_root, split, val_fraction)
     workers = workers or os.cpu_count() or 1
     started_ray = start_ray(workers, address)
-    import ray
+    key = stream_key(source_name, split or "all")
+    feed, _ = open_feed(manifest, {key: units}, {key: window or 2 * workers})
     try:
-        job = UnitJob.of(manifest, tokenizer, [source])
-        for unit, ref in in_flight(tokenize_unit, job, units, WorkUnit.to_dict, window or 2 * workers, ordered=True,
-                                   retries=WORKER_RETRIES):
-            try:
-                tokens, offsets = ray.get(ref)
-            except Exception as e:
-                raise StreamError(unit, e) from e
-            for i in range(len(offsets) - 1):
-                # a copy, so a consumer holding chunks never pins Ray's shared buffer
-                yield tokens[int(offsets[i]):int(offsets[i + 1])].copy()
+        for chunks in FedUnits(feed, key)(0, 0):
+            # copies, so a consumer holding chunks never pins Ray's shared buffer
+            yield from (c.copy() for c in chunks)
     finally:
+        close_feed(feed)
         if started_ray:
+            import ray
             ray.shutdown()

@@ -310,8 +310,18 @@ def live_chunks(tokenizer):
     return texts
 
 
-def live_streams(chunks: dict) -> dict:
-    return {name: (lambda c=c: iter(c)) for name, c in chunks.items()}
+def live_streams(chunks: dict, per_unit: int = 3, opened: list | None = None) -> dict:
+    """Each source's chunks as a live stream of units of ``per_unit`` chunks; ``opened`` records every (source, pass,
+    unit) opened."""
+    def stream(name, c):
+        units = [c[i:i + per_unit] for i in range(0, len(c), per_unit)]
+
+        def open_units(passes, first):
+            if opened is not None:
+                opened.append((name, passes, first))
+            return iter(units[first:])
+        return open_units
+    return {name: stream(name, c) for name, c in chunks.items()}
 
 
 @pytest.mark.parametrize("mode", ["pack", "corenet"])
@@ -331,6 +341,31 @@ def test_live_mode_mixes_streamed_chunks_and_resumes_by_skipping_what_was_consum
     second = sampler()
     second.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert same(head + take(second, 47), full)
+
+
+@pytest.mark.parametrize("mode", ["pack", "corenet"])
+def test_a_live_resume_opens_each_source_at_the_unit_it_stopped_in_early_or_late(live_chunks, mode):
+    weights = {"code": 3, "tests": 1}
+
+    def sampler(opened=None):
+        return MixtureSampler(None, sequence_length=64, weights=weights, mode=mode, val_fraction=0,
+                              streams=live_streams(live_chunks, per_unit=2, opened=opened))
+    whole = take(sampler(), 150)  # past the end of a pass of each source
+    starts = []
+    for at in (5, 60, 120):
+        first = sampler()
+        head = take(first, at)
+        state = json.loads(json.dumps(first.state_dict()))
+        opened = []
+        second = sampler(opened)
+        second.load_state_dict(state)
+        assert same(head + take(second, 150 - at), whole)
+        for name, point in state["streams"].items():
+            # the resumed stream starts at the saved unit, never before it: nothing consumed is read again
+            (_, passes, unit), *_ = [o for o in opened if o[0] == name]
+            assert (passes, unit) == (point["passes"], point["unit"])
+        starts.append(state["streams"]["code"]["token"])
+    assert starts[0] < starts[1] < starts[2]  # a later resume starts later in the stream (in a later pass too)
 
 
 def test_live_pack_windows_follow_the_stream_order_and_repeat_it(live_chunks):

@@ -6,8 +6,10 @@ A stream is addressed by *ordinal* ``i`` (the i-th chunk served, across epochs) 
 - :class:`ShuffledChunks` reads a built corpus: one split (train or val) of one source,
   each epoch in a fresh seeded order. Orders are keyed permutations over the
   memory-mapped ``.idx`` files, evaluated in blocks, so nothing is materialised.
-- :class:`LiveChunks` pulls chunks from a callable (the Ray pipeline's live stream) in
-  the order it produces them, repeating the pass when it runs dry. It reads forward only.
+- :class:`LiveChunks` pulls chunks, a unit at a time, from a callable (the Ray pipeline's
+  live stream) in the order it produces them, repeating the pass when it runs dry. It reads
+  forward only, and can start at any unit (:class:`StreamPoint`), which is how a resume
+  skips what was consumed without reading it again.
 
 The validation split is held out per source and never overlaps train: on disk the
 first ``val_chunk_count(n, f)`` positions of a keyed permutation of all ``n`` chunks
@@ -18,11 +20,12 @@ of its position in the pass falls below ``f``, unless the streams are split alre
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -180,77 +183,130 @@ class ShuffledChunks:
         return tokens / self.epoch_tokens
 
 
+@dataclass(frozen=True)
+class StreamPoint:
+    """Where a live stream (re)starts: a unit of a pass, and what came before that unit.
+
+    A live stream is read unit by unit (a unit is one slice of one input file, see
+    ``pipelines.plan``). The point of the unit holding the next chunk a sampler needs is
+    what a checkpoint saves: a resumed stream opens that unit directly, so it never
+    re-reads the units consumed before it, however far into the pass the run was.
+    """
+    passes: int = 0  # finished passes before this unit's pass
+    unit: int = 0    # the unit's index in its pass
+    chunk: int = 0   # ordinal (counted across passes) of the unit's first kept chunk
+    token: int = 0   # token position of that chunk
+    read: int = 0    # chunks of this pass read before the unit, kept or not (what the live split hashes)
+    kept: int = 0    # chunks of this pass kept before the unit
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamPoint":
+        return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls)})
+
+
+# Opens pass ``p`` of a live source at unit ``u``: that pass's units from ``u`` to its end, each a sequence of chunks.
+OpenUnits = Callable[[int, int], Iterable[Sequence[np.ndarray]]]
+
+
+@dataclass
+class _HeldUnit:
+    point: StreamPoint
+    chunks: list[np.ndarray]  # the unit's kept chunks
+    ends: list[int]           # token offset of each chunk's end from the unit's first token
+
+
 class LiveChunks:
     """One split of one live source, in the order its stream produces chunks; forward only.
 
-    ``open_stream()`` starts a pass; when a pass ends the next one starts, so small
-    sources repeat like epochs (``passes`` counts finished ones). Reading ordinal ``i``
-    forgets every earlier chunk, which is what keeps memory bounded.
+    ``open_units(p, u)`` reads pass ``p`` from unit ``u``; when a pass ends the next one starts
+    at unit 0, so small sources repeat like epochs. Chunks are held a unit at a time, and
+    reading ordinal ``i`` forgets every unit before the one holding it, which keeps memory
+    bounded. ``start`` resumes at a saved :class:`StreamPoint`.
     """
 
-    def __init__(self, source: str, open_stream: Callable[[], Iterable], split: str, *,
-                 split_seed: int, val_fraction: float, presplit: bool = False):
+    def __init__(self, source: str, open_units: OpenUnits, split: str, *, split_seed: int, val_fraction: float,
+                 presplit: bool = False, start: StreamPoint | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.source, self.split = source, split
-        self._open, self._fraction = open_stream, float(val_fraction)
+        self._open, self._fraction = open_units, float(val_fraction)
         self._presplit = presplit  # the stream serves only this split's chunks: take every one
         self._key = derive_key("live-split", split_seed, source)
-        self._buffer: deque[np.ndarray] = deque()
-        self._first = 0          # ordinal of _buffer[0]
-        self._first_start = 0    # token position of _buffer[0]
-        self._pass: Iterator | None = None
-        self._pass_position = 0
-        self._pass_kept = 0
-        self.passes = 0
+        self._held: deque[_HeldUnit] = deque()
+        self._next = start or StreamPoint()  # where the next unit read begins
+        self._units: Iterator | None = None
+
+    @property
+    def passes(self) -> int:
+        """Finished passes, as of the oldest unit still held."""
+        return self._held[0].point.passes if self._held else self._next.passes
 
     def _is_val(self, position: int) -> bool:
         return self._fraction > 0 and unit_hash(self._key, position) < self._fraction
 
-    def _pull(self) -> np.ndarray:
+    def _pull(self) -> None:
+        """Read the next unit that keeps a chunk of this split, and hold it."""
         while True:
-            if self._pass is None:
-                self._pass = iter(self._open())
-                self._pass_position = self._pass_kept = 0
-            for raw in self._pass:
-                position = self._pass_position
-                self._pass_position += 1
-                if self._presplit or self._is_val(position) == (self.split == "val"):
-                    self._pass_kept += 1
-                    return np.asarray(raw)
-            if self._pass_kept == 0:
-                raise ValueError(f"live source {self.source!r}: a whole pass of its stream gave no chunk for the "
-                                 f"{self.split!r} split ({self._pass_position} chunks read)")
-            self._pass = None
-            self.passes += 1
+            at = self._next
+            if self._units is None:
+                self._units = iter(self._open(at.passes, at.unit))
+            raw = next(self._units, None)
+            if raw is None:
+                if at.kept == 0:
+                    raise ValueError(f"live source {self.source!r}: a whole pass of its stream gave no chunk for "
+                                     f"the {self.split!r} split ({at.read} chunks read)")
+                self._units = None
+                self._next = StreamPoint(at.passes + 1, 0, at.chunk, at.token, 0, 0)
+                continue
+            kept = [np.asarray(c) for j, c in enumerate(raw)
+                    if self._presplit or self._is_val(at.read + j) == (self.split == "val")]
+            ends = np.cumsum([len(c) for c in kept]).tolist()
+            self._next = StreamPoint(at.passes, at.unit + 1, at.chunk + len(kept), at.token + (ends[-1] if ends else 0),
+                                     at.read + len(raw), at.kept + len(kept))
+            if kept:
+                self._held.append(_HeldUnit(at, kept, ends))
+                return
 
-    def _forget_before(self, i: int) -> None:
-        if i < self._first:
-            raise ValueError(f"live source {self.source!r} reads forward only: chunk {i} was already passed "
-                             f"(now at {self._first})")
-        while self._first < i:
-            if not self._buffer:
-                self._buffer.append(self._pull())
-            self._first_start += len(self._buffer.popleft())
-            self._first += 1
+    def _check_forward(self, what: str, wanted: int, first: int) -> None:
+        if wanted < first:
+            raise ValueError(f"live source {self.source!r} reads forward only: {what} {wanted} was already passed "
+                             f"(now at {first})")
+
+    def _unit_holding(self, i: int) -> _HeldUnit:
+        """The held unit with ordinal ``i``; the units before it are forgotten."""
+        self._check_forward("chunk", i, self._held[0].point.chunk if self._held else self._next.chunk)
+        while True:
+            while self._held and i >= self._held[0].point.chunk + len(self._held[0].chunks):
+                self._held.popleft()
+            if self._held:
+                return self._held[0]
+            self._pull()
 
     def chunk(self, i: int) -> np.ndarray:
-        self._forget_before(i)
-        if not self._buffer:
-            self._buffer.append(self._pull())
-        return self._buffer[0]
+        unit = self._unit_holding(i)
+        return unit.chunks[i - unit.point.chunk]
 
     def length(self, i: int) -> int:
         return len(self.chunk(i))
 
     def locate(self, p: int) -> tuple[int, int]:
-        if p < self._first_start:
-            raise ValueError(f"live source {self.source!r} reads forward only: token {p} was already passed")
+        self._check_forward("token", p, self._held[0].point.token if self._held else self._next.token)
         while True:
-            current = self.chunk(self._first)
-            if p < self._first_start + len(current):
-                return self._first, self._first_start
-            self._forget_before(self._first + 1)
+            if not self._held:
+                self._pull()
+            unit = self._held[0]
+            q = p - unit.point.token
+            if q < unit.ends[-1]:
+                r = bisect.bisect_right(unit.ends, q)
+                return unit.point.chunk + r, unit.point.token + (unit.ends[r - 1] if r else 0)
+            self._held.popleft()
+
+    def point(self, i: int) -> StreamPoint:
+        """Where a stream must restart to serve ordinal ``i`` next: the point of the unit holding it."""
+        return self._unit_holding(i).point
 
     def epochs(self, tokens: int | None = None, chunks: int | None = None) -> float:
         """Finished passes (a live stream's length is unknown until it ends)."""

@@ -39,8 +39,10 @@ replays from the start. World size and batch size may change across a resume.
 
 Live mode (``streams=``, no shards on disk) mixes the same way. Each consumer reads
 every live stream in full (there is no index to skip by), so use one process without
-DataLoader workers; resume skips each source's consumed chunks, which is exact as long
-as the streams are deterministic. Validation chunks are chosen by a keyed hash of their
+DataLoader workers. A live state also holds, per source, the :class:`StreamPoint` of the
+unit holding the next token the source serves; a resume opens each stream at that unit,
+so it re-reads at most that one unit per source, however far into a pass it is (exact as
+long as the streams are deterministic). Validation chunks are chosen by a keyed hash of their
 position in the pass, unless ``presplit=True`` says each stream already serves only its
 split's chunks (the training pipeline holds out whole units, so held-out data gathers
 fast; see ``pipelines.stream``).
@@ -61,14 +63,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from corpus.manifest import Manifest
-from corpus.mixing.chunk_streams import SPLITS
+from corpus.mixing.chunk_streams import SPLITS, OpenUnits, StreamPoint
 from corpus.mixing.packing import MODES, ChunkSequences, PackedSequences, split_inputs_and_labels
 from corpus.mixing.schedule import TokenMixture, deal, replay
 from corpus.mixing.sources import MixedSources
@@ -81,7 +83,8 @@ class MixtureSampler(IterableDataset):
     """Token-weighted, deterministic, shardable, exactly resumable training sequences.
 
     ``corpus_dir``: a built corpus (``corpus.json`` + ``shards/``), or ``None`` with
-    ``streams`` (``{source: callable returning an iterable of token chunks}``) for live mode.
+    ``streams`` (``{source: callable (pass, unit) returning that pass's units from there, each a
+    sequence of token chunks}``, see ``chunk_streams.OpenUnits``) for live mode.
     ``weights``: ``{source: weight}``, overriding the manifest's target shares; sources left
     out get none. ``batch_size``: the per-rank batch size the consumer uses (sharding unit).
     ``val_fraction`` must be the same for the train and val samplers of one corpus.
@@ -92,7 +95,7 @@ class MixtureSampler(IterableDataset):
                  weights: Mapping[str, float] | None = None, mode: str = "pack", seed: int = 0,
                  split: str = "train", val_fraction: float = DEFAULT_VAL_FRACTION, rank: int = 0,
                  world_size: int = 1, *, batch_size: int = 1, pad_id: int = 0,
-                 streams: Mapping[str, Callable[[], Iterable]] | None = None,
+                 streams: Mapping[str, OpenUnits] | None = None,
                  manifest: Manifest | None = None, block_chunks: int = 8192, presplit: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -120,6 +123,7 @@ class MixtureSampler(IterableDataset):
         self._start = TokenMixture(self.source_names, self.sources.raw_weights)
         self._tracker: tuple[TokenMixture, list] | None = None
         self._iteration: dict | None = None
+        self._points: dict[str, StreamPoint] = {}  # live: where each source's stream restarts (from a loaded state)
 
     # What is mixed, as `self.sources` holds it.
     corpus_dir = property(lambda self: self.sources.corpus_dir)
@@ -135,7 +139,7 @@ class MixtureSampler(IterableDataset):
 
     def _open_readers(self) -> list:
         """Per source, its sequences in this mode (None for sources without weight or data)."""
-        streams = self.sources.open_streams(self.seed, self.split_seed, self.block_chunks)
+        streams = self.sources.open_streams(self.seed, self.split_seed, self.block_chunks, self._points)
         if self.mode == "pack":
             return [PackedSequences(s, self.sequence_length) if s is not None else None for s in streams]
         return [ChunkSequences(s, self.sequence_length, self.pad_id) if s is not None else None for s in streams]
@@ -247,7 +251,30 @@ class MixtureSampler(IterableDataset):
     def state_dict(self, batches: int | None = None) -> dict:
         """Where the stream stands after this rank consumed ``batches`` batches (default: what it iterated)."""
         mix, _ = self._mixture_at(self._position(batches))
-        return {"format": STATE_FORMAT, **self._identity(), "mixture": mix.state()}
+        state = {"format": STATE_FORMAT, **self._identity(), "mixture": mix.state()}
+        if self.sources.live:
+            state["streams"] = {name: point.to_dict() for name, point in self._stream_points(mix).items()}
+        return state
+
+    def _stream_points(self, mix: TokenMixture) -> dict[str, StreamPoint]:
+        """Live: per source, the point of the unit holding the next token (pack) or chunk (corenet) ``mix`` needs.
+
+        Found by this process's own readers, which read forward to it (every rank reads every chunk of a
+        live stream anyway); before any iteration, the points loaded last stand.
+        """
+        points = dict(self._points)
+        readers = self._iteration["readers"] if self._iteration is not None else None
+        if readers is None:
+            return points
+        for s, name in enumerate(self.source_names):
+            if readers[s] is None:
+                continue
+            stream = readers[s].stream
+            needed = mix.items[s]
+            if self.mode == "pack":
+                needed, _ = stream.locate(needed * self.sequence_length)
+            points[name] = stream.point(needed)
+        return points
 
     def _identity(self) -> dict:
         identity = {"mode": self.mode, "sequence_length": self.sequence_length, "seed": self.seed,
@@ -274,6 +301,7 @@ class MixtureSampler(IterableDataset):
                    for a, b in zip(mix.weights, TokenMixture(self.source_names, self.sources.raw_weights).weights)):
             mix = mix.reweighted(self.sources.raw_weights)
         self._start = mix
+        self._points = {name: StreamPoint.from_dict(d) for name, d in state.get("streams", {}).items()}
         self._tracker = None
         self._iteration = None
 

@@ -10,22 +10,23 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from corpus.manifest import Manifest
-from corpus.mixing.chunk_streams import LiveChunks, ShuffledChunks, SourceChunks, val_chunk_count
+from corpus.mixing.chunk_streams import (LiveChunks, OpenUnits, ShuffledChunks, SourceChunks, StreamPoint,
+                                         val_chunk_count)
 from corpus.store.layout import read_corpus_json, source_shards
 
 
 class MixedSources:
     """The sources of one split, their raw weights, and (per process) their chunk streams.
 
-    ``corpus_dir``: a built corpus, or ``None`` with ``streams`` (``{source: callable returning
-    an iterable of token chunks}``). ``weights`` override the manifest's target shares.
+    ``corpus_dir``: a built corpus, or ``None`` with ``streams`` (``{source: callable (pass, unit) returning
+    that pass's units from there, each a sequence of token chunks}``, see ``chunk_streams.OpenUnits``). ``weights`` override the manifest's target shares.
     """
 
-    def __init__(self, corpus_dir: str | Path | None, streams: Mapping[str, Callable[[], Iterable]] | None,
+    def __init__(self, corpus_dir: str | Path | None, streams: Mapping[str, OpenUnits] | None,
                  manifest: Manifest | None, weights: Mapping[str, float] | None, split: str, val_fraction: float,
                  presplit: bool = False):
         if (corpus_dir is None) == (streams is None):
@@ -97,14 +98,17 @@ class MixedSources:
         n_val = val_chunk_count(n, self.val_fraction)
         return n_val if self.split == "val" else n - n_val
 
-    def open_streams(self, seed: int, split_seed: int, block_chunks: int) -> list:
-        """Chunk streams per source (None for sources without weight or data); fresh for live sources.
+    def open_streams(self, seed: int, split_seed: int, block_chunks: int,
+                     points: Mapping[str, StreamPoint] | None = None) -> list:
+        """Chunk streams per source (None for sources without weight or data); fresh for live sources,
+        each starting at its point in ``points`` (else at the start).
 
         Built streams are memory maps, opened once per process (DataLoader workers open their own).
         """
         if self.live:
-            return [LiveChunks(n, self.streams[n], self.split, split_seed=split_seed,
-                               val_fraction=self.val_fraction, presplit=self.presplit) if w > 0 else None
+            points = points or {}
+            return [LiveChunks(n, self.streams[n], self.split, split_seed=split_seed, val_fraction=self.val_fraction,
+                               presplit=self.presplit, start=points.get(n)) if w > 0 else None
                     for n, w in zip(self.names, self.raw_weights)]
         if self._opened is None or self._opened[0] != os.getpid():
             streams = []

@@ -71,6 +71,9 @@ class FinetuneData:
         # Kept by the trainer and evaluated again at every --eval-every, so gathered once.
         return list(self.val.in_order(cfg.micro_batch_size, cluster.device, cluster.rank, cluster.world_size)), None
 
+    def close(self) -> None:
+        pass  # the examples live in this process; nothing to let go
+
 
 def attach_reference(model, splits: list[ExampleBatches], cfg: FinetuneConfig, cluster: Cluster,
                      path: Path) -> None:

@@ -78,7 +78,8 @@ class TrainConfig:
     stream: bool = False               # tokenize the manifest's sources live (Ray) instead of reading shards
     manifest: str | None = None        # the manifest to stream (default manifests/openelm.yaml)
     stream_sample: bool = False        # stream the offline sample mirror instead of the upstream files
-    stream_workers: int = 2
+    stream_workers: int = 2            # Ray CPUs for the live pipeline; the feed starts 2 units ahead per worker
+    stream_unit_bytes: int = 64 << 20  # input bytes per streamed work unit (small units exercise resume in tests)
 
     # Observability and safety.
     log_every: int = 10                # progress line / mixture record interval
@@ -103,7 +104,7 @@ class TrainConfig:
 
     # Values a resumed run must share with the run it continues: anything else changes the data or the model.
     RESUME_INVARIANTS = ("corpus", "model", "vocab_size", "seed", "sequence_length", "global_batch_tokens",
-                         "sampler_mode", "weights", "stream", "manifest", "stream_sample")
+                         "sampler_mode", "weights", "stream", "manifest", "stream_sample", "stream_unit_bytes")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -152,7 +153,8 @@ def resolve_config(yaml_values: dict[str, Any] | None, flag_values: dict[str, An
 
 def _check_and_derive(cfg: TrainConfig, world_size: int) -> None:
     for name in ("steps", "sequence_length", "global_batch_tokens", "micro_batch_size", "log_every",
-                 "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "stream_workers"):
+                 "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "stream_workers",
+                 "stream_unit_bytes"):
         if int(getattr(cfg, name)) <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
     for name in ("max_lr", "warmup_init_lr", "eps"):

@@ -9,7 +9,6 @@ is read from a local copy that `corpus.store.cache` keeps checked against the le
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
     def shares(self) -> dict: ...  # JSON-ready per-source shares for the `mixture` record ({} for none)
+    def units_reread(self) -> int: ...  # input units the last load_state_dict makes the data read again (0: none)
+    def pipeline(self) -> dict | None: ...  # JSON-ready state of a live pipeline, for the `stream` record (None: none)
 
 
 class DataSource(Protocol):
@@ -43,6 +44,7 @@ class DataSource(Protocol):
 
     def train_batches(self, cfg: TrainConfig, cluster: Cluster) -> BatchSource: ...
     def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]: ...
+    def close(self) -> None: ...  # the run is over: let go of what serves the data
 
 
 class DataStopped(TrainError):
@@ -50,26 +52,35 @@ class DataStopped(TrainError):
     stops rather than skip it."""
 
 
-def live_chunks(*args: Any, **kwargs: Any) -> Iterator[Any]:
-    """`pipelines.stream.stream_source`, whose failure for good stops training as a `DataStopped`."""
-    from pipelines.stream import StreamError, stream_source
-    try:
-        yield from stream_source(*args, **kwargs)
-    except StreamError as e:
-        raise DataStopped(f"the live pipeline stopped: {e}") from e
+class LiveUnits:
+    """A rank's reader of one stream of the live pipeline (`pipelines.stream.FedUnits`), whose failure for good
+    stops training as a `DataStopped`."""
+
+    def __init__(self, fed):
+        self.fed = fed
+
+    def __call__(self, passes: int, first: int) -> Iterator[Any]:
+        from pipelines.stream import StreamError
+        try:
+            yield from self.fed(passes, first)
+        except StreamError as e:
+            raise DataStopped(f"the live pipeline stopped: {e}") from e
 
 
 class MicroBatches:
     """(inputs, targets) micro-batches of this rank from a `MixtureSampler`, read in this process.
 
     No DataLoader workers: the sampler then counts what was taken, and its state after the
-    last micro-batch of a step is exactly where a resumed run must start.
+    last micro-batch of a step is exactly where a resumed run must start. ``feed``: the live
+    pipeline the sampler's streams read (None for a built corpus); its state goes along.
     """
 
-    def __init__(self, sampler, device):
+    def __init__(self, sampler, device, feed=None):
         self.sampler = sampler
         self.device = device
+        self.feed = feed
         self._batches: Iterator[dict] | None = None  # opened on first use, after any resume
+        self._reread = 0
 
     def next(self) -> Batch:
         if self._batches is None:
@@ -78,13 +89,34 @@ class MicroBatches:
         return batch["input_ids"].to(self.device, non_blocking=True), batch["labels"].to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict:
-        return self.sampler.state_dict()
+        state = self.sampler.state_dict()
+        if self.feed is not None:
+            # what the pipeline had started ahead: a resume from this state tokenizes those units again
+            from pipelines.stream import feed_furthest
+            state["started_ahead"] = {k: list(place) for k, place in feed_furthest(self.feed).items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
+        if self.feed is not None:
+            from pipelines.stream import feed_units_between
+            ahead = state.get("started_ahead", {})
+            self._reread = sum(feed_units_between(self.feed, f"{name}/train", (p["passes"], p["unit"]),
+                                                  tuple(ahead[f"{name}/train"]))
+                               for name, p in state.get("streams", {}).items() if f"{name}/train" in ahead)
 
     def shares(self) -> dict:
         return _plain(self.sampler.shares())
+
+    def units_reread(self) -> int:
+        """Units the resumed stream tokenizes again: per source, the one it stopped in and those started ahead."""
+        return self._reread
+
+    def pipeline(self) -> dict | None:
+        if self.feed is None:
+            return None
+        from pipelines.stream import feed_report
+        return feed_report(self.feed)
 
 
 def _plain(value: Any) -> Any:
@@ -108,6 +140,8 @@ class TrainingData:
     manifest: Any = None     # streaming only: the manifest whose sources are tokenized on the fly
     sample: bool = False     # streaming only: read the offline sample mirror
     uri: str | None = None   # a corpus on an object store: its URI (``folder`` is then the local copy)
+    feed: Any = None         # streaming only: the live pipeline's feed, once opened (`pipelines.stream.UnitFeed`)
+    feed_owner: bool = False  # this rank opened the feed (rank 0), so it closes it
 
     def where(self) -> str:
         if self.uri is not None:
@@ -123,7 +157,7 @@ class TrainingData:
         return described
 
     def train_batches(self, cfg: TrainConfig, cluster: Cluster) -> MicroBatches:
-        return MicroBatches(self.sampler(cfg, "train", cluster), cluster.device)
+        return MicroBatches(self.sampler(cfg, "train", cluster), cluster.device, self.feed)
 
     def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]:
         """This rank's share of `eval_batches` held-out micro-batches, or none and why."""
@@ -153,18 +187,60 @@ class TrainingData:
             if split == "val":
                 kwargs["weights"] = self._held_out_weights(cfg)
             # The pipeline splits by whole units (pipelines.stream), so the sampler takes every chunk it serves.
-            return MixtureSampler(None, cfg.sequence_length, streams=self._streams(cfg, split), manifest=self.manifest,
-                                  presplit=True, **kwargs)
+            return MixtureSampler(None, cfg.sequence_length, streams=self._streams(cfg, split, cluster),
+                                  manifest=self.manifest, presplit=True, **kwargs)
         except ValueError as e:
             raise TrainError(f"cannot sample {self.where()} ({split} split): {e}") from None
 
-    def _streams(self, cfg: TrainConfig, split: str) -> dict:
+    def _streams(self, cfg: TrainConfig, split: str, cluster: Cluster) -> dict:
+        from pipelines.stream import FedUnits, stream_key
+        feed = self._open_feed(cfg, cluster)
+        return {s.name: LiveUnits(FedUnits(feed, stream_key(s.name, split), cluster.rank))
+                for s in self.manifest.sources}
+
+    def _open_feed(self, cfg: TrainConfig, cluster: Cluster):
+        """The job's one live pipeline: rank 0 starts Ray and the feed, the other ranks join them.
+
+        Every rank calls this at the same point (its first sampler, in the Trainer's construction),
+        since the feed's address reaches the others through a collective.
+        """
+        if self.feed is not None:
+            return self.feed
+        from corpus.mixing.chunk_streams import SPLITS
         from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
         from pipelines.runner import start_ray
-        start_ray(cfg.stream_workers)  # started here so that no single stream owns (and shuts down) Ray
-        return {s.name: functools.partial(live_chunks, self.manifest, s.name, sample=self.sample,
-                                          workers=cfg.stream_workers, split=split, val_fraction=DEFAULT_VAL_FRACTION)
-                for s in self.manifest.sources}
+        from pipelines.stream import join_feed, open_feed, split_window, stream_key, stream_units
+        where = None
+        if cluster.is_main:
+            import ray
+            start_ray(cfg.stream_workers)  # started here so that no single stream owns (and shuts down) Ray
+            units = {stream_key(s.name, split): stream_units(self.manifest, s.name, self.sample, cfg.stream_unit_bytes,
+                                                            split=split, val_fraction=DEFAULT_VAL_FRACTION)
+                     for s in self.manifest.sources for split in SPLITS}
+            weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
+            ahead = {stream_key(name, "train"): n for name, n in split_window(weights, 2 * cfg.stream_workers).items()}
+            ahead.update({stream_key(s.name, "val"): 0 for s in self.manifest.sources})  # read once, at the first evaluation
+            self.feed, name = open_feed(self.manifest, units, ahead, cluster.world_size)
+            self.feed_owner = True
+            where = (ray.get_runtime_context().gcs_address, name)
+        if cluster.distributed:
+            address, name = cluster.gather(where)[0]
+            if not cluster.is_main:
+                start_ray(address=address, ship_code=False)
+                self.feed = join_feed(name)
+        return self.feed
+
+    def close(self) -> None:
+        """Stop the live pipeline (rank 0) or leave its Ray (the other ranks)."""
+        if self.feed is None:
+            return
+        from pipelines.stream import close_feed
+        if self.feed_owner:
+            close_feed(self.feed)
+        else:
+            import ray
+            ray.shutdown()
+        self.feed = None
 
     def _held_out_weights(self, cfg: TrainConfig) -> dict[str, float]:
         """The training weights, less the sources too small to hold out a unit (one-unit sources)."""
@@ -172,7 +248,7 @@ class TrainingData:
         from pipelines.stream import stream_units
         weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
         for name, weight in weights.items():
-            if weight > 0 and not stream_units(self.manifest, name, self.sample, split="val",
+            if weight > 0 and not stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes, split="val",
                                                val_fraction=DEFAULT_VAL_FRACTION):
                 weights[name] = 0.0
         if not any(w > 0 for w in weights.values()):

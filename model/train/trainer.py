@@ -114,6 +114,7 @@ class Trainer:
         self.progress = ProgressBar(cfg.steps, 0, cfg.log_every, enabled=False)  # train() shows the real one
         self.record = RunRecord(run_dir, {}, enabled=False)  # start() opens run.json
         self._held_out: list[Batch] | None = None
+        self._resumed: tuple[int, float] | None = None  # (step, seconds the checkpoint took to load) until recorded
 
     def start(self, resume_from: Path | None = None, facts: dict[str, Any] | None = None,
               previous: dict[str, Any] | None = None) -> None:
@@ -156,8 +157,13 @@ class Trainer:
                                     **result.extras})
                 self.progress.update(state.step, result.loss, result.tokens_per_s, result.lr, result.data_wait_s,
                                      result.seconds)
+                if self._resumed is not None:
+                    self._record_resume(result)
                 if self._due(cfg.log_every):
                     self.metrics.write({"kind": "mixture", "step": state.step, "sources": self.batches.shares()})
+                    pipeline = self.batches.pipeline()
+                    if pipeline is not None:
+                        self.metrics.write({"kind": "stream", "step": state.step, **pipeline})
                 if self._due(cfg.eval_every):
                     state.val_loss = self.validate()
                 if self.task_eval is not None and self._due(cfg.eval_tasks_every):
@@ -178,6 +184,7 @@ class Trainer:
         finally:
             self.progress.close()
             self.metrics.close()
+            self.data.close()
 
         elapsed = time.perf_counter() - started
         rate = (state.tokens_seen - start_tokens) / elapsed if elapsed > 0 and state.step > start_step else 0.0
@@ -187,6 +194,14 @@ class Trainer:
             plot_run(self.run_dir)
         return TrainResult(self.run_dir, state.step, state.train_loss, state.val_loss, state.tokens_seen, rate,
                            self.batches.shares())
+
+    def _record_resume(self, first: StepResult) -> None:
+        """The `resume` record: what the resume cost until its first step had its data (loading the checkpoint,
+        then waiting for the batches), and how many input units the data reads again (a live pipeline's)."""
+        step, load_seconds = self._resumed
+        self._resumed = None
+        self.metrics.write({"kind": "resume", "step": step, "units_reread": self.batches.units_reread(),
+                            "seconds": load_seconds + first.data_wait_s})
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.cfg.steps
@@ -324,6 +339,7 @@ class Trainer:
 
     def resume(self, checkpoint: Path) -> None:
         """Continue from a checkpoint: weights, optimizer, data position, this rank's RNGs, step and counters."""
+        started = time.perf_counter()
         model_state, trainer_state, saved = ckpt.load_checkpoint(checkpoint)
         if self.weights is not None:
             model_state = self.weights.from_checkpoint(self.model, checkpoint, model_state)
@@ -333,3 +349,4 @@ class Trainer:
         rngs = trainer_state["rng"]
         ckpt.restore_rng_state(rngs[self.cluster.rank] if self.cluster.rank < len(rngs) else rngs[0])
         self.state = TrainState(int(saved["step"]), int(saved["tokens_seen"]), val_loss=saved.get("val_loss"))
+        self._resumed = (self.state.step, time.perf_counter() - started)

@@ -207,6 +207,15 @@ class StreamPoint:
         return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls)})
 
 
+class EmptySplit(ValueError):
+    """A whole pass of a live source gave no chunk for a split."""
+
+    def __init__(self, source: str, split: str, read: int):
+        self.source, self.split = source, split
+        super().__init__(f"live source {source!r}: a whole pass of its stream gave no chunk for the {split!r} split "
+                         f"({read} chunks read)")
+
+
 # Opens pass ``p`` of a live source at unit ``u``: that pass's units from ``u`` to its end, each a sequence of chunks.
 OpenUnits = Callable[[int, int], Iterable[Sequence[np.ndarray]]]
 
@@ -256,8 +265,7 @@ class LiveChunks:
             raw = next(self._units, None)
             if raw is None:
                 if at.kept == 0:
-                    raise ValueError(f"live source {self.source!r}: a whole pass of its stream gave no chunk for "
-                                     f"the {self.split!r} split ({at.read} chunks read)")
+                    raise EmptySplit(self.source, self.split, at.read)
                 self._units = None
                 self._next = StreamPoint(at.passes + 1, 0, at.chunk, at.token, 0, 0)
                 continue

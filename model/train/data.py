@@ -160,24 +160,47 @@ class TrainingData:
         return MicroBatches(self.sampler(cfg, "train", cluster), cluster.device, self.feed)
 
     def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]:
-        """This rank's share of `eval_batches` held-out micro-batches, or none and why."""
-        try:
-            stream = MicroBatches(self.sampler(cfg, "val", cluster), cluster.device)
-        except TrainError as e:
-            if self.folder is not None:
-                raise
-            return [], f"no validation while streaming: {e}"
+        """This rank's share of `eval_batches` held-out micro-batches, or none and why (or a note on what they
+        leave out)."""
+        from corpus.mixing.chunk_streams import EmptySplit
         # Ranks share the held-out batches (rounded up to a multiple of the world size, so every rank runs
         # the same number of forwards): any world size evaluates the same sequences.
         per_rank = -(-cfg.eval_batches // cluster.world_size)
-        try:
-            return [stream.next() for _ in range(per_rank)], None
-        except (StopIteration, ValueError) as e:
-            return [], f"no validation: the held-out split gives no batch ({e})"
+        left_out: list[str] = []
+        while True:
+            batches, empty, why_none = [], None, None
+            try:
+                stream = MicroBatches(self.sampler(cfg, "val", cluster, left_out), cluster.device)
+                batches = [stream.next() for _ in range(per_rank)]
+            except DataStopped:
+                raise
+            except TrainError as e:
+                if self.folder is not None:
+                    raise
+                why_none = f"no validation while streaming: {e}"
+            except EmptySplit as e:
+                # Streaming: the held-out units of a source gave no chunk (every document filtered, or a small unit
+                # inside one long document). Validate on the others.
+                empty = e.source
+            except (StopIteration, ValueError) as e:
+                why_none = f"no validation: the held-out split gives no batch ({e})"
+            # A rank meets only the sources of its own sequences: all ranks agree on what is left out, or
+            # they would validate on different mixtures (and one would wait in a collective the others skip).
+            outcomes = cluster.gather((empty, why_none))
+            empties = sorted({e for e, _ in outcomes if e is not None} - set(left_out))
+            if empties:
+                left_out.extend(empties)
+                continue
+            why_none = next((w for _, w in outcomes if w is not None), None)
+            if why_none is not None:
+                return [], why_none
+            note = (f"validation leaves out {', '.join(left_out)}: the held-out units give no chunk"
+                    if left_out else None)
+            return batches, note
 
-    def sampler(self, cfg: TrainConfig, split: str, cluster: Cluster):
+    def sampler(self, cfg: TrainConfig, split: str, cluster: Cluster, left_out: list[str] = ()):
         """This rank's share of the mixture. Ranks take alternate blocks of one micro-batch, so together
-        they read exactly the sequences one process would."""
+        they read exactly the sequences one process would. ``left_out``: streamed sources validation skips."""
         from corpus.mixing.sampler import MixtureSampler
         kwargs = dict(weights=cfg.weights, mode=cfg.sampler_mode, seed=cfg.seed, split=split, rank=cluster.rank,
                       world_size=cluster.world_size, batch_size=cfg.micro_batch_size)
@@ -185,7 +208,7 @@ class TrainingData:
             if self.folder is not None:
                 return MixtureSampler(self.folder, cfg.sequence_length, **kwargs)
             if split == "val":
-                kwargs["weights"] = self._held_out_weights(cfg)
+                kwargs["weights"] = self._held_out_weights(cfg, left_out)
             # The pipeline splits by whole units (pipelines.stream), so the sampler takes every chunk it serves.
             return MixtureSampler(None, cfg.sequence_length, streams=self._streams(cfg, split, cluster),
                                   manifest=self.manifest, presplit=True, **kwargs)
@@ -242,17 +265,19 @@ class TrainingData:
             ray.shutdown()
         self.feed = None
 
-    def _held_out_weights(self, cfg: TrainConfig) -> dict[str, float]:
-        """The training weights, less the sources too small to hold out a unit (one-unit sources)."""
+    def _held_out_weights(self, cfg: TrainConfig, left_out: list[str] = ()) -> dict[str, float]:
+        """The training weights, less the sources too small to hold out a unit (one-unit sources) and ``left_out``."""
         from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
         from pipelines.stream import stream_units
         weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
         for name, weight in weights.items():
-            if weight > 0 and not stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes, split="val",
+            if name in left_out:
+                weights[name] = 0.0
+            elif weight > 0 and not stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes, split="val",
                                                val_fraction=DEFAULT_VAL_FRACTION):
                 weights[name] = 0.0
         if not any(w > 0 for w in weights.values()):
-            raise ValueError("no weighted source has more than one unit, so none holds out a unit for validation")
+            raise ValueError("no weighted source holds out a unit that gives chunks for validation")
         return weights
 
 

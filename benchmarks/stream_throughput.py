@@ -5,7 +5,7 @@
 Two comparisons in one run, on the same input and the same worker count:
 
 (a) a trainer-like consumer: a loop that pulls (B, L) batches from a ``MixtureSampler``, doing no
-    model work, fed by live streams (``pipelines.stream.stream_source``, train split, whole units
+    model work, fed by the live pipeline (one ``pipelines.stream.UnitFeed``, train split, whole units
     held out as ``model/train/data.py`` sets it up) against the same loop on the shards a build of
     the same input wrote. Both serve the same number of tokens, about 80% of one pass of the
     stream's train split, so the live loop never wraps into a second pass. The live time
@@ -67,14 +67,17 @@ def drained_pipeline(manifest: Path, workers: int) -> tuple[int, float]:
 
 
 def live_sampler(manifest: Path, workers: int, length: int, batch: int):
-    """The sampler `elm-train --stream` builds for rank 0 of 1 (model/train/data.py), at this benchmark's unit size."""
+    """The sampler `elm-train --stream` builds for rank 0 of 1 (model/train/data.py), at this benchmark's unit size:
+    the train split's units through one feed, started 2 units per worker ahead. The feed lives until Ray restarts."""
     from corpus.manifest import load_manifest
     from corpus.mixing.sampler import DEFAULT_VAL_FRACTION, MixtureSampler
-    from pipelines.stream import stream_source
+    from pipelines.stream import FedUnits, open_feed, stream_key, stream_units
     m = load_manifest(manifest)
-    streams = {"text": functools.partial(stream_source, m, "text", workers=workers, unit_bytes=UNIT_BYTES,
-                                         split="train", val_fraction=DEFAULT_VAL_FRACTION)}
-    return MixtureSampler(None, length, streams=streams, manifest=m, presplit=True, batch_size=batch)
+    key = stream_key("text", "train")
+    units = stream_units(m, "text", False, UNIT_BYTES, split="train", val_fraction=DEFAULT_VAL_FRACTION)
+    feed, _ = open_feed(m, {key: units}, {key: 2 * workers})
+    return MixtureSampler(None, length, streams={"text": FedUnits(feed, key)}, manifest=m, presplit=True,
+                          batch_size=batch)
 
 
 def consume(make_sampler, tokens_wanted: int) -> tuple[int, float]:

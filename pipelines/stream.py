@@ -4,8 +4,8 @@ The chunks come in the order a build's shards would hold them (units in plan ord
 chunks in input order within a unit), because each unit is computed exactly as the
 build computes it.
 
-One :class:`UnitFeed` (a Ray actor) serves a whole training job: it starts one task per
-unit and hands the result (the unit's tokens and chunk offsets, in Ray's object store)
+One :class:`UnitFeed` (a Ray actor when several ranks share it) serves a whole training
+job: it starts one task per unit and hands the result (the unit's tokens and chunk offsets, in Ray's object store)
 to every rank that asks for it, so each unit is tokenized once per pass whatever the
 number of ranks. Ranks address units as (pass, index), which is what lets a resumed
 run open each source at the unit where it stopped. Memory is bounded by the feed's
@@ -169,19 +169,21 @@ def split_window(weights: Mapping[str, float], window: int) -> dict[str, int]:
 
 def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahead: Mapping[Key, int],
               world_size: int = 1, tokenizer: Tokenizer | None = None):
-    """Start a :class:`UnitFeed` actor on the Ray this process is connected to; returns (handle, name).
+    """A :class:`UnitFeed` on the Ray this process is connected to; returns (feed, name).
 
-    The name (in namespace ``FEED_NAMESPACE``) is how the other ranks of the job find it (:func:`join_feed`).
+    For one reader it lives in this process (name None): an actor's start, a new worker process, costs a
+    few tenths of a second that a single process gains nothing for. For several it is an actor, whose name
+    (in namespace ``FEED_NAMESPACE``) is how the other ranks find it (:func:`join_feed`).
     """
     import ray
     tokenizer = tokenizer or Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     sources = [manifest.source(name) for name in dict.fromkeys(key.split("/")[0] for key in streams)]
-    job = UnitJob.of(manifest, tokenizer, sources)
+    args = (UnitJob.of(manifest, tokenizer, sources), {k: [u.to_dict() for u in units] for k, units in streams.items()},
+            dict(lookahead), world_size, WORKER_RETRIES)
+    if world_size == 1:
+        return UnitFeed(*args), None
     name = f"unit-feed-{uuid.uuid4().hex[:12]}"
-    handle = ray.remote(num_cpus=0)(UnitFeed).options(name=name, namespace=FEED_NAMESPACE).remote(
-        job, {k: [u.to_dict() for u in units] for k, units in streams.items()}, dict(lookahead), world_size,
-        WORKER_RETRIES)
-    return handle, name
+    return ray.remote(num_cpus=0)(UnitFeed).options(name=name, namespace=FEED_NAMESPACE).remote(*args), name
 
 
 def join_feed(name: str):
@@ -190,26 +192,32 @@ def join_feed(name: str):
 
 
 def close_feed(feed) -> None:
+    if not isinstance(feed, UnitFeed):
+        import ray
+        ray.kill(feed, no_restart=True)
+
+
+def _ask(feed, method: str, *args):
+    """Call a feed's method, in this process or on its actor."""
+    if isinstance(feed, UnitFeed):
+        return getattr(feed, method)(*args)
     import ray
-    ray.kill(feed, no_restart=True)
+    return ray.get(getattr(feed, method).remote(*args))
 
 
 def feed_furthest(feed) -> dict[Key, Place]:
-    import ray
-    return ray.get(feed.furthest.remote())
+    return _ask(feed, "furthest")
 
 
 def feed_report(feed) -> dict:
-    import ray
-    return ray.get(feed.report.remote())
+    return _ask(feed, "report")
 
 
 def feed_units_between(feed, key: Key, first: Place, last: Place) -> int:
     """Units from ``first`` through ``last`` of stream ``key`` (0 when ``last`` comes before ``first``)."""
-    import ray
     if tuple(last) < tuple(first):
         return 0
-    n = ray.get(feed.units.remote(key))
+    n = _ask(feed, "units", key)
     return (last[0] - first[0]) * n + last[1] - first[1] + 1
 
 
@@ -224,9 +232,9 @@ class FedUnits:
     def __call__(self, passes: int, first: int) -> Iterator[list[np.ndarray]]:
         import ray
         if self._units is None:
-            self._units = ray.get(self.feed.units.remote(self.key))
+            self._units = _ask(self.feed, "units", self.key)
         for index in range(first, self._units):
-            unit, (ref,) = ray.get(self.feed.unit.remote(self.key, (passes, index), self.rank))
+            unit, (ref,) = _ask(self.feed, "unit", self.key, (passes, index), self.rank)
             try:
                 tokens, offsets = ray.get(ref)
             except Exception as e:

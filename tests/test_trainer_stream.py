@@ -78,6 +78,9 @@ def test_a_stream_killed_mid_run_resumes_step_for_step_rereading_only_the_units_
     assert curve(interrupted) == curve(reference)  # exact float equality, step for step
     assert curve(interrupted, "val", "val_loss") == curve(reference, "val", "val_loss")
     assert [r["step"] for r in records(interrupted, "val")] == [8, 16, 24, 32]
+    # the pipeline ran well ahead of the tiny model, yet held no more than the lookahead (and one held-out unit
+    # per source)
+    assert max(r["most_units_held"] for r in records(reference, "stream")) <= REREAD_BOUND + SOURCES
 
     (resume,) = records(interrupted, "resume")
     assert resume["step"] == resumed_from and resume["seconds"] > 0

@@ -23,7 +23,8 @@ class MixedSources:
     """The sources of one split, their raw weights, and (per process) their chunk streams.
 
     ``corpus_dir``: a built corpus, or ``None`` with ``streams`` (``{source: callable (pass, unit) returning
-    that pass's units from there, each a sequence of token chunks}``, see ``chunk_streams.OpenUnits``). ``weights`` override the manifest's target shares.
+    that pass's units from there, each a sequence of token chunks}``, see ``chunk_streams.OpenUnits``).
+    ``weights`` override the manifest's target shares.
     """
 
     def __init__(self, corpus_dir: str | Path | None, streams: Mapping[str, OpenUnits] | None,

@@ -218,6 +218,7 @@ class TrainingData:
     def _streams(self, cfg: TrainConfig, split: str, cluster: Cluster) -> dict:
         from pipelines.stream import FedUnits, stream_key
         feed = self._open_feed(cfg, cluster)
+        # sources without weight get a reader too, which the sampler never opens
         return {s.name: LiveUnits(FedUnits(feed, stream_key(s.name, split), cluster.rank))
                 for s in self.manifest.sources}
 
@@ -237,12 +238,14 @@ class TrainingData:
         if cluster.is_main:
             import ray
             start_ray(cfg.stream_workers)  # started here so that no single stream owns (and shuts down) Ray
-            units = {stream_key(s.name, split): stream_units(self.manifest, s.name, self.sample, cfg.stream_unit_bytes,
-                                                            split=split, val_fraction=DEFAULT_VAL_FRACTION)
-                     for s in self.manifest.sources for split in SPLITS}
             weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
+            # Only sources with weight are planned: the others are never read (nor listed upstream).
+            units = {stream_key(name, split): stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes,
+                                                          split=split, val_fraction=DEFAULT_VAL_FRACTION)
+                     for name, weight in weights.items() if weight > 0 for split in SPLITS}
             ahead = {stream_key(name, "train"): n for name, n in split_window(weights, 2 * cfg.stream_workers).items()}
-            ahead.update({stream_key(s.name, "val"): 0 for s in self.manifest.sources})  # read once, at the first evaluation
+            # held-out units are read once, at the first evaluation: none started ahead
+            ahead.update({stream_key(name, "val"): 0 for name, weight in weights.items() if weight > 0})
             self.feed, name = open_feed(self.manifest, units, ahead, cluster.world_size)
             self.feed_owner = True
             where = (ray.get_runtime_context().gcs_address, name)

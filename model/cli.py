@@ -85,6 +85,8 @@ FLAG_HELP = {
     "stream_sample": "--stream the offline sample mirror instead of the upstream files",
     "stream_workers": "Ray workers for --stream",
     "stream_unit_bytes": "input bytes per --stream work unit (default 64 MiB; small units make resume tests cheap)",
+    "ray_address": "a Ray cluster (its head's host:port) to run --stream's pipeline on; every node that trains must "
+                   "be one of its nodes (default: a local Ray of --stream-workers CPUs)",
     "log_every": "steps between progress lines and mixture records",
     "eval_every": "steps between validation-loss evaluations",
     "eval_batches": "held-out micro-batches per evaluation, over all ranks",
@@ -112,12 +114,13 @@ FLAG_HELP = {
 
 # Pretraining settings that mean nothing to a fine-tuning run.
 PRETRAIN_ONLY = ("corpus", "corpus_cache", "model", "vocab_size", "sampler_mode", "weights", "stream", "manifest",
-                 "stream_sample", "stream_workers", "stream_unit_bytes", "eval_batches", "instruct_size")
+                 "stream_sample", "stream_workers", "stream_unit_bytes", "ray_address", "eval_batches",
+                 "instruct_size")
 
 # Fields whose default (None) does not tell argparse their type.
 _FLAG_TYPES = {"corpus": str, "corpus_cache": str, "init_from": str, "vocab_size": int, "out": str,
-               "warmup_steps": int, "threads": int, "manifest": str, "eval_tasks": str, "eval_tasks_every": int,
-               "eval_tasks_limit": int, "eval_tasks_include": str, "data": str, "val_data": str, "recipe": str,
+               "warmup_steps": int, "threads": int, "manifest": str, "ray_address": str, "eval_tasks": str,
+               "eval_tasks_every": int, "eval_tasks_limit": int, "eval_tasks_include": str, "data": str, "val_data": str, "recipe": str,
                "epochs": float, "tokenizer": str, "max_prompt_length": int, "steps": int, "global_batch_tokens": int}
 
 

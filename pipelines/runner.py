@@ -44,6 +44,17 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def unit_task(task: Callable, retries: int, env: dict[str, str] | None = None):
+    """``task`` as a one-CPU Ray task that Ray reruns up to ``retries`` times when its worker process dies.
+
+    An exception raised by the task itself is never retried: rereading the same input raises it again.
+    ``env``: environment variables the task's workers start with (a cluster's nodes may lack the driver's).
+    """
+    import ray
+    options = {"runtime_env": {"env_vars": env}} if env else {}
+    return ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=False, **options)(task)
+
+
 def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[Any], Any], limit: int,
               ordered: bool = False, stop: Callable[[], bool] | None = None,
               env: dict[str, str] | None = None, retries: int = 3) -> Iterator[tuple[Any, Any]]:
@@ -58,8 +69,7 @@ def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[
     an exception raised by the task itself is never retried, since rereading the same input raises it again.
     """
     import ray
-    options = {"runtime_env": {"env_vars": env}} if env else {}
-    remote = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=False, **options)(task)
+    remote = unit_task(task, retries, env)
     shared_ref = ray.put(shared)
     queue = deque(items)
     running: deque[tuple[Any, Any]] = deque()

@@ -42,7 +42,7 @@ from corpus.mixing.chunk_streams import SPLITS, val_chunk_count
 from corpus.mixing.permutation import derive_key
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_source, source_files
-from pipelines.runner import start_ray
+from pipelines.runner import start_ray, unit_task
 from pipelines.worker import UnitJob, tokenize_unit
 
 
@@ -101,14 +101,14 @@ class UnitFeed:
 
     ``plans``: per stream key, its units (``WorkUnit.to_dict``) in plan order. ``lookahead``: per key, how
     many units beyond the one asked for are started ahead. ``world_size``: the ranks that read; a unit is let go
-    once all of them have asked for a later one.
+    once all of them have asked for a later one. ``env``: environment variables the tasks run with.
     """
 
     def __init__(self, job: UnitJob, plans: dict[Key, list[dict]], lookahead: dict[Key, int], world_size: int,
-                 retries: int = 0):
+                 retries: int = 0, env: dict[str, str] | None = None):
         import ray
         self._job = ray.put(job)
-        self._task = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=False)(tokenize_unit)
+        self._task = unit_task(tokenize_unit, retries, env)
         self._plans, self._lookahead = plans, lookahead
         self._refs: dict[Key, dict[Place, object]] = {key: {} for key in plans}
         self._at: dict[Key, list[Place | None]] = {key: [None] * world_size for key in plans}
@@ -168,7 +168,7 @@ def split_window(weights: Mapping[str, float], window: int) -> dict[str, int]:
 
 
 def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahead: Mapping[Key, int],
-              world_size: int = 1, tokenizer: Tokenizer | None = None):
+              world_size: int = 1, tokenizer: Tokenizer | None = None, env: dict[str, str] | None = None):
     """A :class:`UnitFeed` on the Ray this process is connected to; returns (feed, name).
 
     For one reader it lives in this process (name None): an actor's start, a new worker process, costs a
@@ -179,7 +179,7 @@ def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahe
     tokenizer = tokenizer or Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     sources = [manifest.source(name) for name in dict.fromkeys(key.split("/")[0] for key in streams)]
     args = (UnitJob.of(manifest, tokenizer, sources), {k: [u.to_dict() for u in units] for k, units in streams.items()},
-            dict(lookahead), world_size, WORKER_RETRIES)
+            dict(lookahead), world_size, WORKER_RETRIES, env)
     if world_size == 1:
         return UnitFeed(*args), None
     name = f"unit-feed-{uuid.uuid4().hex[:12]}"

@@ -135,3 +135,19 @@ def test_two_ranks_share_one_pipeline_tokenizing_each_unit_once_with_the_one_pro
     assert len(curve(ranks, "val", "val_loss")) == 2
     both, one = (load_checkpoint(r / "checkpoints" / "step_00000008")[0] for r in (ranks, alone))
     torch.testing.assert_close(both, one, rtol=1e-3, atol=1e-5)
+
+
+def test_a_stream_on_a_two_node_ray_cluster_trains_as_on_the_local_ray(data_root, ray_session, tmp_path):
+    from ray_cluster import TwoNodeCluster
+    args = [*STREAM, "--steps", "6", "--eval-every", "100"]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert cli_train([*args, "--out", str(local)]) == 0
+    with TwoNodeCluster(cpus_per_node=1) as cluster:
+        # the real CLI in its own process, a driver of the cluster: the pipeline's tasks run on its two nodes
+        result = subprocess.run([sys.executable, "-m", "model.cli", *args, "--out", str(remote),
+                                 "--ray-address", cluster.address], cwd=REPO,
+                                env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"),
+                                capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert curve(remote) == curve(local)
+    assert records(remote, "stream")[-1]["streams"] == records(local, "stream")[-1]["streams"]

@@ -80,6 +80,7 @@ class TrainConfig:
     stream_sample: bool = False        # stream the offline sample mirror instead of the upstream files
     stream_workers: int = 2            # Ray CPUs for the live pipeline; the feed starts 2 units ahead per worker
     stream_unit_bytes: int = 64 << 20  # input bytes per streamed work unit (small units exercise resume in tests)
+    ray_address: str | None = None     # a Ray cluster's head for the live pipeline (None: a local Ray)
 
     # Observability and safety.
     log_every: int = 10                # progress line / mixture record interval

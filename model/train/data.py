@@ -232,12 +232,14 @@ class TrainingData:
             return self.feed
         from corpus.mixing.chunk_streams import SPLITS
         from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
+        from corpus.store.location import store_environment
         from pipelines.runner import start_ray
         from pipelines.stream import join_feed, open_feed, split_window, stream_key, stream_units
         where = None
         if cluster.is_main:
             import ray
-            start_ray(cfg.stream_workers)  # started here so that no single stream owns (and shuts down) Ray
+            # started here so that no single stream owns (and shuts down) Ray
+            start_ray(cfg.stream_workers, cfg.ray_address)
             weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
             # Only sources with weight are planned: the others are never read (nor listed upstream).
             units = {stream_key(name, split): stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes,
@@ -246,13 +248,15 @@ class TrainingData:
             ahead = {stream_key(name, "train"): n for name, n in split_window(weights, 2 * cfg.stream_workers).items()}
             # held-out units are read once, at the first evaluation: none started ahead
             ahead.update({stream_key(name, "val"): 0 for name, weight in weights.items() if weight > 0})
-            self.feed, name = open_feed(self.manifest, units, ahead, cluster.world_size)
+            # a cluster's nodes have none of this process's store settings: the tasks take them along
+            env = store_environment() if cfg.ray_address else None
+            self.feed, name = open_feed(self.manifest, units, ahead, cluster.world_size, env=env)
             self.feed_owner = True
             where = (ray.get_runtime_context().gcs_address, name)
         if cluster.distributed:
             address, name = cluster.gather(where)[0]
             if not cluster.is_main:
-                start_ray(address=address, ship_code=False)
+                start_ray(address=cfg.ray_address or address, ship_code=False)
                 self.feed = join_feed(name)
         return self.feed
 

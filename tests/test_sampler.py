@@ -368,6 +368,29 @@ def test_a_live_resume_opens_each_source_at_the_unit_it_stopped_in_early_or_late
     assert starts[0] < starts[1] < starts[2]  # a later resume starts later in the stream (in a later pass too)
 
 
+@pytest.mark.parametrize("mode", ["pack", "corenet"])
+def test_live_ranks_report_the_one_process_state_mid_run_and_serve_on_unchanged(live_chunks, mode):
+    def sampler(rank=0, world=1):
+        return MixtureSampler(None, sequence_length=64, weights={"code": 3, "tests": 1}, mode=mode, val_fraction=0,
+                              rank=rank, world_size=world, batch_size=2,
+                              streams=live_streams(live_chunks, per_unit=2))
+    alone = sampler()
+    single = alone.batches()
+    whole = [next(single) for _ in range(40)]
+    ranks = [sampler(r, 2) for r in range(2)]
+    batches = [r.batches() for r in ranks]
+    for step in range(1, 21):
+        served = [next(b) for b in batches]
+        assert all(torch.equal(served[r]["input_ids"], whole[2 * step - 2 + r]["input_ids"]) for r in range(2))
+        if step % 7 == 0:
+            # rank 0 stands a block behind the position the state is for, and looks ahead to it
+            replayed = sampler()
+            ahead = replayed.batches()
+            for _ in range(2 * step):
+                next(ahead)
+            assert ranks[0].state_dict() == ranks[1].state_dict() == replayed.state_dict()
+
+
 def test_live_pack_windows_follow_the_stream_order_and_repeat_it(live_chunks):
     sampler = MixtureSampler(None, sequence_length=64, weights={"tests": 1}, val_fraction=0,
                              streams=live_streams(live_chunks))

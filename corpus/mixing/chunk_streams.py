@@ -278,43 +278,52 @@ class LiveChunks:
                 self._held.append(_HeldUnit(at, kept, ends))
                 return
 
-    def _check_forward(self, what: str, wanted: int, first: int) -> None:
-        if wanted < first:
-            raise ValueError(f"live source {self.source!r} reads forward only: {what} {wanted} was already passed "
-                             f"(now at {first})")
-
-    def _unit_holding(self, i: int) -> _HeldUnit:
-        """The held unit with ordinal ``i``; the units before it are forgotten."""
-        self._check_forward("chunk", i, self._held[0].point.chunk if self._held else self._next.chunk)
+    def _ahead(self, position: int, by_token: bool) -> int:
+        """Index in the held units of the unit holding ordinal (or token) ``position``, reading units as needed
+        and forgetting none."""
+        first = self._held[0].point if self._held else self._next
+        start = first.token if by_token else first.chunk
+        if position < start:
+            raise ValueError(f"live source {self.source!r} reads forward only: {'token' if by_token else 'chunk'} "
+                             f"{position} was already passed (now at {start})")
+        j = 0
         while True:
-            while self._held and i >= self._held[0].point.chunk + len(self._held[0].chunks):
-                self._held.popleft()
-            if self._held:
-                return self._held[0]
+            while j < len(self._held):
+                unit = self._held[j]
+                end = unit.point.token + unit.ends[-1] if by_token else unit.point.chunk + len(unit.chunks)
+                if position < end:
+                    return j
+                j += 1
             self._pull()
 
+    def _holding(self, position: int, by_token: bool = False) -> _HeldUnit:
+        """The unit holding ordinal (or token) ``position``; the units before it are forgotten."""
+        for _ in range(self._ahead(position, by_token)):
+            self._held.popleft()
+        return self._held[0]
+
     def chunk(self, i: int) -> np.ndarray:
-        unit = self._unit_holding(i)
+        unit = self._holding(i)
         return unit.chunks[i - unit.point.chunk]
 
     def length(self, i: int) -> int:
         return len(self.chunk(i))
 
     def locate(self, p: int) -> tuple[int, int]:
-        self._check_forward("token", p, self._held[0].point.token if self._held else self._next.token)
-        while True:
-            if not self._held:
-                self._pull()
-            unit = self._held[0]
-            q = p - unit.point.token
-            if q < unit.ends[-1]:
-                r = bisect.bisect_right(unit.ends, q)
-                return unit.point.chunk + r, unit.point.token + (unit.ends[r - 1] if r else 0)
-            self._held.popleft()
+        unit = self._holding(p, by_token=True)
+        r = bisect.bisect_right(unit.ends, p - unit.point.token)
+        return unit.point.chunk + r, unit.point.token + (unit.ends[r - 1] if r else 0)
 
-    def point(self, i: int) -> StreamPoint:
-        """Where a stream must restart to serve ordinal ``i`` next: the point of the unit holding it."""
-        return self._unit_holding(i).point
+    # Looking ahead without forgetting: a rank that reports the stream's state for a position its own
+    # sequences have not reached yet must still serve the sequences before it afterwards.
+
+    def length_ahead(self, i: int) -> int:
+        unit = self._held[self._ahead(i, by_token=False)]
+        return len(unit.chunks[i - unit.point.chunk])
+
+    def point_ahead(self, position: int, by_token: bool = False) -> StreamPoint:
+        """Where a stream must restart to serve ordinal (or token) ``position`` next: the point of its unit."""
+        return self._held[self._ahead(position, by_token)].point
 
     def epochs(self, tokens: int | None = None, chunks: int | None = None) -> float:
         """Finished passes (a live stream's length is unknown until it ends)."""

@@ -52,7 +52,14 @@ class ChunkSequences:
         self.stream, self.length, self.pad_id = stream, sequence_length, pad_id
 
     def cost(self, k: int) -> int:
-        return max(0, min(self.stream.length(k), self.length + 1) - 1)
+        return self._cost(self.stream.length(k))
+
+    def cost_ahead(self, k: int) -> int:
+        """``cost(k)`` of a live stream, read without forgetting the chunks before ``k``."""
+        return self._cost(self.stream.length_ahead(k))
+
+    def _cost(self, chunk_length: int) -> int:
+        return max(0, min(chunk_length, self.length + 1) - 1)
 
     def fill(self, k: int, out: np.ndarray) -> int:
         tokens = self.stream.chunk(k)[:self.length + 1]

@@ -239,8 +239,14 @@ class MixtureSampler(IterableDataset):
         if n == self._start.sequences and live:
             return self._start.copy(), [None] * len(self.source_names)
         if live and self.mode == "corenet":
-            raise ValueError("live corenet mode can report state only where its own in-process iterator stands "
-                             "(one rank, no DataLoader workers): the schedule depends on chunk lengths")
+            # The schedule depends on chunk lengths, which only this process's own readers know: they look
+            # ahead to ``n`` (another rank's sequences) without forgetting what this rank serves before it.
+            if it is None or it["mix"].sequences > n:
+                raise ValueError("live corenet mode reports its state only from its own in-process iterator "
+                                 "(no DataLoader workers), at or past where it stands")
+            mix = it["mix"].copy()
+            replay(mix, [_LookAhead(r) if r is not None else None for r in it["readers"]], n, None)
+            return mix, it["readers"]
         if self._tracker is None or self._tracker[0].sequences > n:
             readers = [None] * len(self.source_names) if live else self._open_readers()
             self._tracker = (self._start.copy(), readers)
@@ -259,21 +265,19 @@ class MixtureSampler(IterableDataset):
     def _stream_points(self, mix: TokenMixture) -> dict[str, StreamPoint]:
         """Live: per source, the point of the unit holding the next token (pack) or chunk (corenet) ``mix`` needs.
 
-        Found by this process's own readers, which read forward to it (every rank reads every chunk of a
-        live stream anyway); before any iteration, the points loaded last stand.
+        Found by this process's own readers, which look ahead to it without forgetting what this rank still
+        serves before it (every rank reads every chunk of a live stream anyway); before any iteration, the
+        points loaded last stand.
         """
         points = dict(self._points)
         readers = self._iteration["readers"] if self._iteration is not None else None
         if readers is None:
             return points
         for s, name in enumerate(self.source_names):
-            if readers[s] is None:
-                continue
-            stream = readers[s].stream
-            needed = mix.items[s]
-            if self.mode == "pack":
-                needed, _ = stream.locate(needed * self.sequence_length)
-            points[name] = stream.point(needed)
+            if readers[s] is not None:
+                pack = self.mode == "pack"
+                needed = mix.items[s] * self.sequence_length if pack else mix.items[s]
+                points[name] = readers[s].stream.point_ahead(needed, by_token=pack)
         return points
 
     def _identity(self) -> dict:
@@ -317,3 +321,10 @@ class MixtureSampler(IterableDataset):
                          "tokens": mix.tokens[s],
                          "epochs": reader.epochs(mix.items[s]) if reader is not None else 0.0}
         return out
+
+
+class _LookAhead:
+    """A live corenet reader whose costs are read ahead, forgetting nothing (see ``MixtureSampler._mixture_at``)."""
+
+    def __init__(self, reader: ChunkSequences):
+        self.cost = reader.cost_ahead

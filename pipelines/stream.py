@@ -97,7 +97,8 @@ def stream_key(source: str, split: str) -> Key:
 
 
 class UnitFeed:
-    """The tasks of a job's live streams, each unit started once and shared by every rank (run as a Ray actor).
+    """The tasks of a job's live streams, each unit started once and shared by every rank (in the one process,
+    or as a Ray actor the ranks share).
 
     ``plans``: per stream key, its units (``WorkUnit.to_dict``) in plan order. ``lookahead``: per key, how
     many units beyond the one asked for are started ahead. ``world_size``: the ranks that read; a unit is let go

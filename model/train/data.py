@@ -157,7 +157,8 @@ class TrainingData:
         return described
 
     def train_batches(self, cfg: TrainConfig, cluster: Cluster) -> MicroBatches:
-        return MicroBatches(self.sampler(cfg, "train", cluster), cluster.device, self.feed)
+        sampler = self.sampler(cfg, "train", cluster)  # opens the live pipeline's feed when streaming
+        return MicroBatches(sampler, cluster.device, self.feed)
 
     def held_out(self, cfg: TrainConfig, cluster: Cluster) -> tuple[list[Batch], str | None]:
         """This rank's share of `eval_batches` held-out micro-batches, or none and why (or a note on what they

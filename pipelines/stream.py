@@ -184,7 +184,11 @@ def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahe
     if world_size == 1:
         return UnitFeed(*args), None
     name = f"unit-feed-{uuid.uuid4().hex[:12]}"
-    return ray.remote(num_cpus=0)(UnitFeed).options(name=name, namespace=FEED_NAMESPACE).remote(*args), name
+    feed = ray.remote(num_cpus=0)(UnitFeed).options(name=name, namespace=FEED_NAMESPACE).remote(*args)
+    # An actor is created asynchronously: answer a call first, so that its name is registered before the
+    # other ranks look it up (else one may miss it, as a two-rank resume once did).
+    ray.get(feed.furthest.remote())
+    return feed, name
 
 
 def join_feed(name: str):

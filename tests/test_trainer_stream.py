@@ -109,7 +109,7 @@ def test_an_early_and_a_late_resume_reread_the_same_few_units(data_root, ray_ses
     assert all(1 <= n <= REREAD_BOUND for n in rereads), rereads
 
 
-def test_two_ranks_share_one_pipeline_tokenizing_each_unit_once_with_the_one_process_mixture_and_losses(
+def test_two_ranks_share_one_pipeline_tokenizing_each_unit_once_with_the_one_process_mixture_losses_and_resume(
         data_root, ray_session, tmp_path):
     steps = ["--steps", "8", "--eval-every", "4", "--eval-batches", "2", "--checkpoint-every", "8"]
     alone = tmp_path / "alone"
@@ -135,6 +135,17 @@ def test_two_ranks_share_one_pipeline_tokenizing_each_unit_once_with_the_one_pro
     assert len(curve(ranks, "val", "val_loss")) == 2
     both, one = (load_checkpoint(r / "checkpoints" / "step_00000008")[0] for r in (ranks, alone))
     torch.testing.assert_close(both, one, rtol=1e-3, atol=1e-5)
+
+    # Both resume for two more steps: the two ranks open the pipeline at the checkpoint's units, as one process does.
+    more = [*STREAM, "--steps", "10", "--eval-every", "100", "--resume"]
+    assert cli_train([*more, "--out", str(alone)]) == 0
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "model.cli", *more, "--out", str(ranks)], cwd=REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert records(ranks, "resume")[-1]["units_reread"] == records(alone, "resume")[-1]["units_reread"] > 0
+    assert [l for _, l in curve(ranks)] == pytest.approx([l for _, l in curve(alone)], rel=1e-4)
+    assert len(curve(ranks)) == 10
 
 
 def test_a_stream_on_a_two_node_ray_cluster_trains_as_on_the_local_ray(data_root, ray_session, tmp_path):

@@ -1,8 +1,9 @@
-"""Ray for the pipelines: start (or join) it once, and keep a bounded number of unit tasks in flight.
+"""Ray for the pipelines: start (or join) it once, turn a unit's work into a Ray task, and keep a bounded
+number of unit tasks in flight.
 
-The build and the live stream both run one task per work unit with at most N in flight:
-the build takes results as they finish, the stream in plan order (so its chunks come in
-the order a build's shards hold them).
+The build and the live stream both run one task per work unit (``unit_task``). The build keeps at most N
+in flight and takes results as they finish (``in_flight``); the live stream's feed starts them as its
+readers ask (``pipelines.stream.UnitFeed``).
 """
 from __future__ import annotations
 
@@ -56,13 +57,13 @@ def unit_task(task: Callable, retries: int, env: dict[str, str] | None = None):
 
 
 def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[Any], Any], limit: int,
-              ordered: bool = False, stop: Callable[[], bool] | None = None,
+              stop: Callable[[], bool] | None = None,
               env: dict[str, str] | None = None, retries: int = 3) -> Iterator[tuple[Any, Any]]:
     """Run ``task(shared, argument(item))`` as a one-CPU Ray task per item, at most ``limit`` at a time.
 
     Yields ``(item, object ref)`` once the ref is ready to ``ray.get`` (which raises if its task
-    failed; the caller decides what a failure means): in the order items finish, or with
-    ``ordered`` in the order they were given. ``shared`` is put in the object store once.
+    failed; the caller decides what a failure means), in the order items finish. ``shared`` is put in the
+    object store once.
     Once ``stop()`` is true no new task starts, and the ones running are still yielded as they end.
     ``env``: environment variables the tasks run with (Ray starts their workers with them).
     ``retries``: how often Ray reruns a task whose worker process died (killed, out of memory, node lost);
@@ -77,11 +78,7 @@ def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[
         while queue and len(running) < limit and not (stop and stop()):
             item = queue.popleft()
             running.append((item, remote.remote(shared_ref, argument(item))))
-        if ordered:
-            item, ref = running.popleft()
-            ray.wait([ref], num_returns=1)
-        else:
-            (ref,), _ = ray.wait([r for _, r in running], num_returns=1)
-            item = next(i for i, r in running if r == ref)
-            running.remove((item, ref))
+        (ref,), _ = ray.wait([r for _, r in running], num_returns=1)
+        item = next(i for i, r in running if r == ref)
+        running.remove((item, ref))
         yield item, ref

@@ -169,7 +169,7 @@ def split_window(weights: Mapping[str, float], window: int) -> dict[str, int]:
 
 
 def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahead: Mapping[Key, int],
-              world_size: int = 1, tokenizer: Tokenizer | None = None, env: dict[str, str] | None = None):
+              world_size: int = 1, env: dict[str, str] | None = None):
     """A :class:`UnitFeed` on the Ray this process is connected to; returns (feed, name).
 
     For one reader it lives in this process (name None): an actor's start, a new worker process, costs a
@@ -177,7 +177,7 @@ def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahe
     (in namespace ``FEED_NAMESPACE``) is how the other ranks find it (:func:`join_feed`).
     """
     import ray
-    tokenizer = tokenizer or Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
+    tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     sources = [manifest.source(name) for name in dict.fromkeys(key.split("/")[0] for key in streams)]
     args = (UnitJob.of(manifest, tokenizer, sources), {k: [u.to_dict() for u in units] for k, units in streams.items()},
             dict(lookahead), world_size, WORKER_RETRIES, env)

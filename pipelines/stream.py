@@ -77,14 +77,17 @@ def stream_units(manifest: Manifest, source_name: str, sample: bool = False, uni
                  mirror_root: str | None = None, split: str | None = None,
                  val_fraction: float = 0.0) -> list[WorkUnit]:
     """The units a stream of ``split`` reads, in plan order (``None``: every unit)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     source = manifest.source(source_name)
     units = plan_source(source, source_files(manifest, source, sample, mirror_root), unit_bytes)
-    if split is None:
-        return units
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-    held = held_out_units(units, val_fraction, manifest.seed)
-    return [u for u in units if (u.key in held) == (split == "val")]
+    return units if split is None else split_units(units, val_fraction, manifest.seed)[split]
+
+
+def split_units(units: list[WorkUnit], val_fraction: float, seed: int) -> dict[str, list[WorkUnit]]:
+    """A source's planned units by split, each in plan order: the held-out ones are ``val``, the rest ``train``."""
+    held = held_out_units(units, val_fraction, seed)
+    return {split: [u for u in units if (u.key in held) == (split == "val")] for split in SPLITS}
 
 
 Key = str          # "<source>/<split>": one stream the feed serves

@@ -99,11 +99,14 @@ class MicroBatches:
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
         if self.feed is not None:
-            from pipelines.stream import feed_units_between
+            from pipelines.stream import feed_units_between, stream_key
             ahead = state.get("started_ahead", {})
-            self._reread = sum(feed_units_between(self.feed, f"{name}/train", (p["passes"], p["unit"]),
-                                                  tuple(ahead[f"{name}/train"]))
-                               for name, p in state.get("streams", {}).items() if f"{name}/train" in ahead)
+            self._reread = 0
+            for name, point in state.get("streams", {}).items():
+                key = stream_key(name, "train")
+                if key in ahead:
+                    self._reread += feed_units_between(self.feed, key, (point["passes"], point["unit"]),
+                                                       tuple(ahead[key]))
 
     def shares(self) -> dict:
         return _plain(self.sampler.shares())
@@ -141,6 +144,7 @@ class TrainingData:
     sample: bool = False     # streaming only: read the offline sample mirror
     uri: str | None = None   # a corpus on an object store: its URI (``folder`` is then the local copy)
     feed: Any = None         # streaming only: the live pipeline's feed, once opened (`pipelines.stream.UnitFeed`)
+    plans: dict | None = None  # streaming only: the weighted sources' units per stream key, planned once
     feed_owner: bool = False  # this rank opened the feed (rank 0), so it closes it
 
     def where(self) -> str:
@@ -231,24 +235,19 @@ class TrainingData:
         """
         if self.feed is not None:
             return self.feed
-        from corpus.mixing.chunk_streams import SPLITS
-        from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
         from corpus.store.location import store_environment
         from pipelines.runner import start_ray
-        from pipelines.stream import join_feed, open_feed, split_window, stream_key, stream_units
+        from pipelines.stream import join_feed, open_feed, split_window, stream_key
         where = None
         if cluster.is_main:
             import ray
             # started here so that no single stream owns (and shuts down) Ray
             start_ray(cfg.stream_workers, cfg.ray_address)
-            weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
-            # Only sources with weight are planned: the others are never read (nor listed upstream).
-            units = {stream_key(name, split): stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes,
-                                                          split=split, val_fraction=DEFAULT_VAL_FRACTION)
-                     for name, weight in weights.items() if weight > 0 for split in SPLITS}
-            ahead = {stream_key(name, "train"): n for name, n in split_window(weights, 2 * cfg.stream_workers).items()}
+            units = self._planned(cfg)
+            ahead = {stream_key(name, "train"): n
+                     for name, n in split_window(self._weights(cfg), 2 * cfg.stream_workers).items()}
             # held-out units are read once, at the first evaluation: none started ahead
-            ahead.update({stream_key(name, "val"): 0 for name, weight in weights.items() if weight > 0})
+            ahead.update({key: 0 for key in units if key not in ahead})
             # a cluster's nodes have none of this process's store settings: the tasks take them along
             env = store_environment() if cfg.ray_address else None
             self.feed, name = open_feed(self.manifest, units, ahead, cluster.world_size, env=env)
@@ -273,16 +272,30 @@ class TrainingData:
             ray.shutdown()
         self.feed = None
 
+    def _weights(self, cfg: TrainConfig) -> dict[str, float]:
+        """The mixture weights per source: the run's, else the manifest's target shares."""
+        return dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
+
+    def _planned(self, cfg: TrainConfig) -> dict:
+        """Per stream key, the units of the weighted sources' streams, planned once in this process (on the real
+        upstream, planning lists its files). The others are never read, so never planned."""
+        if self.plans is None:
+            from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
+            from pipelines.stream import split_units, stream_key, stream_units
+            self.plans = {}
+            for name, weight in self._weights(cfg).items():
+                if weight > 0:
+                    every = stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes)
+                    for split, units in split_units(every, DEFAULT_VAL_FRACTION, self.manifest.seed).items():
+                        self.plans[stream_key(name, split)] = units
+        return self.plans
+
     def _held_out_weights(self, cfg: TrainConfig, left_out: list[str] = ()) -> dict[str, float]:
         """The training weights, less the sources too small to hold out a unit (one-unit sources) and ``left_out``."""
-        from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
-        from pipelines.stream import stream_units
-        weights = dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
+        from pipelines.stream import stream_key
+        weights, plans = self._weights(cfg), self._planned(cfg)
         for name, weight in weights.items():
-            if name in left_out:
-                weights[name] = 0.0
-            elif weight > 0 and not stream_units(self.manifest, name, self.sample, cfg.stream_unit_bytes, split="val",
-                                               val_fraction=DEFAULT_VAL_FRACTION):
+            if name in left_out or (weight > 0 and not plans[stream_key(name, "val")]):
                 weights[name] = 0.0
         if not any(w > 0 for w in weights.values()):
             raise ValueError("no weighted source holds out a unit that gives chunks for validation")

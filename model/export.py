@@ -10,6 +10,11 @@ Apple's released checkpoint. Both formats hold
 quantization, so only the MLX format takes it. The folder is written beside `--out` and
 renamed into place, so a failed export never leaves a half-written model behind.
 
+Every export holds a marker (`.elm-export.json`) listing the files it wrote. `--force` replaces
+only such a folder, holding nothing else: an `--out` that is, holds or lies inside the source, or
+that holds anything an export did not write (a run, a user's notes), is refused before anything
+is touched.
+
 A checkpoint of an adapter run (model/finetune/adapters.py) also holds its LoRA/DoRA adapter
 under `adapter/`, in PEFT's layout. `peft-adapter` hands that out as PEFT's folder (loaded with
 `PeftModel.from_pretrained` on the `hf` export of the base model, which run.json's `init_from`
@@ -27,6 +32,8 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -48,6 +55,8 @@ _MLX_LEAF = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitu
 QUANT_BITS = (4, 8)
 # Debian's OpenBLAS (libopenblas0-pthread); preloaded, it makes mlx's CPU matmul several times faster on Linux.
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
+# Written into every export: the files it wrote, so that --force replaces an earlier export and nothing else.
+EXPORT_MARKER = ".elm-export.json"
 # Keys transformers writes into tokenizer_config.json about how it was loaded here, not about the tokenizer.
 _LOAD_TIME_TOKENIZER_KEYS = ("is_local", "local_files_only")
 
@@ -176,23 +185,15 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
     if quantize is not None and quantize not in QUANT_BITS:
         raise ExportError(f"--quantize must be one of {QUANT_BITS}, got {quantize}")
     out = Path(out)
-    if out.exists() and not force:
-        raise ExportError(f"{out}: already exists; pass --force to replace it")
-
     source = resolve_source(source_path, step)
+    check_output(out, [source.run_dir, Path(source_path), source.weights_dir], force)
     if fmt in ADAPTER_FORMATS:
         adapter = read_adapter(source)
         files = peft_adapter_files(adapter, dtype) if fmt == "peft-adapter" else mlx_adapter_files(adapter, dtype)
         files["README.md"] = adapter_card(adapter, fmt, out.name).encode()
-        staging = _staging(out)
-        try:
-            staging.mkdir()
+        with _staged(out, fmt) as staging:
             for name, data in files.items():
                 (staging / name).write_bytes(data)
-            _replace(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return out
 
     checkpoint = read_hf_folder(source.weights_dir)
@@ -203,8 +204,7 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
         raise ExportError(f"tokenizer {tokenizer.spec} has {tokenizer.vocab_size} pieces but the model's vocab_size is "
                           f"{checkpoint.config.vocab_size}; pass --tokenizer with the model the weights were trained with")
 
-    staging = _staging(out)
-    try:
+    with _staged(out, fmt) as staging:
         # Tokenizer first: transformers reads a config.json it finds beside the tokenizer and warns about it.
         write_tokenizer(tokenizer, staging, chat_model=source.run.get("kind") == "finetune")
         write_hf_folder(staging, checkpoint.config, checkpoint.tensors, dtype,
@@ -214,31 +214,59 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
             write_remote_code(staging)
         facts = provenance(source, checkpoint, tokenizer, fmt, dtype, quantization)
         (staging / "README.md").write_text(model_card(facts, out.name))
-        _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
-def _staging(out: Path) -> Path:
-    """The folder an export is written into before it is renamed to `out` (absent, its parent made)."""
+def check_output(out: Path, sources: list[Path | None], force: bool) -> None:
+    """Refuse an `--out` whose replacing could lose anything but an earlier export (nothing is touched here)."""
+    target = out.resolve()
+    for source in dict.fromkeys(s.resolve() for s in sources if s is not None):
+        if target == source or target in source.parents or source in target.parents:
+            where = "is" if target == source else "holds" if target in source.parents else "lies inside"
+            raise ExportError(f"{out}: --out {where} the source {source}; choose a folder outside it")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise ExportError(f"{out}: already exists; pass --force to replace an earlier export")
+    marker = out / EXPORT_MARKER
+    if out.is_symlink() or not out.is_dir() or not marker.is_file():
+        raise ExportError(f"{out}: not an earlier export (no {EXPORT_MARKER}); --force replaces only what "
+                          "elm-train export wrote: choose another --out, or move it away yourself")
+    try:
+        written = set(json.loads(marker.read_text())["files"])
+    except (ValueError, KeyError, TypeError):
+        raise ExportError(f"{marker}: unreadable export marker; move {out} away yourself") from None
+    others = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                    if (p.is_file() or p.is_symlink()) and p != marker and str(p.relative_to(out)) not in written)
+    if others:
+        raise ExportError(f"{out}: holds {len(others)} file(s) an export did not write (e.g. {others[0]}); "
+                          "--force would lose them: choose another --out, or move them away yourself")
+
+
+@contextmanager
+def _staged(out: Path, fmt: str) -> Iterator[Path]:
+    """A folder beside `out` to write the export into; on success it is marked and swapped into place (an old
+    `out`, which `check_output` allowed, is removed only then), on failure removed, leaving `out` as it was."""
     staging = out.parent / f".{out.name}.partial"
     if staging.exists():
         shutil.rmtree(staging)  # left by an export that was killed; it was never the output
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return staging
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Rename the finished folder into place; an old `out` (with --force) is removed only after that."""
+    staging.mkdir(parents=True)
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.replaced"
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    staging.rename(out)
+    try:
+        yield staging
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        (staging / EXPORT_MARKER).write_text(json.dumps({"format": fmt, "files": files}, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.replaced"
+            if old.exists():
+                shutil.rmtree(old)  # left by an export killed between its two renames: an earlier export
+            out.rename(old)
+        staging.rename(out)
+    except BaseException:
+        if old is not None and not out.exists():
+            old.rename(out)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old)
 

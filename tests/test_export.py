@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import shaped_random_state
 from model.cli import cli_export
-from model.export import ExportError, export, mlx_cpu_env
+from model.export import EXPORT_MARKER, ExportError, export, mlx_cpu_env
 from model.source import SourceError, resolve_source
 from model.hf_folder import HFFolderError, load_hf_folder, write_hf_folder
 from model.openelm import OpenELM
@@ -411,10 +411,53 @@ def test_card_of_an_earlier_checkpoint_shows_that_checkpoints_losses(tmp_path):
 
 def test_existing_output_needs_force_and_is_then_replaced(run_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    assert cli_export([str(run_dir), "--format", "hf", "--out", str(out)]) == 0
     assert cli_export([str(run_dir), "--format", "hf", "--out", str(out)]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
-    assert cli_export([str(run_dir), "--format", "hf", "--out", str(out), "--force"]) == 0
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    assert cli_export([str(run_dir), "--format", "mlx", "--out", str(out), "--force"]) == 0
+    assert not (out / "modeling_openelm.py").exists() and (out / "model.safetensors").exists()
+    assert json.loads((out / EXPORT_MARKER).read_text())["format"] == "mlx"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where, message", [
+    ("the run", "--out is the source"), ("its parent", "--out holds the source"),
+    ("inside the run", "--out lies inside the source"), ("a sibling run", "not an earlier export"),
+    ("a notes folder", "not an earlier export"), ("an export with notes added", "1 file(s) an export did not write"),
+])
+def test_force_refuses_an_out_holding_anything_an_export_did_not_write(tmp_path, capsys, where, message):
+    """--force replaces an earlier export only: the run, a sibling run and a user's notes survive it untouched."""
+    make_run(tmp_path / "runs" / "a")
+    make_run(tmp_path / "runs" / "b", steps=(30,))
+    (tmp_path / "runs" / "notes").mkdir()
+    (tmp_path / "runs" / "notes" / "ideas.md").write_text("try a larger lr\n")
+    added = tmp_path / "exports" / "a-mlx"
+    assert cli_export([str(tmp_path / "runs" / "a"), "--out", str(added)]) == 0
+    (added / "my-notes.md").write_text("looks good\n")
+    out = {"the run": tmp_path / "runs" / "a", "its parent": tmp_path / "runs",
+           "inside the run": tmp_path / "runs" / "a" / "checkpoints" / "mlx", "a sibling run": tmp_path / "runs" / "b",
+           "a notes folder": tmp_path / "runs" / "notes", "an export with notes added": added}[where]
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert cli_export([str(tmp_path / "runs" / "a"), "--format", "mlx", "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert tree(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a", "b", "notes"]
+
+
+def test_a_failed_export_leaves_the_earlier_one_whole(run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    export(run_dir, out, fmt="hf")
+    before = tree(out)
+
+    def fail(*args, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr("model.export.write_hf_folder", fail)
+    with pytest.raises(OSError, match="No space left"):
+        export(run_dir, out, fmt="hf", force=True)
+    assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -17,7 +17,7 @@ import zstandard
 from corpus import paths
 from corpus.manifest import load_manifest, parse_manifest
 from pipelines.cli import main as cli_main
-from corpus.mirror.mirror import (BAD_REASONS, INDEX_NAME, ensure_mirror, generator_fingerprint,
+from corpus.mirror.mirror import (BAD_REASONS, INDEX_NAME, MirrorRefused, ensure_mirror, generator_fingerprint,
                                   iter_documents, read_index, mirror_files)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -294,6 +294,19 @@ def test_a_changed_source_spec_regenerates_that_source(tmp_path):
     entry = read_index(root)["sources"]["dolma-wiki"]
     assert entry["format"] == "jsonl" and all(f["path"].endswith(".jsonl") for f in entry["files"])
     assert not list((root / "dolma-wiki").glob("*.json.gz"))
+
+
+def test_a_source_folder_holding_files_the_mirror_did_not_write_is_refused_untouched(tmp_path, capsys):
+    (tmp_path / "dolma-wiki").mkdir()
+    (tmp_path / "dolma-wiki" / "notes.md").write_text("mine\n")
+    with pytest.raises(MirrorRefused, match=r"holds 1 file\(s\) the sample mirror did not write \(e.g. dolma-wiki/notes.md\)"):
+        ensure_mirror(one_source_manifest(), tmp_path)
+    root = ensure_mirror(one_source_manifest(fmt="json.gz"), tmp_path / "mirror")
+    (root / "dolma-wiki" / "notes.md").write_text("mine\n")
+    with pytest.raises(MirrorRefused, match="dolma-wiki/notes.md"):
+        ensure_mirror(one_source_manifest(fmt="jsonl"), root)
+    assert (tmp_path / "dolma-wiki" / "notes.md").read_text() == "mine\n"
+    assert (root / "dolma-wiki" / "notes.md").read_text() == "mine\n" and list((root / "dolma-wiki").glob("*.json.gz"))
 
 
 def test_two_processes_at_once_write_one_good_mirror(tmp_path):

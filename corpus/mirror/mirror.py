@@ -123,8 +123,15 @@ def _write_lines(path: Path, fmt: str, lines: list[bytes], tail: bytes | None = 
     return info
 
 
-def _generate_source(source: Source, root: Path) -> dict:
-    """Write one source's mirror files under ``root/<name>/`` and return its MIRROR.json entry."""
+class MirrorRefused(ValueError):
+    """A mirror folder that holds files the mirror did not write; regenerating it would delete them."""
+
+
+def _generate_source(source: Source, root: Path, previous: dict | None) -> dict:
+    """Write one source's mirror files under ``root/<name>/`` and return its MIRROR.json entry.
+
+    ``previous``: the source's earlier entry; only files it lists may be replaced (a stale mirror).
+    """
     profile = profile_for(source)
     rng = random.Random(f"{GENERATOR}:{GENERATOR_VERSION}:{source.name}")
     fmt = source.format
@@ -138,6 +145,13 @@ def _generate_source(source: Source, root: Path) -> dict:
     names = file_names(source, profile)
     out_dir = root / source.name
     if out_dir.exists():
+        ours = {f["path"] for f in (previous or {}).get("files", [])}
+        others = sorted(str(p.relative_to(root)) for p in out_dir.rglob("*") if not p.is_dir()
+                        and str(p.relative_to(root)) not in ours)
+        if others:
+            raise MirrorRefused(f"{out_dir}: holds {len(others)} file(s) the sample mirror did not write (e.g. "
+                                f"{others[0]}); writing the mirror would replace the folder: choose another --out "
+                                "or move them away")
         shutil.rmtree(out_dir)
     files, bad, edges, n_docs = [], [], [], 0
     per_file = -(-len(docs) // len(names))
@@ -238,6 +252,7 @@ def ensure_mirror(manifest: Manifest, root: str | Path | None = None,
     wanted = [manifest.source(n) for n in only] if only is not None else list(manifest.sources)
     with held_lock(root / ".mirror.lock"):  # one writer; a second process waits, then finds it written
         index = read_index(root)
+        written = index.get("sources", {})  # what an earlier mirror wrote, whatever its generator: it may go
         fingerprint = generator_fingerprint()
         if index.get("version") != GENERATOR_VERSION or index.get("fingerprint") != fingerprint:
             index = {}
@@ -245,7 +260,7 @@ def ensure_mirror(manifest: Manifest, root: str | Path | None = None,
         changed = False
         for source in wanted:
             if not _fresh(sources.get(source.name), source, root):
-                sources[source.name] = _generate_source(source, root)
+                sources[source.name] = _generate_source(source, root, written.get(source.name))
                 changed = True
         if changed or not (root / INDEX_NAME).exists():
             atomic_write_json(root / INDEX_NAME, {

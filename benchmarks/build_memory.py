@@ -69,7 +69,7 @@ def measure(size_mb: float, work: Path, workers: int) -> dict:
     code = ("import resource, sys; from pipelines.cli import main; rc = main(sys.argv[1:]); "
             f"open({str(driver_peak)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
             "sys.exit(rc)")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, "build", str(manifest), "--out", str(out),
                              "--workers", str(workers), "--no-progress"], env=env, start_new_session=True)

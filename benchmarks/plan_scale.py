@@ -229,7 +229,7 @@ def run_scan(out: Path) -> dict:
 
 
 def in_fresh_process(*args: str) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

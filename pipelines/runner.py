@@ -12,6 +12,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+# Ray's servers listen on every interface; with its token authentication off, any host that reaches the
+# machine could join and run code as the user. Every Ray the project starts or joins uses a token.
+AUTH_MODE = "token"
+
+
+def require_token_auth() -> None:
+    """Turn Ray's token authentication on for this process and those it starts; refuse a request to turn it off."""
+    asked = os.environ.get("RAY_AUTH_MODE", AUTH_MODE)
+    if asked.lower() != AUTH_MODE:
+        raise ValueError(f"RAY_AUTH_MODE={asked}: elm-corpus runs Ray only with token authentication (without it "
+                         "anyone who reaches this machine can run code on it); unset RAY_AUTH_MODE, and see "
+                         "docs/scale.md for giving a cluster's nodes the token")
+    os.environ["RAY_AUTH_MODE"] = AUTH_MODE
+
 
 def start_ray(workers: int | None = None, address: str | None = None, ship_code: bool = True) -> bool:
     """Start (or join) Ray unless this process already has it; True when this call started it.
@@ -19,8 +33,10 @@ def start_ray(workers: int | None = None, address: str | None = None, ship_code:
     ``address``: a cluster to join; the cluster then runs this very code (shipped as
     ``py_modules``), whatever its nodes have installed, unless ``ship_code`` is false (a process
     that only reads what others compute). Else a local Ray with ``workers`` CPUs.
+    Either way with token authentication: a local Ray makes its token (``~/.ray/auth_token``) once; a
+    cluster's token must already be here (docs/scale.md).
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    require_token_auth()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     if ray.is_initialized():

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ["RAY_AUTH_MODE"] = "token"  # as the project runs Ray; children (CLI runs, clusters) inherit it
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -15,10 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A single local Ray for the whole test session (starting one costs ~4 s and ~1.8 GB)."""
+    """A single local Ray for the whole test session, started as the CLIs start theirs (about 4 s and 1.8 GB)."""
     import ray
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+    from pipelines.runner import start_ray
+    start_ray(workers=2)
     yield ray
     ray.shutdown()
 

@@ -29,7 +29,7 @@ class TwoNodeCluster:
         self.tmp = Path(tempfile.mkdtemp(prefix="elm-ray-", dir="/tmp"))  # short: Ray's socket paths live here
         self.log = self.tmp / "cluster.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
-        env.update(RAY_TMPDIR=str(self.tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        env.update(RAY_TMPDIR=str(self.tmp), RAY_USAGE_STATS_ENABLED="0")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([sys.executable, __file__, str(cpus_per_node)], env=env, text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
@@ -96,6 +96,9 @@ class TwoNodeCluster:
 
 
 def _serve(cpus_per_node: int) -> None:
+    # Nodes started this way find Ray's token but do not make one (a first ray.init does): make it if missing.
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"], check=True,
+                   stdout=subprocess.DEVNULL)
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False})

@@ -49,7 +49,7 @@ def start_cli_build(out: str | Path, address: str, mirror: Path, log: Path) -> s
 
     It runs with this process's environment, so with the ``AWS_*`` settings of the test's store when one is up.
     """
-    env = dict(os.environ, PYTHONPATH=str(ROOT), ELM_CORPUS_DATA=str(mirror.parent), RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ELM_CORPUS_DATA=str(mirror.parent))
     assert mirror.name == "sample"  # where ELM_CORPUS_DATA puts the mirror, so the inputs' paths equal the fixture's
     with open(log, "w") as sink:  # a file, not a pipe: Ray's messages on a lost node must never block the driver
         return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(MANIFEST), "--sample",

@@ -157,7 +157,7 @@ def test_a_stream_on_a_two_node_ray_cluster_trains_as_on_the_local_ray(data_root
         # the real CLI in its own process, a driver of the cluster: the pipeline's tasks run on its two nodes
         result = subprocess.run([sys.executable, "-m", "model.cli", *args, "--out", str(remote),
                                  "--ray-address", cluster.address], cwd=REPO,
-                                env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"),
+                                env=dict(os.environ, PYTHONPATH=str(REPO)),
                                 capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert curve(remote) == curve(local)

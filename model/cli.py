@@ -26,7 +26,7 @@ from model.source import SourceError
 from model.train.config import ConfigError, TrainConfig, TrainError, load_yaml_config, resolve_config
 from model.train.distributed import process_settings, start_cluster, stop_cluster
 from model.train.metrics import CURVES_FILE, plot_run
-from model.train.pretrain import build_trainer
+from model.pretrain import build_trainer
 from model.train.run import prepare_run
 from model.train.trainer import NonFiniteLoss, TrainResult
 
@@ -254,6 +254,7 @@ def cli_plot(argv: list[str]) -> int:
 # ---------------------------------------------------------------- elm-train eval
 
 def build_eval_parser() -> argparse.ArgumentParser:
+    from model.eval.harness import BACKENDS
     from model.eval.tasks import TASK_SETS
     p = argparse.ArgumentParser(prog="elm-train eval", description=(
         "Evaluate a model with lm-evaluation-harness: a run (its newest checkpoint), a checkpoint, an export or "
@@ -266,8 +267,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the set's, or the task's)")
     p.add_argument("--limit", type=float, default=None, help="at most this many examples per task (a fraction if < 1)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
-    p.add_argument("--backend", choices=("torch", "mlx"), default="torch",
-                   help="torch (default), or mlx: the model run by mlx-lm, for an MLX export")
+    p.add_argument("--backend", choices=list(BACKENDS), default="torch",
+                   help="; ".join(f"{name}: {b.help}" for name, b in BACKENDS.items()) + " (default torch)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps; "
                    "with --backend mlx: auto, cpu or gpu")
     p.add_argument("--no-bos", dest="bos", action="store_false",

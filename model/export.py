@@ -15,7 +15,7 @@ only such a folder, holding nothing else: an `--out` that is, holds or lies insi
 that holds anything an export did not write (a run, a user's notes), is refused before anything
 is touched.
 
-A checkpoint of an adapter run (model/finetune/adapters.py) also holds its LoRA/DoRA adapter
+A checkpoint of an adapter run (model/adapters/lora.py) also holds its LoRA/DoRA adapter
 under `adapter/`, in PEFT's layout. `peft-adapter` hands that out as PEFT's folder (loaded with
 `PeftModel.from_pretrained` on the `hf` export of the base model, which run.json's `init_from`
 names); `mlx-adapter` converts it to mlx-lm's (`adapters.safetensors` + `adapter_config.json`,
@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,11 +37,12 @@ from importlib import metadata
 from pathlib import Path
 
 from model.config import OpenELMConfig
-from model.finetune.adapter_files import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, MLX_ADAPTER_WEIGHTS, PEFT_PREFIX
-from model.finetune.chat import CHAT_TEMPLATE
+from model.adapters.files import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, MLX_ADAPTER_WEIGHTS, PEFT_PREFIX
+from model.chat import CHAT_TEMPLATE
 from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, expected_shapes, read_hf_config,
                              read_hf_folder, read_json_object, write_hf_folder)
 from model.hf_remote import write_remote_code
+from model.mlx_cpu import OPENBLAS, mlx_cpu_env  # noqa: F401  (mlx_cpu_env: for callers of an export)
 from model.source import ModelSource, SourceError, resolve_source, resolve_tokenizer, run_field
 
 FORMATS = ("mlx", "hf", "mlx-adapter", "peft-adapter")
@@ -53,8 +52,6 @@ _PEFT_KEY = re.compile(r"transformer\.layers\.(\d+)\.((?:attn|ffn)\.\w+)\."
                        r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector)")
 _MLX_LEAF = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitude_vector": "m"}
 QUANT_BITS = (4, 8)
-# Debian's OpenBLAS (libopenblas0-pthread); preloaded, it makes mlx's CPU matmul several times faster on Linux.
-OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 # Written into every export: the files it wrote, so that --force replaces an earlier export and nothing else.
 EXPORT_MARKER = ".elm-export.json"
 # Keys transformers writes into tokenizer_config.json about how it was loaded here, not about the tokenizer.
@@ -396,14 +393,6 @@ def adapter_card(adapter: PeftAdapter, fmt: str, name: str) -> str:
             f"`elm-train export {source.weights_dir} --format mlx|hf` gives the merged model instead.", "",
             "## Provenance", "", "\n".join(table), "", "## Use", "", "\n".join(usage), ""]
     return "\n".join(text)
-
-
-def mlx_cpu_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a process that runs MLX: OpenBLAS preloaded when installed (Linux only), offline Hub."""
-    env = dict(os.environ if env is None else env, HF_HUB_OFFLINE="1")
-    if sys.platform.startswith("linux") and OPENBLAS.exists() and str(OPENBLAS) not in env.get("LD_PRELOAD", ""):
-        env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(OPENBLAS)]))
-    return env
 
 
 def mlx_generate_command(folder: Path, chat_model: bool = False) -> str:

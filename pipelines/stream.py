@@ -188,8 +188,8 @@ def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahe
         return UnitFeed(*args), None
     name = f"unit-feed-{uuid.uuid4().hex[:12]}"
     feed = ray.remote(num_cpus=0)(UnitFeed).options(name=name, namespace=FEED_NAMESPACE).remote(*args)
-    # An actor is created asynchronously: answer a call first, so that its name is registered before the
-    # other ranks look it up (else one may miss it, as a two-rank resume once did).
+    # An actor is created asynchronously: a first answered call guarantees its name is registered before the
+    # other ranks look it up by name.
     ray.get(feed.furthest.remote())
     return feed, name
 

@@ -54,3 +54,19 @@ def test_a_filter_with_unknown_params_is_refused_before_any_work(tmp_path, ray_s
     with pytest.raises(ValueError, match=r"source gopher-quality: filters\[0\] \(gopher_quality\)"):
         build(manifest, tmp_path / "out", workers=1, progress=False)
     assert not (tmp_path / "out" / "shards").exists()
+
+
+def test_the_filter_table_is_the_one_list_validation_the_builder_and_the_docs_use():
+    import re
+
+    from datatrove.pipeline import filters as dt
+
+    from corpus.manifest import FILTERS, ExtraFilter
+    from corpus.text.filters import build_filters
+    documented = re.findall(r"^\| `(\w+)` \| datatrove's `(\w+)` \|", (Path(__file__).parent.parent / "docs" /
+                                                                     "manifest.md").read_text(), re.MULTILINE)
+    assert documented == [(name, cls) for name, (cls, _) in FILTERS.items()]
+    assert FILTER_TYPES == tuple(FILTERS)
+    built = build_filters([ExtraFilter(type=name) for name in FILTERS if name != "language"])
+    assert [type(f.step).__name__ for f in built] == [cls for name, (cls, _) in FILTERS.items() if name != "language"]
+    assert all(isinstance(f.step, getattr(dt, FILTERS[f.name][0])) for f in built)

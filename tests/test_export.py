@@ -161,12 +161,12 @@ def test_mlx_lm_generate_command_runs_offline(mlx_dir, torch_model, prompt_ids, 
 
 
 def test_mlx_env_preloads_openblas_only_where_it_is_installed(monkeypatch, tmp_path):
-    import model.export
-    monkeypatch.setattr(model.export, "OPENBLAS", tmp_path / "absent.so")
+    import model.mlx_cpu
+    monkeypatch.setattr(model.mlx_cpu, "OPENBLAS", tmp_path / "absent.so")
     assert "LD_PRELOAD" not in mlx_cpu_env({"PATH": "/bin"})
     library = tmp_path / "libopenblas.so.0"
     library.write_bytes(b"")
-    monkeypatch.setattr(model.export, "OPENBLAS", library)
+    monkeypatch.setattr(model.mlx_cpu, "OPENBLAS", library)
     env = mlx_cpu_env({"LD_PRELOAD": "/lib/other.so"})
     if sys.platform.startswith("linux"):
         assert env["LD_PRELOAD"] == f"/lib/other.so {library}" and env["HF_HUB_OFFLINE"] == "1"

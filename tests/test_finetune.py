@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from eval_data import write_model
 from model.cli import main
-from model.finetune.adapters import ADAPTER_DIR, ADAPTER_WEIGHTS, AdapterSettings, add_adapters, merged_state
+from model.adapters.lora import ADAPTER_DIR, ADAPTER_WEIGHTS, AdapterSettings, add_adapters, merged_state
 from model.finetune.batches import pad_batch, preference_rows
 from model.finetune.examples import PreferenceExample
 from model.finetune.preference import PreferenceLoss, preference_losses, sequence_logps
@@ -94,7 +94,8 @@ def test_sft_loss_is_the_mean_cross_entropy_over_exactly_the_completion_tokens(b
             if mask[t]:
                 expected.append(-F.log_softmax(logits[row, t - 1], -1)[seq[t]])
     assert sums.tokens == len(completion) + 2 == len(expected)
-    assert float(sums.ce) / sums.tokens == pytest.approx(float(torch.stack(expected).mean()), abs=1e-6)
+    # float32 sums in another order: equal to a few ulps of a loss near 10, not to an absolute 1e-6
+    assert float(sums.ce) / sums.tokens == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
     assert (targets[0, :len(prompt) - 1] == IGNORE_INDEX).all() and (targets[1, 2:] == IGNORE_INDEX).all()
 
 
@@ -160,7 +161,7 @@ def test_adapter_run_trains_only_the_adapter_and_its_merged_weights_give_its_log
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter.items())
 
     # The adapter model rebuilt from the base and the saved adapter; its frozen base is the base, bit for bit.
-    from model.finetune.adapters import load_adapter_state
+    from model.adapters.lora import load_adapter_state
     _, model = load_hf_folder(base)
     model = add_adapters(model, AdapterSettings(method, 4, 8.0, 0.1))
     load_adapter_state(model, adapter, "test")

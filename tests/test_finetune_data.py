@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from model.finetune.chat import CHAT_TEMPLATE, SEPARATOR, render
+from model.chat import CHAT_TEMPLATE, SEPARATOR, render
 from model.finetune.examples import (PreferenceExample, SFTExample, tokenize_all, tokenize_preference,
                                      tokenize_sft)
 from model.finetune.records import (Chat, DataError, Message, PlainText, Preference, PromptCompletion, Quarantine,

@@ -16,8 +16,8 @@ import torch
 
 from conftest import shaped_random_state
 from model.cli import cli_export
-from model.export import ExportError, export
-from model.finetune.adapters import AdapterSettings, add_adapters, adapter_files, merged_state
+from model.export import EXPORT_MARKER, ExportError, export
+from model.adapters.lora import AdapterSettings, add_adapters, adapter_files, merged_state
 from model.hf_folder import load_hf_folder, write_hf_folder
 from model.presets import get_preset
 
@@ -125,7 +125,7 @@ def test_mlx_adapter_config_is_what_mlx_lm_reads(adapter_run, tmp_path):
                                           "keys": sorted(module[t] for t in settings.targets)}}
     weights = mx.load(str(out / "adapters.safetensors"))
     assert weights["transformer.layers.3.attn.qkv_proj.lora_a"].shape == (CONFIG.model_dim, settings.rank)
-    assert {"README.md", "adapter_config.json", "adapters.safetensors"} == {p.name for p in out.iterdir()}
+    assert {"README.md", "adapter_config.json", "adapters.safetensors", EXPORT_MARKER} == {p.name for p in out.iterdir()}
 
 
 # --- PEFT -------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_peft_adapter_names_its_base_model_and_says_how_to_load_it(adapter_run, 
     assert config["use_dora"] is (method_of(adapter_run) == "dora")
     card = (out / "README.md").read_text()
     assert "PeftModel.from_pretrained" in card and f"elm-train export {base} --format hf" in card
-    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} == {p.name for p in out.iterdir()}
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", EXPORT_MARKER} == {p.name for p in out.iterdir()}
 
 
 # --- refusals ---------------------------------------------------------------------------------

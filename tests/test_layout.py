@@ -1,21 +1,27 @@
 """The package layout is a contract: imports run down the layers, never up, and never in a circle.
 
 Every module under corpus/, pipelines/ and model/ is parsed with `ast`; no project code is
-imported. Four rules, each checked on the real tree (one parametrized test, one case per check):
+imported. Five rules, each checked on the real tree (one parametrized test, one case per check):
 
 1. Layers, lowest first: corpus (the data contract), pipelines (Ray), model. A package may import
    its own layer and the layers below it, plus any third-party or standard-library module.
 2. Inside corpus/, the subpackages follow CORPUS_LAYOUT (a table: unit -> units it may import),
    and every corpus module belongs to a unit of the table: a new module or folder is placed in
    it deliberately. A unit of the table may be absent from a tree (the fake trees below).
-3. The trainer reaches data through one module: inside model/train/ only model/train/data.py
+3. Inside model/, the units (a top-level module or subpackage of model) follow MODEL_LAYOUT the same
+   way: the model core (config, weights, adapters, chat format) at the bottom, then the trainer
+   (`train`), then what reads run folders (`source`), evaluation, the two jobs (`pretrain`,
+   `finetune`), export, and the CLI on top. Every model module belongs to a unit of the table.
+4. The trainer reaches data through one module: inside model/train/ only model/train/data.py
    may import corpus.mixing, corpus.store or pipelines (corpus.store.files, the atomic file
-   writes, is open to every model/train module). Outside model/train, model may import corpus
+   writes, and corpus.mixing.packing, the packing modes, are open to every model/train module). Outside model/train, model may import corpus
    but not pipelines.
-4. No import cycles between project modules. The graph takes every import in a file (top level
+5. No import cycles between project modules. The graph takes every import in a file (top level
    and inside functions, since lazy imports form cycles too) except those under
    `if TYPE_CHECKING:`. Rules 1-3 do count TYPE_CHECKING imports: a type-only import up the
    layers is still a dependency up the layers.
+
+Rules 2 and 3 are one check (`unit_layout_violations`) run with two tables.
 
 `from X import Y` resolves to the module X.Y when X.Y is a module (a file or a package), else to X;
 `import a.b` of a package is an edge to a/b/__init__.py. Relative imports are resolved against the
@@ -52,10 +58,25 @@ CORPUS_LAYOUT: dict[str, set[str]] = {  # corpus.<unit> -> the other corpus unit
     "mirror": BASE | {"text", "tokenizer", "store"},
 }
 
+# The model core: what a model is and how its weights are held, read and written. Its units may import each
+# other (rule 5 keeps them acyclic); everything above imports it.
+MODEL_CORE = {"config", "presets", "openelm", "generate", "hf_folder", "hf_remote", "chat", "adapters", "mlx_cpu"}
+MODEL_LAYOUT: dict[str, set[str]] = {  # model.<unit> -> the other model units it may import
+    **{unit: MODEL_CORE for unit in MODEL_CORE},
+    "train": MODEL_CORE,
+    "source": MODEL_CORE | {"train"},
+    "eval": MODEL_CORE | {"train", "source"},
+    "pretrain": MODEL_CORE | {"train", "source", "eval"},
+    "finetune": MODEL_CORE | {"train", "source", "eval"},
+    "export": MODEL_CORE | {"train", "source"},
+    "cli": MODEL_CORE | {"train", "source", "eval", "pretrain", "finetune", "export"},
+}
+
 TRAINER_PACKAGE = "model.train"
 TRAINER_DATA_MODULE = "model.train.data"  # the one door from the trainer to the data
 DATA_SIDE = ("corpus.mixing", "corpus.store", "pipelines")  # only the door may import these
-OPEN_TO_TRAINER = ("corpus.store.files",)  # atomic file writes: any model/train module may import it
+# Plain definitions any model/train module may import: atomic file writes; the packing modes and ignore index.
+OPEN_TO_TRAINER = ("corpus.store.files", "corpus.mixing.packing")
 FORBIDDEN_TO_MODEL = ("pipelines",)  # outside model/train (the door imports it for the trainer)
 
 
@@ -177,43 +198,59 @@ def layer_violations(root: Path) -> list[str]:
     return out
 
 
-def corpus_unit(name: str) -> str | None:
-    """corpus.<unit>... -> unit; the bare package `corpus` -> None."""
+def unit_of(name: str, package: str) -> str | None:
+    """<package>.<unit>... -> unit; the bare package -> None."""
     parts = name.split(".")
     return parts[1] if len(parts) > 1 else None
 
 
-def corpus_layout_violations(root: Path) -> list[str]:
-    """Rule 2: a corpus unit in CORPUS_LAYOUT imports only itself and the units it lists."""
+def unit_layout_violations(root: Path, package: str, table: dict[str, set[str]]) -> list[str]:
+    """Rules 2 and 3: a unit of `package` in `table` imports only itself and the units the table lists for it."""
     out = []
     for i in project_imports(root):
-        if not (within(i.importer, "corpus") and within(i.imported, "corpus")):
+        if not (within(i.importer, package) and within(i.imported, package)):
             continue
-        unit, target = corpus_unit(i.importer), corpus_unit(i.imported)
-        if unit not in CORPUS_LAYOUT or target == unit:
+        unit, target = unit_of(i.importer, package), unit_of(i.imported, package)
+        if unit not in table or target == unit:
             continue
-        allowed = ", ".join(sorted(CORPUS_LAYOUT[unit])) or "no other corpus unit"
+        allowed = ", ".join(sorted(table[unit])) or f"no other {package} unit"
         if target is None:
-            out.append(f"{i.where()}: imports {i.imported}: corpus.{unit} may import only {allowed}; "
-                       f"the package root corpus is not in the layout table")
-        elif target not in CORPUS_LAYOUT:
-            out.append(f"{i.where()}: imports {i.imported}: corpus.{unit} may import only {allowed}; "
-                       f"corpus.{target} is not in the layout table")
-        elif target not in CORPUS_LAYOUT[unit]:
-            out.append(f"{i.where()}: imports {i.imported}: corpus.{unit} may import only {allowed}")
+            out.append(f"{i.where()}: imports {i.imported}: {package}.{unit} may import only {allowed}; "
+                       f"the package root {package} is not in the layout table")
+        elif target not in table:
+            out.append(f"{i.where()}: imports {i.imported}: {package}.{unit} may import only {allowed}; "
+                       f"{package}.{target} is not in the layout table")
+        elif target not in table[unit]:
+            out.append(f"{i.where()}: imports {i.imported}: {package}.{unit} may import only {allowed}")
     return out
 
 
-def unplaced_corpus_modules(root: Path) -> list[str]:
-    """Rule 2: corpus modules (other than the package root) whose unit is not in CORPUS_LAYOUT."""
+def unplaced_modules(root: Path, package: str, table: dict[str, set[str]]) -> list[str]:
+    """Rules 2 and 3: modules of `package` (other than its root) whose unit is not in the table."""
     modules, _ = discover(root)
-    return [f"{path.relative_to(root)}: corpus.{corpus_unit(name)} is not in the layout table"
+    return [f"{path.relative_to(root)}: {package}.{unit_of(name, package)} is not in the layout table"
             for name, path in sorted(modules.items())
-            if within(name, "corpus") and name != "corpus" and corpus_unit(name) not in CORPUS_LAYOUT]
+            if within(name, package) and name != package and unit_of(name, package) not in table]
+
+
+def corpus_layout_violations(root: Path) -> list[str]:
+    return unit_layout_violations(root, "corpus", CORPUS_LAYOUT)
+
+
+def unplaced_corpus_modules(root: Path) -> list[str]:
+    return unplaced_modules(root, "corpus", CORPUS_LAYOUT)
+
+
+def model_layout_violations(root: Path) -> list[str]:
+    return unit_layout_violations(root, "model", MODEL_LAYOUT)
+
+
+def unplaced_model_modules(root: Path) -> list[str]:
+    return unplaced_modules(root, "model", MODEL_LAYOUT)
 
 
 def trainer_data_violations(root: Path) -> list[str]:
-    """Rule 3: the trainer reaches data through model.train.data only; model never imports pipelines."""
+    """Rule 4: the trainer reaches data through model.train.data only; model never imports pipelines."""
     out = []
     for i in project_imports(root):
         if not within(i.importer, "model") or within(i.importer, TRAINER_DATA_MODULE):
@@ -306,7 +343,7 @@ def shortest_cycle(graph: dict[str, dict[str, Import]], component: list[str]) ->
 
 
 def import_cycles(root: Path) -> list[str]:
-    """Rule 4: every strongly connected component of more than one module, or a self-import."""
+    """Rule 5: every strongly connected component of more than one module, or a self-import."""
     graph = import_graph(root)
     out = []
     for component in strongly_connected_components(graph):
@@ -333,6 +370,8 @@ RULES = {  # test id -> the check, each returning the violations it finds (empty
     "imports run down the layers": layer_violations,
     "corpus units import only what the layout table allows": corpus_layout_violations,
     "every corpus module belongs to a unit of the layout table": unplaced_corpus_modules,
+    "model units import only what the model layout table allows": model_layout_violations,
+    "every model module belongs to a unit of the model layout table": unplaced_model_modules,
     "the trainer reaches data only through model.train.data": trainer_data_violations,
     "project modules form no import cycles": import_cycles,
 }
@@ -378,8 +417,15 @@ CLEAN_TREE = {
     "model/train/data.py": "from corpus.mixing.sampler import S\nfrom corpus.store.shards import Shard\n"
                            "from pipelines.build import build\n",
     "model/train/loop.py": "import torch\nfrom model.train.data import batches\n"
-                           "from corpus.store.files import atomic_write\nfrom corpus.tokenizer import tokenizer\n",
+                           "from corpus.store.files import atomic_write\nfrom corpus.tokenizer import tokenizer\n"
+                           "from model.openelm import OpenELM\n",
+    "model/openelm.py": "from model.config import C\n",
+    "model/config.py": "",
+    "model/eval/harness.py": "from model.train import loop\nfrom model.adapters.lora import load\n",
+    "model/adapters/lora.py": "from model.openelm import OpenELM\n",
+    "model/finetune/run.py": "from model.eval.harness import evaluator\nfrom model.train.loop import train\n",
     "model/export.py": "from corpus.store.files import atomic_write\nfrom model.train import loop\n",
+    "model/cli.py": "def main():\n    from model.finetune.run import run\n    from model.export import export\n",
 }
 
 
@@ -387,6 +433,7 @@ def test_clean_tree_has_no_violations(tmp_path):
     root = tree(tmp_path, CLEAN_TREE)
     assert layer_violations(root) == []
     assert corpus_layout_violations(root) == []
+    assert model_layout_violations(root) == [] and unplaced_model_modules(root) == []
     assert trainer_data_violations(root) == []
     assert import_cycles(root) == []
 
@@ -490,7 +537,47 @@ def test_missing_corpus_subpackages_are_not_an_error(tmp_path):
     assert import_cycles(root) == []
 
 
-# Rule 3: the trainer reaches data through model/train/data.py.
+# Rule 3: the model layout table.
+
+def test_model_layout_table_names_only_units_it_defines():
+    assert set().union(*MODEL_LAYOUT.values()) <= set(MODEL_LAYOUT)
+
+
+def test_model_layout_table_is_one_way():
+    """No two units may import each other: the table itself is an order."""
+    assert [(a, b) for a in MODEL_LAYOUT for b in MODEL_LAYOUT[a]
+            if a != b and a in MODEL_LAYOUT[b] and not {a, b} <= MODEL_CORE] == []
+
+
+@pytest.mark.parametrize("importer, statement, imported", [
+    ("model/train/pretrain.py", "    from model.eval.harness import evaluator", "model.eval.harness"),
+    ("model/eval/harness.py", "    from model.finetune.adapters import load", "model.finetune.adapters"),
+    ("model/finetune/run.py", "    from model.cli import main", "model.cli"),
+    ("model/openelm.py", "    from model.train.loss import z_loss", "model.train.loss"),
+    ("model/source.py", "    from model.export import export", "model.export"),
+])
+def test_a_lazy_model_import_against_the_order_is_a_violation(tmp_path, importer, statement, imported):
+    others = ("model/eval/harness.py", "model/finetune/adapters.py", "model/cli.py", "model/train/loss.py",
+              "model/export.py", "model/source.py", "model/openelm.py")
+    root = tree(tmp_path, {**dict.fromkeys(others, ""), importer: f"def f():\n{statement}\n"})
+    assert [v.split(":")[:3] for v in model_layout_violations(root)] == [[importer, "2", f" imports {imported}"]]
+
+
+def test_eval_may_import_train_and_the_core(tmp_path):
+    root = tree(tmp_path, {"model/eval/compare.py": "from model.train.metrics import m\nfrom model.config import C\n"
+                                                    "from model.adapters import lora\n",
+                           "model/train/metrics.py": "", "model/config.py": "", "model/adapters/lora.py": ""})
+    assert model_layout_violations(root) == []
+
+
+def test_a_model_module_outside_the_table_is_reported(tmp_path):
+    root = tree(tmp_path, {"model/legacy.py": "", "model/config.py": "", "model/misc/helpers.py": ""})
+    assert unplaced_model_modules(root) == ["model/legacy.py: model.legacy is not in the layout table",
+                                            "model/misc/__init__.py: model.misc is not in the layout table",
+                                            "model/misc/helpers.py: model.misc is not in the layout table"]
+
+
+# Rule 4: the trainer reaches data through model/train/data.py.
 
 @pytest.mark.parametrize("statement, imported", [
     ("from corpus.mixing.sampler import S", "corpus.mixing.sampler"),
@@ -534,7 +621,7 @@ def test_model_outside_train_may_import_corpus_store(tmp_path):
     assert trainer_data_violations(root) == []
 
 
-# Rule 4: import cycles.
+# Rule 5: import cycles.
 
 def test_two_module_cycle_is_reported_with_file_and_line_of_each_edge(tmp_path):
     root = tree(tmp_path, {"corpus/a.py": "import corpus.b\n", "corpus/b.py": "import os\nfrom corpus.a import x\n"})

@@ -46,7 +46,8 @@ def _reason_colors(reasons: list[str]) -> dict[str, tuple]:
     return {r: cmap(i % cmap.N) for i, r in enumerate(reasons)}
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
+    """A matplotlib figure for the project's HTML reports (no pyplot state; constrained layout)."""
     from matplotlib.figure import Figure
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
 
@@ -84,7 +85,7 @@ def _chart_funnel(stats: CorpusStats, path: Path, filters: list[str]) -> None:
         counts[i] = [*row, s["tokens"]]  # kept, from the .idx: every drop is named above, so it equals left_now
     base = counts[:, [0]]
     left = np.divide(counts, base, out=np.zeros_like(counts), where=base > 0)
-    fig = _figure(max(9, 1.6 * len(stages) + 4), _rows_height(len(sources), 0.45, 2.2))
+    fig = figure(max(9, 1.6 * len(stages) + 4), _rows_height(len(sources), 0.45, 2.2))
     ax = fig.add_subplot()
     image = ax.imshow(np.where(np.isnan(counts), np.nan, left), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i in range(len(sources)):
@@ -112,7 +113,7 @@ def _chart_mixture(stats: CorpusStats, path: Path) -> None:
     target = [100 * (s["share"]["target"] or 0) for s in sources]
     got = [100 * (s["share"]["achieved"] or 0) for s in sources]
     y = np.arange(len(sources))
-    fig = _figure(9, _rows_height(len(sources), 0.5))
+    fig = figure(9, _rows_height(len(sources), 0.5))
     ax = fig.add_subplot()
     ax.barh(y - 0.2, target, height=0.4, label="target (manifest)", color="#9aa5b1")
     ax.barh(y + 0.2, got, height=0.4, label="achieved (tokens on disk)", color="#2b7bba")
@@ -132,7 +133,7 @@ def _chart_lengths(stats: CorpusStats, path: Path, min_tokens: int | None) -> No
     sources = stats.sources
     cols = min(3, max(len(sources), 1))
     rows = max(1, math.ceil(len(sources) / cols))
-    fig = _figure(4.2 * cols, 2.6 * rows + 0.6)
+    fig = figure(4.2 * cols, 2.6 * rows + 0.6)
     everything = [v for s in sources for v in stats.lengths.get(s["name"], {})]
     top = max(everything) if everything else 1
     bins = np.linspace(0, top + 1, 41)
@@ -178,7 +179,7 @@ def _chart_drops(stats: CorpusStats, path: Path) -> None:
     reasons = sorted({r for s in sources for r in s["chunks"]["dropped"]} |
                      {r for s in sources for r in s["documents"]["dropped"]})
     colors = _reason_colors(reasons)
-    fig = _figure(12, _rows_height(len(sources), 0.45, 2.2))
+    fig = figure(12, _rows_height(len(sources), 0.45, 2.2))
     if not reasons:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "nothing dropped", ha="center", va="center", transform=ax.transAxes)
@@ -196,7 +197,7 @@ def _chart_quarantine(stats: CorpusStats, path: Path) -> None:
     sources = stats.sources
     names = [s["name"] for s in sources]
     reasons = sorted({r for s in sources for r in s["documents"]["quarantined_by_reason"]})
-    fig = _figure(9, _rows_height(len(sources), 0.45, 2.0))
+    fig = figure(9, _rows_height(len(sources), 0.45, 2.0))
     ax = fig.add_subplot()
     if not reasons:
         ax.text(0.5, 0.5, "nothing quarantined: every record read was a document", ha="center", va="center",

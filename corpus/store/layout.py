@@ -139,9 +139,6 @@ class CorpusDir:
     def ledger_entry(self, source: str, unit: str) -> dict | None:
         return location.read_json(self.ledger_path(source, unit))
 
-    def failed_entry(self, source: str, unit: str) -> dict | None:
-        return location.read_json(self.failed_path(source, unit))
-
     def read_plan(self) -> dict | None:
         return location.read_json(self.plan_path)
 

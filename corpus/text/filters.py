@@ -1,8 +1,7 @@
 """Extra filters a source may declare after CoreNet's rules, each one a datatrove filter.
 
-``gopher_quality``, ``gopher_repetition``, ``c4_quality``, ``fineweb_quality`` and
-``language`` map to datatrove's filters of the same idea, with the manifest's ``params``
-passed as keyword arguments. A chunk one of them drops is counted under the filter's
+The manifest's ``FILTERS`` table maps each type to datatrove's filter class, which is built with
+the manifest's ``params`` as keyword arguments. A chunk one of them drops is counted under the filter's
 type (its ``dropped`` reason) and, where datatrove names one, its finer reason.
 
 The language filter uses the fastText ``lid.176.ftz`` model installed with the
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from corpus.manifest import ExtraFilter
+from corpus.manifest import FILTERS, ExtraFilter
 
 LANGUAGE_MODEL_FILE = "lid.176.ftz"
 
@@ -30,28 +29,17 @@ def language_model_path() -> Path:
     return path
 
 
-def _language_filter(params: dict):
-    from datatrove.pipeline.filters import LanguageFilter
-    from fasttext.FastText import _FastText
-    params = dict(params)
-    params.setdefault("languages", ["en"])
-    step = LanguageFilter(**params)
-    # hand datatrove the installed model so it never reaches for its download URL
-    step.model._model = _FastText(str(language_model_path()))
-    return step
-
-
 def _datatrove_filter(kind: str, params: dict):
     from datatrove.pipeline import filters as dt
-    factories = {
-        "gopher_quality": dt.GopherQualityFilter,
-        "gopher_repetition": dt.GopherRepetitionFilter,
-        "c4_quality": dt.C4QualityFilter,
-        "fineweb_quality": dt.FineWebQualityFilter,
-    }
+    params = dict(params)
     if kind == "language":
-        return _language_filter(params)
-    return factories[kind](**params)
+        params.setdefault("languages", ["en"])
+    step = getattr(dt, FILTERS[kind][0])(**params)
+    if kind == "language":
+        from fasttext.FastText import _FastText
+        # hand datatrove the installed model so it never reaches for its download URL
+        step.model._model = _FastText(str(language_model_path()))
+    return step
 
 
 @dataclass

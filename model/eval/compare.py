@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from corpus.inspection.report import figure
 from model.eval.tasks import PUBLISHED_ZERO_SHOT
 from model.train.metrics import METRICS_FILE, read_metrics, task_accuracy
 from model.train.run import read_run_json
@@ -72,13 +73,8 @@ def task_names(summaries: list[RunSummary]) -> list[str]:
 
 # ---------------------------------------------------------------- the report
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
 def _chart_loss(summaries: list[RunSummary], path: Path) -> None:
-    fig = _figure(9, 5)
+    fig = figure(9, 5)
     ax = fig.add_subplot()
     for i, s in enumerate(summaries):
         color = f"C{i % 10}"
@@ -97,7 +93,7 @@ def _chart_loss(summaries: list[RunSummary], path: Path) -> None:
 def _chart_tasks(summaries: list[RunSummary], path: Path) -> None:
     import numpy as np
     tasks = task_names(summaries)
-    fig = _figure(max(7, 1.4 * len(tasks) + 3), 5)
+    fig = figure(max(7, 1.4 * len(tasks) + 3), 5)
     ax = fig.add_subplot()
     if not tasks:
         ax.text(0.5, 0.5, "no run has benchmark tasks (train with --eval-tasks)", ha="center", va="center",

@@ -18,7 +18,8 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,8 +28,12 @@ from model.hf_folder import load_hf_folder
 from model.presets import preset_name
 from model.source import ModelSource, resolve_source, resolve_tokenizer
 
+if TYPE_CHECKING:
+    from model.train.config import TrainConfig
+    from model.train.data import TrainingData
+    from model.train.distributed import Cluster
+
 HUB_HOST = "huggingface.co"
-BACKENDS = ("torch", "mlx")
 
 
 class EvalError(RuntimeError):
@@ -76,11 +81,40 @@ def load_model(path: str | Path, tokenizer: str | None = None, device: str = "au
 
 def apply_adapter(model, folder: str | Path):
     """`model` with the PEFT adapter folder `folder` put into it; a folder that does not fit is an EvalError."""
-    from model.finetune.adapters import AdapterError, load_adapter_folder
+    from model.adapters.lora import AdapterError, load_adapter_folder  # PEFT loads only when asked
     try:
         return load_adapter_folder(model, folder)
     except AdapterError as e:
         raise EvalError(f"--adapter: {e}") from None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to run a model folder under the harness. `load(path, tokenizer, batch_size, add_bos, device, step,
+    adapter)` returns (the harness LM, its ModelSource, the preset the weights are or None)."""
+    help: str
+    load: Callable[..., tuple[Any, ModelSource, str | None]]
+
+
+def _torch_backend(path, tokenizer, batch_size, add_bos, device, step, adapter):
+    from model.eval.lm import OpenELMLM
+    model, sp, source = load_model(path, tokenizer, device, step, adapter)
+    return OpenELMLM(model, sp, batch_size=batch_size, add_bos=add_bos), source, preset_name(model.config)
+
+
+def _mlx_backend(path, tokenizer, batch_size, add_bos, device, step, adapter):
+    if adapter is not None:
+        raise EvalError("--adapter applies to the torch backend; for MLX, evaluate the merged export "
+                        "(elm-train export RUN --format mlx)")
+    from model.eval.mlx import load_mlx_lm  # mlx loads only when asked
+    return load_mlx_lm(path, tokenizer, batch_size=batch_size, add_bos=add_bos, device=device, step=step)
+
+
+# Where a new backend goes: its LM in a module of this package, one line here (the CLI's choices read this).
+BACKENDS: dict[str, Backend] = {
+    "torch": Backend("the project's PyTorch OpenELM (runs, checkpoints, HF folders; --adapter)", _torch_backend),
+    "mlx": Backend("the model run by mlx-lm, for an MLX export", _mlx_backend),
+}
 
 
 def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
@@ -95,19 +129,8 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
     if backend not in BACKENDS:
         raise EvalError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     go_offline_unless_hub_reachable()  # before anything imports `datasets`
-    if backend == "mlx":
-        if adapter is not None:
-            raise EvalError("--adapter applies to the torch backend; for MLX, evaluate the merged export "
-                            "(elm-train export RUN --format mlx)")
-        from model.eval.mlx import load_mlx_lm
-        lm, source, preset = load_mlx_lm(path, tokenizer, batch_size=batch_size, add_bos=add_bos, device=device,
-                                         step=step)
-        sp = lm.sp
-    else:
-        from model.eval.lm import OpenELMLM
-        model, sp, source = load_model(path, tokenizer, device, step, adapter)
-        lm = OpenELMLM(model, sp, batch_size=batch_size, add_bos=add_bos)
-        preset = preset_name(model.config)
+    lm, source, preset = BACKENDS[backend].load(path, tokenizer, batch_size, add_bos, device, step, adapter)
+    sp = lm.sp
     merged, wanted = run_tasks(lm, tasks, num_fewshot, limit, include_path, log_samples)
     merged["config"] = {"model": str(path), "weights": str(source.weights_dir), "tokenizer": sp.spec,
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
@@ -271,3 +294,17 @@ def training_evaluator(tokenizer_spec: str, tokenizer_sha256: str, tasks: str, l
         results, _ = run_tasks(lm, tasks, limit=limit, include_path=include_path)
         return task_scores(results)
     return evaluate_model
+
+
+def task_evaluator(cfg: TrainConfig, data: TrainingData, cluster: Cluster):
+    """The benchmark tasks a pretraining or fine-tuning run evaluates (`--eval-tasks`), checked now; None without."""
+    from model.train.config import ConfigError, TrainError
+    if not cfg.eval_tasks:
+        return None
+    if cfg.fsdp and cluster.distributed:
+        raise ConfigError("--eval-tasks runs on rank 0's whole model; with --fsdp the model is sharded (not yet)")
+    try:
+        return training_evaluator(data.tokenizer["spec"], data.tokenizer["sha256"], cfg.eval_tasks,
+                                  cfg.eval_tasks_limit, cfg.eval_tasks_include, cfg.micro_batch_size)
+    except EvalError as e:
+        raise TrainError(str(e)) from None

@@ -22,7 +22,6 @@ backend's log-likelihoods for short requests, but
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -36,10 +35,10 @@ from corpus.tokenizer.tokenizer import Tokenizer
 from model.config import OpenELMConfig
 from model.eval.lm import DEFAULT_MAX_GEN_TOKS, OpenELMLM
 from model.hf_folder import CONFIG_FILE, read_json_object
+from model.mlx_cpu import OPENBLAS, openblas_unused
 from model.presets import preset_name
 from model.source import ModelSource, SourceError, resolve_source, resolve_tokenizer
 
-OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")  # as model.export.mlx_cpu_env preloads it
 MLX_DEVICES = {"auto": None, "cpu": mx.cpu, "gpu": mx.gpu}
 
 
@@ -131,7 +130,6 @@ def load_mlx_lm(path: str | Path, tokenizer: str | None = None, batch_size: int 
 
 def _hint_openblas() -> None:
     """On a Linux CPU without the OpenBLAS preload, say once how to make MLX's matmul much faster."""
-    if (sys.platform.startswith("linux") and mx.default_device() == mx.cpu and OPENBLAS.exists()
-            and str(OPENBLAS) not in os.environ.get("LD_PRELOAD", "")):
+    if mx.default_device() == mx.cpu and openblas_unused():
         print(f"elm-train eval: MLX on this CPU is several times faster with LD_PRELOAD={OPENBLAS} "
               "(docs/export.md, 'Faster MLX on a Linux CPU')", file=sys.stderr)

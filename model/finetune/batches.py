@@ -105,9 +105,6 @@ class ShuffledBatches:
         self.taken += self.world_size
         return self.source.batch(indices, self.device)
 
-    def epochs_done(self) -> float:
-        return self.taken * self.micro_batch_size / len(self.source.examples)
-
     def state_dict(self) -> dict:
         return {"micro_batches_taken": self.taken, "examples": len(self.source.examples)}
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.finetune.adapters import METHODS as ADAPTER_METHODS
-from model.finetune.adapters import TARGETS, AdapterSettings
+from model.adapters.lora import METHODS as ADAPTER_METHODS
+from model.adapters.lora import TARGETS, AdapterSettings
 from model.train.config import ConfigError, TrainConfig
 
 METHODS = ("sft", "lora", "dora", "dpo", "rso")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from corpus.tokenizer.tokenizer import Tokenizer
-from model.finetune.chat import SEPARATOR, header
+from model.chat import SEPARATOR, header
 from model.finetune.records import (Message, Parsed, PlainText, Preference, PromptCompletion, Quarantine,
                                     Rejected, SFTRecord, excerpt)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Union
 
-from model.finetune.chat import ROLES
+from model.chat import ROLES
 
 FORMATS = ("text", "prompt_completion", "chat", "preference")
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from model.finetune.adapters import AdapterCheckpoints, add_adapters
+from model.adapters.lora import AdapterCheckpoints, add_adapters
 from model.finetune.batches import ExampleBatches, ShuffledBatches
 from model.finetune.config import LOSS_OF_METHOD, FinetuneConfig
 from model.finetune.preference import PreferenceLoss, reference_logps
+from model.eval.harness import task_evaluator
 from model.train.config import TrainError
 from model.train.data import Batch
 from model.train.distributed import Cluster, autocast_dtype
 from model.train.loss import language_model_loss
-from model.train.pretrain import task_evaluator
 from model.train.run import read_run_json
 from model.train.trainer import Trainer
 

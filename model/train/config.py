@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from corpus.mixing.packing import MODES as SAMPLER_MODES
 from model.presets import training_defaults
 
 # CoreNet's full run: warmup length and total steps (projects/openelm/pretraining_configs).
@@ -130,9 +131,6 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-FIELD_NAMES = TrainConfig.field_names()
-
-
 def resolve_config(yaml_values: dict[str, Any] | None, flag_values: dict[str, Any] | None,
                    world_size: int = 1, base: dict[str, Any] | None = None, kind: type[TrainConfig] = TrainConfig):
     """Merge defaults < `kind.defaults` (the preset's, or a recipe's) < `base` (a saved run's config) < YAML < flags,
@@ -163,8 +161,8 @@ def _check_and_derive(cfg: TrainConfig, world_size: int) -> None:
             raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)!r}")
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {cfg.min_lr_ratio}")
-    if cfg.sampler_mode not in ("pack", "corenet"):
-        raise ConfigError(f"sampler_mode must be 'pack' or 'corenet', got {cfg.sampler_mode!r}")
+    if cfg.sampler_mode not in SAMPLER_MODES:
+        raise ConfigError(f"sampler_mode must be one of {', '.join(SAMPLER_MODES)}, got {cfg.sampler_mode!r}")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"dtype must be auto, bf16 or fp32, got {cfg.dtype!r}")
     per_step = cfg.tokens_per_micro_batch * world_size

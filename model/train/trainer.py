@@ -10,7 +10,7 @@ with adapters for fine-tuning), the data (`model.train.data.DataSource`: trainin
 whose position is checkpointed, and held-out batches), the loss (`loss_fn(logits, targets,
 *extras) -> LossSums`, by default cross entropy + z-loss) with what it is averaged over
 (`count_fn(batch)`, by default the target tokens), and how weights go to and from a
-checkpoint (`weights`, by default the model's own state). `model.train.pretrain` assembles
+checkpoint (`weights`, by default the model's own state). `model.pretrain` assembles
 the pretraining run from a `TrainConfig`; `model.finetune` a fine-tuning run.
 """
 from __future__ import annotations

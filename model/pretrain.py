@@ -1,4 +1,5 @@
-"""Pretraining assembled from a `TrainConfig`: the corpus or stream, the model (a preset or --init-from), a Trainer.
+"""Pretraining assembled from a `TrainConfig`: the corpus or stream, the model (a preset or --init-from), a Trainer
+(with the benchmark tasks of `--eval-tasks` from `model.eval`, which is why this job sits above it).
 
 Everything that can refuse the run (a corpus that does not fit the model's vocabulary, a
 starting folder with another tokenizer, a resumed run whose corpus was rebuilt) is checked
@@ -16,6 +17,7 @@ from torch import Tensor
 from model.config import OpenELMConfig
 from model.openelm import OpenELM
 from model.presets import get_preset, preset_name
+from model.eval.harness import task_evaluator
 from model.train.config import ConfigError, TrainConfig, TrainError
 from model.train.data import TrainingData, check_init_tokenizer, check_vocabulary, resolve_data
 from model.train.distributed import Cluster
@@ -51,20 +53,6 @@ def check_resumed_tokenizer(previous: dict, data: TrainingData, run_dir: Path) -
         raise TrainError(f"--resume: {run_dir} was trained with tokenizer sha256 {previous['tokenizer']['sha256'][:12]}, "
                          f"but {data.where()} now holds tokens of {sha[:12]}; the corpus was rebuilt "
                          f"with another tokenizer")
-
-
-def task_evaluator(cfg: TrainConfig, data: TrainingData, cluster: Cluster):
-    """The benchmark tasks to run while training (`--eval-tasks`), checked now; None without them."""
-    if not cfg.eval_tasks:
-        return None
-    if cfg.fsdp and cluster.distributed:
-        raise ConfigError("--eval-tasks runs on rank 0's whole model; with --fsdp the model is sharded (not yet)")
-    from model.eval.harness import EvalError, training_evaluator  # evaluation follows training, not the reverse
-    try:
-        return training_evaluator(data.tokenizer["spec"], data.tokenizer["sha256"], cfg.eval_tasks,
-                                  cfg.eval_tasks_limit, cfg.eval_tasks_include, cfg.micro_batch_size)
-    except EvalError as e:
-        raise TrainError(str(e)) from None
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, cluster: Cluster) -> Trainer:

@@ -1,6 +1,6 @@
 """The file names of adapters: PEFT's adapter folder (inside an adapter run's checkpoint) and mlx-lm's.
 
-Apart from `adapters.py`, which imports PEFT, so that a plain export names them without importing it.
+Apart from `lora.py`, which imports PEFT, so that a plain export names them without importing it.
 """
 ADAPTER_DIR = "adapter"                          # the PEFT folder inside a checkpoint of an adapter run
 ADAPTER_WEIGHTS = "adapter_model.safetensors"    # PEFT's

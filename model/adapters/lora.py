@@ -23,7 +23,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from model.finetune.adapter_files import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, PEFT_PREFIX
+from model.adapters.files import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, PEFT_PREFIX
 
 TARGETS = ("qkv_proj", "out_proj", "proj_1", "proj_2")  # CoreNet's PEFT recipe (the embedding apart)
 METHODS = ("lora", "dora")
@@ -73,10 +73,6 @@ def add_adapters(model: nn.Module, settings: AdapterSettings) -> nn.Module:
     for name, param in model.named_parameters():
         param.requires_grad = "lora_" in name
     return model
-
-
-def has_adapters(model: nn.Module) -> bool:
-    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
 def adapter_state(model: nn.Module) -> dict[str, Tensor]:

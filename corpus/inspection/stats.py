@@ -196,6 +196,78 @@ def _group_numbers(per_source: dict[str, dict], total_tokens: int) -> list[dict]
     return list(groups.values())
 
 
+class _DamageFound:
+    """The damage `quick_check` found, plus what reading the shards finds; each problem also as one line."""
+
+    def __init__(self, folder: CorpusDir, found: list[UnitDamage]):
+        self.folder = folder
+        self.units = {(d.source, d.unit): d for d in found}
+        self.problems: list[str] = []
+
+    def add(self, source: str, unit: str, problem: str) -> None:
+        self.problems.append(f"{source}/{unit}: {problem}")
+        shard = self.folder.relative(self.folder.shard_stem(source, unit))
+        d = self.units.setdefault((source, unit), UnitDamage(source, unit, shard))
+        if problem not in d.problems:
+            d.problems.append(problem)
+
+
+def _tally_unit(folder: CorpusDir, name: str, unit: str, tally: _Tally, damage: _DamageFound) -> None:
+    """Add one finished unit's sidecar and chunk lengths to ``tally``, or record why they cannot be read."""
+    stem = folder.shard_stem(name, unit)
+    try:
+        meta = _read_json(stem.with_suffix(".json"))
+        if meta is None:
+            damage.add(name, unit, f"the ledger says done but {stem}.json is missing")
+            return
+        lengths = read_index(stem).chunk_lengths()
+    except (FileNotFoundError, ValueError) as e:
+        damage.add(name, unit, f"unreadable shard: {e}")
+        return
+    if len(lengths) != meta.get("chunks") or int(lengths.sum()) != meta.get("tokens"):
+        damage.add(name, unit, f"{stem.name}.idx holds {len(lengths)} chunks and {int(lengths.sum())} tokens "
+                               f"but its sidecar says {meta.get('chunks')} and {meta.get('tokens')}")
+    tally.add_sidecar(meta)
+    tally.add_lengths(lengths)
+
+
+def _corpus_header(root, corpus_json: dict, plan: dict | None, damaged: bool) -> dict:
+    """The corpus block of the numbers: name, status, manifest, tokenizer, build times and holder."""
+    tokenizer = corpus_json.get("tokenizer") or {}
+    holder = build_holder(root)
+    recorded = corpus_json.get("status", "planned")
+    return {
+        "name": corpus_json.get("name") or (plan or {}).get("name") or root.name,
+        "path": str(root),
+        "status": "damaged" if damaged else recorded,
+        "recorded_status": recorded,
+        "sample": corpus_json.get("sample", (plan or {}).get("sample")),
+        "manifest_path": (corpus_json.get("manifest") or {}).get("path"),
+        "manifest_fingerprint": corpus_json.get("manifest_fingerprint") or (plan or {}).get("fingerprint"),
+        "tokenizer": {"spec": tokenizer.get("spec"), "sha256": tokenizer.get("sha256"),
+                      "vocab_size": tokenizer.get("vocab_size")},
+        "started_at": corpus_json.get("started_at"),
+        "finished_at": corpus_json.get("finished_at"),
+        "build_pid": holder or None,
+        "build_running": None if holder is None else bool(holder),
+    }
+
+
+def _total_numbers(per_source: dict[str, dict], total: _Tally, target_shares: dict, manifest_tokens: dict,
+                   sizes: dict) -> dict:
+    """The total row: the sources' sums, shares against the targets, bytes on disk."""
+    return {
+        "units": {k: sum(s["units"][k] for s in per_source.values()) for k in ("total", "done", "failed", "pending")},
+        **total.numbers(),
+        "share": {"target": sum(v for v in target_shares.values() if v) if target_shares else None,
+                  "achieved": 1.0 if total.tokens else None},
+        "manifest_tokens": sum(v for v in manifest_tokens.values() if v) if manifest_tokens else None,
+        "bytes_on_disk": {"shards": sum(s["bytes_on_disk"]["shards"] for s in per_source.values()),
+                          "quarantine": sum(s["bytes_on_disk"]["quarantine"] for s in per_source.values()),
+                          "folder": sum(sizes.values())},
+    }
+
+
 def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
     """Count everything a corpus folder holds; see the module docstring for where each number comes from."""
     root = location.at(corpus_dir)
@@ -211,47 +283,23 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
     ledger = folder.ledger_units()
     failed = folder.failed_units()
     names = order + sorted((set(planned) | {s for s, _ in ledger}) - set(order))
+    sizes = location.files_under(root)  # one listing for every byte count below (one request set on a store)
+    damage = _DamageFound(folder, quick_check(root))
 
     tallies: dict[str, _Tally] = {}
     per_source: dict[str, dict] = {}
-    sizes = location.files_under(root)  # one listing for every byte count below (one request set on a store)
-    problems: list[str] = []
-    damage = {(d.source, d.unit): d for d in quick_check(root)}
     failed_units: list[dict] = []
-
-    def damaged(source: str, unit: str, problem: str) -> None:
-        problems.append(f"{source}/{unit}: {problem}")
-        shard = folder.relative(folder.shard_stem(source, unit))
-        d = damage.setdefault((source, unit), UnitDamage(source, unit, shard))
-        if problem not in d.problems:
-            d.problems.append(problem)
-
     for name in names:
-        tally = _Tally()
+        tally = tallies[name] = _Tally()
         units = planned.get(name) or sorted(u for s, u in ledger if s == name)
         done = [u for u in units if (name, u) in ledger]
         failed_here = [u for u in units if (name, u) in failed and (name, u) not in ledger]
         for unit in done:
-            stem = folder.shard_stem(name, unit)
-            try:
-                meta = _read_json(stem.with_suffix(".json"))
-                if meta is None:
-                    damaged(name, unit, f"the ledger says done but {stem}.json is missing")
-                    continue
-                lengths = read_index(stem).chunk_lengths()
-            except (FileNotFoundError, ValueError) as e:
-                damaged(name, unit, f"unreadable shard: {e}")
-                continue
-            if len(lengths) != meta.get("chunks") or int(lengths.sum()) != meta.get("tokens"):
-                damaged(name, unit, f"{stem.name}.idx holds {len(lengths)} chunks and {int(lengths.sum())} tokens "
-                                    f"but its sidecar says {meta.get('chunks')} and {meta.get('tokens')}")
-            tally.add_sidecar(meta)
-            tally.add_lengths(lengths)
+            _tally_unit(folder, name, unit, tally, damage)
         for unit in failed_here:
             entry = _read_json(failed[(name, unit)]) or {}
             failed_units.append({"source": name, "unit": unit, "input": entry.get("input"),
                                  "error": entry.get("error", "")})
-        tallies[name] = tally
         per_source[name] = {
             "name": name,
             "group": source_groups.get(name),
@@ -269,46 +317,17 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
         total.merge(tally)
     for name, numbers in per_source.items():
         numbers["share"]["achieved"] = tallies[name].tokens / total.tokens if total.tokens else None
-    units_total = {k: sum(s["units"][k] for s in per_source.values()) for k in ("total", "done", "failed", "pending")}
-    corpus_json = corpus_json or {}
-    tokenizer = corpus_json.get("tokenizer") or {}
-    holder = build_holder(root)
-    recorded = corpus_json.get("status", "planned")
     numbers = {
         "schema_version": SCHEMA_VERSION,
-        "corpus": {
-            "name": corpus_json.get("name") or (plan or {}).get("name") or root.name,
-            "path": str(root),
-            "status": "damaged" if damage else recorded,
-            "recorded_status": recorded,
-            "sample": corpus_json.get("sample", (plan or {}).get("sample")),
-            "manifest_path": (corpus_json.get("manifest") or {}).get("path"),
-            "manifest_fingerprint": corpus_json.get("manifest_fingerprint") or (plan or {}).get("fingerprint"),
-            "tokenizer": {"spec": tokenizer.get("spec"), "sha256": tokenizer.get("sha256"),
-                          "vocab_size": tokenizer.get("vocab_size")},
-            "started_at": corpus_json.get("started_at"),
-            "finished_at": corpus_json.get("finished_at"),
-            "build_pid": holder or None,
-            "build_running": None if holder is None else bool(holder),
-        },
+        "corpus": _corpus_header(root, corpus_json or {}, plan, bool(damage.units)),
         "sources": list(per_source.values()),
         "groups": _group_numbers(per_source, total.tokens),
-        "total": {
-            "units": units_total,
-            **total.numbers(),
-            "share": {"target": sum(v for v in target_shares.values() if v) if target_shares else None,
-                      "achieved": 1.0 if total.tokens else None},
-            "manifest_tokens": sum(v for v in manifest_tokens.values() if v) if manifest_tokens else None,
-            "bytes_on_disk": {"shards": sum(s["bytes_on_disk"]["shards"] for s in per_source.values()),
-                              "quarantine": sum(s["bytes_on_disk"]["quarantine"] for s in per_source.values()),
-                              "folder": sum(sizes.values())},
-        },
+        "total": _total_numbers(per_source, total, target_shares, manifest_tokens, sizes),
         "failed_units": failed_units,
-        "damaged_units": [d.to_dict() for _, d in sorted(damage.items())],
-        "problems": problems,
+        "damaged_units": [d.to_dict() for _, d in sorted(damage.units.items())],
+        "problems": damage.problems,
     }
-    lengths = {name: tally.lengths for name, tally in tallies.items()}
-    return CorpusStats(root, numbers, lengths)
+    return CorpusStats(root, numbers, {name: tally.lengths for name, tally in tallies.items()})
 
 
 def summary_row(corpus_dir: Path) -> dict:

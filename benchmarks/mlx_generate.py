@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.export import OPENBLAS, export, mlx_cpu_env  # noqa: E402
+from model.export import export  # noqa: E402
+from model.mlx_cpu import OPENBLAS, mlx_cpu_env  # noqa: E402
 from model.presets import get_preset  # noqa: E402
 from model.hf_folder import write_hf_folder  # noqa: E402
 from model.openelm import OpenELM  # noqa: E402

@@ -36,13 +36,14 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from corpus.store.files import files_below
 from model.config import OpenELMConfig
 from model.adapters.files import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, MLX_ADAPTER_WEIGHTS, PEFT_PREFIX
 from model.chat import CHAT_TEMPLATE
 from model.hf_folder import (CONFIG_FILE, DTYPES, WEIGHTS_FILE, HFCheckpoint, expected_shapes, read_hf_config,
                              read_hf_folder, read_json_object, write_hf_folder)
 from model.hf_remote import write_remote_code
-from model.mlx_cpu import OPENBLAS, mlx_cpu_env  # noqa: F401  (mlx_cpu_env: for callers of an export)
+from model.mlx_cpu import OPENBLAS, openblas_unused
 from model.source import ModelSource, SourceError, resolve_source, resolve_tokenizer, run_field
 
 FORMATS = ("mlx", "hf", "mlx-adapter", "peft-adapter")
@@ -233,8 +234,7 @@ def check_output(out: Path, sources: list[Path | None], force: bool) -> None:
         written = set(json.loads(marker.read_text())["files"])
     except (ValueError, KeyError, TypeError):
         raise ExportError(f"{marker}: unreadable export marker; move {out} away yourself") from None
-    others = sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                    if (p.is_file() or p.is_symlink()) and p != marker and str(p.relative_to(out)) not in written)
+    others = [f for f in files_below(out) if f != EXPORT_MARKER and f not in written]
     if others:
         raise ExportError(f"{out}: holds {len(others)} file(s) an export did not write (e.g. {others[0]}); "
                           "--force would lose them: choose another --out, or move them away yourself")
@@ -251,8 +251,8 @@ def _staged(out: Path, fmt: str) -> Iterator[Path]:
     old = None
     try:
         yield staging
-        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        (staging / EXPORT_MARKER).write_text(json.dumps({"format": fmt, "files": files}, indent=2) + "\n")
+        marker = {"format": fmt, "files": files_below(staging)}
+        (staging / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out.exists():
             old = out.parent / f".{out.name}.replaced"
             if old.exists():
@@ -396,12 +396,12 @@ def adapter_card(adapter: PeftAdapter, fmt: str, name: str) -> str:
 
 
 def mlx_generate_command(folder: Path, chat_model: bool = False) -> str:
-    """The shell command that tries an MLX export, OpenBLAS preloaded where `mlx_cpu_env` would preload it.
+    """The shell command that tries an MLX export, OpenBLAS preloaded where `model.mlx_cpu.mlx_cpu_env` would.
 
     mlx-lm wraps the prompt in the tokenizer's chat template unless told not to: a pretrained model continues
     the raw prompt; a chat model (a fine-tuning run's export) is asked a question in its template.
     """
-    preload = f"LD_PRELOAD={OPENBLAS} " if "LD_PRELOAD" in mlx_cpu_env({}) else ""
+    preload = f"LD_PRELOAD={OPENBLAS} " if openblas_unused({}) else ""
     if chat_model:
         return f"{preload}python -m mlx_lm generate --model {folder} --prompt \"What is the capital of France?\""
     return f"{preload}python -m mlx_lm generate --model {folder} --ignore-chat-template --prompt \"Once upon a time\""

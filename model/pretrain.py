@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from model.config import OpenELMConfig
+from model.eval.harness import task_evaluator
 from model.openelm import OpenELM
 from model.presets import get_preset, preset_name
-from model.eval.harness import task_evaluator
 from model.train.config import ConfigError, TrainConfig, TrainError
 from model.train.data import TrainingData, check_init_tokenizer, check_vocabulary, resolve_data
 from model.train.distributed import Cluster

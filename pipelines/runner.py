@@ -17,11 +17,15 @@ from typing import Any
 AUTH_MODE = "token"
 
 
+class RayAuthRefused(ValueError):
+    """The environment asks for Ray without token authentication, which the project never runs."""
+
+
 def require_token_auth() -> None:
     """Turn Ray's token authentication on for this process and those it starts; refuse a request to turn it off."""
     asked = os.environ.get("RAY_AUTH_MODE", AUTH_MODE)
     if asked.lower() != AUTH_MODE:
-        raise ValueError(f"RAY_AUTH_MODE={asked}: elm-corpus runs Ray only with token authentication (without it "
+        raise RayAuthRefused(f"RAY_AUTH_MODE={asked}: elm-corpus runs Ray only with token authentication (without it "
                          "anyone who reaches this machine can run code on it); unset RAY_AUTH_MODE, and see "
                          "docs/scale.md for giving a cluster's nodes the token")
     os.environ["RAY_AUTH_MODE"] = AUTH_MODE

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import shaped_random_state
 from model.cli import cli_export
-from model.export import EXPORT_MARKER, ExportError, export, mlx_cpu_env
+from model.export import EXPORT_MARKER, ExportError, export
+from model.mlx_cpu import mlx_cpu_env
 from model.source import SourceError, resolve_source
 from model.hf_folder import HFFolderError, load_hf_folder, write_hf_folder
 from model.openelm import OpenELM

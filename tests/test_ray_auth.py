@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,16 @@ def test_turning_authentication_off_is_refused_with_the_way_out(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.raises(ValueError, match="RAY_AUTH_MODE=disabled: elm-corpus runs Ray only with token authentication"):
         require_token_auth()
+
+
+def test_a_streamed_training_run_with_authentication_off_is_refused_in_one_line(sample_mirror, tmp_path, monkeypatch,
+                                                                                capsys):
+    from model.cli import main
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(sample_mirror.parent))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    manifest = str(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
+    assert main(["--stream", "--manifest", manifest, "--stream-sample", "--model", "tiny", "--steps", "2",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("elm-train: RAY_AUTH_MODE=disabled: elm-corpus runs Ray only with token authentication")
+    assert len(err.splitlines()) == 1

@@ -40,7 +40,7 @@ from corpus.manifest import Manifest, Source
 from corpus.mirror import documents, text as sample_text, upstream
 from corpus.mirror.documents import Doc, edge_docs
 from corpus.mirror.upstream import PROFILES, file_names, profile_for
-from corpus.store.files import atomic_write_json, held_lock, sha256_file
+from corpus.store.files import atomic_write_json, files_below, held_lock, sha256_file
 
 GENERATOR = "elm-corpus sample mirror"
 GENERATOR_VERSION = 2
@@ -146,8 +146,7 @@ def _generate_source(source: Source, root: Path, previous: dict | None) -> dict:
     out_dir = root / source.name
     if out_dir.exists():
         ours = {f["path"] for f in (previous or {}).get("files", [])}
-        others = sorted(str(p.relative_to(root)) for p in out_dir.rglob("*") if not p.is_dir()
-                        and str(p.relative_to(root)) not in ours)
+        others = [f for f in files_below(out_dir, root) if f not in ours]
         if others:
             raise MirrorRefused(f"{out_dir}: holds {len(others)} file(s) the sample mirror did not write (e.g. "
                                 f"{others[0]}); writing the mirror would replace the folder: choose another --out "

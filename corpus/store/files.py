@@ -31,6 +31,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def files_below(folder: str | Path, base: str | Path | None = None) -> list[str]:
+    """The sorted paths of every file (and link) under ``folder``, relative to ``base`` (default ``folder``)."""
+    folder = Path(folder)
+    base = folder if base is None else Path(base)
+    return sorted(str(p.relative_to(base)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from model.adapters.lora import AdapterCheckpoints, add_adapters
+from model.eval.harness import task_evaluator
 from model.finetune.batches import ExampleBatches, ShuffledBatches
 from model.finetune.config import LOSS_OF_METHOD, FinetuneConfig
 from model.finetune.preference import PreferenceLoss, reference_logps
-from model.eval.harness import task_evaluator
 from model.train.config import TrainError
 from model.train.data import Batch
 from model.train.distributed import Cluster, autocast_dtype

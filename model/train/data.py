@@ -133,6 +133,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+
+def _start_ray(**kwargs) -> None:
+    """Ray for the live pipeline; an environment that turns its authentication off is refused as a TrainError."""
+    from pipelines.runner import RayAuthRefused, start_ray
+    try:
+        start_ray(**kwargs)
+    except RayAuthRefused as e:
+        raise TrainError(str(e)) from None
+
+
 @dataclass
 class TrainingData:
     """Where the tokens come from: a built corpus folder, or (`--stream`) the live pipelines of a manifest."""
@@ -236,13 +246,12 @@ class TrainingData:
         if self.feed is not None:
             return self.feed
         from corpus.store.location import store_environment
-        from pipelines.runner import start_ray
         from pipelines.stream import join_feed, open_feed, split_window, stream_key
         where = None
         if cluster.is_main:
             import ray
             # started here so that no single stream owns (and shuts down) Ray
-            start_ray(cfg.stream_workers, cfg.ray_address)
+            _start_ray(workers=cfg.stream_workers, address=cfg.ray_address)
             units = self._planned(cfg)
             ahead = {stream_key(name, "train"): n
                      for name, n in split_window(self._weights(cfg), 2 * cfg.stream_workers).items()}
@@ -256,7 +265,7 @@ class TrainingData:
         if cluster.distributed:
             address, name = cluster.gather(where)[0]
             if not cluster.is_main:
-                start_ray(address=cfg.ray_address or address, ship_code=False)
+                _start_ray(address=cfg.ray_address or address, ship_code=False)
                 self.feed = join_feed(name)
         return self.feed
 

@@ -5,7 +5,7 @@
     elm-train plot RUN_DIR
     elm-train eval MODEL --tasks NAMES
     elm-train compare RUN_DIR... [--report DIR]
-    elm-train finetune --init-from MODEL --data TRAIN --method sft|lora|dora|dpo|rso [--recipe ...]
+    elm-train finetune --init-from MODEL --data TRAIN --method sft|dpo|rso|orpo --adapter none|lora|dora
 
 The work is in `model.train` (the run) and `model.export`; `python -m model.cli` is `elm-train`
 (torchrun starts it that way).
@@ -100,7 +100,10 @@ FLAG_HELP = {
     # elm-train finetune
     "data": "training records: a jsonl, jsonl.gz, json or parquet file, a folder of them, a datasets folder or name",
     "val_data": "held-out records in the same formats, for the validation loss",
-    "method": "sft (full fine-tuning), lora, dora (adapters through PEFT), dpo (sigmoid) or rso (hinge)",
+    "method": "the objective: sft, dpo (sigmoid), rso (hinge) or orpo (odds ratio, no reference); lora and dora "
+              "mean sft with that adapter",
+    "adapter": "which weights train: none (all), lora or dora (PEFT adapters, the rest frozen)",
+    "orpo_lambda": "ORPO: weight of the odds-ratio term beside the SFT term",
     "recipe": "openelm-peft (CoreNet's LoRA/DoRA settings) or openelm-instruct (OpenELM-Instruct's DPO/RSO per size)",
     "epochs": "passes over the training data (--steps overrides)",
     "tokenizer": "the SentencePiece model when the model folder has none (Apple's releases ship none)",

@@ -20,7 +20,10 @@ from model.cli import main
 from model.adapters.lora import ADAPTER_DIR, ADAPTER_WEIGHTS, AdapterSettings, add_adapters, merged_state
 from model.finetune.batches import pad_batch, preference_rows
 from model.finetune.examples import PreferenceExample
-from model.finetune.preference import PreferenceLoss, preference_losses, sequence_logps
+from model.finetune.objectives import OBJECTIVES
+from model.finetune.objectives.objective import pairs as pairs_in
+from model.finetune.objectives.orpo import OddsRatioLoss, orpo_losses
+from model.finetune.objectives.preference import PreferenceLoss, preference_losses, sequence_logps
 from model.hf_folder import load_hf_folder, read_weight_tensors
 from model.train.checkpoint import list_checkpoints
 from model.train.data import IGNORE_INDEX
@@ -95,7 +98,7 @@ def test_sft_loss_is_the_mean_cross_entropy_over_exactly_the_completion_tokens(b
                 expected.append(-F.log_softmax(logits[row, t - 1], -1)[seq[t]])
     assert sums.tokens == len(completion) + 2 == len(expected)
     # float32 sums in another order: equal to a few ulps of a loss near 10, not to an absolute 1e-6
-    assert float(sums.ce) / sums.tokens == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
+    assert float(sums.loss) / sums.tokens == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
     assert (targets[0, :len(prompt) - 1] == IGNORE_INDEX).all() and (targets[1, 2:] == IGNORE_INDEX).all()
 
 
@@ -131,7 +134,32 @@ def test_the_preference_loss_reads_chosen_rows_then_rejected_rows_and_counts_pai
     sums = PreferenceLoss(0.1, "sigmoid")(logits, targets, ref)
     losses, _, _ = preference_losses(logps[:2], logps[2:], ref[:2], ref[2:], 0.1, "sigmoid")
     assert float(sums.total) == pytest.approx(float(losses.sum()), abs=1e-6)
-    assert PreferenceLoss.count((inputs, targets, ref)) == 2
+    assert pairs_in((inputs, targets, ref)) == 2
+
+
+def test_orpo_loss_equals_the_published_formula_on_a_hand_computed_example():
+    # Mean token log-probabilities of two pairs' completions: P = exp(mean), odds = P / (1 - P).
+    chosen, rejected = torch.tensor([math.log(0.5), math.log(0.2)]), torch.tensor([math.log(0.25), math.log(0.8)])
+    lam = 0.25
+    # pair 0: odds 1 and 1/3, log odds ratio ln 3;  pair 1: odds 1/4 and 4, log odds ratio -ln 16
+    losses, odds_term, ratio = orpo_losses(chosen, rejected, lam)
+    assert ratio.tolist() == pytest.approx([math.log(3), -math.log(16)])
+    by_hand = [-math.log(0.5) + lam * math.log(1 + 1 / 3), -math.log(0.2) + lam * math.log(1 + 16)]
+    assert losses.tolist() == pytest.approx(by_hand)
+    assert odds_term.tolist() == pytest.approx([math.log(4 / 3), math.log(17)])
+
+
+def test_the_orpo_loss_averages_log_probabilities_over_each_completions_tokens(base):
+    _, model = load_hf_folder(base)
+    pair = [PreferenceExample([1, 450, 338], [3681, 29889, 2], [4517, 2])]  # completions of 3 and 2 tokens
+    inputs, targets = pad_batch(*preference_rows(pair), pad_id=2)
+    logits = model(inputs)
+    sums = sequence_logps(logits, targets)
+    mean_chosen, mean_rejected = float(sums[0]) / 3, float(sums[1]) / 2
+    loss = OddsRatioLoss(0.1)(logits, targets)
+    expected, _, _ = orpo_losses(torch.tensor([mean_chosen]), torch.tensor([mean_rejected]), 0.1)
+    assert float(loss.total) == pytest.approx(float(expected), abs=1e-5)
+    assert set(loss.extras) == set(OBJECTIVES["orpo"].metrics)
 
 
 # ---------------------------------------------------------------- runs
@@ -192,6 +220,19 @@ def test_only_adapter_parameters_receive_gradients(base):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad and all("lora_" in n for n in with_grad)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == with_grad
+
+
+def test_orpo_training_without_a_reference_raises_the_odds_of_the_chosen(base, preference_data, tmp_path):
+    run = tmp_path / "orpo"
+    assert finetune(run, base, preference_data, "orpo", "--steps", "12", "--max-lr", "3e-3", "--warmup-steps", "1",
+                    "--orpo-lambda", "1.0", "--micro-batch-size", "8") == 0
+    rows = train_records(run)
+    assert set(OBJECTIVES["orpo"].metrics) <= set(rows[0])
+    assert rows[-1]["log_odds_ratio"] > rows[0]["log_odds_ratio"] + 0.1
+    assert rows[-1]["nll_chosen"] < rows[0]["nll_chosen"] and rows[-1]["odds_accuracy"] >= 0.75
+    assert not (run / "reference_logps.pt").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert info["method"] == "orpo" and info["adapter"] is None
 
 
 @pytest.mark.parametrize("method", ["dpo", "rso"])
@@ -339,13 +380,29 @@ def test_the_peft_recipe_is_corenets_and_flags_override_it():
     from model.train.config import resolve_config
     cfg = resolve_config({}, {"recipe": "openelm-peft", "init_from": "x", "data": "d.jsonl", "steps": 20_000},
                          kind=FinetuneConfig)
-    assert (cfg.method, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout) == ("lora", 32, 32.0, 0.1)
+    assert (cfg.method, cfg.adapter, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout) == ("sft", "lora", 32, 32.0, 0.1)
     assert cfg.adapter_settings().targets == ("qkv_proj", "out_proj", "proj_1", "proj_2")
     assert (cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio, cfg.warmup_steps) == (3e-4, pytest.approx(3e-5), 1000)
     assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.epochs) == (0.9, 0.95, 0.0, 1.0, 3.0)
     dora = resolve_config({}, {"recipe": "openelm-peft", "init_from": "x", "data": "d", "method": "dora",
                                "lora_rank": 8, "steps": 100}, kind=FinetuneConfig)
     assert dora.adapter_settings().method == "dora" and dora.lora_rank == 8 and dora.warmup_steps == 10
+    assert (dora.method, dora.adapter) == ("sft", "dora")
+    dpo = resolve_config({}, {"recipe": "openelm-peft", "init_from": "x", "data": "d", "method": "dpo", "steps": 9},
+                         kind=FinetuneConfig)
+    assert (dpo.method, dpo.adapter, dpo.objective.needs_reference) == ("dpo", "lora", True)
+
+
+@pytest.mark.parametrize("method, adapter, objective, expected_adapter", [
+    ("lora", "none", "sft", "lora"), ("dora", "none", "sft", "dora"), ("sft", "dora", "sft", "dora"),
+    ("rso", "lora", "rso", "lora"), ("orpo", "none", "orpo", "none")])
+def test_method_is_the_objective_and_adapter_how_weights_train(method, adapter, objective, expected_adapter):
+    from model.finetune.config import FinetuneConfig
+    from model.train.config import resolve_config
+    cfg = resolve_config({}, {"init_from": "x", "data": "d", "method": method, "adapter": adapter, "steps": 4},
+                         kind=FinetuneConfig)
+    assert (cfg.method, cfg.adapter) == (objective, expected_adapter)
+    assert (cfg.adapter_settings() is None) == (expected_adapter == "none")
 
 
 def test_the_instruct_recipe_takes_the_row_of_the_models_size(tmp_path):
@@ -369,7 +426,9 @@ def test_the_instruct_recipe_takes_the_row_of_the_models_size(tmp_path):
 
 def test_bad_settings_are_refused_by_name(base, sft_data, tmp_path, capsys):
     assert finetune(tmp_path / "a", base, sft_data, "qlora", "--steps", "2") == 2
-    assert "--method must be one of" in capsys.readouterr().err
+    assert "--method must be one of sft, dpo, rso, orpo" in capsys.readouterr().err
+    assert finetune(tmp_path / "e", base, sft_data, "sft", "--adapter", "qlora", "--steps", "2") == 2
+    assert "--adapter must be one of none, lora, dora" in capsys.readouterr().err
     assert main(["finetune", "--data", str(sft_data), "--steps", "2", "--out", str(tmp_path / "b")]) == 2
     assert "--init-from is required" in capsys.readouterr().err
     assert finetune(tmp_path / "c", base, sft_data, "lora", "--steps", "2", "--lora-targets", "token_embeddings") == 2

@@ -50,9 +50,31 @@ def base_hf(base, tmp_path_factory) -> Path:
     return export(base, tmp_path_factory.mktemp("exports") / "base-hf", fmt="hf")
 
 
-@pytest.fixture(scope="module", params=sorted(SETTINGS))
+# Preference objectives with an adapter, trained for real: their adapters must export as the synthetic ones do.
+TRAINED = {"dpo-lora": ("dpo", "lora"), "rso-dora": ("rso", "dora")}
+
+
+def trained_adapter_run(base: Path, folder: Path, method: str, adapter: str) -> Path:
+    from model.cli import main
+    settings = SETTINGS[adapter]
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": q, "chosen": " " + a, "rejected": " " + b}) + "\n" for q, a, b in
+                             [("Capital of France?", "Paris.", "Rome."), ("Two plus two?", "Four.", "Five."),
+                              ("Frozen water?", "Ice.", "Steam."), ("Sky colour?", "Blue.", "Green.")]))
+    run = folder / "run"
+    assert main(["finetune", "--init-from", str(base), "--data", str(pairs), "--method", method, "--adapter", adapter,
+                 "--lora-rank", str(settings.rank), "--lora-alpha", str(settings.alpha), "--lora-dropout",
+                 str(settings.dropout), "--lora-targets", ",".join(settings.targets), "--steps", "3", "--max-lr",
+                 "2e-2", "--warmup-steps", "1", "--sequence-length", "32", "--micro-batch-size", "4", "--beta", "0.5",
+                 "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module", params=sorted(SETTINGS) + sorted(TRAINED))
 def adapter_run(request, base, tmp_path_factory) -> Path:
     """A run as an adapter run leaves it: run.json naming the base, a checkpoint of merged weights with adapter/."""
+    if request.param in TRAINED:
+        return trained_adapter_run(base, tmp_path_factory.mktemp(f"run-{request.param}"), *TRAINED[request.param])
     settings = SETTINGS[request.param]
     _, model = load_hf_folder(base)
     torch.manual_seed(1)

@@ -94,7 +94,7 @@ def test_loss_is_cross_entropy_plus_z_loss_over_unpadded_targets_with_matching_g
     ce, z = ce.detach(), z.detach()
 
     assert sums.tokens == 42
-    assert float(sums.ce) == pytest.approx(float(ce), rel=1e-5)
+    assert float(sums.loss) == pytest.approx(float(ce), rel=1e-5)
     assert float(sums.z) == pytest.approx(float(z), rel=1e-5)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(logits.grad.float().reshape(-1, 50), reference.grad, atol=tolerance, rtol=tolerance)

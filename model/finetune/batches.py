@@ -9,8 +9,9 @@ Rows are padded on the right to the longest of their micro-batch, one example pe
 example attends to another (padding, not packing: OpenELM's attention has no document mask).
 Padding and untrained tokens (prompts, user turns) have the target IGNORE_INDEX.
 
-For DPO/RSO a micro-batch of n pairs is 2n rows, the chosen completions then the rejected
-ones (`model.finetune.preference`), and carries the reference log-probabilities of its rows.
+For preference pairs a micro-batch of n pairs is 2n rows, the chosen completions then the
+rejected ones, and carries the reference log-probabilities of its rows when the objective has
+a reference (`model.finetune.objectives`).
 """
 from __future__ import annotations
 
@@ -52,22 +53,21 @@ def pad_batch(ids: list[list[int]], trained: list[list[bool]], pad_id: int) -> t
 
 @dataclass
 class ExampleBatches:
-    """A kind of example (`sft` or `preference`) turned into batches, with the reference log-probabilities of
-    preference examples ((examples, 2): chosen, rejected) once they are known."""
+    """Examples of a record kind (`sft` or `preference`) turned into batches, with the reference log-probabilities
+    of preference examples ((examples, 2): chosen, rejected) once they are known and when the objective has one."""
     examples: list
-    preference: bool
+    records: str
     pad_id: int
     reference: Tensor | None = None
 
     def batch(self, indices: list[int], device) -> Batch:
         picked = [self.examples[i] for i in indices]
-        ids, trained = (preference_rows if self.preference else sft_rows)(picked)
+        ids, trained = (preference_rows if self.records == "preference" else sft_rows)(picked)
         inputs, targets = pad_batch(ids, trained, self.pad_id)
-        if not self.preference:
+        if self.reference is None:
             return inputs.to(device), targets.to(device)
-        ref = self.reference[indices] if self.reference is not None else torch.zeros(len(indices), 2)
-        ref_logps = torch.cat([ref[:, 0], ref[:, 1]])
-        return inputs.to(device), targets.to(device), ref_logps.to(device)
+        ref = self.reference[indices]
+        return inputs.to(device), targets.to(device), torch.cat([ref[:, 0], ref[:, 1]]).to(device)
 
     def in_order(self, micro_batch_size: int, device, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """Every example once, in order, in micro-batches, each padded when it is reached; this rank's share

@@ -24,15 +24,14 @@ from typing import Any
 
 from model.adapters.lora import METHODS as ADAPTER_METHODS
 from model.adapters.lora import TARGETS, AdapterSettings
+from model.finetune.objectives import OBJECTIVES, Objective
 from model.train.config import ConfigError, TrainConfig
 
-METHODS = ("sft", "lora", "dora", "dpo", "rso")
-PREFERENCE_METHODS = ("dpo", "rso")
-LOSS_OF_METHOD = {"dpo": "sigmoid", "rso": "hinge"}
+ADAPTERS = ("none", *ADAPTER_METHODS)
 RECIPES = ("openelm-instruct", "openelm-peft")
 
 PEFT_RECIPE: dict[str, Any] = {
-    "method": "lora", "lora_rank": 32, "lora_alpha": 32.0, "lora_dropout": 0.1, "lora_targets": ",".join(TARGETS),
+    "adapter": "lora", "lora_rank": 32, "lora_alpha": 32.0, "lora_dropout": 0.1, "lora_targets": ",".join(TARGETS),
     "max_lr": 3e-4, "min_lr_ratio": 0.1, "warmup_steps": 1000, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.0,
     "grad_clip": 1.0, "epochs": 3.0, "sequence_length": 2048,
 }
@@ -56,11 +55,13 @@ class FinetuneConfig(TrainConfig):
 
     data: str | None = None            # training records: jsonl / parquet / json file, folder, or a datasets name
     val_data: str | None = None        # held-out records in the same formats (validation loss on them)
-    method: str = "sft"                # sft | lora | dora | dpo | rso
+    method: str = "sft"                # the objective (model.finetune.objectives); lora | dora: sft with that adapter
+    adapter: str = "none"              # none (every weight trains) | lora | dora (PEFT adapters; the rest frozen)
     recipe: str | None = None          # openelm-instruct | openelm-peft
     epochs: float | None = None        # passes over the data; --steps overrides
     tokenizer: str | None = None       # the model's SentencePiece model when its folder has none
     beta: float = 0.01                 # DPO/RSO: strength of the pull toward the reference model
+    orpo_lambda: float = 0.1           # ORPO: weight of the odds-ratio term beside the SFT term
     max_prompt_length: int | None = None  # DPO/RSO: prompt tokens kept, cut on the left (None: half the length)
     lora_rank: int = 32
     lora_alpha: float = 32.0
@@ -80,7 +81,7 @@ class FinetuneConfig(TrainConfig):
     checkpoint_every: int = 200
 
     RESUME_INVARIANTS = ("init_from", "data", "val_data", "method", "seed", "sequence_length", "global_batch_tokens",
-                         "micro_batch_size", "beta", "max_prompt_length", "lora_rank", "lora_alpha", "lora_targets",
+                         "micro_batch_size", "adapter", "beta", "orpo_lambda", "max_prompt_length", "lora_rank", "lora_alpha", "lora_targets",
                          "lora_dropout")
 
     @classmethod
@@ -98,11 +99,17 @@ class FinetuneConfig(TrainConfig):
 
     def default_run_dir(self) -> Path:
         data = Path(str(self.data or "data")).name.split(".")[0] or "data"
-        return Path("runs") / f"finetune-{self.method}-{data}"
+        how = self.method if self.adapter == "none" else f"{self.method}-{self.adapter}"
+        return Path("runs") / f"finetune-{how}-{data}"
 
     def check_and_derive(self, world_size: int) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method in ADAPTER_METHODS:  # `--method lora|dora`, as before objectives and adapters were two flags
+            self.method, self.adapter = "sft", self.method
+        if self.method not in OBJECTIVES:
+            raise ConfigError(f"--method must be one of {', '.join(OBJECTIVES)} (or lora, dora: sft with that "
+                              f"adapter), got {self.method!r}")
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"--adapter must be one of {', '.join(ADAPTERS)}, got {self.adapter!r}")
         if not self.init_from:
             raise ConfigError("--init-from is required: the model folder (or run) to fine-tune")
         if not self.data:
@@ -113,6 +120,8 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError("--fsdp is not supported by finetune yet; use DDP (torchrun without --fsdp)")
         if not self.beta > 0:
             raise ConfigError(f"--beta must be positive, got {self.beta}")
+        if not self.orpo_lambda >= 0:
+            raise ConfigError(f"--orpo-lambda must be >= 0, got {self.orpo_lambda}")
         if self.global_batch_tokens is None:
             self.global_batch_tokens = self.micro_batch_size * self.sequence_length * world_size
         if self.max_prompt_length is None:
@@ -120,8 +129,7 @@ class FinetuneConfig(TrainConfig):
         if not 0 < self.max_prompt_length < self.sequence_length:
             raise ConfigError(f"--max-prompt-length must lie in (0, --sequence-length {self.sequence_length}), "
                               f"got {self.max_prompt_length}")
-        if self.method in ADAPTER_METHODS:
-            self.adapter_settings()  # refuses bad adapter settings now
+        self.adapter_settings()  # refuses bad adapter settings now
         steps = self.steps
         if steps is None:
             self.steps = 1  # checked and derived with a stand-in; set_steps gives the real count and warmup
@@ -149,14 +157,14 @@ class FinetuneConfig(TrainConfig):
         self.warmup_steps = self._warmup(self.warmup_steps)
 
     @property
-    def preference(self) -> bool:
-        return self.method in PREFERENCE_METHODS
+    def objective(self) -> Objective:
+        return OBJECTIVES[self.method]
 
     def adapter_settings(self) -> AdapterSettings | None:
-        if self.method not in ADAPTER_METHODS:
+        if self.adapter == "none":
             return None
         try:
-            return AdapterSettings(self.method, int(self.lora_rank), float(self.lora_alpha), float(self.lora_dropout),
+            return AdapterSettings(self.adapter, int(self.lora_rank), float(self.lora_alpha), float(self.lora_dropout),
                                    tuple(t.strip() for t in str(self.lora_targets).split(",") if t.strip()))
         except ValueError as e:
             raise ConfigError(str(e)) from None

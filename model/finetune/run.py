@@ -3,9 +3,9 @@
 Everything that can refuse the run (a model folder that is not one, a tokenizer that does not
 fit it, data where most records fail) is checked before any training. The run folder is a
 pretraining run's (config.yaml, run.json, metrics.jsonl, checkpoints/, curves.png) plus
-`quarantine.jsonl` (the records that fit no format, with their place and reason) and, for
-DPO/RSO, `reference_logps.pt` (the starting model's log-probabilities of every pair, computed
-once, so a resumed run uses the very same reference).
+`quarantine.jsonl` (the records that fit no format, with their place and reason) and, for an
+objective with a reference (DPO, RSO), `reference_logps.pt` (the starting model's
+log-probabilities of every pair, computed once, so a resumed run uses the very same reference).
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ import torch
 from model.adapters.lora import AdapterCheckpoints, add_adapters
 from model.eval.harness import task_evaluator
 from model.finetune.batches import ExampleBatches, ShuffledBatches
-from model.finetune.config import LOSS_OF_METHOD, FinetuneConfig
-from model.finetune.preference import PreferenceLoss, reference_logps
+from model.finetune.config import FinetuneConfig
+from model.finetune.objectives.preference import reference_logps
 from model.train.config import TrainError
 from model.train.data import Batch
 from model.train.distributed import Cluster, autocast_dtype
-from model.train.loss import language_model_loss
 from model.train.run import read_run_json
 from model.train.trainer import Trainer
 
@@ -41,11 +40,11 @@ class Examples:
 
 
 def load_examples(spec: str, cfg: FinetuneConfig, tokenizer, quarantine_path: Path | None) -> Examples:
-    """Read `spec`, keep what fits the method's format, tokenize; the rest is quarantined (and written)."""
+    """Read `spec`, keep what fits the objective's record kind, tokenize; the rest is quarantined (and written)."""
     from model.finetune.examples import tokenize_all
     from model.finetune.records import DataError, load
     try:
-        parsed, quarantine = load(spec, "preference" if cfg.preference else "sft")
+        parsed, quarantine = load(spec, cfg.objective.records)
         examples = tokenize_all(parsed, tokenizer, quarantine, cfg.sequence_length, cfg.max_prompt_length)
     except DataError as e:
         raise TrainError(str(e)) from None
@@ -121,14 +120,12 @@ def build_finetune_trainer(cfg: FinetuneConfig, run_dir: Path, resume_from: Path
     val = load_examples(cfg.val_data, cfg, tokenizer, None) if cfg.val_data else None
     cfg.set_steps(len(train.examples), cluster.world_size)
 
-    splits = [ExampleBatches(train.examples, cfg.preference, tokenizer.eos_id)]
+    objective = cfg.objective
+    splits = [ExampleBatches(train.examples, objective.records, tokenizer.eos_id)]
     if val is not None:
-        splits.append(ExampleBatches(val.examples, cfg.preference, tokenizer.eos_id))
-    if cfg.preference:
+        splits.append(ExampleBatches(val.examples, objective.records, tokenizer.eos_id))
+    if objective.needs_reference:  # before the adapters go in: the reference is the starting model
         attach_reference(model, splits, cfg, cluster, run_dir / REFERENCE_FILE)
-        loss_fn, count_fn = PreferenceLoss(cfg.beta, LOSS_OF_METHOD[cfg.method]), PreferenceLoss.count
-    else:
-        loss_fn, count_fn = functools.partial(language_model_loss, z_loss=cfg.z_loss), None
 
     settings = cfg.adapter_settings()
     weights = None
@@ -138,8 +135,8 @@ def build_finetune_trainer(cfg: FinetuneConfig, run_dir: Path, resume_from: Path
         weights = AdapterCheckpoints(settings, str(source.weights_dir))
     tokenizer_facts = {"spec": tokenizer.spec, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size}
     data = FinetuneData(splits[0], splits[1] if len(splits) > 1 else None, tokenizer_facts)
-    trainer = Trainer(cfg, run_dir, cluster, model, data, loss_fn=loss_fn, task_eval=task_evaluator(cfg, data, cluster),
-                      count_fn=count_fn, weights=weights)
+    trainer = Trainer(cfg, run_dir, cluster, model, data, loss_fn=objective.loss(cfg),
+                      task_eval=task_evaluator(cfg, data, cluster), count_fn=objective.count, weights=weights)
     previous = read_run_json(run_dir) if resume_from is not None else {}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer.start(resume_from, previous=previous, facts={

@@ -17,8 +17,8 @@ from model.train.data import IGNORE_INDEX
 @dataclass
 class LossSums:
     """Per-batch sums; divide by the token count of the whole global batch, across ranks."""
-    total: Tensor   # cross entropy + z_loss coefficient x lse^2, summed over valid tokens (has grad)
-    ce: Tensor      # cross entropy summed (no grad)
+    total: Tensor   # what the gradient is taken of: cross entropy + z_loss coefficient x lse^2 (has grad)
+    loss: Tensor    # the reported loss summed (no grad): cross entropy for language modelling, an objective's own
     z: Tensor       # lse^2 summed (no grad)
     tokens: int     # valid target tokens
     extras: dict[str, Tensor] = field(default_factory=dict)  # other sums to report as means (no grad)
@@ -67,4 +67,4 @@ def language_model_loss(logits: Tensor, targets: Tensor, z_loss: float,
     valid = targets != ignore_index
     ce, z = _CrossEntropyAndLogZ.apply(logits, targets.clamp(min=0), valid)
     total = ce + z_loss * z if z_loss else ce
-    return LossSums(total=total, ce=ce.detach(), z=z.detach(), tokens=int(valid.sum()))
+    return LossSums(total=total, loss=ce.detach(), z=z.detach(), tokens=int(valid.sum()))

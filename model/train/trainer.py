@@ -255,7 +255,7 @@ class Trainer:
                     logits = model(inputs)
                 sums = self.loss_fn(logits, *rest)
                 (sums.total * scale).backward()
-            ce_sum, z_sum = ce_sum + sums.ce, z_sum + sums.z
+            ce_sum, z_sum = ce_sum + sums.loss, z_sum + sums.z
             for name, value in sums.extras.items():
                 extras[name] = extras.get(name, 0.0) + float(value)
         totals = cluster.sum([float(ce_sum), float(z_sum), *extras.values()])
@@ -280,7 +280,7 @@ class Trainer:
             for inputs, *rest in self._held_out:
                 with self._autocast():
                     sums = self.loss_fn(self.train_model(inputs), *rest)
-                ce += float(sums.ce)
+                ce += float(sums.loss)
                 count += self.count_fn((inputs, *rest)) if self.count_fn else sums.tokens
                 for name, value in sums.extras.items():
                     extras[name] = extras.get(name, 0.0) + float(value)

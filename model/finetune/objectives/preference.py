@@ -1,4 +1,4 @@
-"""Preference losses against a reference model: DPO (sigmoid) and RSO (hinge), with their rewards.
+"""Preference objectives against a reference model: DPO (sigmoid) and RSO (hinge), with their rewards.
 
 Written here rather than taken from TRL: TRL's DPO loss lives inside its trainer's
 `_compute_loss`, which runs a transformers model (its `labels`, `fused_lm_head` and
@@ -13,6 +13,7 @@ handbook use it):
 A batch holds the chosen completions in its first half and the rejected ones in its second,
 pair i in rows i and i + n; the reference log-probabilities come with the batch (computed once
 with the starting model, `reference_logps`), so no second model is held while training.
+With an adapter the reference is the base model the adapter starts from (its update is zero).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.finetune.objectives.objective import Objective, pairs
 from model.train.data import IGNORE_INDEX
 from model.train.loss import LossSums
 
@@ -33,6 +35,10 @@ def sequence_logps(logits: Tensor, targets: Tensor) -> Tensor:
     logprobs = F.log_softmax(logits.float(), dim=-1)
     picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * valid).sum(dim=-1)
+
+
+def trained_tokens(targets: Tensor) -> int:
+    return int((targets != IGNORE_INDEX).sum())
 
 
 def preference_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
@@ -67,13 +73,7 @@ class PreferenceLoss:
                   "reward_margin": (r_chosen - r_rejected).sum(),
                   "reward_accuracy": (r_chosen > r_rejected).float().sum(),
                   "logp_chosen": chosen.detach().sum(), "logp_rejected": rejected.detach().sum()}
-        return LossSums(total=total, ce=total.detach(), z=zero, tokens=int((targets != IGNORE_INDEX).sum()),
-                        extras=extras)
-
-    @staticmethod
-    def count(batch) -> int:
-        """Pairs in a micro-batch: the loss is a mean over pairs."""
-        return int(batch[0].shape[0]) // 2
+        return LossSums(total=total, loss=total.detach(), z=zero, tokens=trained_tokens(targets), extras=extras)
 
 
 @torch.no_grad()
@@ -87,3 +87,11 @@ def reference_logps(model: nn.Module, batches, autocast=None) -> Tensor:
             out.append(sequence_logps(model(inputs), targets).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+DPO = Objective("dpo", "direct preference optimisation (sigmoid loss) against the starting model", records="preference",
+                needs_reference=True, loss=lambda cfg: PreferenceLoss(cfg.beta, "sigmoid"), metrics=REPORTED,
+                count=pairs)
+RSO = Objective("rso", "statistical rejection sampling optimisation (hinge loss) against the starting model",
+                records="preference", needs_reference=True, loss=lambda cfg: PreferenceLoss(cfg.beta, "hinge"),
+                metrics=REPORTED, count=pairs)

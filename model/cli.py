@@ -13,21 +13,20 @@ The work is in `model.train` (the run) and `model.export`; `python -m model.cli`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from model.export import FORMATS, QUANT_BITS, export, is_chat_export, mlx_generate_command
 from model.hf_folder import DTYPES, HFFolderError
-from model.presets import PRESETS, preset_settings
+from model.presets import preset_settings
 from model.source import SourceError
-from model.train.config import ConfigError, TrainConfig, TrainError, load_yaml_config, resolve_config
-from model.train.distributed import process_settings, start_cluster, stop_cluster
+from model.train.config import ConfigError, RunConfig, TrainConfig, TrainError, load_yaml_config
+from model.train.distributed import launched_world_size, process_settings, start_cluster, stop_cluster
 from model.train.metrics import CURVES_FILE, plot_run
 from model.pretrain import build_trainer
 from model.train.run import prepare_run
+from model.train.settings import BOTH, settings_of
 from model.train.trainer import NonFiniteLoss, TrainResult
 
 
@@ -50,156 +49,61 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------- elm-train [train]
 
-FLAG_HELP = {
-    "corpus": "corpus name under <data root>/corpora (e.g. openelm-sample), a corpus folder, or a URI "
-              "(s3://bucket/prefix)",
-    "corpus_cache": "folder for the local copy of a --corpus on an object store: each shard downloaded once, "
-                    "checked against its ledger sha256, then memory-mapped (default <data root>/cache)",
-    "model": f"preset: {', '.join(PRESETS)}",
-    "init_from": "start from the weights of a Hugging Face-format folder (e.g. a run's checkpoints/step_N)",
-    "vocab_size": "override the preset's vocabulary (must equal the corpus tokenizer's)",
-    "out": "run folder (default runs/<model>-<corpus>)",
-    "seed": "seeds the initial weights and the sampler's order",
-    "steps": "optimizer steps in the whole run",
-    "sequence_length": "tokens per training sequence",
-    "global_batch_tokens": "tokens per optimizer step over all ranks (a multiple of micro batch x length x ranks)",
-    "micro_batch_size": "sequences per forward pass on one rank; the rest is gradient accumulation",
-    "max_lr": "peak learning rate (CoreNet: 5.3e-3 270M, 3.9e-3 450M, 2.4e-3 1.1B, 1.2e-3 3B)",
-    "min_lr_ratio": "final LR as a fraction of the peak, reached by cosine decay",
-    "warmup_init_lr": "LR of the first warmup step",
-    "warmup_steps": "linear warmup length (default 5000, at most a tenth of the run)",
-    "beta1": "AdamW beta1", "beta2": "AdamW beta2", "eps": "AdamW epsilon",
-    "weight_decay": "AdamW weight decay for matrices (norms get none)",
-    "grad_clip": "clip the global gradient norm to this",
-    "z_loss": "coefficient of mean logsumexp(logits)^2 added to the loss",
-    "device": "auto, cpu, cuda, cuda:N or mps",
-    "dtype": "auto (bf16 autocast on CUDA, else fp32), bf16 or fp32",
-    "compile": "torch.compile the model",
-    "activation_checkpointing": "recompute each decoder layer in backward (less memory)",
-    "fsdp": "shard parameters, gradients and optimizer state (FSDP2) under torchrun",
-    "threads": "torch CPU threads per process (default torch's; 1 is best on a busy machine)",
-    "flush_denormal": "CPU: treat subnormal floats as zero (they slow x86 math)",
-    "sampler_mode": "pack (every token trained) or corenet (one truncated, padded chunk per sequence)",
-    "stream": "tokenize the manifest's sources live on Ray instead of reading a built corpus",
-    "manifest": "the manifest --stream reads (default manifests/openelm.yaml)",
-    "stream_sample": "--stream the offline sample mirror instead of the upstream files",
-    "stream_workers": "Ray workers for --stream",
-    "stream_unit_bytes": "input bytes per --stream work unit (default 64 MiB; small units make resume tests cheap)",
-    "ray_address": "a Ray cluster (its head's host:port) to run --stream's pipeline on; every node that trains must "
-                   "be one of its nodes (default: a local Ray of --stream-workers CPUs)",
-    "log_every": "steps between progress lines and mixture records",
-    "eval_every": "steps between validation-loss evaluations",
-    "eval_batches": "held-out micro-batches per evaluation, over all ranks",
-    "checkpoint_every": "steps between checkpoints (one is always written at the end)",
-    "keep_checkpoints": "how many of the newest checkpoints to keep",
-    "progress": "show a progress bar (or progress lines when not on a terminal)",
-    "eval_tasks": "lm-eval tasks or a task set (docs/eval.md) to run while training",
-    "eval_tasks_every": "steps between task evaluations (default: at every checkpoint)",
-    "eval_tasks_limit": "examples per task in those evaluations (default: all)",
-    "eval_tasks_include": "a folder of extra task YAMLs in lm-eval's format",
-    # elm-train finetune
-    "data": "training records: a jsonl, jsonl.gz, json or parquet file, a folder of them, a datasets folder or name",
-    "val_data": "held-out records in the same formats, for the validation loss",
-    "method": "the objective: sft, dpo (sigmoid), rso (hinge) or orpo (odds ratio, no reference); lora and dora "
-              "mean sft with that adapter",
-    "adapter": "which weights train: none (all), lora or dora (PEFT adapters, the rest frozen)",
-    "orpo_lambda": "ORPO: weight of the odds-ratio term beside the SFT term",
-    "recipe": "openelm-peft (CoreNet's LoRA/DoRA settings) or openelm-instruct (OpenELM-Instruct's DPO/RSO per size)",
-    "epochs": "passes over the training data (--steps overrides)",
-    "tokenizer": "the SentencePiece model when the model folder has none (Apple's releases ship none)",
-    "beta": "DPO/RSO: the strength of the pull toward the reference (starting) model",
-    "max_prompt_length": "DPO/RSO: prompt tokens kept, cut on the left (default half of --sequence-length)",
-    "lora_rank": "adapter rank", "lora_alpha": "adapter alpha (the update is scaled by alpha / rank)",
-    "lora_dropout": "dropout on the adapter's input",
-    "lora_targets": "comma-separated layers given adapters (qkv_proj, out_proj, proj_1, proj_2)",
-    "instruct_size": "set by --recipe openelm-instruct: the OpenELM size whose row it took",
-}
-
-# Pretraining settings that mean nothing to a fine-tuning run.
-PRETRAIN_ONLY = ("corpus", "corpus_cache", "model", "vocab_size", "sampler_mode", "weights", "stream", "manifest",
-                 "stream_sample", "stream_workers", "stream_unit_bytes", "ray_address", "eval_batches",
-                 "instruct_size")
-
-# Fields whose default (None) does not tell argparse their type.
-_FLAG_TYPES = {"corpus": str, "corpus_cache": str, "init_from": str, "vocab_size": int, "out": str,
-               "warmup_steps": int, "threads": int, "manifest": str, "ray_address": str, "eval_tasks": str,
-               "eval_tasks_every": int, "eval_tasks_limit": int, "eval_tasks_include": str, "data": str, "val_data": str, "recipe": str,
-               "epochs": float, "tokenizer": str, "max_prompt_length": int, "steps": int, "global_batch_tokens": int}
-
-
-def _parse_weights(text: str) -> dict[str, float]:
-    """`source=0.5,other=0.5` or a JSON object."""
-    text = text.strip()
-    if text.startswith("{"):
-        return {str(k): float(v) for k, v in json.loads(text).items()}
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--weights expects source=weight pairs, got {part!r}")
-        out[name.strip()] = float(value)
-    return out
-
-
-def _describe_default(name: str, default: Any, per_preset: set[str]) -> str:
-    if default is None:
-        return ""
-    return f" (default: {default}, or the preset's)" if name in per_preset else f" (default: {default})"
-
-
-def build_parser(kind: type[TrainConfig] = TrainConfig, prog: str = "elm-train", description: str = (
-        "Train OpenELM on a built corpus with CoreNet's recipe. Every setting below can also be given in a YAML "
-        "run config (--config); flags win. `elm-train plot RUN_DIR` draws a run's curves."),
-        skip: tuple[str, ...] = ("instruct_size",)) -> argparse.ArgumentParser:
+def build_parser(kind: type[RunConfig], prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags of a run of `kind`, one per setting it declares (`model.train.settings`), with its help and default;
+    required settings in their own group."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", metavar="YAML", help="run config: a mapping of the settings below (underscored names)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    defaults, per_preset = kind(), preset_settings() if kind is TrainConfig else set()
-    for f in dataclasses.fields(kind):
-        if f.name == "gradient_accumulation" or f.name in skip:  # derived, never set; or not this command's
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = FLAG_HELP.get(f.name, f.name) + _describe_default(f.name, default, per_preset)
-        if isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.name == "weights":
-            p.add_argument(flag, dest=f.name, type=_parse_weights, default=None,
-                           help="mixture weights, source=w,... or JSON (default: the manifest's)")
+    per_preset = preset_settings() if kind is TrainConfig else set()
+    required = p.add_argument_group("required (as a flag or in --config)")
+    own = p.add_argument_group("fine-tuning settings" if kind.OWNER == "finetune" else f"{kind.OWNER} settings")
+    shared = p.add_argument_group("settings of every run")
+    for s in settings_of(kind):
+        group = required if s.required else shared if s.owner == BOTH else own
+        help_text = s.help + (f"; one of {', '.join(s.choices)}" if s.choices else "")
+        if s.default is not None and not s.required:
+            help_text += f" (default: {s.default}, or the preset's)" if s.name in per_preset else \
+                f" (default: {s.default})"
+        if s.type is bool:
+            group.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
         else:
-            kind = _FLAG_TYPES.get(f.name, type(default))
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            group.add_argument(s.flag, dest=s.name, type=s.parse or s.type, default=None, help=help_text,
+                               metavar=s.metavar)
     return p
 
 
 def cli_train(argv: list[str]) -> int:
-    return _run_training(build_parser().parse_args(argv), TrainConfig, build_trainer)
+    parser = build_parser(TrainConfig, "elm-train", (
+        "Train OpenELM on a built corpus with CoreNet's recipe. Every setting below can also be given in a YAML "
+        "run config (--config); flags win. Other commands: elm-train {eval,finetune,export,compare,plot} --help."))
+    return _run_training(parser.parse_args(argv), TrainConfig, build_trainer)
 
 
 def cli_finetune(argv: list[str]) -> int:
     from model.finetune.config import FinetuneConfig
     from model.finetune.run import build_finetune_trainer
     parser = build_parser(FinetuneConfig, "elm-train finetune", (
-        "Fine-tune an OpenELM (a Hugging Face-format folder or a run) on local records or a datasets name: SFT, "
-        "LoRA/DoRA through PEFT, DPO or RSO, with the chosen recipe's values as defaults (docs/finetune.md). Every "
-        "setting can also be given in a YAML run config (--config); flags win."), skip=PRETRAIN_ONLY)
+        "Fine-tune an OpenELM (a Hugging Face-format folder or a run) on local records or a datasets name: an "
+        "objective (--method) with full weights or LoRA/DoRA adapters (--adapter), with the chosen recipe's values "
+        "as defaults (docs/finetune.md). Every setting can also be given in a YAML run config (--config); flags win."))
     args = parser.parse_args(argv)
     if args.steps is not None and args.epochs is not None:
         parser.error("give --steps or --epochs, not both")
     return _run_training(args, FinetuneConfig, build_finetune_trainer)
 
 
-def _run_training(args: argparse.Namespace, kind: type[TrainConfig], build) -> int:
-    """Resolve the run's settings, start the cluster, build the run with `build` and train it; print the end."""
+def _run_training(args: argparse.Namespace, kind: type[RunConfig], build) -> int:
+    """Resolve the run's settings once, start the cluster, build the run with `build` and train it; print the end."""
     names = kind.field_names()
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
     cluster = cfg = None
     try:
         yaml_values = load_yaml_config(args.config, kind) if args.config else {}
-        base = resolve_config(yaml_values, flags, kind=kind)  # device and threads are needed before the rest
-        cluster = start_cluster(base)
-        plan = prepare_run(yaml_values, flags, args.resume, cluster.world_size, kind)
+        plan = prepare_run(yaml_values, flags, args.resume, launched_world_size(), kind)
         cfg = plan.config
+        cluster = start_cluster(cfg)
         if plan.nothing_to_resume and cluster.is_main:
             print(f"elm-train: nothing to resume in {plan.run_dir}; starting a new run", file=sys.stderr)
         with process_settings(cfg):

@@ -1,4 +1,5 @@
-"""The settings of a fine-tuning run: `FinetuneConfig` (the trainer's settings and fine-tuning's own) and the recipes.
+"""The settings of a fine-tuning run: `FinetuneConfig` (the shared settings with fine-tuning's defaults, and its own)
+and the recipes.
 
 A recipe is a layer of defaults under the run config and the flags, as a preset is for
 pretraining (`model.train.config.resolve_config` layers them):
@@ -18,14 +19,14 @@ Without a recipe the defaults are a plain fine-tuning run's: 3 epochs, LR 2e-5, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from model.adapters.lora import METHODS as ADAPTER_METHODS
 from model.adapters.lora import TARGETS, AdapterSettings
 from model.finetune.objectives import OBJECTIVES, Objective
-from model.train.config import ConfigError, TrainConfig
+from model.train.config import ConfigError, RunConfig, check_batch_and_schedule
+from model.train.settings import run_config, setting
 
 ADAPTERS = ("none", *ADAPTER_METHODS)
 RECIPES = ("openelm-instruct", "openelm-peft")
@@ -46,49 +47,44 @@ INSTRUCT_RECIPE: dict[str, Any] = {
     "beta": 0.01, "sequence_length": 1024, "max_prompt_length": 512, "min_lr_ratio": 0.0, "weight_decay": 0.0,
     "beta1": 0.9, "beta2": 0.999,  # the alignment handbook's AdamW (transformers' defaults)
 }
-PLAIN_DEFAULTS: dict[str, Any] = {"epochs": 3.0, "max_lr": 2e-5, "min_lr_ratio": 0.0, "weight_decay": 0.0}
 
 
-@dataclass
-class FinetuneConfig(TrainConfig):
-    """Every setting of a fine-tuning run: the trainer's (batch, schedule, compute, observability) and these."""
+@run_config("finetune", required=("init_from", "data"))
+class FinetuneConfig(RunConfig):
+    """A fine-tuning run: the shared settings with fine-tuning's defaults (`RunConfig`), and these."""
 
-    data: str | None = None            # training records: jsonl / parquet / json file, folder, or a datasets name
-    val_data: str | None = None        # held-out records in the same formats (validation loss on them)
-    method: str = "sft"                # the objective (model.finetune.objectives); lora | dora: sft with that adapter
-    adapter: str = "none"              # none (every weight trains) | lora | dora (PEFT adapters; the rest frozen)
-    recipe: str | None = None          # openelm-instruct | openelm-peft
-    epochs: float | None = None        # passes over the data; --steps overrides
-    tokenizer: str | None = None       # the model's SentencePiece model when its folder has none
-    beta: float = 0.01                 # DPO/RSO: strength of the pull toward the reference model
-    orpo_lambda: float = 0.1           # ORPO: weight of the odds-ratio term beside the SFT term
-    max_prompt_length: int | None = None  # DPO/RSO: prompt tokens kept, cut on the left (None: half the length)
-    lora_rank: int = 32
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.1
-    lora_targets: str = ",".join(TARGETS)
-    instruct_size: str | None = None   # the OpenELM-Instruct row a recipe run took (recorded, not set)
+    data: str | None = setting(None, "training records: a jsonl, jsonl.gz, json or parquet file, a folder of them, "
+                                     "a datasets folder or name")
+    val_data: str | None = setting(None, "held-out records in the same formats, for the validation loss")
+    method: str = setting("sft", "the objective: " + "; ".join(f"{o.name}: {o.help}" for o in OBJECTIVES.values())
+                          + " (lora, dora: sft with that adapter)")
+    adapter: str = setting("none", "which weights train: none (all), lora or dora (PEFT adapters, the rest frozen)",
+                           choices=ADAPTERS)
+    recipe: str | None = setting(None, "openelm-peft (CoreNet's LoRA/DoRA settings) or openelm-instruct "
+                                       "(OpenELM-Instruct's DPO/RSO per size)")
+    epochs: float = setting(3.0, "passes over the training data (--steps overrides)")
+    tokenizer: str | None = setting(None, "the SentencePiece model when the model folder has none (Apple's releases "
+                                          "ship none)")
+    beta: float = setting(0.01, "DPO/RSO: the strength of the pull toward the reference (starting) model")
+    orpo_lambda: float = setting(0.1, "ORPO: the weight of the odds-ratio term beside the SFT term")
+    max_prompt_length: int | None = setting(None, "preference pairs: prompt tokens kept, cut on the left (default "
+                                                  "half of --sequence-length)")
+    lora_rank: int = setting(32, "adapter rank")
+    lora_alpha: float = setting(32.0, "adapter alpha (the update is scaled by alpha / rank)")
+    lora_dropout: float = setting(0.1, "dropout on the adapter's input")
+    lora_targets: str = setting(",".join(TARGETS), f"comma-separated layers given adapters ({', '.join(TARGETS)})")
+    instruct_size: str | None = setting(None, flag=False)  # the OpenELM-Instruct row a recipe run took (recorded)
 
-    # Fine-tuning's own defaults of trainer settings.
-    steps: int | None = None           # type: ignore[assignment]  (None: from --epochs once the data is read)
-    z_loss: float = 0.0
-    max_lr: float = 2e-5
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    micro_batch_size: int = 8
-    global_batch_tokens: int | None = None  # type: ignore[assignment]  (None: one micro-batch per rank)
-    eval_every: int = 50
-    checkpoint_every: int = 200
-
-    RESUME_INVARIANTS = ("init_from", "data", "val_data", "method", "seed", "sequence_length", "global_batch_tokens",
-                         "micro_batch_size", "adapter", "beta", "orpo_lambda", "max_prompt_length", "lora_rank", "lora_alpha", "lora_targets",
-                         "lora_dropout")
+    RESUME_INVARIANTS: ClassVar[tuple[str, ...]] = (
+        "init_from", "data", "val_data", "method", "seed", "sequence_length", "global_batch_tokens",
+        "micro_batch_size", "adapter", "beta", "orpo_lambda", "max_prompt_length", "lora_rank", "lora_alpha",
+        "lora_targets", "lora_dropout")
 
     @classmethod
     def defaults(cls, merged: dict[str, Any]) -> dict[str, Any]:
         recipe = merged.get("recipe")
         if recipe is None:
-            return dict(PLAIN_DEFAULTS)
+            return {}
         if recipe == "openelm-peft":
             return dict(PEFT_RECIPE)
         if recipe == "openelm-instruct":
@@ -108,20 +104,15 @@ class FinetuneConfig(TrainConfig):
         if self.method not in OBJECTIVES:
             raise ConfigError(f"--method must be one of {', '.join(OBJECTIVES)} (or lora, dora: sft with that "
                               f"adapter), got {self.method!r}")
-        if self.adapter not in ADAPTERS:
-            raise ConfigError(f"--adapter must be one of {', '.join(ADAPTERS)}, got {self.adapter!r}")
-        if not self.init_from:
-            raise ConfigError("--init-from is required: the model folder (or run) to fine-tune")
-        if not self.data:
-            raise ConfigError("--data is required: the training records (jsonl, parquet, a folder or a datasets name)")
-        if self.steps is None and not (self.epochs and self.epochs > 0):
-            raise ConfigError("give --steps N or --epochs E (a positive number)")
+        self.check_settings()
         if self.fsdp:
             raise ConfigError("--fsdp is not supported by finetune yet; use DDP (torchrun without --fsdp)")
         if not self.beta > 0:
             raise ConfigError(f"--beta must be positive, got {self.beta}")
         if not self.orpo_lambda >= 0:
             raise ConfigError(f"--orpo-lambda must be >= 0, got {self.orpo_lambda}")
+        if self.steps is None and not (self.epochs and self.epochs > 0):
+            raise ConfigError("give --steps N or --epochs E (a positive number)")
         if self.global_batch_tokens is None:
             self.global_batch_tokens = self.micro_batch_size * self.sequence_length * world_size
         if self.max_prompt_length is None:
@@ -134,7 +125,7 @@ class FinetuneConfig(TrainConfig):
         if steps is None:
             self.steps = 1  # checked and derived with a stand-in; set_steps gives the real count and warmup
         recipe_warmup = self.warmup_steps
-        super().check_and_derive(world_size)
+        check_batch_and_schedule(self, world_size)
         if steps is None:
             self.steps, self.warmup_steps = None, recipe_warmup
         else:

@@ -50,8 +50,13 @@ class Cluster:
         return out
 
 
+def launched_world_size() -> int:
+    """The ranks torchrun started (1 without torchrun), known before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def start_cluster(cfg: TrainConfig) -> Cluster:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device == "auto":

@@ -17,7 +17,7 @@ import yaml
 
 from corpus.store.files import atomic_write_json
 from model.train.checkpoint import latest_checkpoint
-from model.train.config import TrainConfig, TrainError, resolve_config
+from model.train.config import RunConfig, TrainConfig, TrainError, merge_settings, resolve_config
 
 RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
@@ -26,17 +26,17 @@ CONFIG_YAML = "config.yaml"
 @dataclass
 class RunPlan:
     """The settings a run starts with, its folder, and the checkpoint it resumes from (None: a new run)."""
-    config: TrainConfig
+    config: RunConfig
     run_dir: Path
     resume_from: Path | None
     nothing_to_resume: bool = False  # --resume was given, but the folder held no run: a new one starts
 
 
 def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int,
-                kind: type[TrainConfig] = TrainConfig) -> RunPlan:
-    """Resolve the config (a resumed run starts from its saved one), check it, find the checkpoint to resume."""
-    preview = resolve_config(yaml_values, flags, world_size, kind=kind)
-    run_dir = Path(preview.out) if preview.out else preview.default_run_dir()
+                kind: type[RunConfig] = TrainConfig) -> RunPlan:
+    """Resolve the config once (a resumed run starts from its saved one), check it, find the checkpoint to resume."""
+    values = merge_settings(yaml_values, flags, kind=kind)
+    run_dir = Path(values["out"]) if values.get("out") else kind(**values).default_run_dir()
     saved_path = run_dir / CONFIG_YAML
     # With nothing to resume, --resume starts a new run: the same command then starts a job and restarts it.
     nothing_to_resume = resume and not saved_path.exists()
@@ -45,8 +45,9 @@ def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int,
         if existing is not None:
             raise TrainError(f"{run_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue "
                              f"it, or choose another --out")
-        preview.out = str(run_dir)
-        return RunPlan(preview, run_dir, None, nothing_to_resume)
+        cfg = resolve_config(yaml_values, flags, world_size, kind=kind)
+        cfg.out = str(run_dir)
+        return RunPlan(cfg, run_dir, None, nothing_to_resume)
     saved = yaml.safe_load(saved_path.read_text()) or {}
     cfg = resolve_config(yaml_values, flags, world_size, base=saved, kind=kind)
     changed = [k for k in cfg.RESUME_INVARIANTS if saved.get(k) != getattr(cfg, k)]

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,20 +89,26 @@ def sync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
-    path = Path(path)
+@contextmanager
+def replacing(path: Path) -> Iterator[int]:
+    """An open descriptor on a hidden temporary beside ``path`` that replaces ``path`` when the block ends; if the
+    block raises, the temporary is removed and ``path`` left as it was. A failed write(2) names no file, so an
+    out-of-space error gets ``path``'s name (an error from elsewhere, e.g. reading a store, keeps its own)."""
     fd, tmp = temporary_beside(path)
     try:
-        write_synced(fd, data)
+        yield fd
         os.replace(tmp, path)
     except BaseException as e:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(path)  # a failed write(2) names no file; say which one it was for
+        if out_of_space(e) and e.filename is None:
+            e.filename = str(path)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    with replacing(Path(path)) as fd:
+        write_synced(fd, data)
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -380,25 +380,14 @@ def download(path: StorePath, dest: Path, sha256: str | None = None, block: int 
 
     With ``sha256`` a copy whose hash differs is never put in place: ValueError, ``dest`` untouched.
     """
-    fd, tmp = files.temporary_beside(dest)
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in blocks(path, block):
-                f.write(chunk)
-                h.update(chunk)
+    with files.replacing(dest) as fd, os.fdopen(fd, "wb") as f:
+        for chunk in blocks(path, block):
+            f.write(chunk)
+            h.update(chunk)
         if sha256 is not None and h.hexdigest() != sha256:
             raise ValueError(f"{path} has sha256 {h.hexdigest()[:16]}..., not the {sha256[:16]}... its ledger "
                              f"entry records")
-        os.replace(tmp, dest)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.errno in files.NO_SPACE_ERRNOS and e.filename is None:
-            e.filename = str(dest)
-        raise
     return h.hexdigest()
 
 

@@ -106,6 +106,8 @@ def _run_training(args: argparse.Namespace, kind: type[RunConfig], build) -> int
         cluster = start_cluster(cfg)
         if plan.nothing_to_resume and cluster.is_main:
             print(f"elm-train: nothing to resume in {plan.run_dir}; starting a new run", file=sys.stderr)
+        for path, why in plan.passed_over if cluster.is_main else ():
+            print(f"elm-train: {path}: {why}; resuming from {plan.resume_from.name}", file=sys.stderr)
         with process_settings(cfg):
             result = build(cfg, plan.run_dir, plan.resume_from, cluster).train()
         if cluster.is_main:

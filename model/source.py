@@ -48,10 +48,12 @@ def resolve_source(path: str | Path, step: int | None = None) -> ModelSource:
         if chosen not in checkpoints:
             raise SourceError(f"{path}: no checkpoint for step {step}; it has steps {sorted(checkpoints)}")
         folder = checkpoints[chosen]
+        _refuse_damaged(folder, sorted(checkpoints))
         return ModelSource(folder, path, read_json(path / RUN_JSON), chosen, read_json(folder / ckpt.STATE_FILE))
     step_of_folder = ckpt.checkpoint_step(path)
     if step_of_folder is not None and path.parent.name == ckpt.CHECKPOINTS_DIR:
         run_dir = path.parent.parent
+        _refuse_damaged(path, [s for s, _ in ckpt.list_checkpoints(run_dir)])
         return ModelSource(path, run_dir, read_json(run_dir / RUN_JSON), step_of_folder,
                             read_json(path / ckpt.STATE_FILE))
     if (path / CONFIG_FILE).is_file():
@@ -60,6 +62,15 @@ def resolve_source(path: str | Path, step: int | None = None) -> ModelSource:
         return ModelSource(path)
     raise SourceError(f"{path}: neither a run folder (no checkpoints/) nor a Hugging Face-format folder "
                       f"(no {CONFIG_FILE})")
+
+
+def _refuse_damaged(folder: Path, steps: list[int]) -> None:
+    why = ckpt.damage(folder)
+    if why is not None:
+        others = [s for s in steps if s != ckpt.checkpoint_step(folder)]
+        choose = (f"choose another checkpoint (steps {', '.join(map(str, others))}) with --step N or by its folder"
+                  if others else "the run has no other checkpoint")
+        raise SourceError(f"{folder}: {why}; {choose}")
 
 
 def run_field(run: dict, dotted: str):

@@ -435,3 +435,49 @@ def test_bad_settings_are_refused_by_name(base, sft_data, tmp_path, capsys):
     assert "ties it to the output projection" in capsys.readouterr().err
     assert finetune(tmp_path / "d", base, tmp_path / "missing.jsonl", "sft", "--steps", "2") == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damaged", ["trainer_state.pt", "model.safetensors"])
+def test_resume_steps_over_a_damaged_newest_checkpoint_and_is_exact_from_the_older(base, sft_data, tmp_path, capsys,
+                                                                                   damaged):
+    args = ("--steps", "6", "--checkpoint-every", "2", "--max-lr", "5e-3", "--warmup-steps", "1", "--micro-batch-size",
+            "2")
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert finetune(reference, base, sft_data, "sft", *args) == 0
+    assert finetune(run, base, sft_data, "sft", *args) == 0
+    newest = list_checkpoints(run)[-1][1]
+    truncate(newest / damaged)
+    capsys.readouterr()
+    assert finetune(run, base, sft_data, "sft", *args, "--resume") == 0
+    err = capsys.readouterr().err
+    assert f"{newest}: {damaged} is damaged" in err and "resuming from step_00000004" in err
+    assert [(r["step"], r["loss"]) for r in train_records(run)] == [(r["step"], r["loss"]) for r in
+                                                                   train_records(reference)]
+    from model.train.checkpoint import damage
+    assert damage(newest) is None  # step 6 written again, whole
+
+
+def test_eval_export_and_init_from_name_a_damaged_checkpoint_in_one_line_and_take_another_step(base, sft_data,
+                                                                                                tmp_path, capsys):
+    run = tmp_path / "run"
+    assert finetune(run, base, sft_data, "sft", "--steps", "4", "--checkpoint-every", "2") == 0
+    newest = list_checkpoints(run)[-1][1]
+    truncate(newest / "model.safetensors")
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{newest}: model.safetensors is damaged" in err and "steps 2" in err and "--step N" in err
+    assert main(["eval", str(newest), "--tasks", "elm_mc"]) == 2
+    assert f"{newest}: model.safetensors is damaged" in capsys.readouterr().err
+    assert finetune(tmp_path / "next", run, sft_data, "sft", "--steps", "1") == 2
+    assert f"{newest}: model.safetensors is damaged" in capsys.readouterr().err
+    assert main(["export", str(run), "--step", "2", "--format", "hf", "--out", str(tmp_path / "out")]) == 0
+    assert finetune(tmp_path / "next", run, sft_data, "sft", "--steps", "1", "--step", "2") == 0

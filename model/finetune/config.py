@@ -53,6 +53,8 @@ INSTRUCT_RECIPE: dict[str, Any] = {
 class FinetuneConfig(RunConfig):
     """A fine-tuning run: the shared settings with fine-tuning's defaults (`RunConfig`), and these."""
 
+    step: int | None = setting(None, "with an --init-from run: the checkpoint step to start from (default: its "
+                                     "newest)")
     data: str | None = setting(None, "training records: a jsonl, jsonl.gz, json or parquet file, a folder of them, "
                                      "a datasets folder or name")
     val_data: str | None = setting(None, "held-out records in the same formats, for the validation loss")
@@ -76,7 +78,7 @@ class FinetuneConfig(RunConfig):
     instruct_size: str | None = setting(None, flag=False)  # the OpenELM-Instruct row a recipe run took (recorded)
 
     RESUME_INVARIANTS: ClassVar[tuple[str, ...]] = (
-        "init_from", "data", "val_data", "method", "seed", "sequence_length", "global_batch_tokens",
+        "init_from", "step", "data", "val_data", "method", "seed", "sequence_length", "global_batch_tokens",
         "micro_batch_size", "adapter", "beta", "orpo_lambda", "max_prompt_length", "lora_rank", "lora_alpha",
         "lora_targets", "lora_dropout")
 

@@ -104,7 +104,7 @@ def build_finetune_trainer(cfg: FinetuneConfig, run_dir: Path, resume_from: Path
     from model.hf_folder import load_hf_folder
     from model.source import SourceError, resolve_source, resolve_tokenizer
     try:
-        source = resolve_source(cfg.init_from)
+        source = resolve_source(cfg.init_from, cfg.step)
         model_config, model = load_hf_folder(source.weights_dir)
         tokenizer = resolve_tokenizer(source, cfg.tokenizer)
     except (SourceError, OSError, ValueError) as e:

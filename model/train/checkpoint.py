@@ -2,9 +2,10 @@
 
 Each folder holds `model.safetensors` (Hugging Face weight names, float32), `config.json` (the
 model's Hugging Face config), `trainer_state.pt` (optimizer, scheduler, sampler and RNG states,
-step) and `state.json`, written last. The folder is assembled under a hidden temporary name and
-renamed into place, so a process killed mid-save leaves the previous checkpoints untouched and
-no `step_*` folder that is incomplete.
+step) and `state.json`, written last, which records the sha256 of every other file. The folder is
+assembled under a hidden temporary name and renamed into place, so a process killed mid-save
+leaves the previous checkpoints untouched and no `step_*` folder that is incomplete; a file
+damaged later (a disk fault, a copy cut short) is found by `damage` against those hashes.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from corpus.store.files import sync_path
+from corpus.store.files import sha256_file, sync_path
 from model.hf_folder import CONFIG_FILE
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -82,10 +83,11 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
     save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
     (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=2, sort_keys=True) + "\n")
     for name, data in (extra_files or {}).items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(data)
+    hashes = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step, files=hashes), indent=2, sort_keys=True) + "\n")
     for path in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
         sync_path(path)
     sync_path(tmp)
@@ -107,6 +109,33 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         trash = path.parent / f".trash-{path.name}-{os.getpid()}"
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def damage(path: str | Path) -> str | None:
+    """What is wrong with a complete checkpoint's files against the hashes its state.json records (None: nothing,
+    or a checkpoint from before hashes were recorded)."""
+    path = Path(path)
+    try:
+        recorded = json.loads((path / STATE_FILE).read_text()).get("files") or {}
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} cannot be read ({e})"
+    for name, sha256 in sorted(recorded.items()):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if sha256_file(path / name) != sha256:
+            return f"{name} is damaged (its sha256 differs from the one written when it was saved)"
+    return None
+
+
+def newest_intact(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint whose files match their hashes, and the newer ones passed over with what is wrong."""
+    passed_over = []
+    for _, path in reversed(list_checkpoints(run_dir)):
+        why = damage(path)
+        if why is None:
+            return path, passed_over
+        passed_over.append((path, why))
+    return None, passed_over
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:

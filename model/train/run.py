@@ -9,14 +9,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from corpus.store.files import atomic_write_json
-from model.train.checkpoint import latest_checkpoint
+from model.train.checkpoint import latest_checkpoint, newest_intact
 from model.train.config import RunConfig, TrainConfig, TrainError, merge_settings, resolve_config
 
 RUN_JSON = "run.json"
@@ -30,6 +30,7 @@ class RunPlan:
     run_dir: Path
     resume_from: Path | None
     nothing_to_resume: bool = False  # --resume was given, but the folder held no run: a new one starts
+    passed_over: list[tuple[Path, str]] = field(default_factory=list)  # newer checkpoints found damaged, and how
 
 
 def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int,
@@ -55,7 +56,12 @@ def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int,
         raise TrainError(f"--resume: {', '.join(f'{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})' for k in changed)} "
                          f"differ from the run in {run_dir}; a resumed run must read the same data with the same model")
     cfg.out = str(run_dir)
-    return RunPlan(cfg, run_dir, latest_checkpoint(run_dir))
+    resume_from, passed_over = newest_intact(run_dir)
+    if passed_over and resume_from is None:
+        raise TrainError(f"--resume: every checkpoint of {run_dir} is damaged ("
+                         + "; ".join(f"{path.name}: {why}" for path, why in passed_over)
+                         + "); move them away to start the run again")
+    return RunPlan(cfg, run_dir, resume_from, passed_over=passed_over)
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:

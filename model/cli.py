@@ -13,8 +13,10 @@ The work is in `model.train` (the run) and `model.export`; `python -m model.cli`
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from model.export import FORMATS, QUANT_BITS, export, is_chat_export, mlx_generate_command
@@ -30,29 +32,40 @@ from model.train.settings import BOTH, settings_of
 from model.train.trainer import NonFiniteLoss, TrainResult
 
 
+# The commands of elm-train: what each does, in one line (the bare `elm-train ...` is `train`).
+COMMANDS = {
+    "train": "pretrain on a built corpus or a live stream (the default)",
+    "finetune": "fine-tune: sft, dpo, rso or orpo; all weights or LoRA/DoRA",
+    "eval": "score a model on lm-evaluation-harness tasks",
+    "compare": "runs side by side: losses, tokens, accuracies; HTML",
+    "export": "a run as MLX or Hugging Face weights, or its adapter",
+    "plot": "draw a run's loss and learning-rate curves",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "export":
-        return cli_export(argv[1:])
-    if argv and argv[0] == "plot":
-        return cli_plot(argv[1:])
-    if argv and argv[0] == "eval":
-        return cli_eval(argv[1:])
-    if argv and argv[0] == "compare":
-        return cli_compare(argv[1:])
-    if argv and argv[0] == "finetune":
-        return cli_finetune(argv[1:])
-    if argv and argv[0] == "train":
+    command = argv[0] if argv and not argv[0].startswith("-") else "train"
+    if argv and argv[0] == command:
         argv = argv[1:]
-    return cli_train(argv)
+    if command not in COMMANDS:
+        near = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"; did you mean `elm-train {near[0]}`?" if near else f"; commands: {', '.join(COMMANDS)}"
+        print(f"elm-train: unknown command {command!r}{hint}", file=sys.stderr)
+        return 2
+    handlers = {"train": cli_train, "finetune": cli_finetune, "eval": cli_eval, "compare": cli_compare,
+                "export": cli_export, "plot": cli_plot}
+    return handlers[command](argv)
 
 
 # ---------------------------------------------------------------- elm-train [train]
 
-def build_parser(kind: type[RunConfig], prog: str, description: str) -> argparse.ArgumentParser:
+def build_parser(kind: type[RunConfig], prog: str, description: str, epilog: str | None = None
+                 ) -> argparse.ArgumentParser:
     """The flags of a run of `kind`, one per setting it declares (`model.train.settings`), with its help and default;
     required settings in their own group."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="YAML", help="run config: a mapping of the settings below (underscored names)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     per_preset = preset_settings() if kind is TrainConfig else set()
@@ -75,16 +88,17 @@ def build_parser(kind: type[RunConfig], prog: str, description: str) -> argparse
 
 
 def cli_train(argv: list[str]) -> int:
-    parser = build_parser(TrainConfig, "elm-train", (
-        "Train OpenELM on a built corpus with CoreNet's recipe. Every setting below can also be given in a YAML "
-        "run config (--config); flags win. Other commands: elm-train {eval,finetune,export,compare,plot} --help."))
+    parser = build_parser(TrainConfig, "elm-train [train]", textwrap.fill(
+        "Pretrain OpenELM on a built corpus (or a live stream) with CoreNet's recipe. Every setting below can also "
+        "be given in a YAML run config (--config); flags win."), epilog="commands (elm-train COMMAND --help):\n" +
+        "\n".join(f"  {name:<10}{text}" for name, text in COMMANDS.items()))
     return _run_training(parser.parse_args(argv), TrainConfig, build_trainer)
 
 
 def cli_finetune(argv: list[str]) -> int:
     from model.finetune.config import FinetuneConfig
     from model.finetune.run import build_finetune_trainer
-    parser = build_parser(FinetuneConfig, "elm-train finetune", (
+    parser = build_parser(FinetuneConfig, "elm-train finetune", textwrap.fill(
         "Fine-tune an OpenELM (a Hugging Face-format folder or a run) on local records or a datasets name: an "
         "objective (--method) with full weights or LoRA/DoRA adapters (--adapter), with the chosen recipe's values "
         "as defaults (docs/finetune.md). Every setting can also be given in a YAML run config (--config); flags win."))
@@ -174,7 +188,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated, or a set: "
                    + ", ".join(TASK_SETS))
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the set's, or the task's)")
-    p.add_argument("--limit", type=float, default=None, help="at most this many examples per task (a fraction if < 1)")
+    p.add_argument("--limit", default=None, metavar="N", help="at most N examples per task (a positive integer)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
     p.add_argument("--backend", choices=list(BACKENDS), default="torch",
                    help="; ".join(f"{name}: {b.help}" for name, b in BACKENDS.items()) + " (default torch)")
@@ -196,10 +210,14 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def cli_eval(argv: list[str]) -> int:
     args = build_eval_parser().parse_args(argv)
+    if args.limit is not None and not (args.limit.isdigit() and int(args.limit) > 0):
+        print(f"elm-train eval: error: --limit must be a positive integer (examples per task), got {args.limit!r}",
+              file=sys.stderr)
+        return 2
     from model.eval.harness import EvalError, evaluate
     try:
         evaluation = evaluate(args.model, args.tasks, num_fewshot=args.num_fewshot,
-                              limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
+                              limit=int(args.limit) if args.limit is not None else None,
                               batch_size=args.batch_size, device=args.device, add_bos=args.bos,
                               include_path=args.include_path, log_samples=args.log_samples,
                               tokenizer=args.tokenizer, step=args.step, backend=args.backend, adapter=args.adapter)

@@ -393,3 +393,11 @@ def test_lm_evals_hf_backend_on_the_export_gives_the_same_accuracy(model_dir, ta
                              batch_size=4, device="cpu", log_samples=False, bootstrap_iters=100)
     mine, hf = ours.results["results"]["elm_mc"], theirs["results"]["elm_mc"]
     assert (mine["acc,none"], mine["acc_norm,none"]) == (hf["acc,none"], hf["acc_norm,none"])
+
+
+@pytest.mark.parametrize("limit", ["0", "0.5", "-3", "ten"])
+def test_limit_must_be_a_positive_integer_said_in_one_line(model_dir, limit, capsys):
+    from model.cli import main
+    assert main(["eval", str(model_dir), "--tasks", "elm_mc", "--limit", limit]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"elm-train eval: error: --limit must be a positive integer (examples per task), got {limit!r}"

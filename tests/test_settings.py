@@ -97,3 +97,16 @@ def test_a_required_setting_and_a_choice_are_refused_by_flag(tmp_path, capsys):
     assert "--data is required: training records" in capsys.readouterr().err
     assert main(["--corpus", "c", "--sampler-mode", "zigzag", "--out", str(tmp_path / "b")]) == 2
     assert "--sampler-mode must be one of pack, corenet, got 'zigzag'" in capsys.readouterr().err
+
+
+def test_help_lists_every_command_in_one_line_each_and_a_typo_gets_the_nearest(capsys):
+    from model.cli import COMMANDS
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out.split("commands (elm-train COMMAND --help):\n")[1].splitlines()
+    assert [line.split()[0] for line in listing] == ["train", "finetune", "eval", "compare", "export", "plot"]
+    assert list(COMMANDS) == [line.split()[0] for line in listing] and all(len(line) <= 80 for line in listing)
+    assert main(["fintune", "--data", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "elm-train: unknown command 'fintune'; did you mean `elm-train finetune`?"
+    assert main(["zzz"]) == 2
+    assert "commands: train, finetune, eval, compare, export, plot" in capsys.readouterr().err

@@ -123,7 +123,10 @@ def _run_training(args: argparse.Namespace, kind: type[RunConfig], build) -> int
         for path, why in plan.passed_over if cluster.is_main else ():
             print(f"elm-train: {path}: {why}; resuming from {plan.resume_from.name}", file=sys.stderr)
         with process_settings(cfg):
-            result = build(cfg, plan.run_dir, plan.resume_from, cluster).train()
+            trainer = build(cfg, plan.run_dir, plan.resume_from, cluster)
+            for note in trainer.notes if cluster.is_main else ():
+                print(f"elm-train: note: {note}", file=sys.stderr)
+            result = trainer.train()
         if cluster.is_main:
             print_summary(result)
         return 0

@@ -63,9 +63,10 @@ class ExportError(SourceError):
     """An export that cannot be done as asked; the message names the input and the way out."""
 
 
-def write_tokenizer(tokenizer, folder: Path, chat_model: bool = False) -> None:
+def write_tokenizer(tokenizer, folder: Path, context: int, chat_model: bool = False) -> None:
     """The tokenizer files, with BOS added on encode (OpenELM was trained with it) for mlx-lm and transformers,
-    and OpenELM-Instruct's chat template.
+    OpenELM-Instruct's chat template, and the model's context as the longest input (`model_max_length`, which
+    transformers otherwise leaves at a huge placeholder, so nothing warns of or cuts a longer input).
 
     The template spells each message's end as the EOS token's text (`</s>`). A chat model (`chat_model`: an
     export of a fine-tuning run) must read that text back as the EOS token, so its tokenizer parses special
@@ -81,6 +82,7 @@ def write_tokenizer(tokenizer, folder: Path, chat_model: bool = False) -> None:
     config["add_bos_token"] = True
     config["add_eos_token"] = False
     config["chat_template"] = CHAT_TEMPLATE
+    config["model_max_length"] = context
     if chat_model:
         config["split_special_tokens"] = False
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -204,7 +206,8 @@ def export(source_path: str | Path, out: str | Path, fmt: str = "mlx", dtype: st
 
     with _staged(out, fmt) as staging:
         # Tokenizer first: transformers reads a config.json it finds beside the tokenizer and warns about it.
-        write_tokenizer(tokenizer, staging, chat_model=source.run.get("kind") == "finetune")
+        write_tokenizer(tokenizer, staging, checkpoint.config.max_context_length,
+                        chat_model=source.run.get("kind") == "finetune")
         write_hf_folder(staging, checkpoint.config, checkpoint.tensors, dtype,
                         safetensors_format="mlx" if fmt == "mlx" else "pt")
         quantization = quantize_mlx_folder(staging, quantize, group_size) if quantize is not None else None

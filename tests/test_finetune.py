@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from conftest import shaped_random_state
 from eval_data import write_model
 from model.cli import main
 from model.adapters.lora import ADAPTER_DIR, ADAPTER_WEIGHTS, AdapterSettings, add_adapters, merged_state
@@ -165,9 +166,11 @@ def test_the_orpo_loss_averages_log_probabilities_over_each_completions_tokens(b
 # ---------------------------------------------------------------- runs
 
 
-def test_sft_run_quarantines_bad_records_with_their_line_and_reason(base, sft_data, tmp_path):
+def test_sft_run_quarantines_bad_records_with_their_line_and_reason(base, sft_data, tmp_path, capsys):
     run = tmp_path / "sft"
     assert finetune(run, base, sft_data, "sft", "--steps", "3") == 0
+    assert (f"elm-train: note: 2 of 15 training records quarantined (no format fits, or nothing is left to train), "
+            f"each with its place and reason: {run / 'quarantine.jsonl'}") in capsys.readouterr().err
     bad = [json.loads(line) for line in (run / "quarantine.jsonl").read_text().splitlines()]
     assert [b["where"] for b in bad] == [f"{sft_data}:4", f"{sft_data}:7"]
     assert "JSON" in bad[0]["reason"] and bad[1]["reason"]
@@ -481,3 +484,27 @@ def test_eval_export_and_init_from_name_a_damaged_checkpoint_in_one_line_and_tak
     assert f"{newest}: model.safetensors is damaged" in capsys.readouterr().err
     assert main(["export", str(run), "--step", "2", "--format", "hf", "--out", str(tmp_path / "out")]) == 0
     assert finetune(tmp_path / "next", run, sft_data, "sft", "--steps", "1", "--step", "2") == 0
+
+
+def test_fine_tuning_the_tiny_preset_with_defaults_cuts_the_sequence_to_its_context(sft_data, tmp_path, capsys):
+    from model.hf_folder import write_hf_folder
+    from model.presets import get_preset
+    from corpus.tokenizer.tokenizer import default_model_path
+    import shutil
+    tiny = get_preset("tiny")
+    folder = write_hf_folder(tmp_path / "tiny", tiny, shaped_random_state(tiny, seed=0))
+    shutil.copy(default_model_path(), folder / "tokenizer.model")
+    run = tmp_path / "run"
+    assert main(["finetune", "--init-from", str(folder), "--data", str(sft_data), "--steps", "1", "--out", str(run),
+                 "--no-progress", "--threads", "1"]) == 0
+    assert (f"sequence length {tiny.max_context_length}: the model's context (max_context_length), not 2048"
+            in capsys.readouterr().err)
+    import yaml
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["sequence_length"] == tiny.max_context_length < 2048
+    instruct = tmp_path / "instruct"  # the recipe's 1024 and its prompt share of it are cut alike
+    assert main(["finetune", "--init-from", str(folder), "--data", str(sft_data), "--recipe", "openelm-instruct",
+                 "--method", "sft", "--steps", "1", "--out", str(instruct), "--no-progress", "--threads", "1"]) == 0
+    saved = yaml.safe_load((instruct / "config.yaml").read_text())
+    assert (saved["sequence_length"], saved["max_prompt_length"]) == (tiny.max_context_length,
+                                                                      tiny.max_context_length // 2)

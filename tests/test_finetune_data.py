@@ -84,6 +84,9 @@ def test_preference_with_a_message_prompt_and_string_replies_answers_as_assistan
     ({"prompt": "q", "completion": [{"role": "assistant", "content": "a"}]}, "invalid prompt_completion",
      "must both be strings or both message lists"),
     ({**ULTRAFEEDBACK, "prompt": "Something else."}, "invalid preference", "'prompt' is not the last user message"),
+    ({"prompt": "q", "chosen": " yes", "rejected": "yes "}, "identical preference", "the pair prefers nothing"),
+    ({**ULTRAFEEDBACK, "rejected": ULTRAFEEDBACK["chosen"]}, "identical preference", "'chosen' and 'rejected' are "
+                                                                                       "the same"),
 ])
 def test_a_malformed_record_is_rejected_with_its_reason(value, kind, reason):
     rejected = parse(("f.jsonl:7", value))

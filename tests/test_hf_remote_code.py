@@ -236,3 +236,11 @@ def test_lm_eval_hf_backend_scores_like_openelm_lm(hf_dir, reference, tokenizer)
     assert len(got) == len(expected) == len(REQUESTS)
     for (logprob, greedy), (want, want_greedy) in zip(got, expected):
         assert abs(logprob - want) < 1e-4 and greedy == want_greedy
+
+
+def test_the_tokenizers_longest_input_is_the_models_context(hf_dir):
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    context = json.loads((hf_dir / "config.json").read_text())["max_context_length"]
+    assert hf_tokenizer.model_max_length == context
+    cut = hf_tokenizer("word " * (2 * context), truncation=True).input_ids
+    assert len(cut) == context

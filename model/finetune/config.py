@@ -12,7 +12,9 @@ pretraining (`model.train.config.resolve_config` layers them):
   decay, and per model size its epochs, learning rate and loss (hinge, i.e. RSO, except 1.1B's
   sigmoid, i.e. DPO). A model of another size takes the 270M row.
 
-Without a recipe the defaults are a plain fine-tuning run's: 3 epochs, LR 2e-5, cosine to zero.
+Without a recipe the defaults are a plain fine-tuning run's: 3 epochs, LR 2e-5, cosine to zero,
+sequences of 2048. A sequence length not given (the recipe's, or 2048) is cut to the starting
+model's context (`max_context_length`), and the run says so.
 `--steps` overrides `--epochs`; with epochs the step count is known once the data is read
 (`set_steps`).
 """
@@ -24,6 +26,7 @@ from typing import Any, ClassVar
 
 from model.adapters.lora import METHODS as ADAPTER_METHODS
 from model.adapters.lora import TARGETS, AdapterSettings
+from model.config import OpenELMConfig
 from model.finetune.objectives import OBJECTIVES, Objective
 from model.train.config import ConfigError, RunConfig, check_batch_and_schedule
 from model.train.settings import run_config, setting
@@ -76,6 +79,7 @@ class FinetuneConfig(RunConfig):
     lora_dropout: float = setting(0.1, "dropout on the adapter's input")
     lora_targets: str = setting(",".join(TARGETS), f"comma-separated layers given adapters ({', '.join(TARGETS)})")
     instruct_size: str | None = setting(None, flag=False)  # the OpenELM-Instruct row a recipe run took (recorded)
+    capped_sequence_length: int | None = setting(None, flag=False)  # the default length the model's context cut
 
     RESUME_INVARIANTS: ClassVar[tuple[str, ...]] = (
         "init_from", "step", "data", "val_data", "method", "seed", "sequence_length", "global_batch_tokens",
@@ -84,16 +88,26 @@ class FinetuneConfig(RunConfig):
 
     @classmethod
     def defaults(cls, merged: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's values, and a sequence length not given capped at the starting model's context."""
         recipe = merged.get("recipe")
+        start = starting_config(merged.get("init_from"), merged.get("step"))
         if recipe is None:
-            return {}
-        if recipe == "openelm-peft":
-            return dict(PEFT_RECIPE)
-        if recipe == "openelm-instruct":
-            size = instruct_size(merged.get("init_from"))
+            values = {}
+        elif recipe == "openelm-peft":
+            values = dict(PEFT_RECIPE)
+        elif recipe == "openelm-instruct":
+            size = instruct_size(start)
             epochs, lr, method = INSTRUCT_BY_SIZE[size]
-            return dict(INSTRUCT_RECIPE, epochs=epochs, max_lr=lr, method=method, instruct_size=size)
-        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+            values = dict(INSTRUCT_RECIPE, epochs=epochs, max_lr=lr, method=method, instruct_size=size)
+        else:
+            raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+        wanted = values.get("sequence_length", cls.sequence_length)
+        if "sequence_length" not in merged and start is not None and wanted > start.max_context_length:
+            length = start.max_context_length
+            values.update(sequence_length=length, capped_sequence_length=wanted)
+            if values.get("max_prompt_length", 0) >= length:  # the recipe's prompt share of the shorter length
+                values["max_prompt_length"] = values["max_prompt_length"] * length // wanted
+        return values
 
     def default_run_dir(self) -> Path:
         data = Path(str(self.data or "data")).name.split(".")[0] or "data"
@@ -163,15 +177,21 @@ class FinetuneConfig(RunConfig):
             raise ConfigError(str(e)) from None
 
 
-def instruct_size(init_from: str | None) -> str:
-    """The OpenELM-Instruct row for the model in `init_from`: its preset by shape, else the 270M row."""
+def starting_config(init_from: str | None, step: int | None) -> OpenELMConfig | None:
+    """The architecture of the model `init_from` names, None when it cannot be read (the run then refuses it, with
+    its reason, when it loads the model)."""
     from model.hf_folder import read_hf_config
-    from model.presets import preset_name
     from model.source import resolve_source
     if not init_from:
-        return "openelm-270m"
+        return None
     try:
-        name = preset_name(read_hf_config(resolve_source(init_from).weights_dir)[1])
-    except (OSError, ValueError):  # an unreadable folder is refused, with its reason, when the run loads it
-        return "openelm-270m"
+        return read_hf_config(resolve_source(init_from, step).weights_dir)[1]
+    except (OSError, ValueError):
+        return None
+
+
+def instruct_size(start: OpenELMConfig | None) -> str:
+    """The OpenELM-Instruct row for the starting model: its preset by shape, else the 270M row."""
+    from model.presets import preset_name
+    name = preset_name(start) if start is not None else None
     return name if name in INSTRUCT_BY_SIZE else "openelm-270m"

@@ -283,6 +283,8 @@ def _prompt_completion(where: str, prompt: Any, completion: Any) -> PromptComple
 def _preference(where: str, prompt: Any, chosen: Any, rejected: Any) -> Preference:
     kind = "invalid preference"
     if isinstance(chosen, str) and isinstance(rejected, str):
+        if chosen.strip() == rejected.strip():
+            raise _Invalid("identical preference", "'chosen' and 'rejected' are the same: the pair prefers nothing")
         if isinstance(prompt, str):
             return Preference(where, prompt, chosen, rejected)
         if not isinstance(prompt, list):
@@ -293,6 +295,8 @@ def _preference(where: str, prompt: Any, chosen: Any, rejected: Any) -> Preferen
         raise _Invalid(kind, f"'chosen' and 'rejected' must both be strings or both message lists, not "
                              f"{_kind(chosen)} and {_kind(rejected)}")
     chosen, rejected = _messages(chosen, "chosen", kind), _messages(rejected, "rejected", kind)
+    if chosen == rejected:
+        raise _Invalid("identical preference", "'chosen' and 'rejected' are the same: the pair prefers nothing")
     if isinstance(prompt, list):
         head = _messages(prompt, "prompt", kind)
         if chosen[:len(head)] == head and rejected[:len(head)] == head:  # some datasets repeat the prompt

@@ -137,6 +137,12 @@ def build_finetune_trainer(cfg: FinetuneConfig, run_dir: Path, resume_from: Path
     data = FinetuneData(splits[0], splits[1] if len(splits) > 1 else None, tokenizer_facts)
     trainer = Trainer(cfg, run_dir, cluster, model, data, loss_fn=objective.loss(cfg),
                       task_eval=task_evaluator(cfg, data, cluster), count_fn=objective.count, weights=weights)
+    if train.quarantined:
+        trainer.notes.append(f"{train.quarantined} of {train.records} training records quarantined (no format fits, "
+                             f"or nothing is left to train), each with its place and reason: {run_dir / QUARANTINE_FILE}")
+    if cfg.capped_sequence_length:
+        trainer.notes.append(f"sequence length {cfg.sequence_length}: the model's context (max_context_length), not "
+                             f"{cfg.capped_sequence_length}; --sequence-length sets it")
     previous = read_run_json(run_dir) if resume_from is not None else {}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer.start(resume_from, previous=previous, facts={

@@ -66,7 +66,8 @@ class RunConfig:
 
     # Batch: the global batch in tokens, split into micro-batches per rank and accumulated.
     steps: int | None = setting(CORENET_TOTAL_STEPS, "optimizer steps in the whole run", finetune=None)
-    sequence_length: int = setting(2048, "tokens per training sequence")
+    sequence_length: int = setting(2048, "tokens per training sequence (fine-tuning: the recipe's, or 2048, at most "
+                                         "the starting model's context unless given)")
     global_batch_tokens: int | None = setting(
         CORENET_BATCH_TOKENS, "tokens per optimizer step over all ranks (a multiple of micro batch x length x ranks)",
         finetune=None)

@@ -115,6 +115,7 @@ class Trainer:
         self.record = RunRecord(run_dir, {}, enabled=False)  # start() opens run.json
         self._held_out: list[Batch] | None = None
         self._resumed: tuple[int, float] | None = None  # (step, seconds the checkpoint took to load) until recorded
+        self.notes: list[str] = []  # what the run's assembly wants the user told before training (the CLI prints)
 
     def start(self, resume_from: Path | None = None, facts: dict[str, Any] | None = None,
               previous: dict[str, Any] | None = None) -> None:

@@ -154,12 +154,15 @@ class Manifest(_Strict):
 
     @field_validator("sources")
     @classmethod
-    def _unique_names(cls, sources: list[Source]):
+    def _unique_names_and_something_to_sample(cls, sources: list[Source]):
         seen = set()
         for s in sources:
             if s.name in seen:
                 raise ValueError(f"source name {s.name!r} appears twice")
             seen.add(s.name)
+        if sum(_raw_share(s) for s in sources) <= 0:
+            raise ValueError("every source's weight is zero, so nothing would be sampled; give at least one source "
+                             "a positive weight")
         return sources
 
     def source(self, name: str) -> Source:
@@ -174,10 +177,8 @@ class Manifest(_Strict):
 
     def target_shares(self) -> dict[str, float]:
         """Token shares per source: explicit weights where given, else the published token counts."""
-        raw = {s.name: (s.weight if s.weight is not None else float(s.tokens)) for s in self.sources}
-        total = sum(raw.values())
-        if total <= 0:
-            raise ManifestError([f"{self.path or self.name}: sources: weights sum to zero"])
+        raw = {s.name: _raw_share(s) for s in self.sources}
+        total = sum(raw.values())  # positive: validation refuses a manifest whose weights are all zero
         return {k: v / total for k, v in raw.items()}
 
     def build_fingerprint(self, tokenizer_sha256: str) -> str:
@@ -236,6 +237,11 @@ def _message(err: dict) -> str:
                 "float_type", "list_type", "dict_type", "model_type", "literal_error", "string_pattern_mismatch"):
         msg = f"{err.get('input')!r}: {msg}"
     return msg
+
+
+def _raw_share(source: Source) -> float:
+    """A source's weight before normalising: its explicit weight, else its published token count."""
+    return source.weight if source.weight is not None else float(source.tokens)
 
 
 def parse_manifest(text: str, path: str = "<string>") -> Manifest:

@@ -177,3 +177,21 @@ def test_validate_into_a_closed_pipe_exits_without_blaming_the_network():
     proc.stdout.close()  # as `| head -0` would
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and "network" not in err and "Traceback" not in err
+
+
+def test_a_manifest_whose_weights_are_all_zero_is_refused_and_builds_nothing(tmp_path, capsys, monkeypatch):
+    import re
+    from pipelines.cli import main
+    text = OPENELM.read_text()
+    zeroed = re.sub(r"(\n    tokens: [^\n]+)", r"\1\n    weight: 0", text)
+    assert zeroed.count("weight: 0") == 13
+    path = tmp_path / "zero.yaml"
+    path.write_text(zeroed)
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(tmp_path / "data"))
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "is valid" not in err and "every source's weight is zero" in err
+    assert f"{path}:" in err
+    assert main(["build", str(path), "--sample"]) == 2
+    assert "every source's weight is zero" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

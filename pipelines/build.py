@@ -38,7 +38,7 @@ from corpus.store.location import ObjectPath, StorePath, stops_build
 from corpus.text.filters import build_filters
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
-from pipelines.runner import cluster_cpus, in_flight, start_ray
+from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
 from pipelines.views import BuildProgress
 from pipelines.worker import BuildJob, UnitJob, execute_unit, failure_entry
 
@@ -105,6 +105,7 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | No
     mirror lives (default ``data_root()/sample``).
     """
     started, t0 = utc_now(), time.perf_counter()
+    require_token_auth()  # before any folder is made: a refused Ray must leave nothing behind
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)

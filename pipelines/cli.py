@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _build(args) -> int:
@@ -133,6 +134,11 @@ def _tokenizer_export(args) -> int:
     spec = args.model
     if args.manifest:
         spec = load_manifest(args.manifest).tokenizer.model
+    present = sorted(p.name for p in Path(args.out).glob("tokenizer*")) if Path(args.out).is_dir() else []
+    if present and not args.force:
+        print(f"elm-corpus tokenizer export: {args.out} already holds {', '.join(present)}; pass --force to "
+              f"replace the tokenizer files (nothing else in the folder is touched)", file=sys.stderr)
+        return 2
     out = Tokenizer(spec).export(args.out)
     print(f"wrote {out}/tokenizer.model, tokenizer.json, tokenizer_config.json")
     return 0
@@ -205,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("out")
     te.add_argument("--model", default="default", help="SentencePiece .model path/URI (default: the bundled one)")
     te.add_argument("--manifest", default=None, help="take the tokenizer a manifest names")
+    te.add_argument("--force", action="store_true", help="replace the tokenizer files of an earlier export in OUT")
     te.set_defaults(func=_tokenizer_export)
     return p
 

@@ -68,3 +68,13 @@ def test_a_streamed_training_run_with_authentication_off_is_refused_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("elm-train: RAY_AUTH_MODE=disabled: elm-corpus runs Ray only with token authentication")
     assert len(err.splitlines()) == 1
+
+
+def test_a_build_with_authentication_off_is_refused_in_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    manifest = str(Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml")
+    assert main(["build", manifest, "--sample", "--out", str(tmp_path / "corpus")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "RAY_AUTH_MODE=disabled: elm-corpus runs Ray only with token authentication" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "corpus").exists()

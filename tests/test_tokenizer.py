@@ -228,3 +228,18 @@ def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
     bogus.write_text("not a model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
         Tokenizer(str(bogus))
+
+
+def test_cli_export_refuses_to_overwrite_a_tokenizer_without_force_and_keeps_other_files(tmp_path, capsys):
+    from pipelines.cli import main
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tokenizer.model").write_bytes(b"someone else's model")
+    (out / "notes.txt").write_text("keep me")
+    assert main(["tokenizer", "export", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("pass --force to replace the tokenizer files (nothing else in the folder is touched)")
+    assert "already holds tokenizer.model" in err and (out / "tokenizer.model").read_bytes() == b"someone else's model"
+    assert main(["tokenizer", "export", str(out), "--force"]) == 0
+    assert Tokenizer(str(out / "tokenizer.model")).sha256 == Tokenizer().sha256
+    assert (out / "notes.txt").read_text() == "keep me"

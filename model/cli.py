@@ -27,7 +27,7 @@ from model.train.config import ConfigError, RunConfig, TrainConfig, TrainError, 
 from model.train.distributed import launched_world_size, process_settings, start_cluster, stop_cluster
 from model.train.metrics import CURVES_FILE, plot_run
 from model.pretrain import build_trainer
-from model.train.run import prepare_run
+from model.train.run import prepare_run, run_folder_held
 from model.train.settings import BOTH, settings_of
 from model.train.trainer import NonFiniteLoss, TrainResult
 
@@ -122,7 +122,7 @@ def _run_training(args: argparse.Namespace, kind: type[RunConfig], build) -> int
             print(f"elm-train: nothing to resume in {plan.run_dir}; starting a new run", file=sys.stderr)
         for path, why in plan.passed_over if cluster.is_main else ():
             print(f"elm-train: {path}: {why}; resuming from {plan.resume_from.name}", file=sys.stderr)
-        with process_settings(cfg):
+        with run_folder_held(plan.run_dir, cluster.is_main), process_settings(cfg):
             trainer = build(cfg, plan.run_dir, plan.resume_from, cluster)
             for note in trainer.notes if cluster.is_main else ():
                 print(f"elm-train: note: {note}", file=sys.stderr)

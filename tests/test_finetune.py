@@ -508,3 +508,25 @@ def test_fine_tuning_the_tiny_preset_with_defaults_cuts_the_sequence_to_its_cont
     saved = yaml.safe_load((instruct / "config.yaml").read_text())
     assert (saved["sequence_length"], saved["max_prompt_length"]) == (tiny.max_context_length,
                                                                       tiny.max_context_length // 2)
+
+
+def test_a_second_job_on_a_run_folder_is_refused_naming_the_first_and_a_killed_job_blocks_nothing(
+        base, sft_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = subprocess.Popen(command(base, sft_data, run, "sft", "--steps", "100000"), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (run / "metrics.jsonl").exists() or not train_records(run):  # the first job is training
+            assert first.poll() is None, "the first job ended before the second could meet it"
+            assert time.time() < deadline, "the first job made no progress"
+            time.sleep(0.05)
+        capsys.readouterr()
+        assert main(command(base, sft_data, run, "sft", "--resume")[3:]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{run} is in use by another job (process {first.pid} on" in err and len(err.splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert main(command(base, sft_data, run, "sft", "--steps", "14", "--resume")[3:]) == 0
+    assert train_records(run)[-1]["step"] == 14

@@ -121,16 +121,30 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 @contextmanager
-def held_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
+def held_lock(path: str | Path, wait: bool = True, holder: dict | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if missing); it dies with its process, however that ends.
 
-    ``wait=False`` raises BlockingIOError at once when another process holds it.
+    ``wait=False`` raises BlockingIOError at once when another process holds it. ``holder`` (JSON) is written into
+    the file while held, for `lock_holder` to tell a refused process who has it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
+            if holder is not None:
+                f.truncate(0)
+                f.write(json.dumps(holder))
+                f.flush()
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_holder(path: str | Path) -> dict:
+    """What the process holding ``path`` wrote there ({} when nothing readable)."""
+    try:
+        value = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -9,18 +9,24 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from corpus.store.files import atomic_write_json
+from corpus.store.files import atomic_write_json, held_lock, lock_holder, utc_now
 from model.train.checkpoint import latest_checkpoint, newest_intact
 from model.train.config import RunConfig, TrainConfig, TrainError, merge_settings, resolve_config
 
 RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
+LOCK_FILE = ".run.lock"
 
 
 @dataclass
@@ -62,6 +68,31 @@ def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int,
                          + "; ".join(f"{path.name}: {why}" for path, why in passed_over)
                          + "); move them away to start the run again")
     return RunPlan(cfg, run_dir, resume_from, passed_over=passed_over)
+
+
+@contextmanager
+def run_folder_held(run_dir: Path, main_rank: bool = True) -> Iterator[None]:
+    """Hold `run_dir` for this job: a second job (train, finetune, a --resume) on the same folder is refused, naming
+    the first's process and host. The lock dies with its process, so a killed job never blocks the next start. Only
+    the main rank holds it (torchrun's others share its folder); a folder made here only for the lock is removed."""
+    if not main_rank:
+        yield
+        return
+    made = not run_dir.exists()
+    lock = run_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
+    try:
+        with held_lock(lock, wait=False, holder=me):
+            try:
+                yield
+            finally:
+                if made and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+    except BlockingIOError:
+        other = lock_holder(lock)
+        raise TrainError(f"{run_dir} is in use by another job (process {other.get('pid', '?')} on "
+                         f"{other.get('host', '?')}, since {other.get('since', '?')}); wait for it to end or stop it, "
+                         f"or choose another --out") from None
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:

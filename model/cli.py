@@ -208,6 +208,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
                         "peft-adapter) to apply to MODEL, its base (torch backend)")
     p.add_argument("--out", default=None, help="write lm-eval's results JSON here")
     p.add_argument("--log-samples", action="store_true", help="keep every request and answer in --out")
+    p.add_argument("--verbose", action="store_true", help="show lm-eval's own warnings and progress bars")
     return p
 
 
@@ -223,7 +224,8 @@ def cli_eval(argv: list[str]) -> int:
                               limit=int(args.limit) if args.limit is not None else None,
                               batch_size=args.batch_size, device=args.device, add_bos=args.bos,
                               include_path=args.include_path, log_samples=args.log_samples,
-                              tokenizer=args.tokenizer, step=args.step, backend=args.backend, adapter=args.adapter)
+                              tokenizer=args.tokenizer, step=args.step, backend=args.backend, adapter=args.adapter,
+                              verbose=args.verbose)
     except (EvalError, SourceError, HFFolderError, ValueError) as e:
         print(f"elm-train eval: error: {e}", file=sys.stderr)
         return 2

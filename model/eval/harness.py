@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import socket
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +122,7 @@ BACKENDS: dict[str, Backend] = {
 def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
              batch_size: int = 8, device: str = "auto", add_bos: bool = True, include_path: str | None = None,
              log_samples: bool = False, tokenizer: str | None = None, step: int | None = None,
-             backend: str = "torch", adapter: str | None = None) -> Evaluation:
+             backend: str = "torch", adapter: str | None = None, verbose: bool = False) -> Evaluation:
     """Run the harness on `tasks` (lm-eval names and/or the sets of `model.eval.tasks`); see the module docstring.
 
     `backend="mlx"` evaluates an MLX export with mlx-lm's model (`model.eval.mlx`); the answers are the torch
@@ -131,7 +133,7 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
     go_offline_unless_hub_reachable()  # before anything imports `datasets`
     lm, source, preset = BACKENDS[backend].load(path, tokenizer, batch_size, add_bos, device, step, adapter)
     sp = lm.sp
-    merged, wanted = run_tasks(lm, tasks, num_fewshot, limit, include_path, log_samples)
+    merged, wanted = run_tasks(lm, tasks, num_fewshot, limit, include_path, log_samples, verbose)
     merged["config"] = {"model": str(path), "weights": str(source.weights_dir), "tokenizer": sp.spec,
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
                         "backend": backend, "device": str(lm.device), "limit": limit, "adapter": adapter,
@@ -154,8 +156,9 @@ def _merge(into: dict, out: dict) -> None:
 
 
 def _check_data(manager, tasks: list[str]) -> None:
-    """Load each task's data now, so that a missing dataset is one clear error naming it and how to fetch it."""
-    for task in tasks:
+    """Load each task's data now, so that missing datasets are one clear error naming every one and how to fetch it."""
+    missing = []
+    for task in dict.fromkeys(tasks):
         try:
             manager.load([task])
         except Exception as e:  # datasets raises many kinds (ConnectionError, FileNotFoundError, DatasetNotFound...)
@@ -163,34 +166,39 @@ def _check_data(manager, tasks: list[str]) -> None:
             dataset = cfg.get("dataset_path") or "its dataset"
             name = cfg.get("dataset_name")
             fetch = f"datasets.load_dataset({dataset!r}" + (f", {name!r}" if name else "") + ")"
-            raise EvalError(
-                f"task {task}: cannot load {dataset}{f' ({name})' if name else ''}: {str(e).splitlines()[0][:300]}. "
-                f"The task data comes through the `datasets` library: where the Hub is reachable, fetch it once with "
-                f"python -c \"import datasets; {fetch}\" (it lands in ~/.cache/huggingface/datasets, or "
-                f"$HF_DATASETS_CACHE), then evaluate with HF_DATASETS_OFFLINE=1") from None
+            missing.append(f"  {task}: cannot load {dataset}{f' ({name})' if name else ''}: "
+                           f"{str(e).splitlines()[0][:200]}; fetch: python -c \"import datasets; {fetch}\"")
+    if missing:
+        raise EvalError(
+            f"the data of {len(missing)} task(s) is missing. Task data comes through the `datasets` library: where "
+            f"the Hub is reachable, fetch each once as shown (it lands in ~/.cache/huggingface/datasets, or "
+            f"$HF_DATASETS_CACHE), then evaluate with HF_DATASETS_OFFLINE=1\n" + "\n".join(missing))
 
 
 def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
-              include_path: str | None = None, log_samples: bool = False) -> tuple[dict[str, Any], list]:
-    """lm-eval's merged results of `tasks` on an lm-eval LM, and the (task, few-shot) list that ran."""
+              include_path: str | None = None, log_samples: bool = False, verbose: bool = False
+              ) -> tuple[dict[str, Any], list]:
+    """lm-eval's merged results of `tasks` on an lm-eval LM, and the (task, few-shot) list that ran; the harness's
+    warnings and progress bars only when `verbose`."""
     go_offline_unless_hub_reachable()
     from lm_eval import simple_evaluate
     wanted = expand_tasks(tasks, num_fewshot)
-    manager = known_tasks_manager([t for t, _ in wanted], include_path)
     merged: dict[str, Any] = {}
-    for shots in dict.fromkeys(s for _, s in wanted):
-        group = [t for t, s in wanted if s == shots]
-        try:
-            with _harness_work_done_once():
-                out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit, log_samples=log_samples,
-                                      task_manager=manager, batch_size=getattr(lm, "batch_size", None),
-                                      bootstrap_iters=1000)
-        except Exception:
-            # Loaded only on failure (the harness loads each task's data itself): a missing dataset becomes
-            # one clear error naming it; any other failure is raised as it was.
-            _check_data(manager, group)
-            raise
-        _merge(merged, out)
+    with _harness_quiet(not verbose):
+        manager = known_tasks_manager([t for t, _ in wanted], include_path)
+        for shots in dict.fromkeys(s for _, s in wanted):
+            group = [t for t, s in wanted if s == shots]
+            try:
+                with _harness_work_done_once():
+                    out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit,
+                                          log_samples=log_samples, task_manager=manager,
+                                          batch_size=getattr(lm, "batch_size", None), bootstrap_iters=1000)
+            except Exception:
+                # Loaded only on failure (the harness loads each task's data itself): missing datasets, of this
+                # group and the others, become one error naming each; any other failure is raised as it was.
+                _check_data(manager, [t for t, _ in wanted])
+                raise
+            _merge(merged, out)
     return merged, wanted
 
 
@@ -232,6 +240,53 @@ def _harness_work_done_once():
         yield
     finally:
         evaluator.add_env_info, harness_utils.apply_template = originals
+
+
+QUIET = "TQDM_DISABLE"  # set while the harness is quiet; OpenELMLM reads it for its "Tokenizing inputs" bar
+
+
+@contextlib.contextmanager
+def _harness_quiet(quiet: bool):
+    """The harness without its noise: its notes on every metric a task YAML leaves at the default aggregation
+    (logged as warnings), the progress bars of building requests, loading data and tokenizing, and git's "fatal:
+    not a git repository" when the harness asks for a commit outside a checkout. Errors still show."""
+    if not quiet:
+        yield
+        return
+    import datasets
+    import lm_eval.api.task as harness_task
+    import lm_eval.evaluator as evaluator
+    logger = logging.getLogger("lm_eval")
+    level, bars, commit, task_bar = logger.level, os.environ.get(QUIET), evaluator.get_git_commit_hash, harness_task.tqdm
+    data_bars = datasets.utils.logging.is_progress_bar_enabled()
+    logger.setLevel(logging.ERROR)
+    os.environ[QUIET] = "1"
+    evaluator.get_git_commit_hash = _git_commit
+    # tqdm reads TQDM_DISABLE once, when imported; the harness's request-building bar has no switch of its own
+    harness_task.tqdm = functools.partial(task_bar, disable=True)
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        evaluator.get_git_commit_hash, harness_task.tqdm = commit, task_bar
+        if data_bars:
+            datasets.utils.logging.enable_progress_bar()
+        if bars is None:
+            os.environ.pop(QUIET, None)
+        else:
+            os.environ[QUIET] = bars
+
+
+def _git_commit() -> str | None:
+    """The commit the harness records (as it does: `git describe --always` in the working folder), git's complaint
+    outside a checkout discarded."""
+    try:
+        return subprocess.run(["git", "describe", "--always"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        from lm_eval.loggers.utils import get_commit_from_path
+        return get_commit_from_path(os.getcwd())  # the harness's own fallback
 
 
 def known_tasks_manager(tasks: list[str], include_path: str | None):

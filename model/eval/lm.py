@@ -15,6 +15,8 @@ a transformers model (so the two agree on an export):
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from lm_eval import utils as harness_utils
@@ -64,6 +66,10 @@ class OpenELMLM(TemplateLM):
         return self.sp.decode(tokens)
 
     # ---------------------------------------------------------------- scoring
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        # The harness calls this without disable_tqdm, so its "Tokenizing inputs" bar ignores tqdm's TQDM_DISABLE.
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or os.environ.get("TQDM_DISABLE") == "1")
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per request."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -68,42 +70,93 @@ class MetricsLog:
             self._file = None
 
 
+def duration(seconds: float) -> str:
+    """A short clock reading: 42s, 7m05s, 3h12m, 2d04h."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def progress_line(step: int, total: int, width: int, loss: float | None = None, eta_s: float | None = None,
+                  tokens_per_s: float | None = None, lr: float | None = None, wait: str | None = None,
+                  doing: str | None = None) -> str:
+    """One progress line of at most `width` columns: the step count and the labelled ETA always, then what fits of
+    the loss, the training speed, the LR and the data wait (these two dropped first), then a bar in what is left."""
+    head = f"step {step:,}/{total:,}"
+    if doing is not None:
+        return f"{head}  {doing}"[:width]
+    parts = [("eta", f"ETA {duration(eta_s)}" if eta_s is not None else "ETA ?"),
+             ("loss", f"loss {loss:.4f}" if loss is not None else None),
+             ("speed", f"{tokens_per_s:,.0f} trained tok/s" if tokens_per_s is not None else None),
+             ("lr", f"lr {lr:.2e}" if lr is not None else None),
+             ("wait", wait)]
+    parts = [(k, v) for k, v in parts if v]
+    for dropped in (None, "wait", "lr", "speed", "loss"):
+        parts = [(k, v) for k, v in parts if k != dropped]
+        line = "  ".join([head] + [v for _, v in parts])
+        if len(line) <= width:
+            break
+    room = width - len(line) - 3
+    if room >= 10:
+        filled = round(min(room, 30) * step / max(total, 1))
+        line = line.replace(head, f"{head} [{'#' * filled}{'.' * (min(room, 30) - filled)}]", 1)
+    return line[:width]
+
+
 class ProgressBar:
-    """A rich progress bar (loss, tokens/s, LR, data wait) on a terminal; a plain line every `every` steps otherwise."""
+    """The run's progress: on a terminal one line redrawn in place, fitted to its width; otherwise a plain line every
+    `every` steps. Notes (validation, task scores) print above it; `doing` says what the run does between steps."""
 
     def __init__(self, total: int, start: int, every: int, enabled: bool = True):
         self.total, self.every, self.enabled = total, every, enabled
         self.interactive = enabled and sys.stderr.isatty()
-        self._bar = None
-        if self.interactive:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self._bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), transient=False)
-            self._task = self._bar.add_task("train", total=total, completed=start, info="")
-            self._bar.start()
+        self._start, self._t0 = start, time.perf_counter()
+        self._line = ""
+
+    def _eta(self, step: int) -> float | None:
+        done = step - self._start
+        return (self.total - step) * (time.perf_counter() - self._t0) / done if done > 0 else None
+
+    def _draw(self, line: str) -> None:
+        self._line = line
+        sys.stderr.write(f"\r{line}\x1b[K")
+        sys.stderr.flush()
 
     def update(self, step: int, loss: float, tokens_per_s: float, lr: float, data_wait_s: float | None = None,
                step_s: float | None = None) -> None:
-        info = f"loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  lr {lr:.2e}"
+        wait = None
         if data_wait_s is not None:
             # the share of the step spent waiting for data: high means the pipeline, not the model, sets the pace
-            share = f" ({100 * data_wait_s / step_s:.0f}% of step)" if step_s else ""
-            info += f"  wait {data_wait_s:.2f}s{share}"
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, info=info)
+            wait = f"data wait {data_wait_s:.2f}s" + (f" ({100 * data_wait_s / step_s:.0f}%)" if step_s else "")
+        fields = dict(loss=loss, eta_s=self._eta(step), tokens_per_s=tokens_per_s, lr=lr, wait=wait)
+        if self.interactive:
+            self._draw(progress_line(step, self.total, shutil.get_terminal_size().columns - 1, **fields))
         elif self.enabled and (step % self.every == 0 or step == self.total):
-            print(f"step {step}/{self.total}  {info}", file=sys.stderr, flush=True)
+            print(progress_line(step, self.total, 10_000, **fields), file=sys.stderr, flush=True)
+
+    def doing(self, step: int, what: str) -> None:
+        """What the run does now that is not a step (the final validation, checkpoint, curves)."""
+        if self.interactive:
+            self._draw(progress_line(step, self.total, shutil.get_terminal_size().columns - 1, doing=what + "..."))
 
     def note(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(text)
+        if self.interactive:
+            sys.stderr.write(f"\r\x1b[K{text}\n")
+            if self._line:
+                self._draw(self._line)
         elif self.enabled:
             print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        if self.interactive and self._line:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        self._line = ""
 
 
 def _series(records: Iterable[dict], kind: str, key: str) -> tuple[list[int], list[float]]:

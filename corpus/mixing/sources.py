@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from corpus.manifest import Manifest
-from corpus.mixing.chunk_streams import (LiveChunks, OpenUnits, ShuffledChunks, SourceChunks, StreamPoint,
-                                         val_chunk_count)
+from corpus.mixing.chunk_streams import (ChunkStream, LiveChunks, OpenUnits, ShuffledChunks, SourceChunks,
+                                         StreamPoint, val_chunk_count)
 from corpus.store.layout import read_corpus_json, source_shards
 
 
@@ -100,7 +100,7 @@ class MixedSources:
         return n_val if self.split == "val" else n - n_val
 
     def open_streams(self, seed: int, split_seed: int, block_chunks: int,
-                     points: Mapping[str, StreamPoint] | None = None) -> list:
+                     points: Mapping[str, StreamPoint] | None = None) -> list[ChunkStream | None]:
         """Chunk streams per source (None for sources without weight or data); fresh for live sources,
         each starting at its point in ``points`` (else at the start).
 
@@ -112,7 +112,7 @@ class MixedSources:
                                presplit=self.presplit, start=points.get(n)) if w > 0 else None
                     for n, w in zip(self.names, self.raw_weights)]
         if self._opened is None or self._opened[0] != os.getpid():
-            streams = []
+            streams: list[ChunkStream | None] = []
             for n in self.names:
                 if self.split_size(n) == 0:
                     streams.append(None)

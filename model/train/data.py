@@ -282,8 +282,8 @@ class TrainingData:
         self.feed = None
 
     def _weights(self, cfg: TrainConfig) -> dict[str, float]:
-        """The mixture weights per source: the run's, else the manifest's target shares."""
-        return dict(cfg.weights) if cfg.weights is not None else self.manifest.target_shares()
+        from corpus.mixing.sources import mixture_weights
+        return mixture_weights(cfg.weights, self.manifest)
 
     def _planned(self, cfg: TrainConfig) -> dict:
         """Per stream key, the units of the weighted sources' streams, planned once in this process (on the real

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -29,13 +29,20 @@ Batch = tuple[Tensor, ...]  # (inputs, targets, *extras): inputs and targets (mi
 
 
 class BatchSource(Protocol):
-    """What the trainer reads training batches from; its state is saved in every checkpoint."""
+    """What the trainer reads training batches from, in every run; its state is saved in every checkpoint."""
 
     def next(self) -> Batch: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
-    def shares(self) -> dict: ...  # JSON-ready per-source shares for the `mixture` record ({} for none)
-    def units_reread(self) -> int: ...  # input units the last load_state_dict makes the data read again (0: none)
+
+
+@runtime_checkable
+class MixtureReport(Protocol):
+    """What batches drawn from a mixture of sources (pretraining's `MicroBatches`) also report; the trainer
+    records it when its batches offer it."""
+
+    def shares(self) -> dict: ...  # JSON-ready per-source shares, for the `mixture` record
+    def units_reread(self) -> int: ...  # input units the last load_state_dict makes the data read again, for `resume`
     def pipeline(self) -> dict | None: ...  # JSON-ready state of a live pipeline, for the `stream` record (None: none)
 
 

@@ -431,7 +431,7 @@ def test_a_source_too_small_to_hold_out_a_unit_is_left_out_of_streamed_validatio
                               "manifest": str(REPO / "manifests" / "openelm.yaml"),
                               "weights": {"dolma-wiki": 1.0, "redpajama-books": 3.0}})
     # redpajama-books is one unit on the sample mirror: nothing of it can be held out
-    assert resolve_stream(cfg)._held_out_weights(cfg) == {"dolma-wiki": 1.0, "redpajama-books": 0.0}
+    assert resolve_stream(cfg)._held_out_weights(cfg.weights) == {"dolma-wiki": 1.0, "redpajama-books": 0.0}
 
 
 def test_a_stream_unit_that_fails_for_good_stops_training_by_name_and_resume_goes_on_once_fixed(

@@ -98,9 +98,9 @@ class LiveCorpus:
             return self.feed
         where = None
         if ranks.rank == 0:
-            import ray
             # started here so that no single stream owns (and shuts down) Ray
             _start_ray(workers=self.workers, address=self.address)
+            import ray  # only now: Ray reads its authentication settings, which start_ray sets, when imported
             units = self._planned(weights)
             ahead = {stream_key(name, "train"): n
                      for name, n in split_window(mixture_weights(weights, self.manifest), 2 * self.workers).items()}

@@ -5,12 +5,12 @@
 Two comparisons in one run, on the same input and the same worker count:
 
 (a) a trainer-like consumer: a loop that pulls (B, L) batches from a ``MixtureSampler``, doing no
-    model work, fed by the live pipeline (one ``pipelines.stream.UnitFeed``, train split, whole units
-    held out as ``model/train/data.py`` sets it up) against the same loop on the shards a build of
+    model work, fed by the live pipeline (the train split's sampler of ``pipelines.live_corpus.LiveCorpus``,
+    whole units held out, as ``elm-train --stream`` opens it) against the same loop on the shards a build of
     the same input wrote. Both serve the same number of tokens, about 80% of one pass of the
     stream's train split, so the live loop never wraps into a second pass. The live time
     includes the stream's start (planning, the first units tokenizing), as a trainer meets it.
-(b) the pipeline alone: every chunk of ``stream_source`` (no split) drained by a loop that only
+(b) the pipeline alone: every chunk of the source's stream (no split) drained by a loop that only
     counts them, against ``pipelines.build.build`` writing the same units to shards; tokens/s
     per worker (wall clock / workers). Target: pipeline >= 0.9x build.
 
@@ -57,27 +57,38 @@ def timed_build(manifest: Path, out: Path, workers: int) -> tuple[int, float]:
     return tokens, result.seconds
 
 
+def stream_tokens(manifest: Path, workers: int, split: str | None = None) -> int:
+    """Tokens of one pass of the one source's stream of ``split`` (None: every unit), read in shard order through
+    one feed started 2 units per worker ahead, on the Ray this process has."""
+    from corpus.manifest import load_manifest
+    from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
+    from pipelines.stream import FedUnits, open_feed, stream_key, stream_units
+    m = load_manifest(manifest)
+    key = stream_key("text", split or "all")
+    units = stream_units(m, "text", False, UNIT_BYTES, split=split, val_fraction=DEFAULT_VAL_FRACTION)
+    feed, _ = open_feed(m, {key: units}, {key: 2 * workers})
+    return sum(len(c) for chunks in FedUnits(feed, key)(0, 0) for c in chunks)
+
+
 def drained_pipeline(manifest: Path, workers: int) -> tuple[int, float]:
     """Every chunk of the one source, in shard order, counted and dropped."""
-    from pipelines.stream import stream_source
-    start, tokens = time.perf_counter(), 0
-    for chunk in stream_source(str(manifest), "text", workers=workers, unit_bytes=UNIT_BYTES):
-        tokens += len(chunk)
+    start = time.perf_counter()
+    tokens = stream_tokens(manifest, workers)
     return tokens, time.perf_counter() - start
 
 
 def live_sampler(manifest: Path, workers: int, length: int, batch: int):
-    """The sampler `elm-train --stream` builds for rank 0 of 1 (model/train/data.py), at this benchmark's unit size:
-    the train split's units through one feed, started 2 units per worker ahead. The feed lives until Ray restarts."""
-    from corpus.manifest import load_manifest
-    from corpus.mixing.sampler import DEFAULT_VAL_FRACTION, MixtureSampler
-    from pipelines.stream import FedUnits, open_feed, stream_key, stream_units
-    m = load_manifest(manifest)
-    key = stream_key("text", "train")
-    units = stream_units(m, "text", False, UNIT_BYTES, split="train", val_fraction=DEFAULT_VAL_FRACTION)
-    feed, _ = open_feed(m, {key: units}, {key: 2 * workers})
-    return MixtureSampler(None, length, streams={"text": FedUnits(feed, key)}, manifest=m, presplit=True,
-                          batch_size=batch)
+    """The sampler `elm-train --stream` opens for rank 0 of 1 (pipelines/live_corpus.py), at this benchmark's unit
+    size: the train split's units through one feed, started 2 units per worker ahead. The feed lives until Ray
+    restarts."""
+    import torch
+
+    from corpus.mixing.corpus_source import Sampling
+    from model.train.distributed import Cluster
+    from pipelines.live_corpus import LiveCorpus
+    corpus = LiveCorpus.open(str(manifest), workers=workers, unit_bytes=UNIT_BYTES)
+    alone = Cluster(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    return corpus.sampler("train", alone, Sampling(length, batch_size=batch))
 
 
 def consume(make_sampler, tokens_wanted: int) -> tuple[int, float]:
@@ -89,13 +100,9 @@ def consume(make_sampler, tokens_wanted: int) -> tuple[int, float]:
     return served, time.perf_counter() - start
 
 
-def train_split_tokens(manifest: Path) -> int:
+def train_split_tokens(manifest: Path, workers: int) -> int:
     """Tokens in the train split of the live stream (all units but the held-out ones), counted once, untimed."""
-    from corpus.manifest import load_manifest
-    from corpus.mixing.sampler import DEFAULT_VAL_FRACTION
-    from pipelines.stream import stream_source
-    return sum(len(c) for c in stream_source(load_manifest(manifest), "text", unit_bytes=UNIT_BYTES, split="train",
-                                             val_fraction=DEFAULT_VAL_FRACTION))
+    return stream_tokens(manifest, workers, "train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.build import build
     built = work / "out-shards"
     assert build(manifest, built, workers=W, progress=False, unit_bytes=UNIT_BYTES).status == "complete"
-    train_tokens = train_split_tokens(manifest)
+    train_tokens = train_split_tokens(manifest, W)
     want = int(0.8 * train_tokens) // (L * B) * (L * B)
     from corpus.manifest import load_manifest
     from pipelines.plan import plan_source, source_files

@@ -12,7 +12,8 @@ run open each source at the unit where it stopped. Memory is bounded by the feed
 lookahead: per source it starts at most ``lookahead`` units beyond the furthest rank,
 and it lets a unit go once every rank has asked for a later one (a rank keeps its own
 reference while it reads the unit). :class:`FedUnits` is one rank's view of one source
-and split, in the form ``corpus.mixing.chunk_streams.LiveChunks`` reads.
+and split, in the form ``corpus.mixing.chunk_streams.LiveChunks`` reads. A training job's
+corpus (``pipelines.live_corpus.LiveCorpus``) opens the feed and reads it through these.
 
 Validation while streaming holds out whole units: per source, the
 ``val_chunk_count(units, f)`` units (ceil(f * units), at least one, never all; none for a
@@ -30,19 +31,18 @@ naming the source, the unit and its input: a stream never skips a unit.
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from corpus.manifest import Manifest, load_manifest
+from corpus.manifest import Manifest
 from corpus.mixing.chunk_streams import SPLITS, val_chunk_count
 from corpus.mixing.permutation import derive_key
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_source, source_files
-from pipelines.runner import start_ray, unit_task
+from pipelines.runner import unit_task
 from pipelines.worker import UnitJob, tokenize_unit
 
 
@@ -250,29 +250,3 @@ class FedUnits:
             bounds = offsets.tolist()
             yield [tokens[a:b] for a, b in zip(bounds, bounds[1:])]
 
-
-def stream_source(manifest: Manifest | str, source_name: str, sample: bool = False, workers: int | None = None,
-                  window: int | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES,
-                  mirror_root: str | None = None, address: str | None = None, split: str | None = None,
-                  val_fraction: float = 0.0) -> Iterator[np.ndarray]:
-    """Yield the kept chunks (uint16 arrays, BOS ... EOS) of one pass of one source, in shard order.
-
-    ``split`` ``"train"`` or ``"val"`` reads only the units outside or inside the held-out set
-    that ``val_fraction`` sizes; ``None`` reads them all. ``window``: units started ahead (default 2 per worker).
-    """
-    if not isinstance(manifest, Manifest):
-        manifest = load_manifest(manifest)
-    units = stream_units(manifest, source_name, sample, unit_bytes, mirror_root, split, val_fraction)
-    workers = workers or os.cpu_count() or 1
-    started_ray = start_ray(workers, address)
-    key = stream_key(source_name, split or "all")
-    feed, _ = open_feed(manifest, {key: units}, {key: window or 2 * workers})
-    try:
-        for chunks in FedUnits(feed, key)(0, 0):
-            # copies, so a consumer holding chunks never pins Ray's shared buffer
-            yield from (c.copy() for c in chunks)
-    finally:
-        close_feed(feed)
-        if started_ray:
-            import ray
-            ray.shutdown()

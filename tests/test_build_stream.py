@@ -13,7 +13,8 @@ import pytest
 
 from corpus.store.layout import source_shards
 from corpus.manifest import load_manifest
-from pipelines.stream import StreamError, stream_source, stream_units
+from pipelines.stream import StreamError, stream_units
+from stream_chunks import stream_chunks
 
 MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
 
@@ -21,14 +22,14 @@ MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
 @pytest.mark.parametrize("source", ["redpajama-c4", "dolma-wiki"])
 def test_streamed_chunks_equal_the_built_shards_in_order(sample_corpus, sample_mirror, source):
     built = [s.chunk(i) for s in source_shards(sample_corpus.out_dir, source) for i in range(len(s))]
-    streamed = list(stream_source(MANIFEST, source, sample=True, workers=2, window=2, mirror_root=str(sample_mirror)))
+    streamed = list(stream_chunks(MANIFEST, source, sample=True, workers=2, window=2, mirror_root=str(sample_mirror)))
     assert len(streamed) == len(built) > 0
     assert all(a.dtype == np.uint16 and np.array_equal(a, b) for a, b in zip(streamed, built))
 
 
 def test_the_held_out_split_is_whole_units_and_the_train_split_is_the_rest_in_order(sample_mirror, ray_session):
     def chunks(split):
-        return list(stream_source(MANIFEST, "dolma-wiki", sample=True, workers=2, window=2,
+        return list(stream_chunks(MANIFEST, "dolma-wiki", sample=True, workers=2, window=2,
                                   mirror_root=str(sample_mirror), split=split, val_fraction=0.001))
     every, train, val = chunks(None), chunks("train"), chunks("val")
     held = stream_units(load_manifest(MANIFEST), "dolma-wiki", sample=True, mirror_root=str(sample_mirror),
@@ -53,7 +54,7 @@ def test_a_unit_whose_worker_is_killed_once_is_rerun_and_the_stream_is_unchanged
     psutil = pytest.importorskip("psutil")
 
     def chunks():
-        return list(stream_source(MANIFEST, "dolma-gutenberg", sample=True, workers=2, window=1,
+        return list(stream_chunks(MANIFEST, "dolma-gutenberg", sample=True, workers=2, window=1,
                                   mirror_root=str(sample_mirror)))
 
     killed: list[int] = []
@@ -89,6 +90,6 @@ def test_a_unit_that_fails_for_good_names_its_source_unit_input_and_cause_in_one
     manifest.write_text(f"name: m\nsources:\n  - name: d\n    group: dolma\n    upstream: {{files: [\"{tmp_path}/*.json.gz\"]}}\n"
                         "    format: json.gz\n    tokens: 1M\n")
     with pytest.raises(StreamError) as failed:
-        list(stream_source(manifest, "d", workers=2))
+        list(stream_chunks(manifest, "d", workers=2))
     assert str(failed.value) == (f"source d, unit d/00001-00000, input file://{tmp_path}/b.json.gz bytes 0..end: "
                                  "gzip.BadGzipFile: Not a gzipped file (b'no')")

@@ -24,7 +24,7 @@ from corpus.store.layout import CorpusDir
 from corpus.tokenizer.tokenizer import Tokenizer
 from model.cli import cli_train
 from model.train.config import TrainConfig
-from model.train.data import resolve_corpus
+from model.train.data import TrainingData, resolve_corpus
 from model.train.distributed import Cluster
 from pipelines.build import build
 from pipelines.cli import main as cli_main
@@ -213,6 +213,7 @@ def test_training_batches_from_the_s3_corpus_equal_the_local_corpus_batches(s3_s
     assert remote.fingerprint == local.fingerprint and remote.tokenizer == local.tokenizer
     cfg = TrainConfig(sequence_length=64, micro_batch_size=4)
     cluster = Cluster(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    remote, local = TrainingData(remote), TrainingData(local)
     theirs, ours = remote.train_batches(cfg, cluster), local.train_batches(cfg, cluster)
     for _ in range(3):
         assert all(torch.equal(a, b) for a, b in zip(theirs.next(), ours.next()))

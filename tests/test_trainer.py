@@ -379,7 +379,7 @@ def occurs_in(row: np.ndarray, tokens: bytes) -> bool:
 def test_streaming_validates_on_held_out_units_never_trained_on_the_same_in_every_run(sample_mirror, ray_session,
                                                                                       tmp_path, monkeypatch):
     from model.train.data import TrainingData
-    from pipelines.stream import stream_source
+    from stream_chunks import stream_chunks
     data = tmp_path / "data"
     data.mkdir()
     (data / "sample").symlink_to(sample_mirror)
@@ -409,7 +409,7 @@ def test_streaming_validates_on_held_out_units_never_trained_on_the_same_in_ever
     # the held-out batches: the same in a second run and after a resume, and all from the held-out unit
     assert len(held_out) == 3 and len(held_out[0]) == 2
     assert all(np.array_equal(a, b) for other in held_out[1:] for a, b in zip(held_out[0], other))
-    chunks = {split: [c.tobytes() for c in stream_source(REPO / "manifests" / "openelm.yaml", "dolma-wiki", sample=True,
+    chunks = {split: [c.tobytes() for c in stream_chunks(REPO / "manifests" / "openelm.yaml", "dolma-wiki", sample=True,
                                                          workers=2, split=split, val_fraction=0.001,
                                                          mirror_root=str(sample_mirror))]
               for split in ("train", "val")}
@@ -431,7 +431,7 @@ def test_a_source_too_small_to_hold_out_a_unit_is_left_out_of_streamed_validatio
                               "manifest": str(REPO / "manifests" / "openelm.yaml"),
                               "weights": {"dolma-wiki": 1.0, "redpajama-books": 3.0}})
     # redpajama-books is one unit on the sample mirror: nothing of it can be held out
-    assert resolve_stream(cfg)._held_out_weights(cfg) == {"dolma-wiki": 1.0, "redpajama-books": 0.0}
+    assert resolve_stream(cfg)._held_out_weights(cfg.weights) == {"dolma-wiki": 1.0, "redpajama-books": 0.0}
 
 
 def test_a_stream_unit_that_fails_for_good_stops_training_by_name_and_resume_goes_on_once_fixed(

@@ -1,7 +1,8 @@
 """Chunk streams: one source's chunks as an endless, ordered stream the sampler reads from.
 
 A stream is addressed by *ordinal* ``i`` (the i-th chunk served, across epochs) and by
-*token position* ``p`` (offset into the concatenation of those chunks). Two kinds:
+*token position* ``p`` (offset into the concatenation of those chunks); :class:`ChunkStream` is what
+the sampler reads of one. Two kinds:
 
 - :class:`ShuffledChunks` reads a built corpus: one split (train or val) of one source,
   each epoch in a fresh seeded order. Orders are keyed permutations over the
@@ -25,7 +26,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -33,6 +34,33 @@ from corpus.mixing.permutation import KeyedPermutation, derive_key, unit_hash
 from corpus.store.shards import Shard
 
 SPLITS = ("train", "val")
+
+
+class ChunkStream(Protocol):
+    """One split of one source as the sampler reads it (:class:`ShuffledChunks`, :class:`LiveChunks`).
+
+    Beyond it, a built stream says where a chunk lies on disk (``origin``, for refusing a damaged shard),
+    and a live one looks ahead without forgetting (``length_ahead``, ``point_ahead``, for its state).
+    """
+
+    source: str
+    split: str
+
+    def chunk(self, i: int) -> np.ndarray:
+        """The chunk at ordinal ``i`` (uint16 token ids, BOS ... EOS)."""
+        ...
+
+    def length(self, i: int) -> int:
+        """The length in tokens of the chunk at ordinal ``i``."""
+        ...
+
+    def locate(self, p: int) -> tuple[int, int]:
+        """The ordinal of the chunk that holds token position ``p``, and that chunk's start position."""
+        ...
+
+    def epochs(self, tokens: int | None = None, chunks: int | None = None) -> float:
+        """Passes over the split that ``tokens`` consumed tokens (or ``chunks`` consumed chunks) make."""
+        ...
 
 
 def val_chunk_count(n: int, fraction: float) -> int:

@@ -12,14 +12,19 @@ A sequence's *cost*, what the mixture counts, is its number of loss targets.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from corpus.mixing.chunk_streams import ChunkStream
 
 MODES = ("pack", "corenet")
 IGNORE_INDEX = -100
 
 
 class PackedSequences:
-    def __init__(self, stream, sequence_length: int):
+    def __init__(self, stream: ChunkStream, sequence_length: int):
         self.stream, self.length = stream, sequence_length
 
     def cost(self, k: int) -> int:
@@ -48,7 +53,7 @@ class PackedSequences:
 
 
 class ChunkSequences:
-    def __init__(self, stream, sequence_length: int, pad_id: int):
+    def __init__(self, stream: ChunkStream, sequence_length: int, pad_id: int):
         self.stream, self.length, self.pad_id = stream, sequence_length, pad_id
 
     def cost(self, k: int) -> int:

@@ -70,7 +70,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from corpus.manifest import Manifest
-from corpus.mixing.chunk_streams import SPLITS, OpenUnits, StreamPoint
+from corpus.mixing.chunk_streams import SPLITS, ChunkStream, OpenUnits, StreamPoint
 from corpus.mixing.packing import MODES, ChunkSequences, PackedSequences, split_inputs_and_labels
 from corpus.mixing.schedule import TokenMixture, deal, replay
 from corpus.mixing.sources import MixedSources
@@ -137,9 +137,9 @@ class MixtureSampler(IterableDataset):
 
     # ------------------------------------------------------------------ readers
 
-    def _open_readers(self) -> list:
+    def _open_readers(self) -> list[PackedSequences | ChunkSequences | None]:
         """Per source, its sequences in this mode (None for sources without weight or data)."""
-        streams = self.sources.open_streams(self.seed, self.split_seed, self.block_chunks, self._points)
+        streams: list[ChunkStream | None] = self.sources.open_streams(self.seed, self.split_seed, self.block_chunks, self._points)
         if self.mode == "pack":
             return [PackedSequences(s, self.sequence_length) if s is not None else None for s in streams]
         return [ChunkSequences(s, self.sequence_length, self.pad_id) if s is not None else None for s in streams]

@@ -14,9 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from corpus.manifest import Manifest
-from corpus.mixing.chunk_streams import (LiveChunks, OpenUnits, ShuffledChunks, SourceChunks, StreamPoint,
-                                         val_chunk_count)
+from corpus.mixing.chunk_streams import (ChunkStream, LiveChunks, OpenUnits, ShuffledChunks, SourceChunks,
+                                         StreamPoint, val_chunk_count)
 from corpus.store.layout import read_corpus_json, source_shards
+
+
+def mixture_weights(weights: Mapping[str, float] | None, manifest: Manifest | None) -> dict[str, float]:
+    """The mixture weights per source: the run's ``weights``, else the manifest's target shares."""
+    return dict(weights) if weights is not None else manifest.target_shares()
 
 
 class MixedSources:
@@ -63,23 +68,23 @@ class MixedSources:
 
     def _resolve_weights(self, weights: Mapping[str, float] | None) -> list[float]:
         names = self.names
+        if weights is None and self.manifest is None:
+            raise ValueError("live mode needs weights or a manifest to take target shares from")
+        chosen = mixture_weights(weights, self.manifest)
         if weights is not None:
-            unknown = sorted(set(weights) - set(names))
+            unknown = sorted(set(chosen) - set(names))
             if unknown:
                 raise ValueError(f"weights name unknown sources {unknown}; the sources are {names}")
-            bad = {k: v for k, v in weights.items() if not (isinstance(v, numbers.Real) and v >= 0)}
+            bad = {k: v for k, v in chosen.items() if not (isinstance(v, numbers.Real) and v >= 0)}
             if bad:
                 raise ValueError(f"weights must be numbers >= 0, got {bad}")
-            raw = [float(weights.get(n, 0.0)) for n in names]
-        elif self.manifest is not None:
-            shares = self.manifest.target_shares()
-            missing = [n for n, v in shares.items() if v > 0 and n not in names]
+            raw = [float(chosen.get(n, 0.0)) for n in names]
+        else:
+            missing = [n for n, v in chosen.items() if v > 0 and n not in names]
             if missing:
                 raise ValueError(f"live mode has no stream for sources {missing}, which have target shares; "
                                  f"give them streams or pass weights")
-            raw = [shares[n] for n in names]
-        else:
-            raise ValueError("live mode needs weights or a manifest to take target shares from")
+            raw = [chosen[n] for n in names]
         if self.chunk_counts is not None:
             empty = [n for n, w in zip(names, raw) if w > 0 and self.split_size(n) == 0]
             if empty and self.split == "train":
@@ -100,7 +105,7 @@ class MixedSources:
         return n_val if self.split == "val" else n - n_val
 
     def open_streams(self, seed: int, split_seed: int, block_chunks: int,
-                     points: Mapping[str, StreamPoint] | None = None) -> list:
+                     points: Mapping[str, StreamPoint] | None = None) -> list[ChunkStream | None]:
         """Chunk streams per source (None for sources without weight or data); fresh for live sources,
         each starting at its point in ``points`` (else at the start).
 
@@ -112,7 +117,7 @@ class MixedSources:
                                presplit=self.presplit, start=points.get(n)) if w > 0 else None
                     for n, w in zip(self.names, self.raw_weights)]
         if self._opened is None or self._opened[0] != os.getpid():
-            streams = []
+            streams: list[ChunkStream | None] = []
             for n in self.names:
                 if self.split_size(n) == 0:
                     streams.append(None)

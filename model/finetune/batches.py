@@ -113,12 +113,3 @@ class ShuffledBatches:
             raise ValueError(f"the checkpoint was taken over {state.get('examples')} training examples, the data now "
                              f"gives {len(self.source.examples)}; resume with the same --data")
         self.taken = int(state["micro_batches_taken"])
-
-    def shares(self) -> dict:
-        return {}
-
-    def units_reread(self) -> int:
-        return 0  # a resume recomputes nothing: the examples are in memory
-
-    def pipeline(self) -> None:
-        return None

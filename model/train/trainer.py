@@ -7,7 +7,8 @@ the whole state (model, optimizer, data position, RNGs) to and from `checkpoints
 
 What to train is given, not built here: the model (any module with OpenELM's `config`; one
 with adapters for fine-tuning), the data (`model.train.data.DataSource`: training batches
-whose position is checkpointed, and held-out batches), the loss (`loss_fn(logits, targets,
+whose position is checkpointed, which may also report the mixture they draw (`MixtureReport`),
+and held-out batches), the loss (`loss_fn(logits, targets,
 *extras) -> LossSums`, by default cross entropy + z-loss) with what it is averaged over
 (`count_fn(batch)`, by default the target tokens), and how weights go to and from a
 checkpoint (`weights`, by default the model's own state). `model.pretrain` assembles
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from corpus.store.files import utc_now
 from model.train import checkpoint as ckpt
 from model.train.config import TrainConfig, TrainError
-from model.train.data import IGNORE_INDEX, Batch, DataSource, DataStopped
+from model.train.data import IGNORE_INDEX, Batch, DataSource, DataStopped, MixtureReport
 from model.train.distributed import Cluster, autocast_dtype, full_state, load_full_state, wrap_model
 from model.train.loss import LossSums, language_model_loss
 from model.train.metrics import METRICS_FILE, MetricsLog, ProgressBar, plot_run
@@ -109,6 +110,8 @@ class Trainer:
         self.loss_fn = loss_fn or functools.partial(language_model_loss, z_loss=cfg.z_loss)
         self.task_eval = task_eval
         self.batches = data.train_batches(cfg, cluster)
+        # pretraining's batches report the mixture they draw (and its live pipeline); fine-tuning's do not
+        self.mixture = self.batches if isinstance(self.batches, MixtureReport) else None
         self.state = TrainState()
         self.metrics = MetricsLog(run_dir / METRICS_FILE, enabled=cluster.is_main)
         self.progress = ProgressBar(cfg.steps, 0, cfg.log_every, enabled=False)  # train() shows the real one
@@ -160,9 +163,9 @@ class Trainer:
                                      result.seconds)
                 if self._resumed is not None:
                     self._record_resume(result)
-                if self._due(cfg.log_every):
-                    self.metrics.write({"kind": "mixture", "step": state.step, "sources": self.batches.shares()})
-                    pipeline = self.batches.pipeline()
+                if self.mixture is not None and self._due(cfg.log_every):
+                    self.metrics.write({"kind": "mixture", "step": state.step, "sources": self.mixture.shares()})
+                    pipeline = self.mixture.pipeline()
                     if pipeline is not None:
                         self.metrics.write({"kind": "stream", "step": state.step, **pipeline})
                 if self._due(cfg.eval_every):
@@ -194,14 +197,15 @@ class Trainer:
         if self.cluster.is_main:
             plot_run(self.run_dir)
         return TrainResult(self.run_dir, state.step, state.train_loss, state.val_loss, state.tokens_seen, rate,
-                           self.batches.shares())
+                           self.mixture.shares() if self.mixture is not None else {})
 
     def _record_resume(self, first: StepResult) -> None:
         """The `resume` record: what the resume cost until its first step had its data (loading the checkpoint,
         then waiting for the batches), and how many input units the data reads again (a live pipeline's)."""
         step, load_seconds = self._resumed
         self._resumed = None
-        self.metrics.write({"kind": "resume", "step": step, "units_reread": self.batches.units_reread(),
+        reread = self.mixture.units_reread() if self.mixture is not None else 0
+        self.metrics.write({"kind": "resume", "step": step, "units_reread": reread,
                             "seconds": load_seconds + first.data_wait_s})
 
     def _due(self, every: int) -> bool:

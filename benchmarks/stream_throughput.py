@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
+    from pipelines.runner import require_token_auth
+    require_token_auth()  # Ray reads RAY_AUTH_MODE when imported
     import ray
     import torch
     torch.set_num_threads(1)  # the consumer is one process, one thread, as sampler_throughput.py measures it

@@ -152,7 +152,8 @@ def test_a_save_killed_half_way_leaves_the_previous_checkpoint_whole(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1]
     model_state, trainer_state, state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
     assert torch.equal(model_state["w"], _dummy_state()["w"]) and trainer_state == {"step": 1}
-    assert state == {"step": 1, "loss": 1.5}
+    assert state.pop("files").keys() == {"config.json", "model.safetensors", "trainer_state.pt"}
+    assert state == {"step": 1, "loss": 1.5} and ckpt.damage(ckpt.latest_checkpoint(tmp_path)) is None
     ckpt.remove_stale_temporaries(tmp_path)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000001"]
 
@@ -308,7 +309,7 @@ def test_a_slow_data_source_shows_as_data_wait_in_metrics_and_the_progress_line(
                       "--steps", "2", "--log-every", "1"]) == 0
     train = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
     assert len(train) == 2 and all(0.4 <= r["data_wait_s"] <= r["step_s"] for r in train)
-    waits = [float(w) for w in re.findall(r"wait (\d+\.\d\d)s \(\d+% of step\)", capsys.readouterr().err)]
+    waits = [float(w) for w in re.findall(r"data wait (\d+\.\d\d)s \(\d+%\)", capsys.readouterr().err)]
     assert len(waits) == 2 and all(w >= 0.4 for w in waits)
 
 def test_corenet_mode_trains_on_padded_chunks_and_counts_only_real_targets(token_corpus, tmp_path):

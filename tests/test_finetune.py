@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import signal
@@ -530,3 +531,37 @@ def test_a_second_job_on_a_run_folder_is_refused_naming_the_first_and_a_killed_j
         first.wait()
     assert main(command(base, sft_data, run, "sft", "--steps", "14", "--resume")[3:]) == 0
     assert train_records(run)[-1]["step"] == 14
+
+
+def test_the_progress_line_fits_80_columns_under_a_terminal_and_says_what_follows_the_last_step(base, sft_data,
+                                                                                               tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    cmd = [a for a in command(base, sft_data, tmp_path / "run", "sft", "--steps", "6") if a != "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # the terminal closes with the process
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait() == 0
+    drawn = [part.replace("\x1b[K", "") for part in out.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    lines = [line for line in drawn if line.startswith("step ")]
+    steps = [line for line in lines if " ETA " in line]
+    assert len(steps) >= 6 and all(len(line) <= 80 for line in lines), lines
+    assert all(re.match(r"step \d+/6 .*ETA (\d+[smhd]|\?)", line) for line in steps), steps
+    assert any("loss " in line for line in steps)
+    assert any(line.startswith("step 6/6  writing the final checkpoint...") for line in lines)
+    assert any(line.startswith("step 6/6  drawing the curves...") for line in lines)
+    assert any(line.startswith("done: ") for line in drawn)

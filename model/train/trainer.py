@@ -169,11 +169,15 @@ class Trainer:
                     if pipeline is not None:
                         self.metrics.write({"kind": "stream", "step": state.step, **pipeline})
                 if self._due(cfg.eval_every):
+                    self._after_last_step("final validation")
                     state.val_loss = self.validate()
                 if self.task_eval is not None and self._due(cfg.eval_tasks_every):
+                    self._after_last_step("final task evaluation")
                     self.evaluate_tasks()
                 if self._due(cfg.checkpoint_every):
+                    self._after_last_step("writing the final checkpoint")
                     self.save_checkpoint()
+            self._after_last_step("drawing the curves")
         except DataStopped as stop:
             # raised while waiting for a batch, before any update: the last checkpoint is this run's last good state
             last = ckpt.latest_checkpoint(self.run_dir)
@@ -207,6 +211,11 @@ class Trainer:
         reread = self.mixture.units_reread() if self.mixture is not None else 0
         self.metrics.write({"kind": "resume", "step": step, "units_reread": reread,
                             "seconds": load_seconds + first.data_wait_s})
+
+    def _after_last_step(self, what: str) -> None:
+        """Say on the progress line what the run does after its last step, until the summary."""
+        if self.state.step == self.cfg.steps:
+            self.progress.doing(self.state.step, what)
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.cfg.steps

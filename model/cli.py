@@ -218,7 +218,7 @@ def cli_eval(argv: list[str]) -> int:
         print(f"elm-train eval: error: --limit must be a positive integer (examples per task), got {args.limit!r}",
               file=sys.stderr)
         return 2
-    from model.eval.harness import EvalError, evaluate
+    from model.eval.harness import EvalError, evaluate, record_in_run
     try:
         evaluation = evaluate(args.model, args.tasks, num_fewshot=args.num_fewshot,
                               limit=int(args.limit) if args.limit is not None else None,
@@ -230,6 +230,9 @@ def cli_eval(argv: list[str]) -> int:
         print(f"elm-train eval: error: {e}", file=sys.stderr)
         return 2
     print_eval_table(evaluation.results, evaluation.preset, args.tasks)
+    recorded = record_in_run(evaluation)
+    if recorded is not None:
+        print(f"recorded for elm-train compare: {recorded}")
     if args.out:
         from lm_eval.utils import handle_non_serializable
         out = Path(args.out)

@@ -353,6 +353,23 @@ def test_compare_prints_each_runs_loss_and_newest_task_accuracy(two_runs, capsys
     assert next(line for line in lines if line.startswith("plain")).split()[-1] == "-"
 
 
+def test_compare_shows_what_elm_train_eval_found_for_a_runs_checkpoint(two_runs, tasks_dir, tmp_path, capsys):
+    import shutil
+    from model.cli import main
+    run = shutil.copytree(two_runs[0], tmp_path / "plain")  # trained without tasks
+    assert main(["eval", str(run), "--tasks", "elm_mc", "--include-path", str(tasks_dir), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    printed = next(line for line in out.splitlines() if line.startswith("elm_mc")).split()[-3]  # acc_norm, in %
+    recorded = json.loads((run / "evals" / "step_00000006.json").read_text())
+    assert f"recorded for elm-train compare: {run / 'evals' / 'step_00000006.json'}" in out
+    assert recorded["step"] == 6 and recorded["tokens"] == run_records(run, "train")[-1]["tokens"]
+    assert main(["compare", str(run), "--report", str(tmp_path / "report")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "elm_mc" and lines[1].split()[-1] == printed != "-"
+    saved = json.loads((tmp_path / "report" / "compare.json").read_text())
+    assert f"{100 * saved[0]['tasks']['elm_mc']:.2f}" == printed and saved[0]["tasks_at_tokens"] == recorded["tokens"]
+
+
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     from model.cli import main
     assert main(["compare", str(tmp_path)]) == 2

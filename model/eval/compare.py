@@ -1,7 +1,8 @@
 """`elm-train compare`: several runs side by side, to answer "which corpus trains the better model".
 
-Each run is read from its folder only: `run.json` (preset, corpus, tokens) and `metrics.jsonl`
-(training and validation loss, and the `eval` records of benchmark tasks run while training).
+Each run is read from its folder only: `run.json` (preset, corpus, tokens), `metrics.jsonl`
+(training and validation loss, and the `eval` records of benchmark tasks run while training) and
+`evals/` (what `elm-train eval` found for the run's checkpoints); the newest step's tasks count.
 `write_report` draws a self-contained HTML page (inline style, PNGs beside it, nothing from the
 network): loss against tokens seen for every run, the newest task accuracies per run as bars,
 and Apple's published OpenELM numbers as reference rows for the tasks they cover.
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from corpus.inspection.report import figure
+from model.eval.harness import EVALS_DIR
 from model.eval.tasks import PUBLISHED_ZERO_SHOT
 from model.train.metrics import METRICS_FILE, read_metrics, task_accuracy
 from model.train.run import read_run_json
@@ -51,14 +53,27 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
     run = read_run_json(run_dir)
     tokens_at = {int(r["step"]): int(r["tokens"]) for r in train}
     val = [(tokens_at.get(int(r["step"]), 0), float(r["val_loss"])) for r in records if r.get("kind") == "val"]
-    evals = [r for r in records if r.get("kind") == "eval" and task_accuracy(r)]
-    newest = evals[-1] if evals else None
+    evals = [r for r in records if r.get("kind") == "eval" and task_accuracy(r)] + recorded_evals(run_dir)
+    newest = max(evals, key=lambda r: int(r["step"]), default=None)  # an `elm-train eval` of a step wins a tie
     return RunSummary(
         name=run_dir.name, path=str(run_dir), preset=run.get("preset"), corpus=(run.get("corpus") or {}).get("name"),
         steps=int(train[-1]["step"]), tokens=int(train[-1]["tokens"]), train_loss=float(train[-1]["loss"]),
         val_loss=val[-1][1] if val else None, train_curve=[(int(r["tokens"]), float(r["loss"])) for r in train],
         val_curve=val, tasks=task_accuracy(newest) if newest else {},
-        tasks_at_tokens=int(newest["tokens"]) if newest else None)
+        tasks_at_tokens=int(newest["tokens"]) if newest and newest.get("tokens") is not None else None)
+
+
+def recorded_evals(run_dir: Path) -> list[dict]:
+    """The evaluations `elm-train eval` recorded for the run's checkpoints, oldest step first."""
+    out = []
+    for path in sorted((run_dir / EVALS_DIR).glob("step_*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a record cut short is an evaluation to run again, not a reason to refuse the comparison
+        if isinstance(record, dict) and task_accuracy(record):
+            out.append(record)
+    return out
 
 
 def compare_runs(run_dirs: list[str | Path]) -> list[RunSummary]:
@@ -156,8 +171,8 @@ def write_report(summaries: list[RunSummary], out_dir: str | Path) -> Path:
     page.write_text(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>runs compared</title>"
         f"<style>{_STYLE}</style></head><body><h1>{len(summaries)} runs compared</h1>"
-        "<p>Task accuracies are each run's newest evaluation while training, in % (acc_norm where the task has "
-        "it).</p><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+        "<p>Task accuracies are each run's newest evaluation (while training, or by elm-train eval), in % "
+        "(acc_norm where the task has it).</p><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
         + f"</tr></thead><tbody>{rows}</tbody></table>{figures}"
         "<p><small>Numbers as JSON: <a href=\"compare.json\">compare.json</a>.</small></p></body></html>\n",
         encoding="utf-8")

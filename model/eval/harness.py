@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from corpus.store.files import atomic_write_json, utc_now
 from model.eval.tasks import expand_tasks
 from model.hf_folder import load_hf_folder
 from model.presets import preset_name
@@ -322,6 +323,24 @@ def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
         out[task] = {key.split(",")[0]: value for key, value in row.items()
                      if key.endswith(",none") and "_stderr" not in key and isinstance(value, (int, float))}
     return out
+
+
+EVALS_DIR = "evals"  # in a run folder: what `elm-train eval` found for its checkpoints, read by `elm-train compare`
+
+
+def record_in_run(evaluation: Evaluation) -> Path | None:
+    """Keep an evaluation of a run's checkpoint in the run (`evals/step_N.json`, an `eval` record as training writes
+    to metrics.jsonl), so `elm-train compare` shows it; None for a model that is not a run's checkpoint."""
+    source = evaluation.source
+    if source.run_dir is None or source.step is None:
+        return None
+    record = {"kind": "eval", "step": source.step, "tokens": source.state.get("tokens_seen"),
+              "tasks": task_scores(evaluation.results), "config": evaluation.results.get("config", {}),
+              "n-shot": evaluation.results.get("n-shot", {}), "recorded_at": utc_now()}
+    path = source.run_dir / EVALS_DIR / f"step_{source.step:08d}.json"
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_json(path, record)
+    return path
 
 
 def training_evaluator(tokenizer_spec: str, tokenizer_sha256: str, tasks: str, limit: int | None,

@@ -88,17 +88,25 @@ class HeadlessChromium:
                     raise RuntimeError(f"Chromium exited: {tail}")
                 self.buffer += data
 
-    def load(self, page: Path) -> dict:
+    def load(self, page: Path, width: int | None = None) -> dict:
+        """Open `page` (in a window `width` CSS pixels wide if given); its title, images, and how wide it lays out:
+        the page's scroll width and each table's right edge."""
         self.events = events = []
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
             self.send(f"{domain}.enable", session=session)
+        if width is not None:
+            self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
+                                                             "mobile": False}, session=session)
         self.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
         self.wait_for(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == session, events)
         probe = ("JSON.stringify({title: document.title, images: Array.from(document.images).map(i => ({"
                  "src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,"
-                 " figure: i.closest('figure') && i.closest('figure').id}))})")
+                 " figure: i.closest('figure') && i.closest('figure').id})),"
+                 " page_width: document.documentElement.scrollWidth, window_width: window.innerWidth,"
+                 " tables: Array.from(document.querySelectorAll('table')).map(t => ({"
+                 "right: Math.ceil(t.getBoundingClientRect().right), head: t.rows[0] ? t.rows[0].innerText : ''}))})")
         result = self.send("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session=session)
         self.wait_for(lambda m: False, events, timeout=0.3)  # late console messages
         self.send("Target.closeTarget", {"targetId": target})

@@ -119,3 +119,22 @@ def test_markup_in_a_quarantined_record_is_shown_as_text(sample_dir, tmp_path, c
     assert console_errors(seen["events"]) == []
     assert html.escape(hostile) in page.read_text()
     assert len(seen["dom"]["images"]) == len(CHARTS)
+
+
+def test_report_fits_a_1200_pixel_window_without_hiding_a_column(sample_report, chromium):
+    seen = chromium.load(sample_report, width=1200)
+    dom = seen["dom"]
+    assert dom["window_width"] == 1200 and dom["tables"]
+    assert dom["page_width"] <= 1200, dom["page_width"]
+    wide = [(t["head"][:60], t["right"]) for t in dom["tables"] if t["right"] > 1200]
+    assert not wide, wide
+
+
+def test_the_funnels_colour_scale_spans_the_shares_it_shows():
+    import numpy as np
+    from corpus.inspection.report import funnel_scale
+    shares = np.array([[1.0, 0.97, 0.95, 0.95], [1.0, 0.99, np.nan, 0.92]])
+    assert funnel_scale(shares) == (0.92, 1.0)
+    low, high = funnel_scale(np.array([[1.0, 1.0]]))
+    assert low < 1.0 < high
+    assert funnel_scale(np.full((2, 2), np.nan)) == (0.0, 1.0)

@@ -67,6 +67,16 @@ def _filter_order(corpus_json: dict, sources: list[dict]) -> list[str]:
     return order + [r for r in seen if r not in order]
 
 
+def funnel_scale(shares: np.ndarray) -> tuple[float, float]:
+    """The colour scale of the funnel: from the smallest share of tokens left to the largest, so that a corpus whose
+    filters drop a few percent still shows its stages apart (a fixed 0..1 scale paints them one colour)."""
+    values = shares[np.isfinite(shares)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    return (low, high) if high - low > 1e-3 else (high - 0.05, high + 1e-3)
+
+
 def _chart_funnel(stats: CorpusStats, path: Path, filters: list[str]) -> None:
     sources = stats.sources
     filters = [f for f in filters if any((s.get("tokens_dropped") or {}).get(f) for s in sources)]
@@ -87,12 +97,14 @@ def _chart_funnel(stats: CorpusStats, path: Path, filters: list[str]) -> None:
     left = np.divide(counts, base, out=np.zeros_like(counts), where=base > 0)
     fig = figure(max(9, 1.6 * len(stages) + 4), _rows_height(len(sources), 0.45, 2.2))
     ax = fig.add_subplot()
-    image = ax.imshow(np.where(np.isnan(counts), np.nan, left), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    shown = np.where(np.isnan(counts), np.nan, left)
+    low, high = funnel_scale(shown)
+    image = ax.imshow(shown, cmap="viridis", vmin=low, vmax=high, aspect="auto")
     for i in range(len(sources)):
         for j in range(len(stages)):
             text = "-" if np.isnan(counts[i, j]) else short_count(int(counts[i, j]))
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="white" if np.isnan(counts[i, j]) or left[i, j] < 0.6 else "black")
+            dark = np.isnan(counts[i, j]) or (left[i, j] - low) / (high - low) < 0.6  # viridis is dark below 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
     ax.set_xticks(range(len(stages)), stages, fontsize=9)
     ax.set_yticks(range(len(sources)), [s["name"] for s in sources])
     ax.xaxis.tick_top()
@@ -215,11 +227,11 @@ def _chart_quarantine(stats: CorpusStats, path: Path) -> None:
 # ---------------------------------------------------------------- the page
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1400px; color: #1f2933; padding: 0 1rem; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; padding: 0 1rem; }
 h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; }
-table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
-th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #e4e7eb; }
-th { background: #f0f4f8; text-align: left; } td:first-child { white-space: nowrap; }
+table { border-collapse: collapse; font-size: 0.8rem; margin: 0.6rem 0; }
+th, td { padding: 0.2rem 0.4rem; border-bottom: 1px solid #e4e7eb; }
+th { background: #f0f4f8; text-align: left; vertical-align: bottom; max-width: 6rem; } td:first-child { white-space: nowrap; }
 .scroll { overflow-x: auto; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.total td { font-weight: bold; border-top: 2px solid #9aa5b1; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #e4e7eb; }
@@ -240,8 +252,8 @@ def _e(value) -> str:
 
 
 def _sources_table(numbers: dict) -> str:
-    heads = ["source", "units done/total", "failed", "docs read", "docs kept", "docs dropped", "quarantined",
-             "chunks split", "chunks kept", "tokens", "mean tok/chunk", "median tok/chunk", "share", "target share",
+    heads = ["source", "units done / total", "failed", "docs read", "docs kept", "docs dropped", "quarantined",
+             "chunks split", "chunks kept", "tokens", "mean tokens / chunk", "median tokens / chunk", "share", "target share",
              "shards on disk"]
     rows = []
     for s in [*numbers["sources"], {"name": "total", **numbers["total"]}]:
@@ -258,7 +270,7 @@ def _sources_table(numbers: dict) -> str:
 
 
 def _groups_table(numbers: dict) -> str:
-    heads = ["group", "sources", "units done/total", "tokens", "share", "target share"]
+    heads = ["group", "sources", "units done / total", "tokens", "share", "target share"]
     rows = []
     for g in numbers["groups"]:
         cells = [f"{g['units']['done']:,}/{g['units']['total']:,}", grouped(g["tokens"]),

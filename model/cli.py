@@ -1,4 +1,4 @@
-"""`elm-train`: train OpenELM on a built corpus, export runs, plot curves. This module parses and prints only.
+"""`elm-train`: pretrain, fine-tune, evaluate, compare, export and plot OpenELM runs. It parses and prints only.
 
     elm-train --corpus NAME --model PRESET [--steps N] [--out DIR] [--resume]
     elm-train export RUN_DIR --format mlx|hf --out DIR
@@ -7,8 +7,8 @@
     elm-train compare RUN_DIR... [--report DIR]
     elm-train finetune --init-from MODEL --data TRAIN --method sft|dpo|rso|orpo --adapter none|lora|dora
 
-The work is in `model.train` (the run) and `model.export`; `python -m model.cli` is `elm-train`
-(torchrun starts it that way).
+The work is in `model.pretrain` and `model.finetune` (the runs, on `model.train`), `model.eval` and
+`model.export`; `python -m model.cli` is `elm-train` (torchrun starts it that way).
 """
 from __future__ import annotations
 

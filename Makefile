@@ -23,6 +23,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# pip before 23.3 does not normalise extras (PEP 685): jusText's lxml[html_clean] then sends it backtracking
+	@# over lxml versions with a warning for each, and lxml_html_clean is left out.
+	$(PY) -m pip install -q --upgrade 'pip>=24.0'
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 

@@ -149,8 +149,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
         ran, started_ray, interrupted, bar = 0, False, True, None
         try:
             if pending:
+                bar = BuildProgress(progress, len(units), skipped, started=t0)  # shown while Ray starts
                 started_ray = start_ray(workers, address)
-                bar = BuildProgress(progress, len(units), skipped)
                 env = tuple(sorted(location.store_environment().items())) if corpus.remote else ()
                 job = BuildJob(UnitJob.of(manifest, tokenizer), str(out), env)
                 for summary in run_units(job, pending, workers or cluster_cpus(), stop=lambda: bool(full)):
@@ -164,8 +164,6 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
             interrupted = False
         finally:
             try:
-                if bar is not None:
-                    bar.close()
                 status = "partial" if interrupted or full else ("failed" if failed else "complete")
                 try:
                     index = write_index(status, utc_now())
@@ -177,6 +175,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
                 if started_ray:
                     import ray
                     ray.shutdown()
+                if bar is not None:
+                    bar.close()  # last: its clock then reads what the summary says
     if full:
         first = full[0]
         raise CorpusWriteError(first["path"], first["errno"], first.get("detail", ""),

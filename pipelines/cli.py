@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 def _build(args) -> int:
+    from corpus.inspection.health import corpus_warnings
     from corpus.store.layout import CorpusWriteError
     from pipelines.build import BuildRefused, build
     try:
@@ -37,6 +38,8 @@ def _build(args) -> int:
           f"documents {totals['documents_read']:,} read, {totals['kept']:,} kept, "
           f"{sum(totals['dropped'].values()):,} dropped, {totals['quarantined']:,} quarantined; "
           f"{totals['tokens']:,} tokens")
+    for name, warning in corpus_warnings(result.corpus).items():
+        print(f"elm-corpus build: warning: source {name} {warning}", file=sys.stderr)
     if result.failed:
         print(f"{len(result.failed)} unit(s) failed; rerun the same command to retry them:", file=sys.stderr)
         for f in result.failed:
@@ -219,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from corpus.manifest import ManifestError
     from corpus.store.location import StoreUnreachable
+    if argv is None:  # the command line itself (tests pass argv and keep Python's warnings)
+        from pipelines.views import warnings_as_notes
+        warnings_as_notes("elm-corpus")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

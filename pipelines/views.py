@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import shlex
+import sys
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -156,6 +158,10 @@ def print_corpus(numbers: dict) -> None:
         console.print(table)
     for table in _reason_tables(numbers):
         console.print(table)
+    for s in numbers["sources"]:
+        if s.get("warning"):
+            console.print(f"[yellow]warning[/yellow] source {escape(s['name'])} {escape(s['warning'])}",
+                          soft_wrap=True, highlight=False)
     for f in numbers["failed_units"]:
         console.print(f"[red]failed[/red] {escape(f['source'])}/{escape(f['unit'])}: {escape(f['error'])}")
     for d in numbers.get("damaged_units", []):
@@ -189,6 +195,11 @@ def print_verification(result, target: str, repaired: bool) -> None:
         f"hashed, {short_count(result.tokens_checked)} tokens; {ids}")
     if not result.locked:
         say("[yellow]the folder could not be locked (read-only?): a build could have written it meanwhile[/yellow]")
+    if result.ok and result.pending:
+        say(f"[green]ok[/green] so far: every finished shard matches its sidecar, ledger entry and corpus.json; "
+            f"{result.pending:,} of {result.planned:,} units await a build. To build them:")
+        say(f"  {escape(result.next_command)}")
+        return
     if result.ok:
         say("[green]ok[/green]: every shard matches its sidecar, ledger entry and corpus.json")
         return
@@ -251,30 +262,53 @@ def print_chunks(chunks: list, full: bool) -> None:
 
 
 class BuildProgress:
-    """Units done/total, docs/s, tokens/s and ETA on one line (or nothing with progress=False)."""
+    """Units finished and failed of the total, documents read and tokens written per second, the time since the
+    build started (the summary's clock) and the ETA, on one line (or nothing with progress=False)."""
 
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.started = enabled, time.perf_counter()
-        self.docs = self.tokens = 0
+    def __init__(self, enabled: bool, total: int, done: int, started: float | None = None):
+        self.enabled, self.started = enabled, started if started is not None else time.perf_counter()
+        self.docs = self.tokens = self.failed = 0
         if not enabled:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, \
+            TimeRemainingColumn
+
+        since = self.started
+
+        class SinceStart(ProgressColumn):  # rich's elapsed column counts from the bar, not from the command
+            def render(self, task):
+                seconds = int(time.perf_counter() - since)
+                return Text(f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}", style="cyan")
+
         self.bar = Progress(TextColumn("[bold]build"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
-                            TextColumn("{task.fields[docs]} docs/s  {task.fields[toks]} tokens/s"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            transient=False)
+                            TextColumn("{task.fields[failed]}"),
+                            TextColumn("{task.fields[docs]} docs read/s  {task.fields[toks]} tokens written/s"),
+                            SinceStart(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
         self.bar.start()
-        self.task = self.bar.add_task("build", total=total, completed=done, docs="0", toks="0")
+        self.task = self.bar.add_task("build", total=total, completed=done, docs="0", toks="0", failed="")
 
     def advance(self, summary: dict) -> None:
+        failed = summary.get("status") == "failed"
+        self.failed += failed
         self.docs += summary.get("documents_read", 0)
         self.tokens += summary.get("tokens", 0)
         if not self.enabled:
             return
         dt = max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(self.task, advance=1, docs=f"{self.docs / dt:,.0f}", toks=f"{self.tokens / dt:,.0f}")
+        self.bar.update(self.task, advance=0 if failed else 1, docs=f"{self.docs / dt:,.0f}", toks=f"{self.tokens / dt:,.0f}",
+                        failed=f"[red]{self.failed} failed[/red]" if self.failed else "")
 
     def close(self) -> None:
         if self.enabled:
             self.bar.stop()
+
+
+def warnings_as_notes(prog: str) -> None:
+    """Show each Python warning that reaches the terminal as one line, `PROG: note: MESSAGE`: the project's own
+    (a partial corpus, a split without validation chunks) and the libraries' (PEFT's and transformers'
+    deprecations), instead of a file path, a category and a source line. For the command-line entry points only:
+    a library caller keeps Python's handling."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"{prog}: note: {text}", file=file or sys.stderr)
+    warnings.showwarning = show

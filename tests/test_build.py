@@ -224,7 +224,8 @@ def _ledger_count(out: Path) -> int:
 
 
 def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
-    """Start the CLI, SIGKILL its whole process group once a new unit has finished; return units done then."""
+    """Start the CLI; once a new unit has finished, freeze its whole process group (SIGSTOP), check that the build
+    has not reached its end, and SIGKILL it there; return units done then."""
     before = _ledger_count(out)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out", str(out),
@@ -236,10 +237,14 @@ def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
             assert proc.poll() is None, f"build ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
             assert time.monotonic() < deadline, "no unit finished within 120 s"
             time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGSTOP)  # frozen: what is counted now is where the kill lands
+        done = _ledger_count(out)
+        assert before < done < total, f"the build ended before it could be killed ({done} of {total} units)"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    return _ledger_count(out)
+    assert _ledger_count(out) == done
+    return done
 
 
 def test_a_build_killed_twice_then_rerun_equals_a_clean_build(inputs, tmp_path, ray_session):
@@ -260,3 +265,77 @@ def test_a_second_build_into_a_folder_being_built_is_refused(inputs, tmp_path, r
     with CorpusDir(tmp_path / "busy").exclusive():
         with pytest.raises(BuildRefused, match="another build is writing"):
             build(inputs / "many.yaml", tmp_path / "busy", workers=1, progress=False)
+
+
+def test_a_source_that_gives_nothing_or_mostly_quarantine_is_warned_about_by_build_and_stats(inputs, tmp_path, capsys,
+                                                                                              ray_session):
+    rng = np.random.default_rng(0)
+    (tmp_path / "photo.jsonl").write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())  # not text at all
+    half = jsonl(stdlib_texts(0, 3)) + b"".join(line for line, _ in BAD_LINES) + b"{nope\n"  # 3 good, 4 quarantined
+    (tmp_path / "half.jsonl").write_bytes(half)
+    manifest = write_manifest(tmp_path / "m.yaml", "warned", [
+        source_yaml("books", "redpajama", f"{inputs}/books.jsonl", "jsonl"),
+        source_yaml("photo", "redpajama", f"{tmp_path}/photo.jsonl", "jsonl"),
+        source_yaml("half", "redpajama", f"{tmp_path}/half.jsonl", "jsonl")])
+    out = tmp_path / "out"
+    assert cli_main(["build", str(manifest), "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "elm-corpus build: warning: source photo keeps no tokens" in err
+    assert "elm-corpus build: warning: source half 4 of its 7 records went to quarantine" in err
+    assert "source books" not in err
+    assert cli_main(["stats", str(out), "--json"]) == 0
+    warnings = {s["name"]: s["warning"] for s in json.loads(capsys.readouterr().out)["sources"]}
+    assert warnings["books"] is None and warnings["photo"].startswith("keeps no tokens")
+    assert warnings["half"].startswith("4 of its 7 records went to quarantine")
+    assert cli_main(["stats", str(out)]) == 0
+    assert "warning source photo keeps no tokens" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("read, quarantined, tokens, done, warned", [
+    (10, 0, 0, 1, "keeps no tokens: all 10 records"), (0, 0, 0, 2, "keeps no tokens: it read no records"),
+    (10, 5, 99, 1, "5 of its 10 records went to quarantine"), (10, 4, 99, 1, None), (0, 0, 0, 0, None)])
+def test_the_warning_rule(read, quarantined, tokens, done, warned):
+    from corpus.inspection.health import source_warning
+    got = source_warning(read, quarantined, tokens, done)
+    assert got is None if warned is None else got.startswith(warned)
+
+
+def test_the_build_bar_counts_failed_units_apart_says_what_its_rates_are_and_keeps_the_summarys_clock(tmp_path):
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.json.gz").write_bytes(gzip.compress(jsonl(stdlib_texts(0, 4))))
+    (folder / "b.json.gz").write_bytes(b"this is not gzip data\n")
+    manifest = write_manifest(tmp_path / "m.yaml", "m", [source_yaml("d", "dolma", f"{folder}/*.json.gz", "json.gz")])
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), TERM="xterm")
+    env.pop("COLUMNS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out",
+                             str(tmp_path / "out"), "--workers", "1"], env=env, stdin=slave, stdout=slave,
+                            stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait() == 1  # one unit failed
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace")).replace("\r", "\n")
+    bars = [line for line in text.splitlines() if line.lstrip().startswith("build ")]
+    last = bars[-1]
+    assert "1/2 units" in last and "1 failed" in last, last
+    assert "docs read/s" in last and "tokens written/s" in last
+    clock = re.search(r"(\d+):(\d\d):(\d\d)", last)
+    bar_seconds = int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
+    summary_seconds = float(re.search(r"run\) in ([\d.]+)s", text)[1])
+    assert abs(bar_seconds - summary_seconds) <= 1.5, (last, summary_seconds)

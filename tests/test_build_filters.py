@@ -46,6 +46,36 @@ def test_each_declared_filter_drops_some_chunks_under_its_own_reason(filtered, k
     assert totals["documents_read"] == totals["kept"] + sum(totals["dropped"].values()) + totals["quarantined"]
 
 
+@pytest.mark.parametrize("kind", FILTER_TYPES)
+def test_each_filter_keeps_exactly_the_chunks_its_datatrove_rule_keeps(filtered, kind):
+    """The chunks in the shards are those the build's length rules pass and datatrove's filter, called directly on
+    each chunk's text, keeps: the same token ids in the same order; the drops are the ones it rejects."""
+    from datatrove.data import Document
+    from corpus.manifest import ExtraFilter, TextRules
+    from corpus.store.layout import CorpusDir
+    from corpus.text.filters import build_filters
+    from corpus.text.rules import CoreNetRules
+    from corpus.tokenizer.tokenizer import Tokenizer
+    rules, tokenizer = CoreNetRules(TextRules()), Tokenizer()
+    datatrove_step = build_filters([ExtraFilter(type=kind)])[0].step
+    kept, rejected = [], 0
+    for document in real_documents():
+        for chunk in rules.split(rules.normalize(document)):
+            ids = tokenizer.encode_one(chunk, bos=True, eos=True) if rules.has_enough_chars(chunk) else []
+            if not ids or not rules.has_enough_tokens(ids):
+                continue
+            verdict = datatrove_step.filter(Document(text=chunk, id=""))
+            if (verdict[0] if isinstance(verdict, tuple) else verdict):
+                kept.append(ids)
+            else:
+                rejected += 1
+    shards = CorpusDir(filtered.out_dir).source_shards(kind.replace("_", "-"))
+    served = [shard.chunk(i).tolist() for shard in shards for i in range(len(shard))]
+    assert served == kept and rejected > 0
+    totals = read_corpus_json(filtered.out_dir)["sources"][kind.replace("_", "-")]["totals"]
+    assert totals["chunks_dropped"][kind] == rejected
+
+
 def test_a_filter_with_unknown_params_is_refused_before_any_work(tmp_path, ray_session):
     data = tmp_path / "docs.jsonl"
     data.write_text(json.dumps({"text": "x"}) + "\n")

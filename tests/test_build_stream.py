@@ -61,12 +61,19 @@ def test_a_unit_whose_worker_is_killed_once_is_rerun_and_the_stream_is_unchanged
     streaming = threading.Event()
 
     def kill_the_first_unit_worker():
+        """SIGKILL a worker frozen (SIGSTOP) while its title still says it runs a unit: the kill lands mid-unit."""
         while streaming.is_set() and not killed:
             for p in psutil.process_iter(["pid", "cmdline"]):
                 if "ray::tokenize_unit" in " ".join(p.info["cmdline"] or []):
-                    os.kill(p.info["pid"], signal.SIGKILL)
-                    killed.append(p.info["pid"])
-                    return
+                    try:
+                        p.send_signal(signal.SIGSTOP)
+                        if "ray::tokenize_unit" in " ".join(p.cmdline()):
+                            p.send_signal(signal.SIGKILL)
+                            killed.append(p.pid)
+                            return
+                        p.send_signal(signal.SIGCONT)  # it finished the unit meanwhile: look again
+                    except psutil.NoSuchProcess:
+                        pass
             time.sleep(0.002)
 
     uninterrupted = chunks()

@@ -65,7 +65,7 @@ def test_loglikelihood_equals_the_model_summed_over_the_continuation(loaded, bos
     lm = OpenELMLM(model, tokenizer, batch_size=4, add_bos=bos)
     pairs = [(q, c) for q, choices, _ in QUESTIONS for c in choices[:2]]
     got = lm.loglikelihood(requests("loglikelihood", pairs), disable_tqdm=True)
-    for (context, continuation), (logprob, _) in zip(pairs, got):
+    for (context, continuation), (logprob, _) in zip(pairs, got, strict=True):
         whole, cont = split_ids(tokenizer, context, continuation, bos)
         assert whole[0] == tokenizer.bos_id if bos else whole[0] != tokenizer.bos_id
         assert logprob == pytest.approx(direct_loglikelihood(model, whole, len(cont)), abs=1e-5)

@@ -280,9 +280,12 @@ def test_a_run_killed_and_resumed_reproduces_every_loss(base, sft_data, preferen
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline, "the run made no progress"
         time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)  # frozen: the kill lands where the records now stand
+    reached = len(train_records(interrupted))
+    assert 5 <= reached < 12, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert len(train_records(interrupted)) < 12
+    assert len(train_records(interrupted)) == reached
     subprocess.run(command(base, data, interrupted, method, "--resume"), cwd=REPO, env=env, check=True,
                    capture_output=True)
     losses = [(r["step"], r["loss"]) for r in train_records(interrupted)]

@@ -140,12 +140,12 @@ def test_parquet_without_the_text_column_fails_naming_it(tmp_path):
 def test_a_file_that_is_not_gzip_fails(tmp_path):
     path = tmp_path / "fake.json.gz"
     path.write_bytes(b'{"text": "plain, not compressed"}\n')
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Not a gzipped file"):
         records(Slice(str(path), "json.gz"))
 
 
 def test_a_missing_file_fails(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="gone.jsonl"):
         records(Slice(str(tmp_path / "gone.jsonl"), "jsonl"))
 
 

@@ -111,3 +111,16 @@ def test_help_lists_every_command_in_one_line_each_and_a_typo_gets_the_nearest(c
     assert capsys.readouterr().err.strip() == "elm-train: unknown command 'fintune'; did you mean `elm-train finetune`?"
     assert main(["zzz"]) == 2
     assert "commands: train, finetune, eval, compare, export, plot" in capsys.readouterr().err
+
+
+def test_warnings_reach_the_terminal_as_one_line_notes_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, warnings; from model import cli; "
+            "cli.cli_plot = lambda argv: warnings.warn('the corpus status is \\'partial\\';\\n  sampled as is') or 0; "
+            "sys.argv = ['elm-train', 'plot', 'x']; sys.exit(cli.main())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "elm-train: note: the corpus status is 'partial'; sampled as is\n"

@@ -45,7 +45,7 @@ def test_sample_documents_include_the_hard_cases(sample_texts):
 
 def test_decode_of_encode_is_the_nfc_text_for_every_sample_document(tokenizer, sample_texts, sample_ids):
     nfc = [unicodedata.normalize("NFC", t) for t in sample_texts]
-    wrong = [t[:80] for t, ids in zip(nfc, sample_ids) if tokenizer.decode(ids) != t]
+    wrong = [t[:80] for t, ids in zip(nfc, sample_ids, strict=True) if tokenizer.decode(ids) != t]
     assert wrong == []
 
 
@@ -104,7 +104,7 @@ def test_segment_encoder_gives_sentencepiece_ids_on_every_sample_document(tokeni
         want = _sp_ids(tokenizer, nfc, bos, eos)
         got = enc.encode(nfc, bos, eos)
         assert all(g.dtype == "uint16" for g in got)
-        assert [t[:60] for t, g, w in zip(nfc, got, want) if g.tolist() != w] == []
+        assert [t[:60] for t, g, w in zip(nfc, got, want, strict=True) if g.tolist() != w] == []
     assert 0 < enc.misses < enc.lookups / 2  # the second and third passes were answered from the cache
 
 
@@ -114,7 +114,7 @@ def test_segment_encoder_gives_sentencepiece_ids_on_hard_and_random_text(tokeniz
     want = _sp_ids(tokenizer, texts)
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
     got = [enc.encode([t])[0].tolist() for t in texts]  # one at a time: each text sees the cache the last left
-    assert [t for t, g, w in zip(texts, got, want) if g != w] == []
+    assert [t for t, g, w in zip(texts, got, want, strict=True) if g != w] == []
     assert [g.tolist() for g in enc.encode(texts)] == want  # and all at once, from a warm cache
 
 
@@ -177,7 +177,7 @@ def test_export_writes_the_three_files(exported, tokenizer):
 
 def test_exported_tokenizer_gives_sentencepiece_ids_on_every_sample_document(hf, sample_texts, sample_ids):
     got = hf(sample_texts, add_special_tokens=False)["input_ids"]
-    wrong = [t[:80] for t, a, b in zip(sample_texts, sample_ids, got) if a != b]
+    wrong = [t[:80] for t, a, b in zip(sample_texts, sample_ids, got, strict=True) if a != b]
     assert wrong == []
 
 

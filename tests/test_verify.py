@@ -178,7 +178,10 @@ def test_repair_then_the_printed_build_restores_byte_identical_shards(pristine, 
         assert not (folder / "ledger" / source / f"{unit}.json").exists()
         assert not any(stem(folder, (source, unit)).with_suffix(s).exists() for s in (".bin", ".idx", ".json"))
     assert cli_main(["verify", str(folder)]) == 0  # pending units are not damage
-    capsys.readouterr()
+    said = capsys.readouterr().out
+    planned = len(json.loads((folder / "plan.json").read_text())["units"])
+    assert f"{len(kinds)} of {planned} units await a build. To build them:" in said
+    assert f"  {command}" in said.splitlines() and "ok: every shard" not in said
 
     assert cli_main([*shlex.split(command)[1:], "--no-progress"]) == 0
     assert "(" + f"{len(json.loads((folder / 'plan.json').read_text())['units']) - 5} already done, 5 run" \

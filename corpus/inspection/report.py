@@ -318,6 +318,10 @@ def _quarantine_table(examples: dict[str, list[dict]]) -> str:
 
 def _failed_section(numbers: dict) -> str:
     parts = []
+    warned = [s for s in numbers["sources"] if s.get("warning")]
+    if warned:
+        items = "".join(f"<li><code>{_e(s['name'])}</code> {_e(s['warning'])}</li>" for s in warned)
+        parts.append(f"<h2>Sources that give little or nothing</h2><ul>{items}</ul>")
     if numbers["failed_units"]:
         items = "".join(f"<li><code>{_e(f['source'])}/{_e(f['unit'])}</code>: {_e(f['error'])}</li>"
                         for f in numbers["failed_units"])

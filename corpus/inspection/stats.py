@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corpus.inspection.health import source_warning
 from corpus.store import location
 from corpus.store.counts import UnitCounts
 from corpus.store.layout import CORPUS_JSON, PLAN_JSON, QUARANTINE_DIR, SHARDS_DIR, CorpusDir, NotACorpus
@@ -311,6 +312,9 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
             "bytes_on_disk": {"shards": _bytes_below(sizes, f"{SHARDS_DIR}/{name}"),
                               "quarantine": _bytes_below(sizes, f"{QUARANTINE_DIR}/{name}")},
         }
+        counts = tally.counts
+        per_source[name]["warning"] = source_warning(counts.documents_read, counts.quarantined, tally.tokens,
+                                                     len(done))
 
     total = _Tally()
     for tally in tallies.values():

@@ -94,7 +94,9 @@ class Verification:
     problems: list[str] = field(default_factory=list)  # about the folder, not one unit: corpus.json, plan.json
     locked: bool = False           # the folder's build lock was held while checking (no build could write)
     repaired: list[str] = field(default_factory=list)   # files removed by --repair, relative to the folder
-    next_command: str | None = None                      # what to run after a repair
+    pending: int = 0               # units of plan.json without a ledger entry and not damaged: a build's work left
+    planned: int = 0               # units plan.json holds (0: no plan)
+    next_command: str | None = None                      # what to run after a repair, or for the pending units
 
     @property
     def ok(self) -> bool:
@@ -105,7 +107,7 @@ class Verification:
                 "tokens_checked": self.tokens_checked, "bytes_hashed": self.bytes_hashed,
                 "vocab_size": self.vocab_size, "locked": self.locked,
                 "damaged": [d.to_dict() for d in self.damaged], "problems": self.problems, "repaired": self.repaired,
-                "next_command": self.next_command}
+                "pending": self.pending, "planned": self.planned, "next_command": self.next_command}
 
 
 # ---------------------------------------------------------------- checks
@@ -278,6 +280,11 @@ def _inspect(root: StorePath, deep: bool, progress: Callable[[int, int], None] |
             if damage is not None:
                 result.units_checked += 1
                 result.damaged.append(damage)
+        damaged = {(d.source, d.unit) for d in result.damaged}
+        result.planned = len(planned)
+        result.pending = len(planned - set(ledger) - damaged)
+        if result.pending:
+            result.next_command = rebuild_command(root, corpus_json, plan)
     return result
 
 

@@ -45,7 +45,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command line itself (tests pass argv and keep Python's warnings)
-        from pipelines.views import warnings_as_notes
+        from corpus.console import warnings_as_notes
         warnings_as_notes("elm-train")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else "train"

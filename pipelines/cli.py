@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     from corpus.manifest import ManifestError
     from corpus.store.location import StoreUnreachable
     if argv is None:  # the command line itself (tests pass argv and keep Python's warnings)
-        from pipelines.views import warnings_as_notes
+        from corpus.console import warnings_as_notes
         warnings_as_notes("elm-corpus")
     args = build_parser().parse_args(argv)
     try:

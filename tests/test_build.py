@@ -224,8 +224,9 @@ def _ledger_count(out: Path) -> int:
 
 
 def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
-    """Start the CLI; once a new unit has finished, freeze its whole process group (SIGSTOP), check that the build
-    has not reached its end, and SIGKILL it there; return units done then."""
+    """Start the CLI; once a new unit has finished, freeze the driver's process group (SIGSTOP: no unit is handed
+    out, and corpus.json cannot be finished), check that the build has not reached its end, and SIGKILL it there;
+    return units done then (a Ray worker outside the group may still finish the one unit it holds)."""
     before = _ledger_count(out)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out", str(out),
@@ -243,8 +244,7 @@ def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert _ledger_count(out) == done
-    return done
+    return _ledger_count(out)
 
 
 def test_a_build_killed_twice_then_rerun_equals_a_clean_build(inputs, tmp_path, ray_session):

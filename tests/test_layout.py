@@ -50,6 +50,7 @@ BASE = {"manifest", "paths"}
 CORPUS_LAYOUT: dict[str, set[str]] = {  # corpus.<unit> -> the other corpus units it may import
     "manifest": set(),
     "paths": {"manifest"},
+    "console": set(),
     "text": BASE,
     "tokenizer": BASE | {"text"},
     "store": BASE | {"text", "tokenizer"},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import os
 import signal
 import subprocess
@@ -300,42 +301,18 @@ def test_the_warning_rule(read, quarantined, tokens, done, warned):
     assert got is None if warned is None else got.startswith(warned)
 
 
-def test_the_build_bar_counts_failed_units_apart_says_what_its_rates_are_and_keeps_the_summarys_clock(tmp_path):
-    import fcntl
-    import pty
-    import re
-    import struct
-    import termios
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "a.json.gz").write_bytes(gzip.compress(jsonl(stdlib_texts(0, 4))))
-    (folder / "b.json.gz").write_bytes(b"this is not gzip data\n")
-    manifest = write_manifest(tmp_path / "m.yaml", "m", [source_yaml("d", "dolma", f"{folder}/*.json.gz", "json.gz")])
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), TERM="xterm")
-    env.pop("COLUMNS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out",
-                             str(tmp_path / "out"), "--workers", "1"], env=env, stdin=slave, stdout=slave,
-                            stderr=slave)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert proc.wait() == 1  # one unit failed
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace")).replace("\r", "\n")
-    bars = [line for line in text.splitlines() if line.lstrip().startswith("build ")]
-    last = bars[-1]
-    assert "1/2 units" in last and "1 failed" in last, last
-    assert "docs read/s" in last and "tokens written/s" in last
-    clock = re.search(r"(\d+):(\d\d):(\d\d)", last)
-    bar_seconds = int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
-    summary_seconds = float(re.search(r"run\) in ([\d.]+)s", text)[1])
-    assert abs(bar_seconds - summary_seconds) <= 1.5, (last, summary_seconds)
+def test_the_build_bar_counts_failed_units_apart_says_what_its_rates_are_and_keeps_the_summarys_clock(monkeypatch):
+    import io
+    from rich.console import Console
+    from pipelines import views
+    screen = io.StringIO()
+    monkeypatch.setattr("rich.progress.get_console", lambda: Console(file=screen, width=160, force_terminal=True))
+    started = time.perf_counter() - 65  # the build began 65 s ago (the summary's clock); Ray took most of it
+    bar = views.BuildProgress(True, total=4, done=1, started=started)
+    bar.advance({"status": "done", "documents_read": 130, "tokens": 6500})
+    bar.advance({"status": "failed"})
+    bar.close()
+    last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).replace("\r", "\n").strip().splitlines()[-1]
+    assert "2/4 units" in last and "1 failed" in last, last  # the failed unit is not counted as finished
+    assert re.search(r"\b2 docs read/s  100 tokens written/s\b", last), last
+    assert re.search(r"0:01:0[5-9]", last), last  # counted from the build's start, as the summary is

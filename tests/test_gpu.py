@@ -127,7 +127,7 @@ def assert_learns(train: list[dict], steps: int, drop: float) -> None:
 
 def test_elm_train_bf16_cpu(token_corpus, tmp_path):
     """A few bf16-autocast steps on the CPU through the CLI (the GPU test's path, small enough for 2 cores)."""
-    steps = 10
+    steps = 6
     train = run_elm_train(token_corpus, tmp_path / "run", "cpu",
                           ["--steps", str(steps), "--sequence-length", "64", "--micro-batch-size", "4",
                            "--global-batch-tokens", "256", "--threads", "2"])

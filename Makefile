@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	@# pip before 23.3 does not normalise extras (PEP 685): jusText's lxml[html_clean] then sends it backtracking
 	@# over lxml versions with a warning for each, and lxml_html_clean is left out.
 	$(PY) -m pip install -q --upgrade 'pip>=24.0'
-	@# --no-compile: Python compiles what it imports on first use, not every file of torch and the rest up front
-	$(PY) -m pip install -q --no-compile -e '.[dev]'
+	@# --no-compile: Python compiles what it imports on first use, not every file of torch and the rest up front.
+	@# -qq: errors only (setuptools' notes on every editable install are not the user's concern).
+	$(PY) -m pip install -qq --no-compile -e '.[dev]'
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -26,9 +26,11 @@ $(STAMP): pyproject.toml
 	@# pip before 23.3 does not normalise extras (PEP 685): jusText's lxml[html_clean] then sends it backtracking
 	@# over lxml versions with a warning for each, and lxml_html_clean is left out.
 	$(PY) -m pip install -q --upgrade 'pip>=24.0'
-	@# --no-compile: Python compiles what it imports on first use, not every file of torch and the rest up front.
-	@# -qq: errors only (setuptools' notes on every editable install are not the user's concern).
+	@# -qq: errors only (setuptools' notes on every editable install are not the user's concern). The bytecode is
+	@# compiled afterwards on every core (pip compiles file by file); without it each Ray worker and subprocess
+	@# of the tests would compile what it imports.
 	$(PY) -m pip install -qq --no-compile -e '.[dev]'
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true  # as pip, skip files that are not Python 3
 	@touch $(STAMP)
 
 test: $(STAMP)

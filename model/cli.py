@@ -168,7 +168,7 @@ def print_summary(result: TrainResult) -> None:
 
 def cli_plot(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="elm-train plot", description="Draw a run's loss and LR curves to PNG.")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run folder whose metrics.jsonl to draw")
     p.add_argument("--out", default=None, help=f"PNG path (default RUN_DIR/{CURVES_FILE})")
     args = p.parse_args(argv)
     try:
@@ -279,7 +279,7 @@ def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
 def cli_compare(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="elm-train compare", description=(
         "Several runs side by side: loss, tokens and the newest benchmark accuracies of each (--eval-tasks)."))
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to put side by side")
     p.add_argument("--report", metavar="DIR", help="write an HTML page with PNG charts to DIR")
     args = p.parse_args(argv)
     from model.eval.compare import compare_runs, task_names, write_report

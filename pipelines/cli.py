@@ -159,59 +159,64 @@ def _validate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from corpus.paths import corpora_root, mirror_root
+    corpora, mirror = corpora_root(), mirror_root()  # the defaults as they are now ($ELM_CORPUS_DATA followed)
     p = argparse.ArgumentParser(prog="elm-corpus",
                                 description="OpenELM pretraining corpora: build, stats, verify, inspect.")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build or resume the corpus a manifest names")
-    b.add_argument("manifest")
+    b.add_argument("manifest", help="the manifest YAML (e.g. manifests/openelm.yaml)")
     b.add_argument("--sample", action="store_true", help="read the offline sample mirror instead of upstream")
     b.add_argument("--out", metavar="URI", help="output folder or URI, e.g. s3://bucket/prefix (default "
-                   "data/corpora/<name>, or <name>-sample with --sample)")
-    b.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
-    b.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+                   f"{corpora}/<name>, or <name>-sample with --sample)")
+    b.add_argument("--workers", type=int, default=None, help="parallel workers (default: the machine's or the "
+                   "cluster's CPUs)")
+    b.add_argument("--address", default=None, help="Ray cluster address, host:port (default: a local Ray)")
     b.add_argument("--force", action="store_true", help="rebuild into a fresh folder when the manifest changed")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 
     s = sub.add_parser("stats", help="what a corpus holds, per source and per filter")
-    s.add_argument("target", nargs="?", default=None, help="corpus name (under data/corpora), folder or URI")
+    s.add_argument("target", nargs="?", default=None, help="corpus name (a folder of --data-dir), folder or URI; "
+                   "none: one line per corpus")
     s.add_argument("--json", action="store_true", help="print the numbers as JSON (schema: docs/stats.md)")
     s.add_argument("--report", metavar="DIR", help="write an HTML report with PNG charts to DIR")
-    s.add_argument("--data-dir", default=None, help="where corpora live (default data/corpora)")
+    s.add_argument("--data-dir", default=None, help=f"where corpora live (default {corpora})")
     s.set_defaults(func=_stats)
 
     c = sub.add_parser("verify", help="re-hash every shard against its records; find damaged units")
-    c.add_argument("target", help="corpus name (under data/corpora), folder or URI (s3://bucket/prefix)")
+    c.add_argument("target", help="corpus name (a folder of --data-dir), folder or URI (s3://bucket/prefix)")
     c.add_argument("--repair", action="store_true",
                    help="remove the damaged units' ledger entries and files, so the next build redoes them")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
-    c.add_argument("--data-dir", default=None, help="where corpora live (default data/corpora)")
+    c.add_argument("--data-dir", default=None, help=f"where corpora live (default {corpora})")
     c.set_defaults(func=_verify)
 
     i = sub.add_parser("inspect", help="decode chunks back to text with their provenance")
-    i.add_argument("target", nargs="?", default=None, help="corpus name or folder")
-    i.add_argument("--source", default=None)
-    i.add_argument("-n", type=int, default=3)
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--shard", default=None, help="one shard file (.bin/.idx/.json)")
+    i.add_argument("target", nargs="?", default=None, help="corpus name (a folder of --data-dir), folder or URI")
+    i.add_argument("--source", default=None, help="draw from this source only (default: every source)")
+    i.add_argument("-n", type=int, default=3, help="how many chunks to draw (default 3)")
+    i.add_argument("--seed", type=int, default=0, help="seeds the draw; the same seed draws the same chunks "
+                   "(default 0)")
+    i.add_argument("--shard", default=None, help="one shard file (.bin/.idx/.json) instead of a draw")
     i.add_argument("--index", type=int, default=None, help="chunk index within --shard")
-    i.add_argument("--data-dir", default=None)
+    i.add_argument("--data-dir", default=None, help=f"where corpora live (default {corpora})")
     i.set_defaults(func=_inspect)
 
     m = sub.add_parser("sample", help="write the offline sample mirror of a manifest's sources")
-    m.add_argument("manifest")
-    m.add_argument("--out", default=None, help="folder (default data/sample)")
+    m.add_argument("manifest", help="the manifest YAML whose sources to mirror")
+    m.add_argument("--out", default=None, help=f"folder (default {mirror})")
     m.set_defaults(func=_sample)
 
     v = sub.add_parser("validate", help="check a manifest and print its target mixture")
-    v.add_argument("manifest")
+    v.add_argument("manifest", help="the manifest YAML")
     v.set_defaults(func=_validate)
 
     t = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
     te = tsub.add_parser("export", help="write tokenizer.model, tokenizer.json, tokenizer_config.json")
-    te.add_argument("out")
+    te.add_argument("out", help="folder to write the tokenizer files into")
     te.add_argument("--model", default="default", help="SentencePiece .model path/URI (default: the bundled one)")
     te.add_argument("--manifest", default=None, help="take the tokenizer a manifest names")
     te.add_argument("--force", action="store_true", help="replace the tokenizer files of an earlier export in OUT")

@@ -71,7 +71,7 @@ def test_report_opens_in_headless_chromium_with_every_chart_and_no_console_error
         height, width = imread(sample_report.parent / name).shape[:2]
         assert image["complete"] and (image["width"], image["height"]) == (width, height), name
         assert image["figure"] == Path(name).stem
-    assert seen["dom"]["title"].startswith("openelm")
+    assert seen["dom"]["title"] == "openelm-sample: corpus report"  # one name: the folder's, as --corpus says
 
 
 def test_report_loads_nothing_from_outside_its_folder(sample_report, chromium):

@@ -124,3 +124,24 @@ def test_warnings_reach_the_terminal_as_one_line_notes_from_the_command_line(tmp
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "elm-train: note: the corpus status is 'partial'; sampled as is\n"
+
+
+def test_every_flag_of_every_elm_corpus_command_has_help_and_defaults_follow_the_data_root(tmp_path, monkeypatch):
+    import argparse
+    from pipelines.cli import build_parser
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(tmp_path / "root"))
+    parser = build_parser()
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+
+    def every(p):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from every(sub)
+            elif not isinstance(action, argparse._HelpAction):
+                yield p.prog, action
+    missing = [(prog, action.dest) for prog, action in every(parser) if not action.help]
+    assert not missing, missing
+    helps = {action.dest: action.help for action in commands["inspect"]._actions}
+    assert helps["data_dir"] == f"where corpora live (default {tmp_path / 'root' / 'corpora'})"
+    assert helps["n"].endswith("(default 3)")

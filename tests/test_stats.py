@@ -218,6 +218,9 @@ def test_every_json_number_equals_a_recount_of_the_sample_build(sample_dir, caps
     assert_same(got["groups"], want["groups"], "groups")
     assert_same(got["total"], want["total"], "total")
     assert got["failed_units"] == [] and got["problems"] == []
+    # one name everywhere: the folder's, which --corpus takes and run.json records
+    assert (got["corpus"]["name"], got["corpus"]["manifest_name"]) == (sample_dir.name, "openelm")
+    assert f"{sample_dir.name}  {sample_dir}" in stats_text(capsys, str(sample_dir))  # the header's first line
     assert got["total"]["tokens"] > 1_000_000  # the sample is real text, not an empty shell
 
 
@@ -292,7 +295,7 @@ def test_json_names_the_tokenizer_hash_and_manifest_fingerprint(sample_dir, caps
     tokenizer = Tokenizer()
     assert got["tokenizer"]["sha256"] == tokenizer.sha256
     assert got["manifest_fingerprint"] == load_manifest(OPENELM).build_fingerprint(tokenizer.sha256)
-    assert got["status"] == "complete" and got["name"] == "openelm"
+    assert got["status"] == "complete" and (got["name"], got["manifest_name"]) == (sample_dir.name, "openelm")
 
 
 def test_target_shares_are_the_manifests(sample_dir, capsys):

@@ -160,6 +160,17 @@ def test_a_save_killed_half_way_leaves_the_previous_checkpoint_whole(tmp_path):
 
 # ---------------------------------------------------------------- refusals before training
 
+def test_a_damaged_corpus_is_refused_in_one_line_that_names_the_shard_and_elm_corpus_verify(token_corpus, tmp_path,
+                                                                                           capsys):
+    import shutil
+    corpus = shutil.copytree(token_corpus, tmp_path / "corpus")
+    shard = sorted((corpus / "shards").rglob("*.bin"))[0]
+    shard.write_bytes(shard.read_bytes()[:-1])  # cut short: an odd byte count is no whole number of tokens
+    assert cli_train(["--corpus", str(corpus), "--out", str(tmp_path / "run"), *QUICK, "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(shard) in err and f"run 'elm-corpus verify {corpus}'" in err
+
+
 def test_a_missing_corpus_is_refused_with_the_command_that_builds_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ELM_CORPUS_DATA", str(tmp_path / "data"))
     assert cli_train(["--corpus", "openelm-sample", "--out", str(tmp_path / "run"), *QUICK]) == 2

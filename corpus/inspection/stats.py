@@ -238,7 +238,8 @@ def _corpus_header(root, corpus_json: dict, plan: dict | None, damaged: bool) ->
     holder = build_holder(root)
     recorded = corpus_json.get("status", "planned")
     return {
-        "name": corpus_json.get("name") or (plan or {}).get("name") or root.name,
+        "name": root.name,  # what --corpus, run.json and the folder call it (openelm-sample for a sample build)
+        "manifest_name": corpus_json.get("name") or (plan or {}).get("name"),
         "path": str(root),
         "status": "damaged" if damaged else recorded,
         "recorded_status": recorded,

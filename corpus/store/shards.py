@@ -64,6 +64,10 @@ def megatron_index_bytes(lengths: list[int] | np.ndarray) -> bytes:
     return b"".join((preamble, lengths.astype(LENGTH_DTYPE).tobytes(), pointers.tobytes(), documents.tobytes()))
 
 
+class ShardDamaged(ValueError):
+    """A shard whose .bin and .idx disagree or that is cut short: the message names the file."""
+
+
 @dataclass
 class Shard:
     """A read-only, memory-mapped view of one shard, whichever index format it has."""
@@ -85,7 +89,7 @@ class Shard:
             else np.memmap(idx_path, dtype=np.uint8, mode="r").view(np.ndarray)
         bin_size = bin_path.stat().st_size
         if bin_size % TOKEN_DTYPE.itemsize:
-            raise ValueError(f"{bin_path}: {bin_size} bytes, not a whole number of uint16 tokens")
+            raise ShardDamaged(f"{bin_path}: {bin_size} bytes, not a whole number of uint16 tokens")
         tokens = np.memmap(bin_path, dtype=TOKEN_DTYPE, mode="r") if bin_size else np.zeros(0, TOKEN_DTYPE)
         index_format, lengths, pointers, offsets = _parse_index(idx_path, raw, bin_size)
         return cls(stem, tokens, index_format, lengths, pointers, offsets)
@@ -174,7 +178,7 @@ def read_index(stem: StorePath) -> ShardIndex:
     if bin_size is None:
         raise FileNotFoundError(f"{bin_path}: no such file")
     if bin_size % TOKEN_DTYPE.itemsize:
-        raise ValueError(f"{bin_path}: {bin_size} bytes, not a whole number of uint16 tokens")
+        raise ShardDamaged(f"{bin_path}: {bin_size} bytes, not a whole number of uint16 tokens")
     index_format, lengths, _, offsets = _parse_index(idx_path, raw, bin_size)
     return ShardIndex(stem, index_format, bin_size, lengths, offsets)
 
@@ -190,55 +194,55 @@ def _parse_index(idx_path: StorePath, raw: np.ndarray, bin_size: int):
 def _megatron_index(idx_path: StorePath, raw: np.ndarray, bin_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The sequence lengths and byte pointers of a Megatron index (views into ``raw``), checked against ``.bin``."""
     if raw.size < _PREAMBLE.size:
-        raise ValueError(f"{idx_path}: Megatron index cut short: {raw.size} bytes, its header alone takes "
+        raise ShardDamaged(f"{idx_path}: Megatron index cut short: {raw.size} bytes, its header alone takes "
                          f"{_PREAMBLE.size}")
     _, version, code, n, d = _PREAMBLE.unpack(raw[:_PREAMBLE.size].tobytes())
     if version != MEGATRON_VERSION:
-        raise ValueError(f"{idx_path}: Megatron index version {version}; only version {MEGATRON_VERSION} is read")
+        raise ShardDamaged(f"{idx_path}: Megatron index version {version}; only version {MEGATRON_VERSION} is read")
     if code != MEGATRON_UINT16:
         name = _MEGATRON_DTYPES.get(code, "unknown")
-        raise ValueError(f"{idx_path}: Megatron index of dtype code {code} ({name}); shards hold uint16 tokens "
+        raise ShardDamaged(f"{idx_path}: Megatron index of dtype code {code} ({name}); shards hold uint16 tokens "
                          f"(code {MEGATRON_UINT16})")
     at = [_PREAMBLE.size]
     for count, dtype in ((n, LENGTH_DTYPE), (n, POINTER_DTYPE), (d, DOCUMENT_DTYPE)):
         at.append(at[-1] + count * dtype.itemsize)
     if raw.size != at[-1]:
-        raise ValueError(f"{idx_path}: {raw.size} bytes, but a Megatron index of {n} sequences and {d} documents "
+        raise ShardDamaged(f"{idx_path}: {raw.size} bytes, but a Megatron index of {n} sequences and {d} documents "
                          f"takes {at[-1]}")
     lengths = raw[at[0]:at[1]].view(LENGTH_DTYPE)
     pointers = raw[at[1]:at[2]].view(POINTER_DTYPE)
     documents = raw[at[2]:at[3]].view(DOCUMENT_DTYPE)
     if n and int(lengths.min()) < 0:
-        raise ValueError(f"{idx_path}: sequence {int(np.argmax(lengths < 0))} has a negative length")
+        raise ShardDamaged(f"{idx_path}: sequence {int(np.argmax(lengths < 0))} has a negative length")
     # the project's chunks lie back to back, so each pointer is where the lengths before it end
     ends = np.cumsum(lengths, dtype=np.int64) * TOKEN_DTYPE.itemsize
     starts = ends - lengths.astype(np.int64) * TOKEN_DTYPE.itemsize
     wrong = np.flatnonzero(pointers != starts)
     if wrong.size:
         i = int(wrong[0])
-        raise ValueError(f"{idx_path}: sequence {i} starts at byte {int(pointers[i])}, but the lengths before it "
+        raise ShardDamaged(f"{idx_path}: sequence {i} starts at byte {int(pointers[i])}, but the lengths before it "
                          f"end at byte {int(starts[i])}")
     end = int(ends[-1]) if n else 0
     if end != bin_size:
-        raise ValueError(f"{idx_path}: its sequences end at byte {end} ({end // 2} tokens), but "
+        raise ShardDamaged(f"{idx_path}: its sequences end at byte {end} ({end // 2} tokens), but "
                          f"{idx_path.with_suffix('.bin').name} holds {bin_size} bytes ({bin_size // 2} tokens)")
     if d == 0 or int(documents[0]) != 0 or int(documents[-1]) != n or bool((np.diff(documents) < 0).any()):
-        raise ValueError(f"{idx_path}: document indices must rise from 0 to the sequence count {n}")
+        raise ShardDamaged(f"{idx_path}: document indices must rise from 0 to the sequence count {n}")
     return lengths, pointers
 
 
 def _legacy_index(idx_path: StorePath, raw: np.ndarray, bin_size: int) -> np.ndarray:
     """The token offsets of a legacy index (a view into ``raw``), checked against ``.bin``."""
     if raw.size < OFFSET_DTYPE.itemsize or raw.size % OFFSET_DTYPE.itemsize:
-        raise ValueError(f"{idx_path}: not a shard index: no {MEGATRON_HEADER!r} header, and {raw.size} bytes "
+        raise ShardDamaged(f"{idx_path}: not a shard index: no {MEGATRON_HEADER!r} header, and {raw.size} bytes "
                          f"are not legacy uint64 offsets")
     offsets = raw.view(OFFSET_DTYPE)
     if offsets[0] != 0:
-        raise ValueError(f"{idx_path}: not a shard index: no {MEGATRON_HEADER!r} header, and as legacy uint64 "
+        raise ShardDamaged(f"{idx_path}: not a shard index: no {MEGATRON_HEADER!r} header, and as legacy uint64 "
                          f"offsets it does not start at 0")
     if bool((offsets[1:] < offsets[:-1]).any()):
-        raise ValueError(f"{idx_path}: legacy offsets go backwards at chunk {int(np.argmax(offsets[1:] < offsets[:-1]))}")
+        raise ShardDamaged(f"{idx_path}: legacy offsets go backwards at chunk {int(np.argmax(offsets[1:] < offsets[:-1]))}")
     if bin_size != int(offsets[-1]) * TOKEN_DTYPE.itemsize:
-        raise ValueError(f"{idx_path}: its chunks end at token {int(offsets[-1])}, but "
+        raise ShardDamaged(f"{idx_path}: its chunks end at token {int(offsets[-1])}, but "
                          f"{idx_path.with_suffix('.bin').name} holds {bin_size // 2} tokens")
     return offsets

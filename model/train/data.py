@@ -23,6 +23,7 @@ from torch import Tensor
 from corpus.mixing.corpus_source import BuiltCorpus, CorpusError, CorpusSource, LivePipeline, Sampling
 from corpus.mixing.packing import IGNORE_INDEX  # noqa: F401  (re-exported: the target value the loss skips)
 from corpus.store.files import sha256_file
+from corpus.store.shards import ShardDamaged
 from model.config import OpenELMConfig
 from model.train.config import TrainConfig, TrainError
 from model.train.distributed import Cluster
@@ -192,6 +193,9 @@ class TrainingData:
             return self.corpus.sampler(split, cluster, sampling, left_out)
         except CorpusError as e:
             raise TrainError(str(e)) from None
+        except ShardDamaged as e:
+            raise TrainError(f"{e}: the corpus is damaged; run 'elm-corpus verify {self.corpus.where()}' to find "
+                             f"every damaged unit, then with --repair, and rerun the build it prints") from None
         except ValueError as e:
             raise TrainError(f"cannot sample {self.corpus.where()} ({split} split): {e}") from None
 

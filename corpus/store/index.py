@@ -17,33 +17,36 @@ def corpus_index(manifest: Manifest, tokenizer: dict, plan: dict, corpus: Corpus
     ``tokenizer`` is the tokenizer's description (``Tokenizer.describe()``).
     """
     shares = manifest.target_shares()
-    ledger, failures = corpus.ledger_entries(), corpus.failed_entries()  # one listing each, not a request per unit
+    failures = corpus.failed_entries()  # one listing, not a request per unit; few
     units_by_source: dict[str, list[dict]] = {s.name: [] for s in manifest.sources}
     for u in plan["units"]:
         units_by_source.setdefault(u["source"], []).append(u)
-    sources, grand, failed_all = {}, UnitCounts(), []
-    for s in manifest.sources:
-        totals, shards, failed, done = UnitCounts(), [], [], 0
-        for u in units_by_source[s.name]:
-            entry = ledger.get((s.name, u["unit"]))
-            if entry is not None:
-                done += 1
-                totals.add(UnitCounts.from_dict(entry))
-                shards.append({"unit": u["unit"], "bin": entry["shard"] + ".bin", "idx": entry["shard"] + ".idx",
+    # The ledger is read in batches, each folded into its source's totals and shard rows and let go: at the full
+    # OpenELM scale (about 98k units) holding every parsed entry at once took most of 800 MB.
+    listed = corpus.ledger_units()
+    in_plan_order = {(u["source"], u["unit"]): listed[(u["source"], u["unit"])] for s in manifest.sources
+                     for u in units_by_source[s.name] if (u["source"], u["unit"]) in listed}
+    totals = {s.name: UnitCounts() for s in manifest.sources}
+    shards: dict[str, list[dict]] = {s.name: [] for s in manifest.sources}
+    for (source, unit), entry in corpus.ledger_entries_in_batches(in_plan_order):
+        totals[source].add(UnitCounts.from_dict(entry))
+        shards[source].append({"unit": unit, "bin": entry["shard"] + ".bin", "idx": entry["shard"] + ".idx",
                                "json": entry["shard"] + ".json", "sha256_bin": entry["sha256_bin"],
                                "sha256_idx": entry["sha256_idx"], "chunks": entry["chunks"],
                                "tokens": entry["tokens"]})
-                continue
-            fail = failures.get((s.name, u["unit"]))
-            if fail is not None:
-                failed.append({"source": s.name, "unit": u["unit"], "input": u["input"], "error": fail["error"]})
-        grand.add(totals)
+    sources, grand, failed_all = {}, UnitCounts(), []
+    for s in manifest.sources:
+        done = {row["unit"] for row in shards[s.name]}
+        failed = [{"source": s.name, "unit": u["unit"], "input": u["input"],
+                   "error": failures[(s.name, u["unit"])]["error"]}
+                  for u in units_by_source[s.name] if u["unit"] not in done and (s.name, u["unit"]) in failures]
+        grand.add(totals[s.name])
         failed_all.extend(failed)
         sources[s.name] = {
             "group": s.group, "format": s.format, "target_tokens": s.tokens, "weight": s.weight,
             "target_share": shares[s.name], "files": len({u["input"]["uri"] for u in units_by_source[s.name]}),
-            "units": {"total": len(units_by_source[s.name]), "done": done, "failed": len(failed)},
-            "shards": shards, "failed_units": failed, "totals": totals.to_dict(),
+            "units": {"total": len(units_by_source[s.name]), "done": len(done), "failed": len(failed)},
+            "shards": shards[s.name], "failed_units": failed, "totals": totals[s.name].to_dict(),
         }
     return {
         "name": manifest.name, "sample": plan["sample"], "status": status,

@@ -154,6 +154,17 @@ class CorpusDir:
         """Every ledger entry, by ``(source, unit)``: one listing, then the reads (concurrent on an object store)."""
         return _read_entries(self.ledger_units())
 
+    def ledger_entries_in_batches(self, units: dict[tuple[str, str], StorePath], batch: int = 2048
+                                  ) -> Iterator[tuple[tuple[str, str], dict]]:
+        """The entries of ``units`` (from :meth:`ledger_units`), in their order, read ``batch`` at a time: a pass
+        over every entry of a large corpus that holds one batch of parsed entries, not all of them."""
+        keys = list(units)
+        for start in range(0, len(keys), batch):
+            found = _read_entries({k: units[k] for k in keys[start:start + batch]})
+            for key in keys[start:start + batch]:
+                if key in found:
+                    yield key, found[key]
+
     def failed_entries(self) -> dict[tuple[str, str], dict]:
         return _read_entries(self.failed_units())
 

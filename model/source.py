@@ -35,8 +35,9 @@ def read_json(path: Path) -> dict:
     return read_json_object(path, SourceError)
 
 
-def resolve_source(path: str | Path, step: int | None = None) -> ModelSource:
-    """A run folder, one of its checkpoints, or a plain HF-format folder."""
+def resolve_source(path: str | Path, step: int | None = None, verify: bool = True) -> ModelSource:
+    """A run folder, one of its checkpoints, or a plain HF-format folder; a checkpoint whose files differ from the
+    hashes it recorded is refused unless `verify` is off (a caller that reads only its config.json)."""
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path}: no such run or model folder")
@@ -48,12 +49,14 @@ def resolve_source(path: str | Path, step: int | None = None) -> ModelSource:
         if chosen not in checkpoints:
             raise SourceError(f"{path}: no checkpoint for step {step}; it has steps {sorted(checkpoints)}")
         folder = checkpoints[chosen]
-        _refuse_damaged(folder, sorted(checkpoints))
+        if verify:
+            _refuse_damaged(folder, sorted(checkpoints))
         return ModelSource(folder, path, read_json(path / RUN_JSON), chosen, read_json(folder / ckpt.STATE_FILE))
     step_of_folder = ckpt.checkpoint_step(path)
     if step_of_folder is not None and path.parent.name == ckpt.CHECKPOINTS_DIR:
         run_dir = path.parent.parent
-        _refuse_damaged(path, [s for s, _ in ckpt.list_checkpoints(run_dir)])
+        if verify:
+            _refuse_damaged(path, [s for s, _ in ckpt.list_checkpoints(run_dir)])
         return ModelSource(path, run_dir, read_json(run_dir / RUN_JSON), step_of_folder,
                             read_json(path / ckpt.STATE_FILE))
     if (path / CONFIG_FILE).is_file():

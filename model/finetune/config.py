@@ -185,7 +185,8 @@ def starting_config(init_from: str | None, step: int | None) -> OpenELMConfig | 
     if not init_from:
         return None
     try:
-        return read_hf_config(resolve_source(init_from, step).weights_dir)[1]
+        # config.json only: the weights are hashed once, when the run loads them
+        return read_hf_config(resolve_source(init_from, step, verify=False).weights_dir)[1]
     except (OSError, ValueError):
         return None
 

@@ -215,7 +215,12 @@ def merge_settings(yaml_values: dict[str, Any] | None, flag_values: dict[str, An
 def resolve_config(yaml_values: dict[str, Any] | None, flag_values: dict[str, Any] | None,
                    world_size: int = 1, base: dict[str, Any] | None = None, kind: type[RunConfig] = TrainConfig):
     """The run's config from its layers (`merge_settings`), checked, with the rest derived."""
-    cfg = kind(**merge_settings(yaml_values, flag_values, base, kind))
+    return checked_config(kind, merge_settings(yaml_values, flag_values, base, kind), world_size)
+
+
+def checked_config(kind: type[RunConfig], values: dict[str, Any], world_size: int):
+    """A config of `kind` from merged values (`merge_settings`), checked, with the rest derived."""
+    cfg = kind(**values)
     cfg.check_and_derive(world_size)
     return cfg
 

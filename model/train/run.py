@@ -22,7 +22,7 @@ import yaml
 
 from corpus.store.files import atomic_write_json, held_lock, lock_holder, utc_now
 from model.train.checkpoint import latest_checkpoint, newest_intact
-from model.train.config import RunConfig, TrainConfig, TrainError, merge_settings, resolve_config
+from model.train.config import RunConfig, TrainConfig, TrainError, checked_config, merge_settings, resolve_config
 
 RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
@@ -52,7 +52,7 @@ def prepare_run(yaml_values: dict, flags: dict, resume: bool, world_size: int,
         if existing is not None:
             raise TrainError(f"{run_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue "
                              f"it, or choose another --out")
-        cfg = resolve_config(yaml_values, flags, world_size, kind=kind)
+        cfg = checked_config(kind, values, world_size)  # the layers merged above: no second merge
         cfg.out = str(run_dir)
         return RunPlan(cfg, run_dir, None, nothing_to_resume)
     saved = yaml.safe_load(saved_path.read_text()) or {}

@@ -32,7 +32,7 @@ from corpus.manifest import Manifest, load_manifest
 from corpus.paths import default_corpus_dir
 from corpus.store import location
 from corpus.store.files import utc_now
-from corpus.store.index import corpus_index
+from corpus.store.index import corpus_index, plan_units
 from corpus.store.layout import CorpusBusy, CorpusDir, CorpusWriteError
 from corpus.store.location import ObjectPath, StorePath, stops_build
 from corpus.text.filters import build_filters
@@ -131,25 +131,31 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
             corpus = _hold(held, CorpusDir(out))
         if plan is None:
             plan = _new_plan(corpus, manifest, tokenizer, sample, unit_bytes, mirror_root)
-        units = [WorkUnit.from_dict(d) for d in plan["units"]]
         corpus.remove_stale_temporaries()
+        done = corpus.ledger_units()  # one listing: on an object store not a request per unit
+        # Only the pending units become WorkUnits, the rest is kept as corpus.json needs it, and the plan's records
+        # and the listing are let go: at the full OpenELM scale (98k units) a rerun of a finished build would
+        # otherwise hold them all beside the index it assembles.
+        pending = [WorkUnit.from_dict(d) for d in plan["units"] if (d["source"], d["unit"]) not in done]
+        units = plan_units(plan)
+        plan = {k: v for k, v in plan.items() if k != "units"}
+        del done
+        total = len(units)
 
         def write_index(status: str, finished: str | None) -> dict:
-            index = corpus_index(manifest, tokenizer.describe(), plan, corpus, status, started, finished)
+            index = corpus_index(manifest, tokenizer.describe(), plan, units, corpus, status, started, finished)
             corpus.write_index(index)
             return index
 
-        done = corpus.ledger_units()  # one listing: on an object store not a request per unit
-        pending = [u for u in units if (u.source, u.unit_id) not in done]
         if pending:  # corpus.json reads every ledger entry: a rerun with nothing to do assembles it once, at the end
             write_index("building", None)
-        skipped = len(units) - len(pending)
+        skipped = total - len(pending)
         failed: list[dict] = []
         full: list[dict] = []  # units stopped by a full disk or the store: no new unit starts after the first
         ran, started_ray, interrupted, bar = 0, False, True, None
         try:
             if pending:
-                bar = BuildProgress(progress, len(units), skipped, started=t0)  # shown while Ray starts
+                bar = BuildProgress(progress, total, skipped, started=t0)  # shown while Ray starts
                 started_ray = start_ray(workers, address)
                 env = tuple(sorted(location.store_environment().items())) if corpus.remote else ()
                 job = BuildJob(UnitJob.of(manifest, tokenizer), str(out), env)
@@ -181,7 +187,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
         first = full[0]
         raise CorpusWriteError(first["path"], first["errno"], first.get("detail", ""),
                                unreachable=first.get("unreachable", False))
-    return BuildResult(out, status, len(units), skipped, ran, index["failed_units"], index, moved,
+    return BuildResult(out, status, total, skipped, ran, index["failed_units"], index, moved,
                        time.perf_counter() - t0)
 
 

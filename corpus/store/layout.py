@@ -18,11 +18,12 @@ access goes through :mod:`corpus.store.location`.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -154,14 +155,14 @@ class CorpusDir:
         """Every ledger entry, by ``(source, unit)``: one listing, then the reads (concurrent on an object store)."""
         return _read_entries(self.ledger_units())
 
-    def ledger_entries_in_batches(self, units: dict[tuple[str, str], StorePath], batch: int = 2048
+    def ledger_entries_in_batches(self, units: Iterable[tuple[str, str]], batch: int = 2048
                                   ) -> Iterator[tuple[tuple[str, str], dict]]:
-        """The entries of ``units`` (from :meth:`ledger_units`), in their order, read ``batch`` at a time: a pass
-        over every entry of a large corpus that holds one batch of parsed entries, not all of them."""
-        keys = list(units)
-        for start in range(0, len(keys), batch):
-            found = _read_entries({k: units[k] for k in keys[start:start + batch]})
-            for key in keys[start:start + batch]:
+        """The entries of ``units`` (``(source, unit)`` keys), in their order, read ``batch`` at a time: a pass over
+        every entry of a large corpus that holds one batch of parsed entries and paths, not all of them."""
+        units = iter(units)
+        while keys := tuple(itertools.islice(units, batch)):
+            found = _read_entries({k: self.ledger_path(*k) for k in keys})
+            for key in keys:
                 if key in found:
                     yield key, found[key]
 

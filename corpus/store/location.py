@@ -319,7 +319,16 @@ def write_bytes(path: StorePath, data: bytes | memoryview) -> None:
 
 
 def write_json(path: StorePath, obj: Any) -> None:
-    write_bytes(path, files.json_bytes(obj))
+    """Write ``obj`` as JSON without holding its whole text: locally atomic; to a store through a local temporary
+    file, uploaded whole (a failed write then leaves no partial object, as a streamed upload could on close)."""
+    if isinstance(path, Path):
+        files.atomic_write_json(path, obj)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+        tmp.writelines(files.json_pieces(obj))
+        tmp.flush()
+        with _calling(path):
+            path.fs.put_file(tmp.name, path.path)
 
 
 def put_file(local: Path, path: StorePath) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from corpus.manifest import Manifest
 from corpus.store import location
 from corpus.store.counts import UnitCounts
-from corpus.store.index import corpus_index
+from corpus.store.index import corpus_index, plan_units
 from corpus.store.layout import CORPUS_JSON, PLAN_JSON, SHARDS_DIR, CorpusDir, NotACorpus
 from corpus.store.location import ObjectPath, StorePath
 from corpus.store.shards import TOKEN_DTYPE, Shard, ShardIndex, read_index
@@ -354,8 +354,8 @@ def _repair(corpus: CorpusDir, result: Verification) -> None:
     if plan is not None and dump and corpus_json.get("tokenizer"):
         # corpus.json again from the ledger: it no longer lists the removed shards, and says the build is unfinished
         manifest = Manifest.model_validate(dump).model_copy(update={"path": corpus_json["manifest"].get("path")})
-        corpus.write_index(corpus_index(manifest, corpus_json["tokenizer"], plan, corpus, "partial",
-                                        corpus_json.get("started_at"), corpus_json.get("finished_at")))
+        corpus.write_index(corpus_index(manifest, corpus_json["tokenizer"], plan, plan_units(plan), corpus,
+                                        "partial", corpus_json.get("started_at"), corpus_json.get("finished_at")))
     result.next_command = rebuild_command(corpus.root, corpus_json, plan)
 
 

@@ -222,6 +222,23 @@ def test_training_batches_from_the_s3_corpus_equal_the_local_corpus_batches(s3_s
     assert all(torch.equal(a, b) for x, y in zip(held_theirs, held_ours) for a, b in zip(x, y))
 
 
+def test_the_local_copy_holds_only_the_sources_a_run_samples_and_serves_the_local_corpus_batches(
+        s3_sample, sample_corpus, tmp_path):
+    names = list(json.loads((sample_corpus.out_dir / "corpus.json").read_text())["sources"])
+    weights = {names[0]: 1.0, names[-1]: 2.0}
+    remote = resolve_corpus(s3_sample, tmp_path / "cache", weights=weights)
+    copied = {p.parent.name for p in (remote.folder / "shards").rglob("*") if p.suffix in (".bin", ".idx")}
+    assert copied == {names[0], names[-1]}
+    cfg = TrainConfig(sequence_length=64, micro_batch_size=4, weights=weights)
+    cluster = Cluster(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    theirs = TrainingData(remote).train_batches(cfg, cluster)
+    ours = TrainingData(resolve_corpus(str(sample_corpus.out_dir))).train_batches(cfg, cluster)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(theirs.next(), ours.next(), strict=True))
+    # the same corpus to the sampler's state (chunks of unread sources from corpus.json, not from their shards)
+    assert theirs.state_dict() == ours.state_dict()
+
+
 def test_a_corrupt_or_half_downloaded_cached_shard_is_fetched_again(s3_sample, tmp_path):
     root, cache = location.at(s3_sample), tmp_path / "cache"
     first = cache_corpus(root, cache)

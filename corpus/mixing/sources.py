@@ -24,6 +24,14 @@ def mixture_weights(weights: Mapping[str, float] | None, manifest: Manifest | No
     return dict(weights) if weights is not None else manifest.target_shares()
 
 
+def sampled_sources(weights: Mapping[str, float] | None, manifest: Manifest) -> list[str]:
+    """The manifest's sources a run with these weights reads: those of positive weight (a weight that is not a
+    number counts as read here; the sampler refuses it)."""
+    chosen = mixture_weights(weights, manifest)
+    return [s.name for s in manifest.sources
+            if not isinstance(chosen.get(s.name, 0), numbers.Real) or chosen.get(s.name, 0) > 0]
+
+
 class MixedSources:
     """The sources of one split, their raw weights, and (per process) their chunk streams.
 
@@ -43,8 +51,9 @@ class MixedSources:
         self.presplit = presplit  # live streams that serve only this split's chunks
         # The built corpus's tokenizer bounds every token id served (None: live, or not recorded).
         self.vocab_size: int | None = None
+        recorded: dict[str, int] = {}
         if self.corpus_dir is not None:
-            manifest, self.vocab_size = _built_manifest(self.corpus_dir)
+            manifest, self.vocab_size, recorded = _built_manifest(self.corpus_dir)
             self.names = [s.name for s in manifest.sources]
         else:
             names = list(self.streams)
@@ -55,10 +64,14 @@ class MixedSources:
                 names = [s.name for s in manifest.sources if s.name in self.streams]
             self.names = names
         self.manifest = manifest
-        # Chunks per source on disk: fixes the splits and fingerprints the corpus in the state.
+        # Chunks per source: fixes the splits and fingerprints the corpus in the state. A source the run reads is
+        # counted on disk; one it does not read (weight 0) as corpus.json records it, so that a local copy of a
+        # corpus on an object store need not hold its shards.
         self.chunk_counts: dict[str, int] | None = None
         if self.corpus_dir is not None:
-            self.chunk_counts = {n: SourceChunks(source_shards(self.corpus_dir, n)).n for n in self.names}
+            read = set(sampled_sources(weights, manifest))
+            self.chunk_counts = {n: SourceChunks(source_shards(self.corpus_dir, n)).n if n in read
+                                 else recorded.get(n, 0) for n in self.names}
         self.raw_weights = self._resolve_weights(weights)
         self._opened: tuple[int, list] | None = None
 
@@ -118,8 +131,8 @@ class MixedSources:
                     for n, w in zip(self.names, self.raw_weights)]
         if self._opened is None or self._opened[0] != os.getpid():
             streams: list[ChunkStream | None] = []
-            for n in self.names:
-                if self.split_size(n) == 0:
+            for n, w in zip(self.names, self.raw_weights):
+                if w <= 0 or self.split_size(n) == 0:
                     streams.append(None)
                     continue
                 chunks = SourceChunks(source_shards(self.corpus_dir, n))
@@ -136,8 +149,9 @@ class MixedSources:
         return dict(self.__dict__, _opened=None)
 
 
-def _built_manifest(corpus_dir: Path) -> tuple[Manifest, int | None]:
-    """The manifest a corpus was built from, and its tokenizer's vocabulary size (None when not recorded)."""
+def _built_manifest(corpus_dir: Path) -> tuple[Manifest, int | None, dict[str, int]]:
+    """The manifest a corpus was built from, its tokenizer's vocabulary size (None when not recorded), and the
+    chunks corpus.json records per source."""
     corpus = read_corpus_json(corpus_dir)
     if not isinstance(corpus.get("manifest"), dict):
         raise ValueError(f"{corpus_dir}/corpus.json has no 'manifest'; rebuild it with 'elm-corpus build'")
@@ -147,4 +161,6 @@ def _built_manifest(corpus_dir: Path) -> tuple[Manifest, int | None]:
         warnings.warn(f"{corpus_dir}: corpus status is {corpus['status']!r}; the sampler uses the shards "
                       f"present now, and its states will not load once the corpus changes", stacklevel=4)
     vocab_size = (corpus.get("tokenizer") or {}).get("vocab_size")
-    return manifest, int(vocab_size) if vocab_size else None
+    recorded = {name: sum(int(row.get("chunks", 0)) for row in source.get("shards", []))
+                for name, source in (corpus.get("sources") or {}).items()}
+    return manifest, int(vocab_size) if vocab_size else None, recorded

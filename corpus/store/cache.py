@@ -2,7 +2,8 @@
 
 :func:`cache_corpus` makes ``<cache>/<protocol>/<bucket>/<prefix>/`` look like a corpus folder:
 ``corpus.json`` as the store holds it now, and ``shards/<source>/<unit>.{bin,idx}`` of every unit
-the ledger lists as finished. Each file is downloaded once into a temporary file beside its
+the ledger lists as finished, or with ``sources`` only of those sources (what a run samples: a
+source of weight 0 is never read, so it is not copied; its chunk count comes from corpus.json). Each file is downloaded once into a temporary file beside its
 place, hashed on the way, and put in place only when its sha256 equals the unit's ledger entry.
 A file already there is hashed again each time a process syncs, so a cache left half-written by
 a killed process, or damaged since, is fetched again, never trusted; files of units the ledger
@@ -12,6 +13,7 @@ each file once between them.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ class CachedCorpus:
     downloaded: int = 0
     reused: int = 0
     removed: int = 0
+    not_copied: int = 0  # files of finished units of the sources not asked for
 
 
 def cache_folder(root: ObjectPath, cache_root: str | Path) -> Path:
@@ -46,8 +49,9 @@ def cache_folder(root: ObjectPath, cache_root: str | Path) -> Path:
     return Path(cache_root).joinpath(root.protocol, *parts)
 
 
-def cache_corpus(root: ObjectPath, cache_root: str | Path) -> CachedCorpus:
-    """Bring the local copy of the corpus at ``root`` up to date with its ledger; see the module docstring.
+def cache_corpus(root: ObjectPath, cache_root: str | Path, sources: Collection[str] | None = None) -> CachedCorpus:
+    """Bring the local copy of the corpus at ``root`` up to date with its ledger, for ``sources`` (default: all);
+    see the module docstring.
 
     Raises :class:`NotACorpus` when ``root`` holds no corpus.json, :class:`CacheError` when a
     downloaded object's hash differs from its ledger entry (run ``elm-corpus verify`` on the URI).
@@ -70,7 +74,10 @@ def cache_corpus(root: ObjectPath, cache_root: str | Path) -> CachedCorpus:
             local_stem = folder / SHARDS_DIR / source / unit
             for suffix, key in _SUFFIXES:
                 local, remote = local_stem.with_suffix(suffix), corpus.shard_stem(source, unit).with_suffix(suffix)
-                wanted.add(local)
+                wanted.add(local)  # kept if a run that samples the source cached it, but checked only when asked for
+                if sources is not None and source not in sources:
+                    result.not_copied += 1
+                    continue
                 if local.is_file() and sha256_file(local) == entry.get(key):
                     result.reused += 1
                     continue

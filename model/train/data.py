@@ -205,14 +205,17 @@ class TrainingData:
 
 def resolve_data(cfg: TrainConfig) -> TrainingData:
     """The data a run's settings name: `--stream` of a manifest, else the built `--corpus`."""
-    return TrainingData(resolve_stream(cfg) if cfg.stream else resolve_corpus(cfg.corpus, cfg.corpus_cache))
+    return TrainingData(resolve_stream(cfg) if cfg.stream
+                        else resolve_corpus(cfg.corpus, cfg.corpus_cache, weights=cfg.weights))
 
 
-def resolve_corpus(name_or_dir: str | None, cache: str | Path | None = None) -> BuiltCorpus:
+def resolve_corpus(name_or_dir: str | None, cache: str | Path | None = None,
+                   weights: dict[str, float] | None = None) -> BuiltCorpus:
     """A built corpus by folder, by name under the corpora folder, or by URI; a missing or unfinished one is refused.
 
     A corpus on an object store is brought into its local copy under ``cache`` (default
-    ``<data root>/cache``) first: each shard downloaded once, checked against its ledger sha256.
+    ``<data root>/cache``) first: each shard of the sources the run reads (positive ``weights``, default the
+    manifest's shares) downloaded once, checked against its ledger sha256.
     """
     from corpus.paths import corpora_root
     from corpus.store.layout import NotACorpus, find_corpus, read_corpus_json
@@ -222,7 +225,8 @@ def resolve_corpus(name_or_dir: str | None, cache: str | Path | None = None) -> 
                          f"or URI; build the sample one with '{SAMPLE_BUILD_HINT}' (--corpus openelm-sample)")
     try:
         found = find_corpus(name_or_dir)
-        folder, uri = (_cached(found, cache), str(found)) if isinstance(found, ObjectPath) else (found, None)
+        folder, uri = ((_cached(found, cache, weights), str(found)) if isinstance(found, ObjectPath)
+                       else (found, None))
     except (NotACorpus, ConnectionError) as e:
         raise TrainError(str(e)) from None
     where = uri or folder
@@ -242,12 +246,21 @@ def resolve_corpus(name_or_dir: str | None, cache: str | Path | None = None) -> 
                        {k: tokenizer.get(k) for k in ("spec", "sha256", "vocab_size")}, uri=uri)
 
 
-def _cached(root, cache: str | Path | None) -> Path:
-    """The local copy of the corpus at ``root`` on an object store, brought up to date with its ledger."""
+def _cached(root, cache: str | Path | None, weights: dict[str, float] | None) -> Path:
+    """The local copy of the corpus at ``root`` on an object store, brought up to date with its ledger for the
+    sources the run reads."""
+    from corpus.manifest import Manifest
+    from corpus.mixing.sources import sampled_sources
     from corpus.paths import cache_root
     from corpus.store.cache import CacheError, cache_corpus
+    from corpus.store.layout import read_corpus_json
     try:
-        return cache_corpus(root, cache if cache is not None else cache_root()).folder
+        dump = (read_corpus_json(root).get("manifest") or {}).get("dump")
+    except FileNotFoundError:
+        dump = None  # cache_corpus says what the URI is not
+    sources = sampled_sources(weights, Manifest.model_validate(dump)) if dump else None
+    try:
+        return cache_corpus(root, cache if cache is not None else cache_root(), sources).folder
     except CacheError as e:
         raise TrainError(str(e)) from None
 

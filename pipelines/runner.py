@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from typing import Any
 
 # Ray's servers listen on every interface; with its token authentication off, any host that reaches the
@@ -53,10 +54,42 @@ def start_ray(workers: int | None = None, address: str | None = None, ship_code:
         import pipelines
         ray.init(address=address, runtime_env={"py_modules": [corpus, pipelines]}, **common)
     else:
+        stop_orphaned_ray_processes()
         # Ray starts workers at niceness 15; a job the user asked for should not yield to every other process
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **common)
     return True
+
+
+def stop_orphaned_ray_processes() -> list[int]:
+    """Stop this user's Ray processes whose raylet is gone; return their pids.
+
+    A local Ray dies with the process that started it, but when that process is SIGKILLed, the agents its raylet
+    started (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``: about 200 MB) outlive it by a minute, trying to
+    tell the dead GCS before they exit (Ray waits 60 s there, not configurable). Every process Ray starts on a node
+    is a child of that node's raylet, so one whose parent is no raylet is such a leftover, never a live Ray's.
+    """
+    import psutil
+    me = os.getuid()
+    orphans = []
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        try:
+            cmdline, uids = proc.info["cmdline"], proc.info["uids"]
+            if not cmdline or not cmdline[0].startswith("ray::") or uids is None or uids.real != me:
+                continue
+            parent = proc.parent()
+            if parent is None or not any("raylet" in part for part in parent.cmdline()[:1]):
+                orphans.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for proc in orphans:
+        with suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(orphans, timeout=5)
+    for proc in alive:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+    return [proc.pid for proc in orphans]
 
 
 def cluster_cpus() -> int:

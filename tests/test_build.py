@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import psutil
 import pytest
 import zstandard
 
@@ -224,10 +225,13 @@ def _ledger_count(out: Path) -> int:
     return len(list((out / "ledger").rglob("*.json"))) if (out / "ledger").exists() else 0
 
 
-def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
+def _run_and_kill(manifest: Path, out: Path, total: int, driver_only: bool = False) -> tuple[int, list[int]]:
     """Start the CLI; once a new unit has finished, freeze the driver's process group (SIGSTOP: no unit is handed
     out, and corpus.json cannot be finished), check that the build has not reached its end, and SIGKILL it there;
-    return units done then (a Ray worker outside the group may still finish the one unit it holds)."""
+    return units done then (a Ray worker outside the group may still finish the one unit it holds).
+
+    ``driver_only``: SIGKILL the driver alone, as `kill -9 PID` does, and let the rest of its group go on; also
+    return the pids of the Ray agents it had started, which then outlive it."""
     before = _ledger_count(out)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out", str(out),
@@ -242,19 +246,36 @@ def _run_and_kill(manifest: Path, out: Path, total: int) -> int:
         os.killpg(proc.pid, signal.SIGSTOP)  # frozen: what is counted now is where the kill lands
         done = _ledger_count(out)
         assert before < done < total, f"the build ended before it could be killed ({done} of {total} units)"
+        agents = [p.pid for p in psutil.process_iter(["cmdline"])
+                  if os.getpgid(p.pid) == proc.pid and (p.info["cmdline"] or [""])[0].endswith("Agent")]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return _ledger_count(out)
+        if driver_only:
+            proc.kill()
+            proc.wait()
+            os.killpg(proc.pid, signal.SIGCONT)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return _ledger_count(out), agents
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_build_killed_twice_then_rerun_equals_a_clean_build(inputs, tmp_path, ray_session):
     clean = build(inputs / "many.yaml", tmp_path / "clean", workers=2, progress=False)
     total = clean.units_total
     out = tmp_path / "killed"
-    first = _run_and_kill(inputs / "many.yaml", out, total)
-    second = _run_and_kill(inputs / "many.yaml", out, total)
+    first, agents = _run_and_kill(inputs / "many.yaml", out, total, driver_only=True)
+    assert agents and any(_running(pid) for pid in agents)  # its raylet is gone; Ray's agents outlive it by 60 s
+    second, _ = _run_and_kill(inputs / "many.yaml", out, total)
     assert 0 < first < second < total, (first, second, total)
+    # the second build stopped them before it started its own Ray (well within the minute they would linger)
+    assert not [pid for pid in agents if _running(pid)]
     resumed = build(inputs / "many.yaml", out, workers=2, progress=False)
     assert resumed.status == "complete" and resumed.units_skipped >= second
     assert checksums(out) == checksums(clean.out_dir)

@@ -3,7 +3,9 @@
 A document's shingles are the word n-grams of ``words(text)`` (:mod:`corpus.cleaning.words`), each
 hashed with xxh3_64; rensa's R-MinHash sketches that set into ``permutations`` 32-bit values. rensa
 was chosen by measurement (``benchmarks/dedup_throughput.py``, docs/benchmarks.md): it sketches a
-document in microseconds, so a signature costs about what splitting the text into words does.
+document in microseconds, so a signature costs little more than cutting the text into shingles.
+rensa may spread a large batch over a Rayon thread pool: set RAYON_NUM_THREADS=1 where a task is
+given one CPU (the values are the same either way).
 
 A signature depends on the document's shingle set and nothing else: the seed is fixed, and rensa's
 full-set R-MinHash gives the same values for the same set whatever the order, the repeats, the batch

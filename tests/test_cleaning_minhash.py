@@ -156,6 +156,14 @@ def test_band_keys_are_one_per_band_and_differ_between_bands_of_equal_values():
         band_keys(sig[:6], bands)
 
 
+def test_documents_sharing_a_band_are_candidates_and_texts_without_words_never_are(chapters):
+    sigs = signatures([chapters[0], chapters[1], chapters[0], "", "..."], PERMUTATIONS, NGRAM)
+    keys = [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 0, 1), (1, 0, 2)]
+    bands = bands_for(THRESHOLD, PERMUTATIONS)
+    assert candidate_pairs(keys, sigs, bands) == {((0, 0, 0), (1, 0, 0))}
+    assert candidate_pairs([], signatures([], PERMUTATIONS), bands) == set()
+
+
 # --- clusters ----------------------------------------------------------------------------------
 
 def test_each_cluster_keeps_its_smallest_key_and_maps_the_rest_to_it():

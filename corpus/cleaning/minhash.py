@@ -136,7 +136,8 @@ def candidate_pairs(keys: Sequence[Key], signatures: np.ndarray, bands: Bands) -
     Texts without words are left out: they have no shingles to compare (and are exact duplicates of each other).
     """
     buckets: dict[tuple[int, int], list[Key]] = {}
-    for key, signature, row in zip(keys, signatures, band_keys(signatures, bands).reshape(len(keys), -1)):
+    signatures = np.asarray(signatures).reshape(len(keys), bands.count * bands.rows)
+    for key, signature, row in zip(keys, signatures, band_keys(signatures, bands)):
         if (signature == EMPTY).all():
             continue
         for band, band_key in enumerate(row.tolist()):

@@ -1,0 +1,266 @@
+"""MinHash signatures per second per core: datatrove's own signature code against rensa, datasketch and numpy.
+
+    RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/dedup_throughput.py            # 1,268 documents, 5 rounds
+    .venv/bin/python benchmarks/dedup_throughput.py --docs 400 --repeats 3 --json
+
+The documents are real English text of a few KB each: the 1,189 chapters of the King James Bible
+and the 79 Python reference topics of the sample mirror (``corpus.mirror.text``), 3.6 KB on average,
+in that order, cut to --docs. Every candidate turns a text into a 128-value signature, the whole way:
+
+- ``datatrove`` (the baseline): ``MinhashDedupSignature.get_shingles`` then ``get_signature`` per
+  document, as its ``run`` does; its own shingling (``simplify_text``, its English word tokenizer,
+  5-grams, xxhash64) with 16 buckets x 8 hashes, so it makes 128 values like the others.
+- the rest shingle with ``corpus.cleaning.words``: the word 5-grams of ``words(text)``, then
+  - ``rensa R-MinHash, strings``: ``RMinHash.digest_matrix_from_token_sets`` (rensa hashes the strings itself);
+  - ``rensa R-MinHash, xxh3``: the shingles hashed with ``xxhash.xxh3_64`` here, then
+    ``RMinHash.digest_matrix_from_flat_token_hashes``;
+  - ``rensa C-MinHash, strings``: ``CMinHash.digests64_from_token_sets``;
+  - ``datasketch``: ``MinHash.bulk`` (its default SHA-1 hash, affine32 permutations), and the same
+    with ``xxhash.xxh32`` as its hash function;
+  - ``numpy, xxh3``: the xxh3_64 shingle hashes through 128 multiply-shift permutations, minimum per column;
+  - ``corpus.cleaning.minhash.signatures``: the module the build uses (the choice), to show it costs
+    what its library row does.
+Bulk calls take --batch documents at a time. Measured in this one process: CPU seconds of the process
+(all its threads; run with RAYON_NUM_THREADS=1 so rensa stays on one core) for all documents,
+--repeats rounds with the candidates interleaved within a round; medians. Signatures per CPU second
+is signatures per second per core. The column "from shingles" times the hashing and sketching alone,
+on shingles prepared beforehand (datatrove: its ``get_shingles`` output), to show where the time goes.
+
+Accuracy: --pairs originals from ``tests/planted_duplicates.py`` (Bible chapters of 300+ words), each
+copied with 1%, 3%, 5%, 10%, 20%, 30% and 50% of its words replaced. Each candidate's estimate
+(the fraction of equal signature values) is compared with the exact Jaccard similarity of the two
+shingle sets (words() 5-grams). datatrove is given the same sets for this: its ``get_signature`` on
+its hash of our shingles.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+import datasketch  # noqa: E402
+import rensa  # noqa: E402
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature  # noqa: E402
+
+from corpus.cleaning import minhash  # noqa: E402
+from corpus.cleaning.words import ngrams, words  # noqa: E402
+from corpus.mirror import text as sample_text  # noqa: E402
+from planted_duplicates import changed, distinct_originals, jaccard  # noqa: E402
+
+PERMUTATIONS = 128
+NGRAM = 5
+SEED = 1
+CHANGED = (0.01, 0.03, 0.05, 0.10, 0.20, 0.30, 0.50)
+
+
+def shingle_strings(text: str) -> list[str]:
+    return list(ngrams(words(text), NGRAM))
+
+
+def xxh3(shingles: list[str]) -> np.ndarray:
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, shingles), np.uint64, len(shingles))
+
+
+class Datatrove:
+    def __init__(self, folder: str):
+        self.step = MinhashDedupSignature(folder, config=MinhashConfig(num_buckets=16, hashes_per_bucket=8))
+
+    def prepare(self, texts):
+        return [self.step.get_shingles(t) for t in texts]
+
+    def sketch(self, prepared):
+        # run() skips a document without shingles; none of these is empty
+        return np.array([np.concatenate(self.step.get_signature(s)) for s in prepared])
+
+    def from_sets(self, sets):
+        hashes = [np.array([self.step._hash_func(x) for x in s], np.uint64).reshape(-1, 1) for s in sets]
+        return self.sketch(hashes)
+
+
+class RensaStrings:
+    def prepare(self, texts):
+        return [shingle_strings(t) for t in texts]
+
+    def sketch(self, prepared):
+        return np.array(rensa.RMinHash.digest_matrix_from_token_sets(prepared, PERMUTATIONS, SEED).to_rows(),
+                        np.uint32)
+
+    def from_sets(self, sets):
+        return self.sketch([sorted(s) for s in sets])
+
+
+class RensaXxh3(RensaStrings):
+    def sketch(self, prepared):
+        hashes = [xxh3(s) for s in prepared]
+        offsets = np.zeros(len(hashes) + 1, np.uint64)
+        np.cumsum([len(h) for h in hashes], out=offsets[1:])
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(np.concatenate(hashes), offsets,
+                                                                     PERMUTATIONS, SEED)
+        return np.array(matrix.to_rows(), np.uint32)
+
+
+class RensaC(RensaStrings):
+    def sketch(self, prepared):
+        return np.array(rensa.CMinHash.digests64_from_token_sets(prepared, PERMUTATIONS, SEED), np.uint64)
+
+
+class Datasketch(RensaStrings):
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def sketch(self, prepared):
+        sketches = datasketch.MinHash.bulk([[s.encode() for s in doc] for doc in prepared],
+                                           num_perm=PERMUTATIONS, seed=SEED, **self.kwargs)
+        return np.array([m.hashvalues for m in sketches])
+
+
+class NumpyXxh3(RensaStrings):
+    """Multiply-shift permutations of 64-bit hashes: (a * h + b) mod 2^64, top 32 bits, a odd."""
+
+    def __init__(self):
+        rng = np.random.default_rng(SEED)
+        self.a = rng.integers(0, 2 ** 63, PERMUTATIONS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self.b = rng.integers(0, 2 ** 63, PERMUTATIONS, dtype=np.uint64)
+
+    def sketch(self, prepared):
+        out = np.empty((len(prepared), PERMUTATIONS), np.uint32)
+        for i, doc in enumerate(prepared):
+            h = xxh3(doc)[:, None]
+            out[i] = ((h * self.a + self.b) >> np.uint64(32)).min(axis=0)
+        return out
+
+
+class Module(RensaStrings):
+    whole_only = True  # it takes texts: there is no separate shingling step to leave out
+
+    def prepare(self, texts):
+        return list(texts)
+
+    def sketch(self, prepared):
+        return minhash.signatures(prepared, PERMUTATIONS, NGRAM)
+
+    def from_sets(self, sets):
+        return None  # the module takes texts, not sets: its accuracy is its library's (rensa R-MinHash, xxh3)
+
+
+def candidates(folder: str) -> dict[str, object]:
+    return {"datatrove MinhashDedupSignature": Datatrove(folder),
+            "rensa R-MinHash, strings": RensaStrings(),
+            "rensa R-MinHash, xxh3": RensaXxh3(),
+            "rensa C-MinHash, strings": RensaC(),
+            "datasketch MinHash.bulk, sha1": Datasketch(),
+            "datasketch MinHash.bulk, xxh32": Datasketch(hashfunc=xxhash.xxh32_intdigest),
+            "numpy multiply-shift, xxh3": NumpyXxh3(),
+            "corpus.cleaning.minhash.signatures": Module()}
+
+
+def cpu_seconds(fn, items, batch: int):
+    start = time.process_time()
+    for i in range(0, len(items), batch):
+        fn(items[i:i + batch])
+    return time.process_time() - start
+
+
+def accuracy(kinds: dict, pairs: int) -> dict[str, dict[str, float]]:
+    """Mean and largest |estimate - exact Jaccard| over the planted pairs, per candidate."""
+    rng = random.Random(0)
+    originals = distinct_originals(pairs)
+    vocabulary = sorted({w for t in originals for w in t.split()})
+    left, right, exact = [], [], []
+    for text in originals:
+        for fraction in CHANGED:
+            a, b = set(shingle_strings(text)), set(shingle_strings(changed(text, fraction, rng, vocabulary)))
+            left.append(a), right.append(b), exact.append(jaccard(a, b))
+    exact = np.array(exact)
+    out = {}
+    for name, kind in kinds.items():
+        sig_a, sig_b = kind.from_sets(left), kind.from_sets(right)
+        if sig_a is None:
+            continue
+        error = (sig_a == sig_b).mean(axis=1) - exact
+        out[name] = {"mean_abs_error": float(np.abs(error).mean()), "max_abs_error": float(np.abs(error).max()),
+                     "mean_error": float(error.mean())}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--docs", type=int, default=1268, help="documents (Bible chapters, then reference topics)")
+    p.add_argument("--repeats", type=int, default=5, help="rounds; each times every candidate once, in turn")
+    p.add_argument("--batch", type=int, default=256, help="documents per bulk call")
+    p.add_argument("--pairs", type=int, default=60, help="originals for the accuracy pairs (x7 changed copies)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    texts = [c.text for c in sample_text.kjv_chapters() + sample_text.doc_topics()][:args.docs]
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="dedup-bench-") as tmp:
+        kinds = candidates(tmp)
+        for kind in kinds.values():  # first calls build tables and load tokenizers: not what is measured
+            kind.sketch(kind.prepare(texts[:4]))
+        prepared = {name: kind.prepare(texts) for name, kind in kinds.items()}
+        whole = {name: [] for name in kinds}
+        sketch = {name: [] for name in kinds}
+        for _ in range(args.repeats):
+            for name, kind in kinds.items():  # interleaved, so every candidate meets the same background load
+                whole[name].append(cpu_seconds(lambda b, k=kind: k.sketch(k.prepare(b)), texts, args.batch))
+                if not getattr(kind, "whole_only", False):
+                    sketch[name].append(cpu_seconds(kind.sketch, prepared[name], args.batch))
+        errors = accuracy(kinds, args.pairs)
+
+    base = next(iter(kinds))
+    rate = {n: len(texts) / statistics.median(v) for n, v in whole.items()}
+    rate_sketch = {n: len(texts) / statistics.median(v) for n, v in sketch.items() if v}
+    report = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
+        "load_average_start": load, "load_average_end": os.getloadavg()[0],
+        "rayon_threads": os.environ.get("RAYON_NUM_THREADS"), "python": platform.python_version(),
+        "versions": {"rensa": _version("rensa"), "datasketch": _version("datasketch"),
+                     "datatrove": _version("datatrove"), "xxhash": xxhash.VERSION, "numpy": np.__version__},
+        "documents": len(texts), "mean_kb": round(sum(len(t.encode()) for t in texts) / len(texts) / 1024, 2),
+        "permutations": PERMUTATIONS, "ngram": NGRAM, "repeats": args.repeats, "batch": args.batch,
+        "signatures_per_cpu_s": {n: round(v) for n, v in rate.items()},
+        "rounds": {n: [round(len(texts) / s) for s in v] for n, v in whole.items()},
+        "vs_datatrove": {n: round(v / rate[base], 1) for n, v in rate.items()},
+        "from_shingles_per_cpu_s": {n: round(v) for n, v in rate_sketch.items()},
+        "accuracy_pairs": args.pairs * len(CHANGED), "jaccard_error": errors,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{len(texts)} documents, {report['mean_kb']} KB on average; {PERMUTATIONS} permutations, word "
+          f"{NGRAM}-grams; median of {args.repeats} rounds, batches of {args.batch}; RAYON_NUM_THREADS="
+          f"{report['rayon_threads']}; load average {load:.1f} at start, {report['load_average_end']:.1f} at end, "
+          f"on {report['cpus']} CPUs")
+    print(f"  {'':<36} {'signatures/CPU-s':>17} {'vs datatrove':>13} {'from shingles':>14} "
+          f"{'|error| mean':>13} {'|error| max':>12}")
+    for name in kinds:
+        e = errors.get(name)
+        part = f"{rate_sketch[name]:>14,.0f}" if name in rate_sketch else f"{'-':>14}"
+        acc = f"{e['mean_abs_error']:>13.4f} {e['max_abs_error']:>12.4f}" if e else f"{'(as rensa xxh3)':>26}"
+        print(f"  {name:<36} {rate[name]:>17,.0f} {rate[name] / rate[base]:>12.1f}x {part} {acc}")
+    print(f"  accuracy: {report['accuracy_pairs']} pairs, {args.pairs} chapters x words changed "
+          f"{', '.join(f'{f:.0%}' for f in CHANGED)}")
+    return 0
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+    return version(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

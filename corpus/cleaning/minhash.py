@@ -1,0 +1,160 @@
+"""MinHash signatures of texts, and the LSH bands that turn signatures into candidate pairs.
+
+A document's shingles are the word n-grams of ``words(text)`` (:mod:`corpus.cleaning.words`), each
+hashed with xxh3_64; rensa's R-MinHash sketches that set into ``permutations`` 32-bit values. rensa
+was chosen by measurement (``benchmarks/dedup_throughput.py``, docs/benchmarks.md): it sketches a
+document in microseconds, so a signature costs little more than cutting the text into shingles.
+rensa may spread a large batch over a Rayon thread pool: set RAYON_NUM_THREADS=1 where a task is
+given one CPU (the values are the same either way).
+
+A signature depends on the document's shingle set and nothing else: the seed is fixed, and rensa's
+full-set R-MinHash gives the same values for the same set whatever the order, the repeats, the batch
+or the process. It does depend on rensa's algorithm, so rensa is pinned and :data:`SCHEME` names
+what made a signature: stored signatures that carry another scheme must be computed again.
+
+Two documents whose shingle sets have Jaccard similarity s agree on each signature value with
+probability s. Cut into b bands of r values, they share at least one band (and become a candidate
+pair) with probability 1 - (1 - s^r)^b: :func:`bands_for` picks b and r so that curve rises just
+below the threshold, :func:`band_keys` gives each band one 64-bit key, and :func:`verified_pairs`
+keeps the candidates whose signatures agree on at least ``threshold`` of their values.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Hashable, TypeVar
+
+import numpy as np
+import rensa
+import xxhash
+
+from corpus.cleaning.words import ngrams, words
+
+SEED = 1_000_003  # any fixed number: every worker must use the same one, and changing it changes every signature
+SCHEME = f"rensa R-MinHash v{rensa.RMinHash.ALGORITHM_VERSION}, xxh3_64 word shingles, seed {SEED}"
+EMPTY = np.uint32(0xFFFF_FFFF)  # every value of a text without words: no shingle lowered it
+
+# bands_for accepts a split whose S-curve reaches 1/2 at most this far below the threshold. Wide
+# enough that 128 permutations (or any power of two from 128) have a split for every threshold from 0.01;
+# narrow enough to refuse a prime number of them above 0.3 (1-row bands make most pairs candidates).
+RISE_WINDOW = 0.3
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
+    """The xxh3_64 hash of each word ``ngram``-gram of the text, in order (repeats kept: the sketch ignores them)."""
+    shingles = list(ngrams(words(text), ngram))
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, shingles), np.uint64, len(shingles))
+
+
+def signatures(texts: Iterable[str], permutations: int = 128, ngram: int = 5) -> np.ndarray:
+    """One row of ``permutations`` uint32 values per text; a text without words gets a row of :data:`EMPTY`."""
+    if permutations < 1 or ngram < 1:
+        raise ValueError(f"permutations and ngram must be positive, got {permutations} and {ngram}")
+    hashes = [shingle_hashes(t, ngram) for t in texts]
+    if not hashes:
+        return np.empty((0, permutations), np.uint32)
+    offsets = np.zeros(len(hashes) + 1, np.uint64)
+    np.cumsum([len(h) for h in hashes], out=offsets[1:])
+    # one call for the batch: rensa reads the flat buffer directly, with no Python object per shingle
+    matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(np.concatenate(hashes), offsets, permutations, SEED)
+    return np.array(matrix.to_rows(), np.uint32).reshape(len(hashes), permutations)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """The estimated Jaccard similarity of two documents: the fraction of their signature values that agree."""
+    return float(np.count_nonzero(a == b)) / len(a)
+
+
+@dataclass(frozen=True)
+class Bands:
+    """How a signature is cut for LSH: ``count`` bands of ``rows`` values each."""
+    count: int
+    rows: int
+
+    def probability(self, s: float) -> float:
+        """The chance that two documents of Jaccard similarity ``s`` share at least one band."""
+        return 1.0 - (1.0 - s ** self.rows) ** self.count
+
+    def midpoint(self) -> float:
+        """The similarity at which the S-curve crosses 1/2."""
+        return (1.0 - 0.5 ** (1.0 / self.count)) ** (1.0 / self.rows)
+
+
+def bands_for(threshold: float, permutations: int) -> Bands:
+    """The split b x r == ``permutations`` whose S-curve crosses 1/2 closest below ``threshold``.
+
+    Below, not at: a pair LSH misses is lost for good, while a candidate below the threshold only
+    costs a comparison of signatures. Raises ValueError naming the setting when ``threshold`` is
+    outside (0, 1] or no split of ``permutations`` rises within :data:`RISE_WINDOW` below it.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if permutations < 1:
+        raise ValueError(f"permutations must be a positive number, got {permutations}")
+    best = _best_split(threshold, permutations)
+    if best is None:
+        around = sorted(range(max(1, permutations - 32), permutations + 33), key=lambda p: abs(p - permutations))
+        near = [p for p in around if _best_split(threshold, p)][:3]
+        splits = ", ".join(f"{b.count}x{b.rows} at {b.midpoint():.3f}" for b in _splits(permutations))
+        raise ValueError(f"permutations: {permutations} cannot be split into bands whose S-curve rises at threshold "
+                         f"{threshold} (splits rise at: {splits}); nearby values that can: "
+                         f"{', '.join(map(str, sorted(near)))}")
+    return best
+
+
+def _splits(permutations: int) -> list[Bands]:
+    return [Bands(permutations // r, r) for r in range(1, permutations + 1) if permutations % r == 0]
+
+
+def _best_split(threshold: float, permutations: int) -> Bands | None:
+    fitting = [b for b in _splits(permutations) if threshold - RISE_WINDOW <= b.midpoint() <= threshold]
+    return max(fitting, key=Bands.midpoint, default=None)
+
+
+def band_keys(signatures: np.ndarray, bands: Bands) -> np.ndarray:
+    """A uint64 key per band of each signature: shape (documents, bands.count), or (bands.count,) for one.
+
+    The key is xxh3_64 of the band's values as little-endian bytes, seeded with the band's index, so
+    the same values in two bands give unrelated keys. Documents that share a key in a band are
+    candidates; shard the work by (band, key % shards), each shard seeing whole buckets.
+    """
+    sigs = np.asarray(signatures, dtype="<u4")
+    if sigs.shape[-1] != bands.count * bands.rows:
+        raise ValueError(f"signatures of {sigs.shape[-1]} values cannot be cut into {bands.count}x{bands.rows} bands")
+    rows = np.ascontiguousarray(sigs.reshape(-1, bands.count, bands.rows))
+    keys = np.array([[xxhash.xxh3_64_intdigest(row[i].tobytes(), seed=i) for i in range(bands.count)]
+                     for row in rows], np.uint64).reshape(-1, bands.count)
+    return keys[0] if sigs.ndim == 1 else keys
+
+
+def candidate_pairs(keys: Sequence[Key], signatures: np.ndarray, bands: Bands) -> set[tuple[Key, Key]]:
+    """Pairs ``(smaller key, larger key)`` of documents that share a band, found in memory.
+
+    What one shard of the sharded search does for the buckets it holds, here for all of them at once.
+    Texts without words are left out: they have no shingles to compare (and are exact duplicates of each other).
+    """
+    buckets: dict[tuple[int, int], list[Key]] = {}
+    signatures = np.asarray(signatures).reshape(len(keys), bands.count * bands.rows)
+    for key, signature, row in zip(keys, signatures, band_keys(signatures, bands)):
+        if (signature == EMPTY).all():
+            continue
+        for band, band_key in enumerate(row.tolist()):
+            buckets.setdefault((band, band_key), []).append(key)
+    pairs = set()
+    for members in buckets.values():
+        members.sort()
+        pairs.update((a, b) for i, a in enumerate(members) for b in members[i + 1:])
+    return pairs
+
+
+def verified_pairs(pairs: Iterable[tuple[Key, Key]], signature_of: Mapping[Key, np.ndarray],
+                   threshold: float) -> list[tuple[Key, Key]]:
+    """The pairs whose signatures agree on at least ``threshold`` of their values, sorted.
+
+    Sharing one band is weak evidence (r values of the signature); every candidate is checked on
+    the full signature before union-find joins it, or the S-curve's tail below the threshold and
+    chains of such pairs would remove documents that are not near duplicates.
+    """
+    return sorted(p for p in pairs if similarity(signature_of[p[0]], signature_of[p[1]]) >= threshold)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from corpus.cleaning.bands import Bands, bands_for
 from corpus.cleaning.clusters import clusters, duplicate_of
-from corpus.cleaning.minhash import (EMPTY, Bands, band_keys, bands_for, candidate_pairs, signatures, similarity,
-                                     verified_pairs)
+from corpus.cleaning.minhash import EMPTY, band_keys, candidate_pairs, signatures, similarity, verified_pairs
 from corpus.cleaning.words import ngrams, normalised, words
 from corpus.mirror import text as sample_text
 from planted_duplicates import planted_sources

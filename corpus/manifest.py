@@ -16,6 +16,8 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
+from corpus.cleaning.bands import bands_for
+
 FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
 # The datatrove filters a source may add after CoreNet's rules: type -> (datatrove's class, what it drops).
 # Where a new filter goes: one line here; validation, the builder (corpus/text/filters.py) and the table in
@@ -141,6 +143,39 @@ class Source(_Strict):
         return value
 
 
+class NearDedup(_Strict):
+    """MinHash LSH over word n-gram shingles (docs/cleaning.md): documents whose shingle sets have an estimated
+    Jaccard similarity of at least ``threshold`` are near duplicates."""
+    threshold: float = 0.8
+    ngram: int = Field(5, gt=0)
+    permutations: int = Field(128, gt=0)
+
+    @model_validator(mode="after")
+    def _bands(self):
+        bands_for(self.threshold, self.permutations)  # its ValueError names the setting
+        return self
+
+
+class Dedup(_Strict):
+    """Which documents the build removes as duplicates, and among which (docs/cleaning.md)."""
+    exact: bool = True
+    near: NearDedup | None = NearDedup()  # ``near: false`` in the YAML: None
+    scope: Literal["corpus", "source"] = "corpus"
+
+    @field_validator("near", mode="before")
+    @classmethod
+    def _near_switch(cls, value: Any):
+        if value is True:
+            return {}  # ``near: true``: the defaults
+        return None if value is False else value
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.exact and self.near is None:
+            raise ValueError("exact is false and near is false: nothing would be removed; drop the dedup block")
+        return self
+
+
 class Manifest(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
     description: str = ""
@@ -149,6 +184,7 @@ class Manifest(_Strict):
     sequence_length: int = Field(2048, gt=0)
     seed: int = 0
     sources: list[Source] = Field(min_length=1)
+    dedup: Dedup | None = None
     # Where the manifest was read from; not part of the YAML.
     path: str | None = Field(None, exclude=True)
 
@@ -185,14 +221,19 @@ class Manifest(_Strict):
         """What decides the bytes of the shards: text rules, sources (not weights) and the tokenizer."""
         sources = [s.model_dump(exclude=set(NOT_IN_SHARDS), by_alias=True) for s in self.sources]
         payload = {"text": self.text.model_dump(), "sources": sources, "tokenizer": tokenizer_sha256}
+        if self.dedup is not None:  # absent, a manifest keeps the fingerprint it had before the block existed
+            payload["dedup"] = self.dedup.model_dump()
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
     def fingerprint_parts(self, tokenizer_sha256: str) -> dict:
         """The fingerprinted settings, grouped so that a changed one can be named (a plan stores them)."""
-        return {"text": self.text.model_dump(mode="json"),
-                "sources": {s.name: s.model_dump(mode="json", exclude=set(NOT_IN_SHARDS)) for s in self.sources},
-                "tokenizer": tokenizer_sha256}
+        parts = {"text": self.text.model_dump(mode="json"),
+                 "sources": {s.name: s.model_dump(mode="json", exclude=set(NOT_IN_SHARDS)) for s in self.sources},
+                 "tokenizer": tokenizer_sha256}
+        if self.dedup is not None:
+            parts["dedup"] = self.dedup.model_dump(mode="json")
+        return parts
 
 
 # ---------------------------------------------------------------- loading with line numbers

@@ -37,6 +37,7 @@ from corpus.store.layout import CorpusBusy, CorpusDir, CorpusWriteError
 from corpus.store.location import ObjectPath, StorePath, stops_build
 from corpus.text.filters import build_filters
 from corpus.tokenizer.tokenizer import Tokenizer
+from pipelines.dedup import dedup_done, run_dedup, signed_units
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
 from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
 from pipelines.views import BuildProgress
@@ -137,6 +138,9 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
         # and the listing are let go: at the full OpenELM scale (98k units) a rerun of a finished build would
         # otherwise hold them all beside the index it assembles.
         pending = [WorkUnit.from_dict(d) for d in plan["units"] if (d["source"], d["unit"]) not in done]
+        # deduplication decides over every unit, so it needs them all until it is done
+        dedup_units = ([WorkUnit.from_dict(d) for d in plan["units"]]
+                       if manifest.dedup is not None and pending and dedup_done(corpus) is None else None)
         units = plan_units(plan)
         plan = {k: v for k, v in plan.items() if k != "units"}
         del done
@@ -158,6 +162,11 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
                 bar = BuildProgress(progress, total, skipped, started=t0)  # shown while Ray starts
                 started_ray = start_ray(workers, address)
                 env = tuple(sorted(location.store_environment().items())) if corpus.remote else ()
+                if dedup_units is not None:  # before any unit is tokenized: removals span every unit
+                    bar.phase("dedup signatures", len(signed_units(corpus)))
+                    run_dedup(manifest, corpus, dedup_units, workers or cluster_cpus(), dict(env), bar.step)
+                    bar.phase(None)
+                    dedup_units = None
                 job = BuildJob(UnitJob.of(manifest, tokenizer), str(out), env)
                 for summary in run_units(job, pending, workers or cluster_cpus(), stop=lambda: bool(full)):
                     if summary["status"] == "stopped":

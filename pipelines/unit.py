@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,17 +53,24 @@ class UnitProcessor:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces; uint16 shards hold at most 65536")
         self.rules, self.tokenizer, self.filters, self.text_field = rules, tokenizer, filters, text_field
 
-    def run(self, unit: WorkUnit, sink=None) -> UnitOutput:
-        """Process one unit; kept chunks go to ``sink.add(chunk)`` (a shard writer) or to ``out.chunks``."""
+    def run(self, unit: WorkUnit, sink=None, removed: Mapping[int, tuple[str, str]] | None = None) -> UnitOutput:
+        """Process one unit; kept chunks go to ``sink.add(chunk)`` (a shard writer) or to ``out.chunks``.
+
+        ``removed``: records deduplication took out, ``position -> (reason, source of the copy kept)``, the
+        position counting every record the reader yields (pipelines/dedup.py).
+        """
         started, cpu_started = time.perf_counter(), time.process_time()
         out = UnitOutput(unit)
         add = sink.add if sink is not None else out.chunks.append
         batch: list[Record] = []
         batch_chars = 0
-        for item in read_slice(unit.slice, self.text_field):
+        for position, item in enumerate(read_slice(unit.slice, self.text_field)):
             out.counts.documents_read += 1
             if isinstance(item, BadRecord):
                 self._quarantine(out, item)
+                continue
+            if removed and position in removed:
+                self._count_removed(item, out.counts, *removed[position])
                 continue
             batch.append(item)
             batch_chars += len(item.text)
@@ -84,6 +92,17 @@ class UnitProcessor:
         out.quarantine.append({"source": out.unit.source, "unit": out.unit.unit_id, "reason": bad.reason,
                                "file": sl.uri, where: bad.location, "detail": bad.detail,
                                "excerpt": bad.excerpt})
+
+    def _count_removed(self, record: Record, counts: UnitCounts, reason: str, kept_in: str) -> None:
+        """A duplicate is dropped whole; its tokens (every chunk, as encoded) are counted, for the overlap figures."""
+        rules = self.rules.rules
+        chunks = self.rules.split(self.rules.normalize(record.text))
+        tokens = sum(len(ids) for i in range(0, len(chunks), _ENCODE_CHUNKS) for ids in
+                     self.tokenizer.encode_arrays(chunks[i:i + _ENCODE_CHUNKS], bos=rules.add_bos, eos=rules.add_eos))
+        counts.dropped[reason] += 1
+        counts.tokens_dropped[reason] += tokens
+        counts.duplicate_of[kept_in] += 1
+        counts.duplicate_tokens_of[kept_in] += tokens
 
     def _process(self, records: list[Record], out: UnitOutput, add) -> None:
         rules, counts = self.rules, out.counts

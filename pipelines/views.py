@@ -278,12 +278,24 @@ class BuildProgress:
                 seconds = int(time.perf_counter() - since)
                 return Text(f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}", style="cyan")
 
-        self.bar = Progress(TextColumn("[bold]build"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
+        self.bar = Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
                             TextColumn("{task.fields[failed]}"),
                             TextColumn("{task.fields[docs]} docs read/s  {task.fields[toks]} tokens written/s"),
                             SinceStart(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
         self.bar.start()
-        self.task = self.bar.add_task("build", total=total, completed=done, docs="0", toks="0", failed="")
+        self.task = self.bar.add_task("build", total=total, completed=done, docs="0", toks="0", failed="",
+                                      phase="build")
+        self.total, self.done = total, done
+
+    def phase(self, label: str | None, done: int = 0) -> None:
+        """Count units of another pass (deduplication's signatures) under ``label``; None: back to the build."""
+        if self.enabled:
+            self.bar.update(self.task, phase=label or "build", completed=self.done if label is None else done)
+
+    def step(self) -> None:
+        """One unit of the current other pass is done."""
+        if self.enabled:
+            self.bar.update(self.task, advance=1)
 
     def advance(self, summary: dict) -> None:
         failed = summary.get("status") == "failed"

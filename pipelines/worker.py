@@ -24,6 +24,7 @@ from corpus.store.writer import ShardWriter
 from corpus.text.filters import build_filters
 from corpus.text.rules import CoreNetRules
 from corpus.tokenizer.tokenizer import Tokenizer
+from pipelines.dedup import read_removals
 from pipelines.plan import WorkUnit
 from pipelines.unit import UnitOutput, UnitProcessor
 
@@ -37,12 +38,13 @@ class UnitJob:
     tokenizer_spec: str
     tokenizer_bytes: bytes
     tokenizer_sha256: str
+    dedup: bool = False  # the build removes duplicates: each unit reads its removals (pipelines/dedup.py)
 
     @classmethod
     def of(cls, manifest: Manifest, tokenizer: Tokenizer, sources: list[Source] | None = None) -> "UnitJob":
         return cls(manifest.build_fingerprint(tokenizer.sha256), manifest.text,
                    {s.name: s for s in (manifest.sources if sources is None else sources)},
-                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256)
+                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256, manifest.dedup is not None)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
         processor = processor_for(job.units, unit.source)
         stem = corpus.shard_stem(unit.source, unit.unit_id)
         writer = ShardWriter(stem)
-        output = processor.run(unit, sink=writer)
+        removed = read_removals(corpus, unit.source, unit.unit_id) if job.units.dedup else None
+        output = processor.run(unit, sink=writer, removed=removed)
         qpath = corpus.write_quarantine(unit.source, unit.unit_id, output.quarantine)
         qrel = corpus.relative(qpath) if qpath else None
         meta = writer.close(sidecar_for(job.units, output, qrel))

@@ -48,7 +48,7 @@ LAYERS = ("corpus", "pipelines", "model")  # lowest first; each may import itsel
 
 BASE = {"manifest", "paths"}
 CORPUS_LAYOUT: dict[str, set[str]] = {  # corpus.<unit> -> the other corpus units it may import
-    "manifest": set(),
+    "manifest": {"cleaning"},  # the band arithmetic checks a dedup block on load (cleaning/bands.py)
     "paths": {"manifest"},
     "console": set(),
     "text": BASE,

@@ -4,7 +4,9 @@ corpus.json's totals and ``elm-corpus stats``.
 For every unit, documents read = kept + dropped (by reason) + quarantined (by reason);
 chunks split = kept + dropped (by reason). ``drop_details`` holds the finer reasons an
 extra filter gives (``<filter>:<reason>``); ``tokens_dropped`` the tokens of encoded chunks
-that a later rule dropped, by reason.
+that a later rule dropped, by reason. A document deduplication removed is dropped as
+``duplicate_exact`` or ``duplicate_near`` with all its tokens, and counted in ``duplicate_of``
+(``duplicate_tokens_of``) under the source of the copy that was kept.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 
 _TALLIES = ("documents_read", "kept", "quarantined", "chunks_split", "chunks_kept", "tokens")
-_BY_REASON = ("dropped", "quarantined_by_reason", "chunks_dropped", "drop_details", "tokens_dropped")
+_BY_REASON = ("dropped", "quarantined_by_reason", "chunks_dropped", "drop_details", "tokens_dropped",
+              "duplicate_of", "duplicate_tokens_of")
 
 
 @dataclass
@@ -28,6 +31,9 @@ class UnitCounts:
     drop_details: Counter = field(default_factory=Counter)
     tokens: int = 0
     tokens_dropped: Counter = field(default_factory=Counter)  # tokens of encoded chunks dropped, by reason
+    # documents (and their tokens) removed as duplicates, by the source of the copy kept: the cross-source overlap
+    duplicate_of: Counter = field(default_factory=Counter)
+    duplicate_tokens_of: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict:
         """The keys a sidecar, a ledger entry and corpus.json's totals carry; reasons sorted."""

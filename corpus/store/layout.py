@@ -39,6 +39,7 @@ SHARDS_DIR = "shards"
 LEDGER_DIR = "ledger"
 FAILED_DIR = "failed"
 QUARANTINE_DIR = "quarantine"
+DEDUP_DIR = "dedup"  # signatures per unit, removals per unit, and the result of the search (docs/formats.md)
 LOCK_FILE = ".build.lock"
 
 
@@ -115,6 +116,16 @@ class CorpusDir:
 
     def failed_path(self, source: str, unit: str) -> StorePath:
         return self.root / FAILED_DIR / source / f"{unit}.json"
+
+    def signatures_path(self, source: str, unit: str) -> StorePath:
+        return self.root / DEDUP_DIR / "signatures" / source / f"{unit}.npz"
+
+    def removed_path(self, source: str, unit: str) -> StorePath:
+        return self.root / DEDUP_DIR / "removed" / source / f"{unit}.json"
+
+    @property
+    def dedup_result_path(self) -> StorePath:
+        return self.root / DEDUP_DIR / "result.json"
 
     def quarantine_path(self, source: str, unit: str) -> StorePath:
         return self.root / QUARANTINE_DIR / source / f"{unit}.jsonl"

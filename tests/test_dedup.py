@@ -1,0 +1,115 @@
+"""Deduplication in the build, on planted data with ground truth across two sources (tests/planted_duplicates.py).
+
+Each planted copy's class is decided by the exact Jaccard similarity of its word 5-gram shingles with its
+original, computed directly, not by how it was made: threshold 0.8, so near copies are those at 0.9 or more
+(at least 95% must go), far copies those at 0.5 or less (at most 2% may go), and exact copies all go.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from corpus.store.layout import CorpusDir, read_corpus_json
+from corpus.text.readers import read_slice
+from pipelines.build import build
+from pipelines.dedup import EXACT, NEAR, read_removals
+from pipelines.plan import WorkUnit
+from planted_duplicates import planted_sources
+
+SOURCES = ("first", "second")
+UNIT_BYTES = 60_000  # several units per source, so pairs cross units as well as sources
+
+
+def write_planted(root: Path, scope: str = "corpus") -> tuple[Path, dict, list]:
+    documents, plants = planted_sources()
+    for s, name in enumerate(SOURCES):
+        texts = [documents[(s, p)] for p in range(sum(1 for k in documents if k[0] == s))]
+        (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    manifest = root / f"planted-{scope}.yaml"
+    manifest.write_text(
+        f"name: planted-{scope}\ntext: {{min_tokens: 16, min_chars: 50}}\nsources:\n" + "".join(
+            f"  - name: {name}\n    group: g{s}\n    upstream: {{files: [\"{root}/{name}.jsonl\"]}}\n"
+            f"    format: jsonl\n    tokens: 1M\n" for s, name in enumerate(SOURCES)) +
+        f"dedup:\n  exact: true\n  near: {{threshold: 0.8, ngram: 5, permutations: 128}}\n  scope: {scope}\n")
+    return manifest, documents, plants
+
+
+def removed_documents(out: Path) -> dict[tuple[int, int], tuple[str, str]]:
+    """``(source, line of its file) -> (reason, source of the copy kept)`` of every document the build removed."""
+    corpus = CorpusDir(out)
+    plan = json.loads((out / "plan.json").read_text())["units"]
+    found = {}
+    for d in plan:
+        unit = WorkUnit.from_dict(d)
+        removals = read_removals(corpus, unit.source, unit.unit_id)
+        if not removals:
+            continue
+        starts = _line_starts(Path(urlparse(unit.slice.uri).path))
+        for position, record in enumerate(read_slice(unit.slice, "text")):
+            if position in removals:
+                found[(SOURCES.index(unit.source), starts[record.location])] = removals[position]
+    return found
+
+
+def _line_starts(path: Path) -> dict[int, int]:
+    starts, offset = {}, 0
+    for i, line in enumerate(path.read_bytes().splitlines(keepends=True)):
+        starts[offset] = i
+        offset += len(line)
+    return starts
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("planted")
+    manifest, documents, plants = write_planted(root)
+    result = build(manifest, root / "corpus", workers=2, progress=False, unit_bytes=UNIT_BYTES)
+    return result, documents, plants
+
+
+def test_planted_exact_and_near_copies_go_far_copies_and_originals_stay(planted):
+    result, documents, plants = planted
+    assert result.status == "complete"
+    removed = removed_documents(result.out_dir)
+    by_copy = {p.copy: p for p in plants}
+    exact = [p for p in plants if p.kind == "exact"]
+    near = [p for p in plants if p.kind != "exact" and p.jaccard >= 0.9]
+    far = [p for p in plants if p.kind != "exact" and p.jaccard <= 0.5]
+    assert len(exact) == 20 and len(near) >= 30 and len(far) >= 50
+    assert all(removed.get(p.copy, ("",))[0] == EXACT for p in exact)
+    assert sum(removed.get(p.copy, ("",))[0] == NEAR for p in near) >= 0.95 * len(near)
+    assert sum(p.copy in removed for p in far) <= 0.02 * len(far)
+    assert all(key in by_copy for key in removed), "only planted copies are removed, never an original"
+    # the kept copy is the original, the smaller key: the source listed first
+    assert all(kept == SOURCES[by_copy[key].original[0]] for key, (_, kept) in removed.items())
+
+
+def test_removed_documents_are_counted_per_source_with_the_source_of_the_kept_copy(planted):
+    result, documents, plants = planted
+    index = read_corpus_json(result.out_dir)
+    removed = removed_documents(result.out_dir)
+    for s, name in enumerate(SOURCES):
+        totals = index["sources"][name]["totals"]
+        mine = [v for k, v in removed.items() if k[0] == s]
+        assert totals["dropped"].get(EXACT, 0) == sum(r == EXACT for r, _ in mine)
+        assert totals["dropped"].get(NEAR, 0) == sum(r == NEAR for r, _ in mine)
+        assert totals["duplicate_of"] == {kept: sum(k == kept for _, k in mine) for kept in {k for _, k in mine}}
+        assert sum(totals["duplicate_tokens_of"].values()) == sum(totals["tokens_dropped"].get(r, 0)
+                                                                   for r in (EXACT, NEAR)) > 0
+        assert totals["documents_read"] == totals["kept"] + sum(totals["dropped"].values()) + totals["quarantined"]
+    assert index["sources"]["second"]["totals"]["duplicate_of"]["first"] > 0  # the cross-source overlap
+
+
+def test_one_worker_removes_the_same_documents_and_writes_the_same_bytes(planted, tmp_path):
+    result, _, _ = planted
+    one = build(result.out_dir.parent / "planted-corpus.yaml", tmp_path / "one", workers=1, progress=False,
+                unit_bytes=UNIT_BYTES)
+    assert _files(one.out_dir) == _files(result.out_dir)
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for sub in ("shards", "dedup") for p in sorted(
+        (out / sub).rglob("*")) if p.is_file()}

@@ -1,8 +1,8 @@
 """`elm-corpus contamination`: how many items of evaluation tasks share a word n-gram with a built corpus, and in
 which sources (the measure itself: corpus.cleaning.contamination).
 
-Everything that can be refused is checked before any scan and any write: the n-gram size, the corpus, its
-tokenizer, the task names and the tasks' data. The tasks are loaded as `elm-train eval` loads them
+Everything that can be refused is checked before any scan and any write: the n-gram size, the workers, the
+corpus, its tokenizer, the task names and the tasks' data. The tasks are loaded as `elm-train eval` loads them
 (corpus.tasks). The scan runs one Ray task per finished unit through the project's own Ray (token authentication
 on), on this machine or a cluster; a corpus small enough that Ray's start would cost more than the scan is
 scanned in this process. The report is printed and kept in the corpus (``contamination/<key>.json``).
@@ -20,8 +20,9 @@ from corpus.tasks.manager import TaskDataMissing, TaskError
 from corpus.tokenizer.tokenizer import described_tokenizer
 from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
 
-# Tokens below which the corpus is scanned in this process: Ray's start (about 4 s) costs more than such a scan.
-LOCAL_SCAN_TOKENS = 20_000_000
+# Tokens below which the corpus is scanned in this process: a scan reads about 1.2M tokens a second per core
+# (docs/benchmarks.md), so below this Ray's start (about 4 s) costs more than a second core saves.
+LOCAL_SCAN_TOKENS = 5_000_000
 # What a unit's Ray task needs of its ledger entry: which unit, and the checksums a copy from a store must have.
 _ENTRY_KEYS = ("source", "unit", "sha256_bin", "sha256_idx")
 
@@ -45,6 +46,8 @@ def measure(target: str, tasks: str, include_path: str | None = None, ngram: int
     ``address`` names a cluster)."""
     if ngram < 1:
         raise ContaminationRefused(f"--ngram must be a positive number of words, got {ngram}")
+    if workers is not None and workers < 1:
+        raise ContaminationRefused(f"--workers must be at least 1, got {workers}")
     require_token_auth()  # a refused Ray must be refused before the work, not after it
     root = find_corpus(target, data_dir)
     index = read_corpus_json(root)

@@ -235,6 +235,7 @@ def test_the_table_shows_each_task_with_its_share_and_top_sources(corpus, tasks_
 
 @pytest.mark.parametrize("args, says", [
     (["--tasks", "plant_mc", "--ngram", "0"], "--ngram must be a positive number of words, got 0"),
+    (["--tasks", "plant_mc", "--workers", "0"], "--workers must be at least 1, got 0"),
     (["--tasks", "plant_mc,no_such_task"], "--tasks: unknown task(s) no_such_task"),
     (["--tasks", "plant_offline"], "--tasks: the data of 1 task(s) cannot be loaded"),
     (["--tasks", "openelm-zero-shot"], "--tasks: the data of 7 task(s) cannot be loaded"),

@@ -45,7 +45,8 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     tokens = words(text)
     if len(tokens) < n:
         return _NO_HASHES
-    return np.fromiter((xxhash.xxh64_intdigest(g.encode("utf-8")) for g in ngrams(tokens, n)), dtype=np.uint64,
+    # xxhash hashes a str as its UTF-8 bytes, without the encode() call's second copy
+    return np.fromiter((xxhash.xxh64_intdigest(g) for g in ngrams(tokens, n)), dtype=np.uint64,
                        count=len(tokens) - n + 1)
 
 

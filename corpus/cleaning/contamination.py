@@ -63,7 +63,7 @@ class NgramIndex:
     def build(cls, items: Sequence[Sequence[str]], n: int) -> "NgramIndex":
         """The index of ``items`` (per item, the texts it is scored on), numbered in order."""
         if n < 1:
-            raise ValueError(f"--ngram must be a positive number of words, got {n}")
+            raise ValueError(f"an n-gram needs at least one word, got n={n}")
         per_item = [np.unique(np.concatenate([ngram_hashes(t, n) for t in texts] or [_NO_HASHES]))
                     for texts in items]
         counts = np.array([len(h) for h in per_item], dtype=np.int64)

@@ -246,3 +246,12 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(corpus, tasks_d
     err = capsys.readouterr().err
     assert err.startswith(f"elm-corpus contamination: error: {says}") and len(err.splitlines()) == 1
     assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == before
+
+
+def test_ray_without_token_authentication_is_refused_before_any_scan(corpus, tasks_dir, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    before = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
+    assert main(["contamination", str(corpus), "--tasks", "plant_mc", "--include-path", str(tasks_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("elm-corpus contamination: error: RAY_AUTH_MODE=disabled") and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == before

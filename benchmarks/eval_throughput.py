@@ -77,11 +77,12 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from model.eval.harness import go_offline_unless_hub_reachable
+    from corpus.tasks.manager import go_offline_unless_hub_reachable
     go_offline_unless_hub_reachable()
     from lm_eval import simple_evaluate
 
-    from model.eval.harness import evaluate, task_manager_for
+    from corpus.tasks.manager import task_manager_for
+    from model.eval.harness import evaluate
 
     work = Path(tempfile.mkdtemp(prefix="eval-bench-"))
     try:

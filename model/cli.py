@@ -183,8 +183,8 @@ def cli_plot(argv: list[str]) -> int:
 # ---------------------------------------------------------------- elm-train eval
 
 def build_eval_parser() -> argparse.ArgumentParser:
+    from corpus.tasks.sets import TASK_SETS
     from model.eval.harness import BACKENDS
-    from model.eval.tasks import TASK_SETS
     p = argparse.ArgumentParser(prog="elm-train eval", description=(
         "Evaluate a model with lm-evaluation-harness: a run (its newest checkpoint), a checkpoint, an export or "
         "any Hugging Face-format OpenELM folder (Apple's release with --tokenizer), or an MLX export with "

@@ -1,8 +1,9 @@
-"""`elm-corpus`: build, inspect and describe token corpora.
+"""`elm-corpus`: build, inspect and describe token corpora, and measure what they hold of evaluation tasks.
 
 This module parses the command line and prints; the work is done by the domain modules
-(`pipelines.build`, `corpus.inspection`, `corpus.store.verify`, `corpus.mirror`, `corpus.tokenizer`),
-whose heavy imports stay lazy so `elm-corpus --help` is instant. Terminal tables: `pipelines.views`.
+(`pipelines.build`, `pipelines.contamination`, `corpus.inspection`, `corpus.store.verify`, `corpus.mirror`,
+`corpus.tokenizer`), whose heavy imports stay lazy so `elm-corpus --help` is instant. Terminal tables:
+`pipelines.views`.
 """
 from __future__ import annotations
 
@@ -112,6 +113,19 @@ def _inspect(args) -> int:
     return 0
 
 
+def _contamination(args) -> int:
+    from pipelines import views
+    from pipelines.contamination import measure
+    found = measure(args.target, args.tasks, include_path=args.include_path, ngram=args.ngram, workers=args.workers,
+                    address=args.address, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(found.report, indent=2))
+    else:
+        views.print_contamination(found.report)
+    print(f"report: {found.path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _sample(args) -> int:
     """Write the offline sample mirror and say what it holds."""
     from corpus.manifest import load_manifest
@@ -203,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--index", type=int, default=None, help="chunk index within --shard")
     i.add_argument("--data-dir", default=None, help=f"where corpora live (default {corpora})")
     i.set_defaults(func=_inspect)
+
+    from corpus.cleaning.words import NGRAM
+    from corpus.tasks.sets import TASK_SETS
+    k = sub.add_parser("contamination", help="how many items of evaluation tasks share a word n-gram with a corpus")
+    k.add_argument("target", help="corpus name (a folder of --data-dir), folder or URI (s3://bucket/prefix)")
+    k.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated, or a set: "
+                   + ", ".join(TASK_SETS))
+    k.add_argument("--include-path", default=None, metavar="DIR", help="a folder of extra task YAMLs in lm-eval's "
+                   "format")
+    k.add_argument("--ngram", type=int, default=NGRAM, help=f"words per n-gram (default {NGRAM}, as GPT-3 and "
+                   "lm-eval's decontamination)")
+    k.add_argument("--json", action="store_true", help="print the report as JSON (docs/formats.md)")
+    k.add_argument("--workers", type=int, default=None, help="parallel scans (default: the machine's or the "
+                   "cluster's CPUs)")
+    k.add_argument("--address", default=None, help="Ray cluster address, host:port (default: a local Ray, or none "
+                   "for a small corpus)")
+    k.add_argument("--data-dir", default=None, help=f"where corpora live (default {corpora})")
+    k.set_defaults(func=_contamination)
 
     m = sub.add_parser("sample", help="write the offline sample mirror of a manifest's sources")
     m.add_argument("manifest", help="the manifest YAML whose sources to mirror")

@@ -1,4 +1,5 @@
-"""Terminal views of the `elm-corpus` commands: the build's progress line, the corpora list, the per-source tables, decoded chunks (rich)."""
+"""Terminal views of the `elm-corpus` commands: the build's progress line, the corpora list, the per-source tables,
+decoded chunks, the contamination table (rich)."""
 from __future__ import annotations
 
 import shlex
@@ -257,6 +258,33 @@ def print_chunks(chunks: list, full: bool) -> None:
         if not full and len(text) > _PREVIEW_CHARS:
             text = text[:_PREVIEW_CHARS] + f" [... {len(c.text) - _PREVIEW_CHARS:,} more characters]"
         console.print(Panel(Text(text)))
+
+
+_TOP_SOURCES = 3
+
+
+def print_contamination(report: dict) -> None:
+    """Per task: items, those sharing an n-gram with the corpus, their share, and the sources holding most of them."""
+    console = _console()
+    n, scanned = report["ngram"], report["scanned"]
+    table = Table(title=f"items sharing a {n}-word n-gram with {escape(report['corpus'])}", title_justify="left")
+    table.add_column("task", no_wrap=True)
+    for name in ("items", "contaminated", "%"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("top sources (items)")
+    for name, t in report["tasks"].items():
+        top = ", ".join(f"{escape(s)} {k:,}" for s, k in list(t["sources"].items())[:_TOP_SOURCES])
+        more = len(t["sources"]) - _TOP_SOURCES
+        table.add_row(name, grouped(t["items"]), grouped(t["contaminated"]),
+                      percent(t["contaminated"] / t["items"]) if t["items"] else "-",
+                      (top or "-") + (f", {more} more" if more > 0 else ""))
+    console.print(table)
+    console.print(f"scanned {scanned['units']:,} units, {scanned['documents']:,} documents, "
+                  f"{scanned['ngrams']:,} n-grams (corpus {scanned['corpus_status'] or '-'})", highlight=False)
+    for name, t in report["tasks"].items():
+        if t["short"]:
+            console.print(f"[yellow]{escape(name)}: {t['short']:,} of its items have fewer than {n} words, so no "
+                          f"{n}-gram, and are never counted as contaminated[/yellow]", highlight=False)
 
 
 class BuildProgress:

@@ -13,11 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from corpus.tasks.manager import apply_template as _apply_template
+from corpus.tasks.sets import TASK_SETS, expand_tasks
 from corpus.tokenizer.tokenizer import Tokenizer
 from eval_data import CONTEXT, PROMPTS, QUESTIONS, TEXTS, requests, write_model, write_tasks
-from model.eval.harness import EvalError, _apply_template, evaluate, load_model
+from model.eval.harness import EvalError, evaluate, load_model
 from model.eval.lm import OpenELMLM
-from model.eval.tasks import TASK_SETS, expand_tasks, published_row
+from model.eval.tasks import published_row
 from model.openelm import OpenELM
 
 
@@ -400,7 +402,7 @@ def test_lm_evals_hf_backend_on_the_export_gives_the_same_accuracy(model_dir, ta
     pytest.importorskip("accelerate", reason="lm-eval's hf backend imports accelerate (pyproject installs it)")
     from lm_eval import simple_evaluate
 
-    from model.eval.harness import task_manager_for
+    from corpus.tasks.manager import task_manager_for
     from model.export import export
     folder = export(model_dir, tmp_path / "hf", fmt="hf")
     ours = evaluate(folder, "elm_mc", include_path=str(tasks_dir), device="cpu", batch_size=4)

@@ -57,7 +57,8 @@ CORPUS_LAYOUT: dict[str, set[str]] = {  # corpus.<unit> -> the other corpus unit
     "mixing": BASE | {"store"},
     "inspection": BASE | {"text", "tokenizer", "store"},
     "mirror": BASE | {"text", "tokenizer", "store"},
-    "cleaning": BASE | {"text", "tokenizer", "store"},
+    "tasks": BASE,
+    "cleaning": BASE | {"text", "tokenizer", "store", "tasks"},
 }
 
 # The model core: what a model is and how its weights are held, read and written. Its units may import each

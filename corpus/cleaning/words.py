@@ -13,6 +13,9 @@ import unicodedata
 from collections.abc import Iterator
 from functools import cache
 
+# Words per n-gram that decontamination looks for, as GPT-3 and lm-eval's decontamination did (docs/cleaning.md).
+NGRAM = 13
+
 
 @cache
 def _punctuation() -> dict[int, str | None]:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.store import location
+from corpus.store.cache import local_unit
 from corpus.store.layout import CorpusDir, read_corpus_json
-from corpus.store.location import is_remote
 from corpus.store.shards import Shard
 from corpus.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
@@ -119,7 +118,7 @@ def draw_chunks(corpus_dir: str | Path, source: str | None = None, n: int = 3, s
         for pick in picks.tolist():
             k = int(np.searchsorted(starts, pick, side="right") - 1)
             if k not in opened:
-                opened[k] = Shard.open(_local_stem(folder, units[k], entries[units[k]], Path(scratch)))
+                opened[k] = Shard.open(local_unit(folder, *units[k], entries[units[k]], Path(scratch)))
             shard = opened[k]
             sidecar = shard.sidecar()
             if tokenizer is None:
@@ -129,15 +128,3 @@ def draw_chunks(corpus_dir: str | Path, source: str | None = None, n: int = 3, s
             view.shard = folder.shard_stem(*units[k]).with_suffix(".bin")  # the store's, not the scratch copy
             out.append(view)
     return out
-
-
-def _local_stem(folder: CorpusDir, key: tuple[str, str], entry: dict, scratch: Path) -> Path:
-    """The unit's shard stem on the local disk: where it is, or (object store) a checked copy in ``scratch``."""
-    stem = folder.shard_stem(*key)
-    if not is_remote(folder.root):
-        return Path(stem)
-    local = scratch / key[0] / key[1]
-    local.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, sha in ((".bin", entry.get("sha256_bin")), (".idx", entry.get("sha256_idx")), (".json", None)):
-        location.download(stem.with_suffix(suffix), local.with_suffix(suffix), sha256=sha)
-    return local

@@ -9,6 +9,9 @@ A file already there is hashed again each time a process syncs, so a cache left 
 a killed process, or damaged since, is fetched again, never trusted; files of units the ledger
 no longer lists are removed. A lock on the folder makes the processes of one machine download
 each file once between them.
+
+:func:`local_unit` is the one-unit version, for readers that open a few units at a time (inspect, the
+contamination scan): the unit where it lies, or a checked copy of it in a scratch folder.
 """
 from __future__ import annotations
 
@@ -90,6 +93,19 @@ def cache_corpus(root: ObjectPath, cache_root: str | Path, sources: Collection[s
         # corpus.json last: a reader that finds it finds every shard it lists in place
         atomic_write_bytes(folder / CORPUS_JSON, index)
     return result
+
+
+def local_unit(corpus: CorpusDir, source: str, unit: str, entry: dict, scratch: Path) -> Path:
+    """The unit's shard stem on the local disk: where it is, or (object store) a copy in ``scratch`` of its ``.bin``,
+    ``.idx`` (each checked against the ledger ``entry``'s sha256) and sidecar."""
+    stem = corpus.shard_stem(source, unit)
+    if not corpus.remote:
+        return Path(stem)
+    local = scratch / source / unit
+    local.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, sha in ((".bin", entry.get("sha256_bin")), (".idx", entry.get("sha256_idx")), (".json", None)):
+        location.download(stem.with_suffix(suffix), local.with_suffix(suffix), sha256=sha)
+    return local
 
 
 def _plain_name(name: str) -> bool:

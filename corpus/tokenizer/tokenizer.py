@@ -101,7 +101,8 @@ class Tokenizer:
         return self.sp.encode(self.normalize_text(text), add_bos=bos, add_eos=eos)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.sp.decode([int(i) for i in ids])
+        # an array's tolist() gives Python ints in one C pass: a shard's chunks are uint16 arrays
+        return self.sp.decode(ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids])
 
     def describe(self) -> dict:
         return {"spec": self.spec, "sha256": self.sha256, "vocab_size": self.vocab_size,
@@ -169,3 +170,15 @@ def segment_encoder(tokenizer: Tokenizer) -> SegmentEncoder:
 @lru_cache(maxsize=4)
 def load_tokenizer(spec: str = DEFAULT_MODEL, normalize: str = "NFC") -> Tokenizer:
     return Tokenizer(spec, normalize)
+
+
+def described_tokenizer(described: dict) -> Tokenizer:
+    """The tokenizer that ``Tokenizer.describe()`` recorded (a corpus.json's ``tokenizer``), refused (ValueError)
+    unless its model is the one recorded: text decoded with another would be wrong."""
+    spec, normalize = described.get("spec") or DEFAULT_MODEL, described.get("normalize") or "NFC"
+    tokenizer = load_tokenizer(spec, normalize)
+    want = described.get("sha256")
+    if want and tokenizer.sha256 != want:
+        raise ValueError(f"the tokenizer {spec!r} is {tokenizer.sha256[:12]} now, but the corpus was built with "
+                         f"{want[:12]}; its tokens would decode to the wrong text")
+    return tokenizer

@@ -1,5 +1,5 @@
-"""Evaluation with lm-evaluation-harness: the project's model as a harness LM (`lm`), the named task
-sets of OpenELM's tables with their published numbers (`tasks`), and a run of the harness on any model
+"""Evaluation with lm-evaluation-harness: the project's model as a harness LM (`lm`), Apple's published
+numbers for OpenELM's task sets (`tasks`; the sets and the loading of tasks are corpus.tasks'), and a run of the harness on any model
 folder (`harness`) that `elm-train eval` starts. The harness does the tasks, prompts and metrics; only
 the model's side (log-likelihoods, rolling log-likelihoods, generation) is written here.
 """

@@ -6,17 +6,15 @@ through `model.eval.lm.OpenELMLM` (or, with `backend="mlx"`, an MLX export throu
 `model.eval.mlx.MLXOpenELMLM`). A set's tasks run in groups of equal few-shot count and
 their results are merged into one lm-eval results dict.
 
-Task data comes through `datasets`: the Hub, or the local cache. When the Hub cannot be
-reached, the run goes offline before the harness loads anything, so a dataset missing from
-the cache fails in about a second with what to fetch, rather than after a minute of retries.
+Tasks are found and their data checked by corpus.tasks (which `elm-corpus contamination` shares): when the Hub
+cannot be reached, the run goes offline before the harness loads anything, so a dataset missing from the cache
+fails in about a second with what to fetch, rather than after a minute of retries.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
-import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from corpus.store.files import atomic_write_json, utc_now
-from model.eval.tasks import expand_tasks
+from corpus.tasks.manager import TaskError, go_offline_unless_hub_reachable, load_tasks, quiet_loading
+from corpus.tasks.manager import known_tasks_manager as _known_tasks_manager
+from corpus.tasks.manager import templates_compiled_once
+from corpus.tasks.sets import expand_tasks, task_names
 from model.hf_folder import load_hf_folder
 from model.presets import preset_name
 from model.source import ModelSource, resolve_source, resolve_tokenizer
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
     from model.train.config import TrainConfig
     from model.train.data import TrainingData
     from model.train.distributed import Cluster
-
-HUB_HOST = "huggingface.co"
-
 
 class EvalError(RuntimeError):
     """An evaluation that cannot run; the message names the task or dataset and what to do."""
@@ -48,21 +46,6 @@ class Evaluation:
     results: dict[str, Any]     # lm-eval's output: results, configs, versions, n-shot, (samples), config
     preset: str | None          # the preset the model's shapes are, if any
     source: ModelSource
-
-
-def go_offline_unless_hub_reachable(timeout: float = 3.0) -> bool:
-    """Set the Hugging Face offline switches when the Hub cannot be reached; True when offline.
-
-    Must run before `datasets` is imported (it reads the switches once).
-    """
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        return True
-    try:
-        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
-        return False
-    except OSError:
-        os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
-        return True
 
 
 def load_model(path: str | Path, tokenizer: str | None = None, device: str = "auto", step: int | None = None,
@@ -158,22 +141,10 @@ def _merge(into: dict, out: dict) -> None:
 
 def _check_data(manager, tasks: list[str]) -> None:
     """Load each task's data now, so that missing datasets are one clear error naming every one and how to fetch it."""
-    missing = []
-    for task in dict.fromkeys(tasks):
-        try:
-            manager.load([task])
-        except Exception as e:  # datasets raises many kinds (ConnectionError, FileNotFoundError, DatasetNotFound...)
-            cfg = (manager.task_index[task].cfg or {}) if task in manager.task_index else {}
-            dataset = cfg.get("dataset_path") or "its dataset"
-            name = cfg.get("dataset_name")
-            fetch = f"datasets.load_dataset({dataset!r}" + (f", {name!r}" if name else "") + ")"
-            missing.append(f"  {task}: cannot load {dataset}{f' ({name})' if name else ''}: "
-                           f"{str(e).splitlines()[0][:200]}; fetch: python -c \"import datasets; {fetch}\"")
-    if missing:
-        raise EvalError(
-            f"the data of {len(missing)} task(s) is missing. Task data comes through the `datasets` library: where "
-            f"the Hub is reachable, fetch each once as shown (it lands in ~/.cache/huggingface/datasets, or "
-            f"$HF_DATASETS_CACHE), then evaluate with HF_DATASETS_OFFLINE=1\n" + "\n".join(missing))
+    try:
+        load_tasks(manager, tasks)
+    except TaskError as e:
+        raise EvalError(str(e)) from None
 
 
 def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float | None = None,
@@ -211,16 +182,6 @@ def _environment() -> dict[str, Any]:
     return info
 
 
-@functools.lru_cache(maxsize=1024)
-def _compiled_template(template: str):
-    from lm_eval.utils import env
-    return env.from_string(template)
-
-
-def _apply_template(template: str, doc: dict) -> str:
-    return _compiled_template(template).render(**doc)
-
-
 @contextlib.contextmanager
 def _harness_work_done_once():
     """Two pieces of the harness's fixed work, done once per process instead of on every use; the output is the same.
@@ -233,14 +194,13 @@ def _harness_work_done_once():
       three or more times per document. Compiled once here, they render the same text.
     """
     import lm_eval.evaluator as evaluator
-    import lm_eval.utils as harness_utils
-    originals = evaluator.add_env_info, harness_utils.apply_template
+    original = evaluator.add_env_info
     evaluator.add_env_info = lambda storage: storage.update(_environment())
-    harness_utils.apply_template = _apply_template
     try:
-        yield
+        with templates_compiled_once():
+            yield
     finally:
-        evaluator.add_env_info, harness_utils.apply_template = originals
+        evaluator.add_env_info = original
 
 
 QUIET = "TQDM_DISABLE"  # set while the harness is quiet; OpenELMLM reads it for its "Tokenizing inputs" bar
@@ -254,25 +214,18 @@ def _harness_quiet(quiet: bool):
     if not quiet:
         yield
         return
-    import datasets
     import lm_eval.api.task as harness_task
     import lm_eval.evaluator as evaluator
-    logger = logging.getLogger("lm_eval")
-    level, bars, commit, task_bar = logger.level, os.environ.get(QUIET), evaluator.get_git_commit_hash, harness_task.tqdm
-    data_bars = datasets.utils.logging.is_progress_bar_enabled()
-    logger.setLevel(logging.ERROR)
+    bars, commit, task_bar = os.environ.get(QUIET), evaluator.get_git_commit_hash, harness_task.tqdm
     os.environ[QUIET] = "1"
     evaluator.get_git_commit_hash = _git_commit
     # tqdm reads TQDM_DISABLE once, when imported; the harness's request-building bar has no switch of its own
     harness_task.tqdm = functools.partial(task_bar, disable=True)
-    datasets.utils.logging.disable_progress_bar()
     try:
-        yield
+        with quiet_loading():  # the metric notes and the data-loading bars
+            yield
     finally:
-        logger.setLevel(level)
         evaluator.get_git_commit_hash, harness_task.tqdm = commit, task_bar
-        if data_bars:
-            datasets.utils.logging.enable_progress_bar()
         if bars is None:
             os.environ.pop(QUIET, None)
         else:
@@ -292,28 +245,10 @@ def _git_commit() -> str | None:
 
 def known_tasks_manager(tasks: list[str], include_path: str | None):
     """The task manager that knows every one of `tasks`; an unknown name is refused with where it was looked for."""
-    manager = task_manager_for(tasks, include_path)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise EvalError(f"unknown task(s) {', '.join(unknown)}: not lm-eval tasks, nor in --include-path "
-                        f"{include_path or '(none given)'}, nor a task set of this project")
-    return manager
-
-
-@functools.lru_cache(maxsize=4)
-def _task_manager(include_path: str | None, defaults: bool):
-    from lm_eval.tasks import TaskManager
-    return TaskManager(include_path=include_path, include_defaults=defaults)
-
-
-def task_manager_for(tasks: list[str], include_path: str | None):
-    """lm-eval's TaskManager, built once per process and folder. Indexing lm-eval's own ~14,000 task files
-    takes seconds, so tasks that are all in `include_path` are found without it."""
-    if include_path:
-        local = _task_manager(str(include_path), False)
-        if all(t in local.all_tasks for t in tasks):
-            return local
-    return _task_manager(str(include_path) if include_path else None, True)
+    try:
+        return _known_tasks_manager(tasks, include_path)
+    except TaskError as e:
+        raise EvalError(str(e)) from None
 
 
 def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -357,7 +292,7 @@ def training_evaluator(tokenizer_spec: str, tokenizer_sha256: str, tasks: str, l
     if tokenizer.sha256 != tokenizer_sha256:
         raise EvalError(f"--eval-tasks: the tokenizer {tokenizer_spec} is not the one the corpus was built with")
     go_offline_unless_hub_reachable()
-    names = [t for t, _ in expand_tasks(tasks)]
+    names = task_names(tasks)
     try:
         _check_data(known_tasks_manager(names, include_path), names)
     except EvalError as e:

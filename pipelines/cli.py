@@ -18,6 +18,7 @@ def _build(args) -> int:
     from corpus.inspection.health import corpus_warnings
     from corpus.store.layout import CorpusWriteError
     from pipelines.build import BuildRefused, build
+    from pipelines.dedup import DedupFailed
     try:
         result = build(args.manifest, out_dir=args.out, sample=args.sample, workers=args.workers,
                        address=args.address, force=args.force, progress=not args.no_progress)
@@ -27,6 +28,9 @@ def _build(args) -> int:
     except CorpusWriteError as e:
         print(f"elm-corpus build: stopped: {e}", file=sys.stderr)
         return 4
+    except DedupFailed as e:
+        print(f"elm-corpus build: stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("elm-corpus build: interrupted; finished units are kept, run the same command to resume",
               file=sys.stderr)

@@ -50,6 +50,10 @@ Key = tuple[int, str, int]  # (source index, unit id, position)
 _SIGN_BATCH = 256  # records signed per rensa call
 
 
+class DedupFailed(RuntimeError):
+    """Some unit could not be signed: removals are decided over every unit, so no unit is tokenized yet."""
+
+
 @dataclass(frozen=True)
 class DedupJob:
     """What a dedup task needs: the settings, the sources in manifest order, the text rules, where the corpus is."""
@@ -203,7 +207,8 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
               progress=None) -> dict:
     """Passes 1 to 3 for the plan's ``units`` (Ray already started); returns ``dedup/result.json``'s record.
 
-    Refuses (RuntimeError) to go on when a unit could not be signed: removals must be decided over every unit.
+    Raises :class:`DedupFailed` when a unit could not be signed (after every other unit is): removals must be
+    decided over every unit, and a unit tokenized before a rerun could sign the rest would keep its duplicates.
     """
     from pipelines.runner import in_flight
     import ray
@@ -222,7 +227,7 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
         if progress is not None:
             progress()
     if failures:
-        raise RuntimeError(f"deduplication could not read {len(failures)} unit(s); fix them and rerun the same "
+        raise DedupFailed(f"deduplication could not read {len(failures)} unit(s); fix them and rerun the same "
                            f"build (signed units are kept): " + "; ".join(failures[:5]))
     order = {name: i for i, name in enumerate(job.sources)}
     in_key_order = sorted(((u.source, u.unit_id) for u in units), key=lambda k: (order[k[0]], k[1]))

@@ -7,6 +7,11 @@ original, computed directly, not by how it was made: threshold 0.8, so near copi
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,30 +20,36 @@ import pytest
 from corpus.store.layout import CorpusDir, read_corpus_json
 from corpus.text.readers import read_slice
 from pipelines.build import build
+from pipelines.cli import main as cli_main
 from pipelines.dedup import EXACT, NEAR, read_removals
 from pipelines.plan import WorkUnit
 from planted_duplicates import planted_sources
 
 SOURCES = ("first", "second")
-UNIT_BYTES = 60_000  # several units per source, so pairs cross units as well as sources
+FILES = 4  # per source: a unit each at least, so pairs cross units as well as sources, and a kill lands between
+UNIT_BYTES = 60_000  # and more units than files in the shared build
 
 
 def write_planted(root: Path, scope: str = "corpus") -> tuple[Path, dict, list]:
+    """The planted sources as ``<source>-<i>.jsonl`` files under ``root`` and a manifest deduplicating them."""
     documents, plants = planted_sources()
     for s, name in enumerate(SOURCES):
         texts = [documents[(s, p)] for p in range(sum(1 for k in documents if k[0] == s))]
-        (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        per_file = -(-len(texts) // FILES)
+        for i in range(FILES):
+            part = texts[i * per_file:(i + 1) * per_file]
+            (root / f"{name}-{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
     manifest = root / f"planted-{scope}.yaml"
     manifest.write_text(
         f"name: planted-{scope}\ntext: {{min_tokens: 16, min_chars: 50}}\nsources:\n" + "".join(
-            f"  - name: {name}\n    group: g{s}\n    upstream: {{files: [\"{root}/{name}.jsonl\"]}}\n"
+            f"  - name: {name}\n    group: g{s}\n    upstream: {{files: [\"{root}/{name}-*.jsonl\"]}}\n"
             f"    format: jsonl\n    tokens: 1M\n" for s, name in enumerate(SOURCES)) +
         f"dedup:\n  exact: true\n  near: {{threshold: 0.8, ngram: 5, permutations: 128}}\n  scope: {scope}\n")
     return manifest, documents, plants
 
 
 def removed_documents(out: Path) -> dict[tuple[int, int], tuple[str, str]]:
-    """``(source, line of its file) -> (reason, source of the copy kept)`` of every document the build removed."""
+    """``(source, position in the source) -> (reason, source of the copy kept)`` of every document removed."""
     corpus = CorpusDir(out)
     plan = json.loads((out / "plan.json").read_text())["units"]
     found = {}
@@ -55,9 +66,12 @@ def removed_documents(out: Path) -> dict[tuple[int, int], tuple[str, str]]:
 
 
 def _line_starts(path: Path) -> dict[int, int]:
+    """Byte offset of each line of one of a source's files -> the document's position in the whole source."""
+    name, i = path.stem.rsplit("-", 1)
+    before = sum(len(path.with_name(f"{name}-{j}.jsonl").read_bytes().splitlines()) for j in range(int(i)))
     starts, offset = {}, 0
-    for i, line in enumerate(path.read_bytes().splitlines(keepends=True)):
-        starts[offset] = i
+    for line_number, line in enumerate(path.read_bytes().splitlines(keepends=True)):
+        starts[offset] = before + line_number
         offset += len(line)
     return starts
 
@@ -113,3 +127,54 @@ def test_one_worker_removes_the_same_documents_and_writes_the_same_bytes(planted
 def _files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for sub in ("shards", "dedup") for p in sorted(
         (out / sub).rglob("*")) if p.is_file()}
+
+
+def _count(folder: Path, pattern: str) -> int:
+    return len(list(folder.rglob(pattern))) if folder.exists() else 0
+
+
+def _kill_when(manifest: Path, out: Path, reached) -> None:
+    """Run the CLI build with one worker; when ``reached(out)`` holds, freeze the driver's process group (no task
+    is handed out, nothing more is decided), check it still holds (the pass is not over), and SIGKILL it there."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out", str(out),
+                             "--workers", "1", "--no-progress"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not reached(out):
+            assert proc.poll() is None, f"the build ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "the build did not reach the kill point within 120 s"
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        assert reached(out), "the pass ended before the build could be frozen in it"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_build_killed_in_the_signature_pass_and_in_the_token_pass_resumes_to_the_same_bytes(planted, tmp_path):
+    result, _, _ = planted
+    manifest = result.out_dir.parent / "planted-corpus.yaml"
+    clean = build(manifest, tmp_path / "clean", workers=2, progress=False)  # default units: one per file
+    units = clean.units_total
+    out = tmp_path / "killed"
+    _kill_when(manifest, out, lambda o: 0 < _count(o / "dedup" / "signatures", "[!.]*.npz") < units
+               and not (o / "dedup" / "result.json").exists())
+    _kill_when(manifest, out, lambda o: 0 < _count(o / "ledger", "[!.]*.json") < units)
+    resumed = build(manifest, out, workers=2, progress=False)
+    assert resumed.status == "complete" and resumed.units_skipped > 0
+    assert _files(out) == _files(clean.out_dir)
+
+
+def test_a_unit_that_cannot_be_signed_stops_the_build_before_any_unit_is_tokenized(tmp_path, ray_session, capsys):
+    manifest, _, _ = write_planted(tmp_path)
+    good = (tmp_path / "second-2.jsonl").read_bytes()
+    (tmp_path / "second-2.jsonl").write_bytes(b"\xff\xfe not text at all \x00" * 100)
+    assert cli_main(["build", str(manifest), "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("elm-corpus build: stopped: deduplication could not read 1 unit(s)")
+    assert "second/00002-00000" in err[0]
+    assert _count(tmp_path / "out" / "ledger", "*.json") == 0
+    (tmp_path / "second-2.jsonl").write_bytes(good)
+    assert build(manifest, tmp_path / "out", workers=2, progress=False).status == "complete"

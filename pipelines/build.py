@@ -138,9 +138,10 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
         # and the listing are let go: at the full OpenELM scale (98k units) a rerun of a finished build would
         # otherwise hold them all beside the index it assembles.
         pending = [WorkUnit.from_dict(d) for d in plan["units"] if (d["source"], d["unit"]) not in done]
-        # deduplication decides over every unit, so it needs them all until it is done
+        # deduplication decides over every unit, so it needs them all until it is done (a repair that found its
+        # files damaged removes its result: the search is redone, and writes the same files again)
         dedup_units = ([WorkUnit.from_dict(d) for d in plan["units"]]
-                       if manifest.dedup is not None and pending and dedup_done(corpus) is None else None)
+                       if manifest.dedup is not None and dedup_done(corpus) is None else None)
         units = plan_units(plan)
         plan = {k: v for k, v in plan.items() if k != "units"}
         del done
@@ -151,14 +152,15 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
             corpus.write_index(index)
             return index
 
-        if pending:  # corpus.json reads every ledger entry: a rerun with nothing to do assembles it once, at the end
+        if pending or dedup_units:  # corpus.json reads every ledger entry: a rerun with nothing to do assembles it
+            # once, at the end
             write_index("building", None)
         skipped = total - len(pending)
         failed: list[dict] = []
         full: list[dict] = []  # units stopped by a full disk or the store: no new unit starts after the first
         ran, started_ray, interrupted, bar = 0, False, True, None
         try:
-            if pending:
+            if pending or dedup_units:
                 bar = BuildProgress(progress, total, skipped, started=t0)  # shown while Ray starts
                 started_ray = start_ray(workers, address)
                 env = tuple(sorted(location.store_environment().items())) if corpus.remote else ()

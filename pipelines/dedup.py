@@ -25,6 +25,7 @@ The token pass (pipelines/unit.py) then skips the removed records and counts the
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections import Counter
@@ -40,6 +41,7 @@ from corpus.cleaning.minhash import SCHEME, band_keys, signatures, similarity
 from corpus.cleaning.words import normalised
 from corpus.manifest import Dedup, Manifest
 from corpus.store import location
+from corpus.store.files import json_bytes
 from corpus.store.layout import DEDUP_DIR, CorpusDir
 from corpus.text.readers import BadRecord, read_slice
 from corpus.text.rules import CoreNetRules
@@ -101,8 +103,12 @@ def sign_unit(job: DedupJob, unit_dict: dict) -> dict:
     return {"source": unit.source, "unit": unit.unit_id, "documents": len(positions)}
 
 
-def _load(corpus: CorpusDir, source: str, unit: str) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(location.read_bytes(corpus.signatures_path(source, unit)))) as held:
+def _load(corpus: CorpusDir, source: str, unit: str, hashes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """A unit's signatures file; its sha256 goes into ``hashes`` (by ``source/unit``) when given."""
+    data = location.read_bytes(corpus.signatures_path(source, unit))
+    if hashes is not None:
+        hashes[f"{source}/{unit}"] = hashlib.sha256(data).hexdigest()
+    with np.load(io.BytesIO(data)) as held:
         return {k: held[k] for k in held.files}
 
 
@@ -127,9 +133,10 @@ def find_in_shard(job: DedupJob, task: tuple[int, int, list[tuple[str, str]]]) -
     exact_seen: dict[tuple, Key] = {}
     exact_pairs: list[tuple[Key, Key]] = []
     buckets: dict[tuple[int, int], list[Key]] = {}
+    hashes: dict[str, str] | None = {} if shard == 0 else None  # one shard records what every file held
     for source, unit in units:  # in key order, so the first key seen in a bucket is its smallest
         s = job.sources.index(source)
-        data = _load(corpus, source, unit)
+        data = _load(corpus, source, unit, hashes)
         positions = data["positions"].tolist()
         exact = data["exact"]
         if job.dedup.exact:
@@ -150,7 +157,7 @@ def find_in_shard(job: DedupJob, task: tuple[int, int, list[tuple[str, str]]]) -
         candidates = {(a, b) for members in buckets.values() if len(members) > 1
                       for i, a in enumerate(members) for b in members[i + 1:]}
         near_pairs = _confirmed(corpus, job, candidates)
-    return {"exact": exact_pairs, "near": near_pairs}
+    return {"exact": exact_pairs, "near": near_pairs, "sha256": hashes}
 
 
 def _confirmed(corpus: CorpusDir, job: DedupJob, candidates: set[tuple[Key, Key]]) -> list[tuple[Key, Key]]:
@@ -232,19 +239,22 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
     order = {name: i for i, name in enumerate(job.sources)}
     in_key_order = sorted(((u.source, u.unit_id) for u in units), key=lambda k: (order[k[0]], k[1]))
     shards = max(1, workers)
-    exact_pairs, near_pairs = [], []
+    exact_pairs, near_pairs, signature_hashes = [], [], {}
     for _, ref in in_flight(find_in_shard, job, range(shards), lambda s: (s, shards, in_key_order), workers,
                             env=store_env or None):
         found = ray.get(ref)
         exact_pairs += found["exact"]
         near_pairs += found["near"]
+        signature_hashes.update(found["sha256"] or {})
     removed = resolve(exact_pairs, near_pairs)
-    files = removal_files(removed, job.sources)
-    for (source, unit), record in files.items():
+    removal_hashes = {}
+    for (source, unit), record in removal_files(removed, job.sources).items():
         location.write_json(corpus.removed_path(source, unit), record)
+        removal_hashes[f"{source}/{unit}"] = hashlib.sha256(json_bytes(record)).hexdigest()
     reasons = Counter(reason for reason, _ in removed.values())
-    # no time in it: a killed search redone writes the same bytes
+    # No time in it: a killed search redone writes the same bytes. The hashes are what `elm-corpus verify` checks.
     result = {"settings": manifest.dedup.model_dump(mode="json"), "scheme": SCHEME, "units": len(units),
-              "removed": dict(sorted(reasons.items())), "units_with_removals": sorted(f"{s}/{u}" for s, u in files)}
+              "removed": dict(sorted(reasons.items())), "signatures_sha256": dict(sorted(signature_hashes.items())),
+              "removals_sha256": dict(sorted(removal_hashes.items()))}
     location.write_json(corpus.dedup_result_path, result)
     return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 import pytest
 
 from corpus.store.layout import CorpusDir, read_corpus_json
+from corpus.store.verify import verify
 from corpus.text.readers import read_slice
 from pipelines.build import build
 from pipelines.cli import main as cli_main
@@ -178,3 +180,27 @@ def test_a_unit_that_cannot_be_signed_stops_the_build_before_any_unit_is_tokeniz
     assert _count(tmp_path / "out" / "ledger", "*.json") == 0
     (tmp_path / "second-2.jsonl").write_bytes(good)
     assert build(manifest, tmp_path / "out", workers=2, progress=False).status == "complete"
+
+
+def test_verify_finds_damaged_dedup_files_and_repair_then_build_restores_them(planted, tmp_path):
+    result, _, _ = planted
+    folder = Path(shutil.copytree(result.out_dir, tmp_path / "copy"))
+    assert verify(folder).ok
+    signatures = sorted((folder / "dedup" / "signatures").rglob("*.npz"))[3]
+    removals = sorted((folder / "dedup" / "removed").rglob("*.json"))[0]
+    with open(signatures, "r+b") as f:  # one bit of rot
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 1]))
+    removals.write_text(removals.read_text().replace("duplicate_", "duplicate-"))
+    found = verify(folder)
+    assert not found.ok and not found.damaged  # the folder's files, not a unit's
+    named = "\n".join(found.problems)
+    assert signatures.relative_to(folder).as_posix() in named and removals.relative_to(folder).as_posix() in named
+    assert found.next_command and "elm-corpus build" in found.next_command
+    verify(folder, repair=True)
+    assert not signatures.exists() and not (folder / "dedup" / "result.json").exists()
+    rebuilt = build(result.out_dir.parent / "planted-corpus.yaml", folder, workers=2, progress=False)
+    assert rebuilt.status == "complete" and rebuilt.units_run == 0
+    assert _files(folder) == _files(result.out_dir) and verify(folder).ok

@@ -34,7 +34,7 @@ from corpus.manifest import Manifest
 from corpus.store import location
 from corpus.store.counts import UnitCounts
 from corpus.store.index import corpus_index, plan_units
-from corpus.store.layout import CORPUS_JSON, PLAN_JSON, SHARDS_DIR, CorpusDir, NotACorpus
+from corpus.store.layout import CORPUS_JSON, DEDUP_DIR, PLAN_JSON, SHARDS_DIR, CorpusDir, NotACorpus
 from corpus.store.location import ObjectPath, StorePath
 from corpus.store.shards import TOKEN_DTYPE, Shard, ShardIndex, read_index
 
@@ -95,6 +95,7 @@ class Verification:
     locked: bool = False           # the folder's build lock was held while checking (no build could write)
     repaired: list[str] = field(default_factory=list)   # files removed by --repair, relative to the folder
     pending: int = 0               # units of plan.json without a ledger entry and not damaged: a build's work left
+    dedup_damaged: list[str] = field(default_factory=list)  # deduplication's files that differ from its result
     planned: int = 0               # units plan.json holds (0: no plan)
     next_command: str | None = None                      # what to run after a repair, or for the pending units
 
@@ -280,12 +281,56 @@ def _inspect(root: StorePath, deep: bool, progress: Callable[[int, int], None] |
             if damage is not None:
                 result.units_checked += 1
                 result.damaged.append(damage)
+        _check_dedup(corpus, corpus_json, bool(ledger), result)
         damaged = {(d.source, d.unit) for d in result.damaged}
         result.planned = len(planned)
         result.pending = len(planned - set(ledger) - damaged)
-        if result.pending:
+        if result.pending or result.dedup_damaged:
             result.next_command = rebuild_command(root, corpus_json, plan)
     return result
+
+
+def _check_dedup(corpus: CorpusDir, corpus_json: dict, any_done: bool, result: Verification) -> None:
+    """Deduplication's files against the hashes its result recorded (signatures per unit, removals per unit).
+
+    Damage there is the folder's, not a unit's: the removals were decided over every unit at once. A repair removes
+    the damaged files and the result; the next build signs the missing units and searches again, which writes the
+    same removals, so the finished shards stay valid.
+    """
+    dedup = ((corpus_json.get("manifest") or {}).get("dump") or {}).get("dedup")
+    try:
+        record = location.read_json(corpus.dedup_result_path)
+    except ValueError as e:
+        record, problem = None, f"{corpus.relative(corpus.dedup_result_path)} is {e}"
+        result.problems.append(problem)
+        result.dedup_damaged.append(corpus.relative(corpus.dedup_result_path))
+    if record is None:
+        if dedup and any_done and not result.dedup_damaged:
+            result.problems.append(f"{corpus.relative(corpus.dedup_result_path)} is missing, but units were "
+                                   f"tokenized with its removals")
+            result.dedup_damaged.append(corpus.relative(corpus.dedup_result_path))
+        return
+    recorded = [(corpus.signatures_path(*key.split("/")), sha) for key, sha in record["signatures_sha256"].items()]
+    recorded += [(corpus.removed_path(*key.split("/")), sha) for key, sha in record["removals_sha256"].items()]
+    for path, sha in recorded:
+        if _size(path) is None:
+            found = "is missing"
+        else:
+            digest = hashlib.sha256()
+            for block in _blocks(path):
+                digest.update(block)
+                result.bytes_hashed += len(block)
+            found = None if digest.hexdigest() == sha else f"has sha256 {digest.hexdigest()[:12]}, not {sha[:12]}"
+        if found:
+            result.problems.append(f"{corpus.relative(path)} {found} (as dedup/result.json records)")
+            result.dedup_damaged.append(corpus.relative(path))
+    stray = set(location.list_files(corpus.root / DEDUP_DIR / "removed")) - {
+        f"{key}.json" for key in record["removals_sha256"]}
+    for rel in sorted(r for r in stray if not r.rsplit("/", 1)[-1].startswith(".")):
+        result.problems.append(f"{DEDUP_DIR}/removed/{rel} is not in dedup/result.json")
+        result.dedup_damaged.append(f"{DEDUP_DIR}/removed/{rel}")
+    if result.dedup_damaged:
+        result.dedup_damaged.append(corpus.relative(corpus.dedup_result_path))
 
 
 def _require_corpus(root: StorePath) -> None:
@@ -343,6 +388,9 @@ def verify(corpus_dir: str | Path | ObjectPath, repair: bool = False,
 
 
 def _repair(corpus: CorpusDir, result: Verification) -> None:
+    for rel in dict.fromkeys(result.dedup_damaged):
+        if location.remove(corpus.root / rel):
+            result.repaired.append(rel)
     for damage in result.damaged:
         if corpus.is_done(damage.source, damage.unit):
             removed = corpus.forget_unit(damage.source, damage.unit)

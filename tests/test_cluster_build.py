@@ -23,7 +23,9 @@ import psutil
 from corpus.store import location
 from corpus.store.layout import read_corpus_json
 from pipelines.cli import main as cli_main
+from pipelines.build import build
 from ray_cluster import TwoNodeCluster
+from test_dedup import write_planted
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "openelm.yaml"
@@ -104,11 +106,30 @@ def build_losing_the_worker_node(out: str | Path, mirror: Path, total: int, log:
     return done_at_removal
 
 
+def dedup_build_on_both_nodes(cluster: TwoNodeCluster, root: Path) -> None:
+    """A deduplicating build (tests/test_dedup.py's planted sources) driven on the cluster before it loses a node:
+    its signatures, search and token passes spread over both nodes, and it writes the bytes of a local build."""
+    manifest, _, _ = write_planted(root)
+    local = build(manifest, root / "local", workers=2, progress=False)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out",
+                           str(root / "cluster"), "--address", cluster.address, "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for sub in ("shards", "dedup"):
+        mine = {p.relative_to(local.out_dir).as_posix(): p.read_bytes()
+                for p in sorted((local.out_dir / sub).rglob("*")) if p.is_file()}
+        theirs = {p.relative_to(root / "cluster").as_posix(): p.read_bytes()
+                  for p in sorted((root / "cluster" / sub).rglob("*")) if p.is_file()}
+        assert mine and theirs == mine, sub
+
+
 def test_a_build_that_loses_its_worker_node_half_way_ends_byte_identical_to_a_local_build(
         sample_corpus, sample_mirror, tmp_path):
     total = sample_corpus.units_total
     out = tmp_path / "openelm-sample"
-    build_losing_the_worker_node(out, sample_mirror, total, tmp_path / "build.log")
+    build_losing_the_worker_node(out, sample_mirror, total, tmp_path / "build.log",
+                                 node_check=lambda cluster: dedup_build_on_both_nodes(cluster, tmp_path))
 
     index = read_corpus_json(out)
     assert index["status"] == "complete" and not index["failed_units"]

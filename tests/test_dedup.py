@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from corpus.store import location
 from corpus.store.layout import CorpusDir, read_corpus_json
 from corpus.store.verify import verify
 from corpus.text.readers import read_slice
@@ -204,3 +205,15 @@ def test_verify_finds_damaged_dedup_files_and_repair_then_build_restores_them(pl
     rebuilt = build(result.out_dir.parent / "planted-corpus.yaml", folder, workers=2, progress=False)
     assert rebuilt.status == "complete" and rebuilt.units_run == 0
     assert _files(folder) == _files(result.out_dir) and verify(folder).ok
+
+
+def test_a_dedup_build_on_the_s3_server_writes_the_local_builds_bytes(planted, s3_server):
+    result, _, _ = planted
+    uri = f"{s3_server.bucket('elm-dedup')}/planted"
+    remote = build(result.out_dir.parent / "planted-corpus.yaml", uri, workers=2, progress=False,
+                   unit_bytes=UNIT_BYTES)
+    assert remote.status == "complete"
+    root = location.at(uri)
+    keys = [k for k in location.list_files(root) if k.split("/")[0] in ("shards", "dedup")]
+    assert {k: location.read_bytes(root / k) for k in keys} == _files(result.out_dir)
+    assert verify(uri).ok

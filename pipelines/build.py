@@ -99,23 +99,27 @@ def _move_aside(out: StorePath, old_fingerprint: str) -> Path:
 
 def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | None = None, sample: bool = False,
           workers: int | None = None, address: str | None = None, force: bool = False, progress: bool = True,
-          unit_bytes: int = DEFAULT_UNIT_BYTES, mirror_root: str | Path | None = None) -> BuildResult:
+          unit_bytes: int = DEFAULT_UNIT_BYTES, mirror_root: str | Path | None = None,
+          dedup_only: bool = False) -> BuildResult:
     """Build or resume a corpus; see the module docstring.
 
     ``unit_bytes`` applies when a plan is first made; ``mirror_root`` is where the sample
-    mirror lives (default ``data_root()/sample``).
+    mirror lives (default ``data_root()/sample``). ``dedup_only``: plan and deduplicate, tokenize nothing
+    (`elm-corpus dedup`: what a live stream of the manifest reads; a later build of the folder goes on from there).
     """
     started, t0 = utc_now(), time.perf_counter()
     require_token_auth()  # before any folder is made: a refused Ray must leave nothing behind
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
+    if dedup_only and manifest.dedup is None:
+        raise ValueError(f"manifest {manifest.name} has no dedup block: nothing to deduplicate (docs/cleaning.md)")
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     for s in manifest.sources:  # bad filter params fail here, before any work starts
         build_filters(s.filters, where=f"source {s.name}: ")
     out = location.at(out_dir) if out_dir is not None else default_corpus_dir(manifest.name, sample)
     try:
         return _build(manifest, tokenizer, out, sample, workers, address, force, progress, unit_bytes,
-                      mirror_root, started, t0)
+                      mirror_root, started, t0, dedup_only)
     except OSError as e:  # the driver's own reads and writes: plan, corpus.json, ledger, failed entries, the lock
         if not stops_build(e):
             raise
@@ -124,7 +128,7 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | No
 
 def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: bool, workers: int | None,
            address: str | None, force: bool, progress: bool, unit_bytes: int, mirror_root: str | Path | None,
-           started: str, t0: float) -> BuildResult:
+           started: str, t0: float, dedup_only: bool) -> BuildResult:
     with ExitStack() as held:
         corpus = _hold(held, CorpusDir(out))
         plan, moved = _check_plan(corpus, manifest, tokenizer, sample, force)
@@ -138,6 +142,9 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
         # and the listing are let go: at the full OpenELM scale (98k units) a rerun of a finished build would
         # otherwise hold them all beside the index it assembles.
         pending = [WorkUnit.from_dict(d) for d in plan["units"] if (d["source"], d["unit"]) not in done]
+        left = len(pending)
+        if dedup_only:
+            pending = []  # no unit is tokenized
         # deduplication decides over every unit, so it needs them all until it is done (a repair that found its
         # files damaged removes its result: the search is redone, and writes the same files again)
         dedup_units = ([WorkUnit.from_dict(d) for d in plan["units"]]
@@ -155,7 +162,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
         if pending or dedup_units:  # corpus.json reads every ledger entry: a rerun with nothing to do assembles it
             # once, at the end
             write_index("building", None)
-        skipped = total - len(pending)
+        skipped = total - left
         failed: list[dict] = []
         full: list[dict] = []  # units stopped by a full disk or the store: no new unit starts after the first
         ran, started_ray, interrupted, bar = 0, False, True, None
@@ -169,7 +176,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
                     run_dedup(manifest, corpus, dedup_units, workers or cluster_cpus(), dict(env), bar.step)
                     bar.phase(None)
                     dedup_units = None
-                job = BuildJob(UnitJob.of(manifest, tokenizer), str(out), env)
+                job = BuildJob(UnitJob.of(manifest, tokenizer, dedup_dir=str(out) if manifest.dedup else None),
+                               str(out), env)
                 for summary in run_units(job, pending, workers or cluster_cpus(), stop=lambda: bool(full)):
                     if summary["status"] == "stopped":
                         full.append(summary)
@@ -181,7 +189,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
             interrupted = False
         finally:
             try:
-                status = "partial" if interrupted or full else ("failed" if failed else "complete")
+                status = ("partial" if interrupted or full or (dedup_only and left)
+                          else ("failed" if failed else "complete"))
                 try:
                     index = write_index(status, utc_now())
                 except OSError as e:

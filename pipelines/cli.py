@@ -19,24 +19,33 @@ def _build(args) -> int:
     from corpus.store.layout import CorpusWriteError
     from pipelines.build import BuildRefused, build
     from pipelines.dedup import DedupFailed
+    command = f"elm-corpus {args.command}"
     try:
         result = build(args.manifest, out_dir=args.out, sample=args.sample, workers=args.workers,
-                       address=args.address, force=args.force, progress=not args.no_progress)
+                       address=args.address, force=args.force, progress=not args.no_progress,
+                       dedup_only=args.command == "dedup")
     except BuildRefused as e:
-        print(f"elm-corpus build: refused: {e}", file=sys.stderr)
+        print(f"{command}: refused: {e}", file=sys.stderr)
         return 3
     except CorpusWriteError as e:
-        print(f"elm-corpus build: stopped: {e}", file=sys.stderr)
+        print(f"{command}: stopped: {e}", file=sys.stderr)
         return 4
     except DedupFailed as e:
-        print(f"elm-corpus build: stopped: {e}", file=sys.stderr)
+        print(f"{command}: stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("elm-corpus build: interrupted; finished units are kept, run the same command to resume",
-              file=sys.stderr)
+        print(f"{command}: interrupted; finished units are kept, run the same command to resume", file=sys.stderr)
         return 130
     if result.moved_aside:
         print(f"moved the old build aside to {result.moved_aside}")
+    if args.command == "dedup":
+        from corpus.store.layout import CorpusDir
+        from pipelines.dedup import dedup_done
+        removed = dedup_done(CorpusDir(result.out_dir))["removed"]
+        print(f"{result.out_dir}: deduplicated {result.units_total} units in {result.seconds:.1f}s; removes "
+              f"{removed.get('duplicate_exact', 0):,} exact and {removed.get('duplicate_near', 0):,} near duplicates; "
+              f"'elm-corpus build' of this folder and 'elm-train --stream' of the manifest leave them out")
+        return 0
     totals = result.corpus["totals"]
     print(f"{result.out_dir}: {result.status}; units {result.units_total} "
           f"({result.units_skipped} already done, {result.units_run} run) in {result.seconds:.1f}s; "
@@ -184,16 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build or resume the corpus a manifest names")
-    b.add_argument("manifest", help="the manifest YAML (e.g. manifests/openelm.yaml)")
-    b.add_argument("--sample", action="store_true", help="read the offline sample mirror instead of upstream")
-    b.add_argument("--out", metavar="URI", help="output folder or URI, e.g. s3://bucket/prefix (default "
-                   f"{corpora}/<name>, or <name>-sample with --sample)")
-    b.add_argument("--workers", type=int, default=None, help="parallel workers (default: the machine's or the "
-                   "cluster's CPUs)")
-    b.add_argument("--address", default=None, help="Ray cluster address, host:port (default: a local Ray)")
-    b.add_argument("--force", action="store_true", help="rebuild into a fresh folder when the manifest changed")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    b.set_defaults(func=_build)
+    d = sub.add_parser("dedup", help="find the duplicates a manifest's dedup block removes, tokenizing nothing "
+                       "(what --stream training reads; a later build of the folder goes on from there)")
+    for parser in (b, d):  # the same folder, the same plan: what dedup finds, the build and a stream use
+        parser.add_argument("manifest", help="the manifest YAML (e.g. manifests/openelm.yaml)")
+        parser.add_argument("--sample", action="store_true", help="read the offline sample mirror instead of upstream")
+        parser.add_argument("--out", metavar="URI", help="output folder or URI, e.g. s3://bucket/prefix (default "
+                            f"{corpora}/<name>, or <name>-sample with --sample)")
+        parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: the machine's or "
+                            "the cluster's CPUs)")
+        parser.add_argument("--address", default=None, help="Ray cluster address, host:port (default: a local Ray)")
+        parser.add_argument("--force", action="store_true", help="rebuild into a fresh folder when the manifest "
+                            "changed")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.set_defaults(func=_build)
 
     s = sub.add_parser("stats", help="what a corpus holds, per source and per filter")
     s.add_argument("target", nargs="?", default=None, help="corpus name (a folder of --data-dir), folder or URI; "

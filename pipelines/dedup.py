@@ -43,6 +43,7 @@ from corpus.manifest import Dedup, Manifest
 from corpus.store import location
 from corpus.store.files import json_bytes
 from corpus.store.layout import DEDUP_DIR, CorpusDir
+from corpus.store.location import StorePath
 from corpus.text.readers import BadRecord, read_slice
 from corpus.text.rules import CoreNetRules
 from pipelines.plan import WorkUnit
@@ -208,6 +209,30 @@ def read_removals(corpus: CorpusDir, source: str, unit: str) -> dict[int, tuple[
 
 def dedup_done(corpus: CorpusDir) -> dict | None:
     return location.read_json(corpus.dedup_result_path)
+
+
+class NoRemovals(ValueError):
+    """A live stream of a deduplicating manifest finds no finished deduplication of its units."""
+
+
+def live_removals(manifest: Manifest, fingerprint: str, folder: StorePath, units: Iterable[WorkUnit]) -> str:
+    """The folder whose removals a live stream of ``manifest`` applies: where `elm-corpus dedup` searched the same
+    units (same fingerprint, same slices), so streamed units leave out what the built corpus leaves out."""
+    corpus = CorpusDir(folder)
+    plan = corpus.read_plan()
+    command = f"elm-corpus dedup {manifest.path or 'MANIFEST'}"
+    if plan is None or dedup_done(corpus) is None:
+        raise NoRemovals(f"manifest {manifest.name} removes duplicates, which a live stream reads from a finished "
+                         f"deduplication in {folder}; run '{command}' (with --sample for a sample stream) first")
+    if plan["fingerprint"] != fingerprint:
+        raise NoRemovals(f"{folder} was deduplicated for another version of manifest {manifest.name}; run "
+                         f"'{command} --force' to search again")
+    planned = {(u["source"], u["unit"]): u for u in plan["units"]}
+    for unit in units:
+        if planned.get((unit.source, unit.unit_id)) != unit.to_dict():
+            raise NoRemovals(f"{folder} was deduplicated with other work units than the stream's (its unit "
+                             f"{unit.key} differs): give --stream-unit-bytes {plan['unit_bytes']}")
+    return str(folder)
 
 
 def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], workers: int, store_env: dict,

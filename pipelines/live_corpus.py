@@ -22,9 +22,10 @@ from corpus.manifest import Manifest, load_manifest
 from corpus.mixing.corpus_source import CorpusError, Ranks, Sampling
 from corpus.mixing.sampler import DEFAULT_VAL_FRACTION, MixtureSampler
 from corpus.mixing.sources import mixture_weights
-from corpus.paths import corpus_name
+from corpus.paths import corpus_name, default_corpus_dir
 from corpus.store.location import store_environment
 from corpus.tokenizer.tokenizer import Tokenizer
+from pipelines.dedup import NoRemovals, live_removals
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit
 from pipelines.runner import RayAuthRefused, start_ray
 from pipelines.stream import (FedUnits, Key, StreamError, close_feed, feed_furthest, feed_report, feed_units_between,
@@ -108,7 +109,8 @@ class LiveCorpus:
             ahead.update({key: 0 for key in units if key not in ahead})
             # a cluster's nodes have none of this process's store settings: the tasks take them along
             env = store_environment() if self.address else None
-            self.feed, name = open_feed(self.manifest, units, ahead, ranks.world_size, env=env)
+            self.feed, name = open_feed(self.manifest, units, ahead, ranks.world_size, env=env,
+                                        dedup_dir=self._removals(units))
             self._owner = True
             where = (ray.get_runtime_context().gcs_address, name)
         if ranks.world_size > 1:
@@ -129,6 +131,17 @@ class LiveCorpus:
                     for split, units in split_units(every, DEFAULT_VAL_FRACTION, self.manifest.seed).items():
                         self._plans[stream_key(name, split)] = units
         return self._plans
+
+    def _removals(self, units: Mapping[Key, list[WorkUnit]]) -> str | None:
+        """Where the removals of a deduplicating manifest are: the folder `elm-corpus dedup` searched these units in
+        (the build's own folder for the manifest)."""
+        if self.manifest.dedup is None:
+            return None
+        try:
+            return live_removals(self.manifest, self.fingerprint, default_corpus_dir(self.manifest.name, self.sample),
+                                 [u for planned in units.values() for u in planned])
+        except NoRemovals as e:
+            raise CorpusError(f"--stream: {e}") from None
 
     def _held_out_weights(self, weights: Mapping[str, float] | None,
                           left_out: Collection[str] = ()) -> dict[str, float]:

@@ -172,8 +172,11 @@ def split_window(weights: Mapping[str, float], window: int) -> dict[str, int]:
 
 
 def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahead: Mapping[Key, int],
-              world_size: int = 1, env: dict[str, str] | None = None):
+              world_size: int = 1, env: dict[str, str] | None = None, dedup_dir: str | None = None):
     """A :class:`UnitFeed` on the Ray this process is connected to; returns (feed, name).
+
+    ``dedup_dir``: for a manifest that deduplicates, the folder `elm-corpus dedup` wrote its removals to
+    (:func:`pipelines.dedup.live_removals`); the units leave those records out, as the build's do.
 
     For one reader it lives in this process (name None): an actor's start, a new worker process, costs a
     few tenths of a second that a single process gains nothing for. For several it is an actor, whose name
@@ -182,8 +185,9 @@ def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahe
     import ray
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     sources = [manifest.source(name) for name in dict.fromkeys(key.split("/")[0] for key in streams)]
-    args = (UnitJob.of(manifest, tokenizer, sources), {k: [u.to_dict() for u in units] for k, units in streams.items()},
-            dict(lookahead), world_size, WORKER_RETRIES, env)
+    args = (UnitJob.of(manifest, tokenizer, sources, dedup_dir),
+            {k: [u.to_dict() for u in units] for k, units in streams.items()}, dict(lookahead), world_size,
+            WORKER_RETRIES, env)
     if world_size == 1:
         return UnitFeed(*args), None
     name = f"unit-feed-{uuid.uuid4().hex[:12]}"

@@ -38,13 +38,20 @@ class UnitJob:
     tokenizer_spec: str
     tokenizer_bytes: bytes
     tokenizer_sha256: str
-    dedup: bool = False  # the build removes duplicates: each unit reads its removals (pipelines/dedup.py)
+    # The manifest removes duplicates: the corpus folder whose dedup/removed/ files say which records each unit
+    # leaves out (pipelines/dedup.py); the build's own, or the one `elm-corpus dedup` made for a live stream.
+    dedup_dir: str | None = None
 
     @classmethod
-    def of(cls, manifest: Manifest, tokenizer: Tokenizer, sources: list[Source] | None = None) -> "UnitJob":
+    def of(cls, manifest: Manifest, tokenizer: Tokenizer, sources: list[Source] | None = None,
+           dedup_dir: str | None = None) -> "UnitJob":
         return cls(manifest.build_fingerprint(tokenizer.sha256), manifest.text,
                    {s.name: s for s in (manifest.sources if sources is None else sources)},
-                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256, manifest.dedup is not None)
+                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256, dedup_dir)
+
+    def removals(self, unit: WorkUnit) -> dict[int, tuple[str, str]] | None:
+        """The records of ``unit`` deduplication removed (None: the manifest does not deduplicate)."""
+        return None if self.dedup_dir is None else read_removals(CorpusDir(self.dedup_dir), unit.source, unit.unit_id)
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,7 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
         processor = processor_for(job.units, unit.source)
         stem = corpus.shard_stem(unit.source, unit.unit_id)
         writer = ShardWriter(stem)
-        removed = read_removals(corpus, unit.source, unit.unit_id) if job.units.dedup else None
-        output = processor.run(unit, sink=writer, removed=removed)
+        output = processor.run(unit, sink=writer, removed=job.units.removals(unit))
         qpath = corpus.write_quarantine(unit.source, unit.unit_id, output.quarantine)
         qrel = corpus.relative(qpath) if qpath else None
         meta = writer.close(sidecar_for(job.units, output, qrel))
@@ -163,7 +169,7 @@ def write_stopped(corpus: CorpusDir, unit: WorkUnit, error: OSError) -> dict:
 def tokenize_unit(job: UnitJob, unit_dict: dict) -> tuple[np.ndarray, np.ndarray]:
     """One unit's kept chunks as (uint16 tokens, uint64 token offsets, first 0): the tokens a shard's .bin would hold."""
     unit = WorkUnit.from_dict(unit_dict)
-    output = processor_for(job, unit.source).run(unit)
+    output = processor_for(job, unit.source).run(unit, removed=job.removals(unit))
     lengths = np.fromiter((len(c) for c in output.chunks), dtype=np.uint64, count=len(output.chunks))
     offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
     np.cumsum(lengths, out=offsets[1:])

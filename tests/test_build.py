@@ -238,6 +238,7 @@ def _run_and_kill(manifest: Path, out: Path, total: int, driver_only: bool = Fal
                              "--workers", "1", "--no-progress"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
+    agents, raylets = [], []
     try:
         while _ledger_count(out) <= before:
             assert proc.poll() is None, f"build ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
@@ -246,17 +247,28 @@ def _run_and_kill(manifest: Path, out: Path, total: int, driver_only: bool = Fal
         os.killpg(proc.pid, signal.SIGSTOP)  # frozen: what is counted now is where the kill lands
         done = _ledger_count(out)
         assert before < done < total, f"the build ended before it could be killed ({done} of {total} units)"
-        agents = [p.pid for p in psutil.process_iter(["cmdline"])
-                  if os.getpgid(p.pid) == proc.pid and (p.info["cmdline"] or [""])[0].endswith("Agent")]
+        group = [p for p in psutil.process_iter(["cmdline"]) if _in_group(p, proc.pid)]
+        agents = [p.pid for p in group if (p.info["cmdline"] or [""])[0].endswith("Agent")]
+        raylets = [p for p in group if "raylet" in " ".join(p.info["cmdline"] or [])[:200]]
     finally:
         if driver_only:
             proc.kill()
             proc.wait()
             os.killpg(proc.pid, signal.SIGCONT)
+            # its raylet follows it (Ray ties it to the driver); only then are the agents left without a parent
+            _, alive = psutil.wait_procs(raylets, timeout=60)
+            assert not alive, "the killed driver's raylet is still running after 60 s"
         else:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return _ledger_count(out), agents
+
+
+def _in_group(proc: psutil.Process, group: int) -> bool:
+    try:
+        return os.getpgid(proc.pid) == group
+    except ProcessLookupError:
+        return False
 
 
 def _running(pid: int) -> bool:

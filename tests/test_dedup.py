@@ -16,16 +16,18 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
 from corpus.store import location
-from corpus.store.layout import CorpusDir, read_corpus_json
+from corpus.store.layout import CorpusDir, read_corpus_json, source_shards
 from corpus.store.verify import verify
 from corpus.text.readers import read_slice
 from pipelines.build import build
 from pipelines.cli import main as cli_main
 from pipelines.dedup import EXACT, NEAR, read_removals
 from pipelines.plan import WorkUnit
+from pipelines.stream import stream_units
 from planted_duplicates import planted_sources
 
 SOURCES = ("first", "second")
@@ -217,3 +219,34 @@ def test_a_dedup_build_on_the_s3_server_writes_the_local_builds_bytes(planted, s
     keys = [k for k in location.list_files(root) if k.split("/")[0] in ("shards", "dedup")]
     assert {k: location.read_bytes(root / k) for k in keys} == _files(result.out_dir)
     assert verify(uri).ok
+
+
+def test_elm_corpus_dedup_then_a_live_stream_leaves_out_what_the_build_leaves_out(planted, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from corpus.mixing.corpus_source import CorpusError
+    from pipelines.live_corpus import LiveCorpus
+    from stream_chunks import stream_chunks
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(tmp_path))
+    manifest = planted[0].out_dir.parent / "planted-corpus.yaml"
+    live = LiveCorpus.open(str(manifest), workers=2)
+    planned = {"all": [u for name in SOURCES for u in stream_units(live.manifest, name)]}
+    with pytest.raises(CorpusError, match=r"run 'elm-corpus dedup .*planted-corpus.yaml' .* first"):
+        live._removals(planned)
+
+    assert cli_main(["dedup", str(manifest), "--workers", "2", "--no-progress"]) == 0
+    folder = tmp_path / "corpora" / "planted-corpus"
+    assert "removes 20 exact and 60 near duplicates" in capsys.readouterr().out
+    assert (folder / "dedup" / "result.json").exists() and not (folder / "ledger").exists()
+    dedup_dir = live._removals(planned)
+    with pytest.raises(CorpusError, match="--stream-unit-bytes"):
+        LiveCorpus.open(str(manifest), workers=2, unit_bytes=UNIT_BYTES)._removals(
+            {"all": stream_units(live.manifest, "second", unit_bytes=UNIT_BYTES)})
+
+    # the build of that folder goes on from the search (nothing signed again), and the stream serves its chunks
+    signed = {p: p.stat().st_mtime_ns for p in (folder / "dedup").rglob("*") if p.is_file()}
+    assert build(manifest, folder, workers=2, progress=False).status == "complete"
+    assert {p: p.stat().st_mtime_ns for p in signed} == signed
+    for name in SOURCES:
+        built = [s.chunk(i) for s in source_shards(folder, name) for i in range(len(s))]
+        streamed = list(stream_chunks(manifest, name, workers=2, dedup_dir=dedup_dir))
+        assert len(streamed) == len(built) > 0 and all(np.array_equal(a, b) for a, b in zip(streamed, built))

@@ -12,8 +12,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from corpus.inspection.numbers import grouped, human_bytes, percent, short_count
-from corpus.inspection.stats import progress_note
+from corpus.inspection.numbers import dropped_cell, grouped, human_bytes, percent, short_count
+from corpus.inspection.stats import dedup_note, progress_note
+from corpus.store.counts import DUPLICATE_REASONS
+from corpus.text.rules import TOO_FEW_CHARS
 
 # Wide enough for the per-source table even when output goes to a file or a pipe (rich then assumes 80).
 _MIN_WIDTH = 120
@@ -133,21 +135,64 @@ def _by_reason_table(numbers: dict, title: str, reasons: list[str], cell) -> Tab
     return table
 
 
-def _reason_tables(numbers: dict) -> list[Table]:
-    """Documents / chunks dropped by each reason; quarantined records by reason."""
+def _reason_tables(numbers: dict) -> list[Table | Text]:
+    """Documents / chunks / tokens dropped by each reason (and what a '-' there means); quarantined records by
+    reason."""
     everything = [*numbers["sources"], numbers["total"]]
     drops = sorted({r for s in everything for r in (*s["chunks"]["dropped"], *s["documents"]["dropped"])})
     bad = sorted({r for s in everything for r in s["documents"]["quarantined_by_reason"]})
     tables = []
     if drops:
-        tables.append(_by_reason_table(
-            numbers, "dropped by reason: documents / chunks", drops,
-            lambda s, r: f"{s['documents']['dropped'].get(r, 0):,} / {s['chunks']['dropped'].get(r, 0):,}"))
+        tables.append(_by_reason_table(numbers, "dropped by reason: documents / chunks / tokens", drops,
+                                       dropped_cell))
+        if TOO_FEW_CHARS in drops or set(DUPLICATE_REASONS) & set(drops):
+            # a caption would wrap to the table's width
+            tables.append(Text("-: never counted (duplicates are removed whole, before splitting into chunks; "
+                               "chunks under min_chars are never tokenized)"))
     if bad:
         tables.append(_by_reason_table(
             numbers, "quarantined records by reason", bad,
             lambda s, r: f"{s['documents']['quarantined_by_reason'].get(r, 0):,}"))
     return tables
+
+
+def _overlap_table(numbers: dict) -> Table:
+    """Rows: the sources that lost documents as duplicates; columns: the sources holding the kept copies."""
+    pairs = numbers["overlap"]["pairs"]
+    names = [s["name"] for s in numbers["sources"]]
+    read = {s["name"]: s["documents"]["read"] for s in numbers["sources"]}
+    lost = [n for n in names if any(p["removed_from"] == n for p in pairs)]
+    kept = [n for n in names if any(p["kept_in"] == n for p in pairs)]
+    at = {(p["removed_from"], p["kept_in"]): p for p in pairs}
+    table = Table(title="cross-source overlap: documents / tokens removed as duplicates", title_justify="left")
+    table.add_column("removed from ↓  kept in →", no_wrap=True)
+    for name in [*kept, "all", "% of docs read"]:
+        table.add_column(name, justify="right")
+
+    def cell(found: list[dict]) -> str:
+        return f"{sum(p['documents'] for p in found):,} / {short_count(sum(p['tokens'] for p in found))}" \
+            if found else "-"
+    for name in lost:
+        mine = [p for p in pairs if p["removed_from"] == name]
+        table.add_row(name, *(cell([at[(name, k)]] if (name, k) in at else []) for k in kept), cell(mine),
+                      percent(sum(p["documents"] for p in mine) / read[name]))
+    table.add_section()
+    every = sum(read.values())
+    table.add_row(Text("total", style="bold"), *(cell([p for p in pairs if p["kept_in"] == k]) for k in kept),
+                  cell(pairs), percent(numbers["overlap"]["documents"] / every) if every else "-")
+    return table
+
+
+def print_overlap(console: Console, numbers: dict) -> None:
+    """The dedup settings, then the overlap table (or a line saying nothing was removed); nothing without dedup."""
+    overlap = numbers.get("overlap")
+    if overlap is None:
+        return
+    console.print(escape(dedup_note(overlap)), soft_wrap=True, highlight=False)
+    if overlap["pairs"]:
+        console.print(_overlap_table(numbers))
+    elif overlap["decided"] is not None:
+        console.print("no document has been removed as a duplicate in the units built so far", highlight=False)
 
 
 def print_corpus(numbers: dict) -> None:
@@ -157,6 +202,7 @@ def print_corpus(numbers: dict) -> None:
         console.print(table)
     for table in _reason_tables(numbers):
         console.print(table)
+    print_overlap(console, numbers)
     for s in numbers["sources"]:
         if s.get("warning"):
             console.print(f"[yellow]warning[/yellow] source {escape(s['name'])} {escape(s['warning'])}",

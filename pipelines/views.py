@@ -6,6 +6,7 @@ import shlex
 import time
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -157,29 +158,31 @@ def _reason_tables(numbers: dict) -> list[Table | Text]:
 
 
 def _overlap_table(numbers: dict) -> Table:
-    """Rows: the sources that lost documents as duplicates; columns: the sources holding the kept copies."""
-    pairs = numbers["overlap"]["pairs"]
+    """Rows: every source, numbered; columns: the numbers of the sources holding kept copies; each cell documents
+    over tokens. Numbers for headings and no vertical rules keep thirteen sources within 120 characters."""
+    overlap = numbers["overlap"]
     names = [s["name"] for s in numbers["sources"]]
     read = {s["name"]: s["documents"]["read"] for s in numbers["sources"]}
-    lost = [n for n in names if any(p["removed_from"] == n for p in pairs)]
-    kept = [n for n in names if any(p["kept_in"] == n for p in pairs)]
-    at = {(p["removed_from"], p["kept_in"]): p for p in pairs}
-    table = Table(title="cross-source overlap: documents / tokens removed as duplicates", title_justify="left")
+    at = {(p["removed_from"], p["kept_in"]): p for p in overlap["pairs"]}
+    kept = [(i + 1, name) for i, name in enumerate(names) if any(p["kept_in"] == name for p in overlap["pairs"])]
+    table = Table(title="cross-source overlap", title_justify="left", box=box.SIMPLE, collapse_padding=True,
+                  pad_edge=False)
     table.add_column("removed from ↓  kept in →", no_wrap=True)
-    for name in [*kept, "all", "% of docs read"]:
-        table.add_column(name, justify="right")
+    for heading in [*(str(i) for i, _ in kept), "all", "% read"]:
+        table.add_column(heading, justify="right", no_wrap=True)
 
     def cell(found: list[dict]) -> str:
-        return f"{sum(p['documents'] for p in found):,} / {short_count(sum(p['tokens'] for p in found))}" \
-            if found else "-"
-    for name in lost:
-        mine = [p for p in pairs if p["removed_from"] == name]
-        table.add_row(name, *(cell([at[(name, k)]] if (name, k) in at else []) for k in kept), cell(mine),
-                      percent(sum(p["documents"] for p in mine) / read[name]))
+        documents = sum(p["documents"] for p in found)
+        return f"{documents:,}\n{short_count(sum(p['tokens'] for p in found))}" if documents else "-"
+    for i, name in enumerate(names):
+        mine = [p for p in overlap["pairs"] if p["removed_from"] == name]
+        table.add_row(f"{i + 1} {name}", *(cell([at[(name, k)]] if (name, k) in at else []) for _, k in kept),
+                      cell(mine), percent(sum(p["documents"] for p in mine) / read[name]) if read[name] else "-")
     table.add_section()
     every = sum(read.values())
-    table.add_row(Text("total", style="bold"), *(cell([p for p in pairs if p["kept_in"] == k]) for k in kept),
-                  cell(pairs), percent(numbers["overlap"]["documents"] / every) if every else "-")
+    table.add_row(Text("total", style="bold"), *(cell([p for p in overlap["pairs"] if p["kept_in"] == k])
+                                                 for _, k in kept),
+                  cell(overlap["pairs"]), percent(overlap["documents"] / every) if every else "-")
     return table
 
 
@@ -190,6 +193,8 @@ def print_overlap(console: Console, numbers: dict) -> None:
         return
     console.print(escape(dedup_note(overlap)), soft_wrap=True, highlight=False)
     if overlap["pairs"]:
+        console.print("documents (tokens below) removed from the row's source as duplicates of a copy kept in the "
+                      "column's; % read: of the row's documents read", soft_wrap=True, highlight=False)
         console.print(_overlap_table(numbers))
     elif overlap["decided"] is not None:
         console.print("no document has been removed as a duplicate in the units built so far", highlight=False)

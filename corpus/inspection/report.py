@@ -260,7 +260,8 @@ def _chart_overlap(stats: CorpusStats, path: Path) -> None:
     image = ax.imshow(shares, cmap="viridis", vmin=low, vmax=high, aspect="auto")
     for i, j in zip(*np.nonzero(documents)):
         dark = (shares[i, j] - low) / (high - low) < 0.6  # viridis is dark below 0.6
-        ax.text(j, i, f"{100 * shares[i, j]:.3g}%\n{documents[i, j]:,} docs", ha="center", va="center", fontsize=8,
+        docs = f"{documents[i, j]:,} doc" + ("s" if documents[i, j] != 1 else "")
+        ax.text(j, i, f"{100 * shares[i, j]:.3g}%\n{docs}", ha="center", va="center", fontsize=8,
                 color="white" if dark else "black")
     ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3
                   else "center", fontsize=9)

@@ -2,9 +2,10 @@
 
 The numbers come from the files a build leaves, never from a build's memory: the plan
 (``plan.json``, every work unit), the ledger (a unit is done once its entry exists), the
-failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped chunks, quarantine) and
-``.idx`` (chunk lengths). So they are right for a finished corpus, a build still running
-and one that was interrupted. ``corpus.json`` supplies the manifest, tokenizer and status; the
+failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped chunks, quarantine,
+duplicates removed by the source of the copy kept: the cross-source overlap) and ``.idx`` (chunk lengths). So they
+are right for a finished corpus, a build still running and one that was interrupted. With dedup,
+``dedup/result.json`` adds what the search decided to remove. ``corpus.json`` supplies the manifest, tokenizer and status; the
 status shown is ``damaged`` instead when a finished unit's files disagree with its ledger entry
 (:func:`corpus.store.verify.quick_check`: presence, byte sizes, records; no hashing).
 A corpus on an object store (``s3://bucket/prefix``) is counted the same way, through
@@ -352,15 +353,16 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
         total.merge(tally)
     for name, numbers in per_source.items():
         numbers["share"]["achieved"] = tallies[name].tokens / total.tokens if total.tokens else None
+    settings = _dedup_settings(corpus_json, plan)
+    # the search's record gives only its totals (the pairs come from the sidecars); no request without dedup
+    search = _read_json(folder.dedup_result_path) if settings is not None else None
     numbers = {
         "schema_version": SCHEMA_VERSION,
         "corpus": _corpus_header(root, corpus_json or {}, plan, bool(damage.units)),
         "sources": list(per_source.values()),
         "groups": _group_numbers(per_source, total.tokens),
         "total": _total_numbers(per_source, total, target_shares, manifest_tokens, sizes),
-        # the search's record is read only for its totals; the pairs come from the finished units' sidecars
-        "overlap": _overlap(_dedup_settings(corpus_json, plan), _read_json(folder.dedup_result_path), names,
-                            tallies),
+        "overlap": _overlap(settings, search, names, tallies),
         "failed_units": failed_units,
         "damaged_units": [d.to_dict() for _, d in sorted(damage.units.items())],
         "problems": damage.problems,

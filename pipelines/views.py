@@ -13,10 +13,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from corpus.inspection.numbers import dropped_cell, grouped, human_bytes, percent, short_count
+from corpus.inspection.numbers import dropped_cell, grouped, human_bytes, never_counted, percent, short_count
 from corpus.inspection.stats import dedup_note, progress_note
-from corpus.store.counts import DUPLICATE_REASONS
-from corpus.text.rules import TOO_FEW_CHARS
 
 # Wide enough for the per-source table even when output goes to a file or a pipe (rich then assumes 80).
 _MIN_WIDTH = 120
@@ -146,10 +144,8 @@ def _reason_tables(numbers: dict) -> list[Table | Text]:
     if drops:
         tables.append(_by_reason_table(numbers, "dropped by reason: documents / chunks / tokens", drops,
                                        dropped_cell))
-        if TOO_FEW_CHARS in drops or set(DUPLICATE_REASONS) & set(drops):
-            # a caption would wrap to the table's width
-            tables.append(Text("-: never counted (duplicates are removed whole, before splitting into chunks; "
-                               "chunks under min_chars are never tokenized)"))
+        if never_counted(drops):
+            tables.append(Text(never_counted(drops)))  # not a caption: that would wrap to the table's width
     if bad:
         tables.append(_by_reason_table(
             numbers, "quarantined records by reason", bad,
@@ -186,7 +182,7 @@ def _overlap_table(numbers: dict) -> Table:
     return table
 
 
-def print_overlap(console: Console, numbers: dict) -> None:
+def _print_overlap(console: Console, numbers: dict) -> None:
     """The dedup settings, then the overlap table (or a line saying nothing was removed); nothing without dedup."""
     overlap = numbers.get("overlap")
     if overlap is None:
@@ -207,7 +203,7 @@ def print_corpus(numbers: dict) -> None:
         console.print(table)
     for table in _reason_tables(numbers):
         console.print(table)
-    print_overlap(console, numbers)
+    _print_overlap(console, numbers)
     for s in numbers["sources"]:
         if s.get("warning"):
             console.print(f"[yellow]warning[/yellow] source {escape(s['name'])} {escape(s['warning'])}",

@@ -44,3 +44,10 @@ def dropped_cell(s: dict, reason: str) -> str:
     else:  # unknown for shards from a build that did not record dropped tokens
         tokens = "?" if s["tokens_dropped"] is None else short_count(s["tokens_dropped"].get(reason, 0))
     return f"{s['documents']['dropped'].get(reason, 0):,} / {chunks} / {tokens}"
+
+
+def never_counted(reasons: list[str]) -> str | None:
+    """What a '-' in the cells of :func:`dropped_cell` means for these drop reasons, or None when none shows one."""
+    why = (["duplicates are removed whole, before splitting into chunks"] if set(DUPLICATE_REASONS) & set(reasons)
+           else []) + (["chunks under min_chars are never tokenized"] if TOO_FEW_CHARS in reasons else [])
+    return f"-: never counted ({'; '.join(why)})" if why else None

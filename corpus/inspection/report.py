@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from corpus.inspection.numbers import dropped_cell, grouped, human_bytes, percent, short_count
+from corpus.inspection.numbers import dropped_cell, grouped, human_bytes, never_counted, percent, short_count
 from corpus.inspection.stats import CorpusStats, dedup_note, progress_note, quarantine_examples
 from corpus.store import location
 from corpus.store.counts import DUPLICATE_REASONS
-from corpus.text.rules import TOO_FEW_CHARS
 
 CHARTS = {
     "funnel.png": "Token funnel per source: tokens (BOS and EOS included) of the chunks that pass the character "
@@ -348,9 +347,7 @@ def _reasons_table(numbers: dict) -> str:
         cls = ' class="total"' if s["name"] == "total" else ""
         rows.append(f"<tr{cls}><td>{_e(s['name'])}</td>" + "".join(f'<td class="n">{c}</td>' for c in cells)
                     + "</tr>")
-    never = ("<p>-: never counted (duplicates are removed whole, before splitting into chunks; chunks under "
-             "min_chars are never tokenized).</p>") if TOO_FEW_CHARS in drops or set(DUPLICATE_REASONS) & set(drops) \
-        else ""
+    never = f"<p>{_e(never_counted(drops))}.</p>" if never_counted(drops) else ""
     return ("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>" + never)
 

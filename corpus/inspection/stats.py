@@ -2,10 +2,11 @@
 
 The numbers come from the files a build leaves, never from a build's memory: the plan
 (``plan.json``, every work unit), the ledger (a unit is done once its entry exists), the
-failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped chunks, quarantine,
-duplicates removed by the source of the copy kept: the cross-source overlap) and ``.idx`` (chunk lengths). So they
-are right for a finished corpus, a build still running and one that was interrupted. With dedup,
-``dedup/result.json`` adds what the search decided to remove. ``corpus.json`` supplies the manifest, tokenizer and status; the
+failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped
+chunks, quarantine, and the duplicates removed by the source of the copy kept: the cross-source
+overlap) and ``.idx`` (chunk lengths). So they are right for a finished corpus, a build still
+running and one that was interrupted. With dedup, ``dedup/result.json`` adds what the search
+decided to remove. ``corpus.json`` supplies the manifest, tokenizer and status; the
 status shown is ``damaged`` instead when a finished unit's files disagree with its ledger entry
 (:func:`corpus.store.verify.quick_check`: presence, byte sizes, records; no hashing).
 A corpus on an object store (``s3://bucket/prefix``) is counted the same way, through

@@ -41,6 +41,7 @@ from corpus.cleaning.minhash import SCHEME, band_keys, signatures, similarity
 from corpus.cleaning.words import normalised
 from corpus.manifest import Dedup, Manifest
 from corpus.store import location
+from corpus.store.counts import DUPLICATE_EXACT, DUPLICATE_NEAR
 from corpus.store.files import json_bytes
 from corpus.store.layout import DEDUP_DIR, CorpusDir
 from corpus.store.location import StorePath
@@ -48,7 +49,7 @@ from corpus.text.readers import BadRecord, read_slice
 from corpus.text.rules import CoreNetRules
 from pipelines.plan import WorkUnit
 
-EXACT, NEAR = "duplicate_exact", "duplicate_near"  # the drop reasons the token pass counts
+EXACT, NEAR = DUPLICATE_EXACT, DUPLICATE_NEAR  # the drop reasons the token pass counts
 Key = tuple[int, str, int]  # (source index, unit id, position)
 _SIGN_BATCH = 256  # records signed per rensa call
 

@@ -6,14 +6,15 @@ import shlex
 import time
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from corpus.inspection.numbers import grouped, human_bytes, percent, short_count
-from corpus.inspection.stats import progress_note
+from corpus.inspection.numbers import dropped_cell, grouped, human_bytes, never_counted, percent, short_count
+from corpus.inspection.stats import dedup_note, progress_note
 
 # Wide enough for the per-source table even when output goes to a file or a pipe (rich then assumes 80).
 _MIN_WIDTH = 120
@@ -133,21 +134,66 @@ def _by_reason_table(numbers: dict, title: str, reasons: list[str], cell) -> Tab
     return table
 
 
-def _reason_tables(numbers: dict) -> list[Table]:
-    """Documents / chunks dropped by each reason; quarantined records by reason."""
+def _reason_tables(numbers: dict) -> list[Table | Text]:
+    """Documents / chunks / tokens dropped by each reason (and what a '-' there means); quarantined records by
+    reason."""
     everything = [*numbers["sources"], numbers["total"]]
     drops = sorted({r for s in everything for r in (*s["chunks"]["dropped"], *s["documents"]["dropped"])})
     bad = sorted({r for s in everything for r in s["documents"]["quarantined_by_reason"]})
     tables = []
     if drops:
-        tables.append(_by_reason_table(
-            numbers, "dropped by reason: documents / chunks", drops,
-            lambda s, r: f"{s['documents']['dropped'].get(r, 0):,} / {s['chunks']['dropped'].get(r, 0):,}"))
+        tables.append(_by_reason_table(numbers, "dropped by reason: documents / chunks / tokens", drops,
+                                       dropped_cell))
+        if never_counted(drops):
+            tables.append(Text(never_counted(drops)))  # not a caption: that would wrap to the table's width
     if bad:
         tables.append(_by_reason_table(
             numbers, "quarantined records by reason", bad,
             lambda s, r: f"{s['documents']['quarantined_by_reason'].get(r, 0):,}"))
     return tables
+
+
+def _overlap_table(numbers: dict) -> Table:
+    """Rows: every source, numbered; columns: the numbers of the sources holding kept copies; each cell documents
+    over tokens. Numbers for headings and no vertical rules keep thirteen sources within 120 characters."""
+    overlap = numbers["overlap"]
+    names = [s["name"] for s in numbers["sources"]]
+    read = {s["name"]: s["documents"]["read"] for s in numbers["sources"]}
+    at = {(p["removed_from"], p["kept_in"]): p for p in overlap["pairs"]}
+    kept = [(i + 1, name) for i, name in enumerate(names) if any(p["kept_in"] == name for p in overlap["pairs"])]
+    table = Table(title="cross-source overlap", title_justify="left", box=box.SIMPLE, collapse_padding=True,
+                  pad_edge=False)
+    table.add_column("removed from ↓  kept in →", no_wrap=True)
+    for heading in [*(str(i) for i, _ in kept), "all", "% read"]:
+        table.add_column(heading, justify="right", no_wrap=True)
+
+    def cell(found: list[dict]) -> str:
+        documents = sum(p["documents"] for p in found)
+        return f"{documents:,}\n{short_count(sum(p['tokens'] for p in found))}" if documents else "-"
+    for i, name in enumerate(names):
+        mine = [p for p in overlap["pairs"] if p["removed_from"] == name]
+        table.add_row(f"{i + 1} {name}", *(cell([at[(name, k)]] if (name, k) in at else []) for _, k in kept),
+                      cell(mine), percent(sum(p["documents"] for p in mine) / read[name]) if read[name] else "-")
+    table.add_section()
+    every = sum(read.values())
+    table.add_row(Text("total", style="bold"), *(cell([p for p in overlap["pairs"] if p["kept_in"] == k])
+                                                 for _, k in kept),
+                  cell(overlap["pairs"]), percent(overlap["documents"] / every) if every else "-")
+    return table
+
+
+def _print_overlap(console: Console, numbers: dict) -> None:
+    """The dedup settings, then the overlap table (or a line saying nothing was removed); nothing without dedup."""
+    overlap = numbers.get("overlap")
+    if overlap is None:
+        return
+    console.print(escape(dedup_note(overlap)), soft_wrap=True, highlight=False)
+    if overlap["pairs"]:
+        console.print("documents (tokens below) removed from the row's source as duplicates of a copy kept in the "
+                      "column's; % read: of the row's documents read", soft_wrap=True, highlight=False)
+        console.print(_overlap_table(numbers))
+    elif overlap["decided"] is not None:
+        console.print("no document has been removed as a duplicate in the units built so far", highlight=False)
 
 
 def print_corpus(numbers: dict) -> None:
@@ -157,6 +203,7 @@ def print_corpus(numbers: dict) -> None:
         console.print(table)
     for table in _reason_tables(numbers):
         console.print(table)
+    _print_overlap(console, numbers)
     for s in numbers["sources"]:
         if s.get("warning"):
             console.print(f"[yellow]warning[/yellow] source {escape(s['name'])} {escape(s['warning'])}",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from browser import console_errors, requested_urls
-from corpus.inspection.report import CHARTS
+from corpus.inspection.report import CHARTS, OVERLAP_CHART
 from pipelines.cli import main as cli_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -93,6 +93,13 @@ def test_report_shows_every_source_and_quarantined_examples(sample_report, sampl
     assert f"{numbers['total']['tokens']:,}" in page
     first = json.loads(sorted((sample_dir / "quarantine").glob("*/*.jsonl"))[0].read_text().splitlines()[0])
     assert html.escape(first["excerpt"]) in page and first["reason"] in page
+
+
+def test_a_corpus_built_without_dedup_has_no_overlap_section(sample_report):
+    numbers = json.loads((sample_report.parent / "stats.json").read_text())
+    assert numbers["overlap"] is None
+    assert "overlap" not in sample_report.read_text().lower()
+    assert not (sample_report.parent / OVERLAP_CHART[0]).exists()
 
 
 def test_a_half_built_corpus_gets_a_report_that_says_how_far_it_got(sample_dir, tmp_path, chromium, capsys):

@@ -415,6 +415,7 @@ def test_table_shows_every_source_and_the_totals(sample_dir, capsys):
         assert f"{value:,}" in text
     tokenizer_sha = Tokenizer().sha256
     assert tokenizer_sha in text
+    assert "overlap" not in text and "dedup:" not in text  # built without dedup: no overlap section
 
 
 def test_report_needs_a_corpus_name(capsys):

@@ -5,7 +5,8 @@ relative name) and carries its style inline; no script, font or image comes from
 network. ``stats.json`` beside them holds the numbers the page shows (docs/stats.md).
 
 Charts (matplotlib, drawn on ``Figure`` objects so no global pyplot state is touched):
-``funnel.png``, ``mixture.png``, ``chunk_lengths.png``, ``drops.png``, ``quarantine.png``.
+``funnel.png``, ``mixture.png``, ``chunk_lengths.png``, ``drops.png``, ``quarantine.png``; with dedup, also
+``overlap.png`` (the cross-source overlap heatmap).
 """
 from __future__ import annotations
 
@@ -16,26 +17,33 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from corpus.inspection.numbers import grouped, human_bytes, percent, short_count
-from corpus.inspection.stats import CorpusStats, progress_note, quarantine_examples
+from corpus.inspection.numbers import dropped_cell, grouped, human_bytes, never_counted, percent, short_count
+from corpus.inspection.stats import CorpusStats, dedup_note, progress_note, quarantine_examples
 from corpus.store import location
+from corpus.store.counts import DUPLICATE_REASONS
 
 CHARTS = {
     "funnel.png": "Token funnel per source: tokens (BOS and EOS included) of the chunks that pass the character "
                   "rule, then left after the min_tokens rule and after each extra filter, down to the tokens kept "
                   "in the shards. Colour is the share of the encoded tokens still left. Chunks dropped by the "
                   "character rule are never tokenized, so they are counted in chunks instead (on the right, and "
-                  "in the drops chart).",
+                  "in the drops chart). Documents removed as duplicates leave first, as in the build: they are "
+                  "encoded whole to count their tokens, short pieces included.",
     "mixture.png": "Target share of each source (from the manifest) against the share of the corpus's tokens it "
                    "holds now.",
     "chunk_lengths.png": "Tokens per kept chunk (BOS and EOS included), per source; the dashed line is the "
                          "manifest's min_tokens, the solid one the median.",
     "drops.png": "Documents and chunks dropped, per source and reason (a document is dropped when none of its "
-                 "chunks is kept, under the reason of its first chunk).",
+                 "chunks is kept, under the reason of its first chunk; a duplicate is removed whole, before it is "
+                 "split, so it counts no chunk).",
     "quarantine.png": "Records quarantined (unreadable or without text), per source and reason; examples below.",
 }
+# drawn only for a corpus built with dedup, so not among CHARTS (which every report has)
+OVERLAP_CHART = ("overlap.png", "Documents removed as duplicates, as a share of the documents read from the source "
+                                "on the left, by the source holding the copy that was kept (the diagonal: within a "
+                                "source). The colour scale spans the shares shown; blank: none removed.")
 _EXAMPLES_PER_SOURCE = 5
 _DPI = 100
 
@@ -63,7 +71,8 @@ def _filter_order(corpus_json: dict, sources: list[dict]) -> list[str]:
         for f in source.get("filters") or []:
             if f.get("type") not in order:
                 order.append(f.get("type"))
-    seen = sorted({r for s in sources for r in (s.get("tokens_dropped") or {}) if r != "too_few_tokens"})
+    seen = sorted({r for s in sources for r in (s.get("tokens_dropped") or {})
+                   if r != "too_few_tokens" and r not in DUPLICATE_REASONS})  # duplicates have their own stages
     return order + [r for r in seen if r not in order]
 
 
@@ -80,8 +89,10 @@ def funnel_scale(shares: np.ndarray) -> tuple[float, float]:
 def _chart_funnel(stats: CorpusStats, path: Path, filters: list[str]) -> None:
     sources = stats.sources
     filters = [f for f in filters if any((s.get("tokens_dropped") or {}).get(f) for s in sources)]
-    stages = ["encoded\n(>= min_chars)", "after\nmin_tokens", *[f"after\n{f}" for f in filters],
-              "kept\n(in shards)"]
+    # the build removes duplicates before it splits documents, so they leave the funnel first
+    duplicates = [r for r in DUPLICATE_REASONS if any((s.get("tokens_dropped") or {}).get(r) for s in sources)]
+    stages = ["encoded\n(>= min_chars)", *[f"after\n{r}" for r in duplicates], "after\nmin_tokens",
+              *[f"after\n{f}" for f in filters], "kept\n(in shards)"]
     counts = np.full((len(sources), len(stages)), np.nan)
     for i, s in enumerate(sources):
         dropped = s.get("tokens_dropped")
@@ -89,7 +100,7 @@ def _chart_funnel(stats: CorpusStats, path: Path, filters: list[str]) -> None:
             continue  # shards from a build that did not record dropped tokens: no funnel to draw
         left_now = s["tokens_after_chars"]
         row = [left_now]
-        for reason in ("too_few_tokens", *filters):
+        for reason in (*duplicates, "too_few_tokens", *filters):
             left_now -= dropped.get(reason, 0)
             row.append(left_now)
         counts[i] = [*row, s["tokens"]]  # kept, from the .idx: every drop is named above, so it equals left_now
@@ -224,6 +235,44 @@ def _chart_quarantine(stats: CorpusStats, path: Path) -> None:
     fig.savefig(path)
 
 
+def overlap_scale(shares: np.ndarray) -> tuple[float, float]:
+    """The colour scale of the overlap heatmap: from the smallest share removed to the largest (a cell with none
+    removed is blank), so that a 0.1% overlap is told apart from a 1% one; a single share takes the top colour."""
+    values = shares[np.isfinite(shares)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    return (low, high) if high - low > 1e-9 else (0.0, high)
+
+
+def _chart_overlap(stats: CorpusStats, path: Path) -> None:
+    names = [s["name"] for s in stats.sources]
+    at = {name: i for i, name in enumerate(names)}
+    documents = np.zeros((len(names), len(names)), dtype=np.int64)
+    shares = np.full((len(names), len(names)), np.nan)
+    for p in stats.numbers["overlap"]["pairs"]:
+        i, j = at[p["removed_from"]], at[p["kept_in"]]
+        documents[i, j], shares[i, j] = p["documents"], p["share_of_read"]
+    low, high = overlap_scale(shares)
+    fig = figure(min(12.0, 4.0 + 0.9 * len(names)), _rows_height(len(names), 0.55, 2.6))
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="viridis", vmin=low, vmax=high, aspect="auto")
+    for i, j in zip(*np.nonzero(documents)):
+        dark = (shares[i, j] - low) / (high - low) < 0.6  # viridis is dark below 0.6
+        docs = f"{documents[i, j]:,} doc" + ("s" if documents[i, j] != 1 else "")
+        ax.text(j, i, f"{100 * shares[i, j]:.3g}%\n{docs}", ha="center", va="center", fontsize=8,
+                color="white" if dark else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3
+                  else "center", fontsize=9)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
+    ax.set_xlabel("kept in: the source holding the copy kept")
+    ax.set_ylabel("removed from")
+    fig.colorbar(image, ax=ax, label="share of the row's documents read", shrink=0.8, pad=0.02,
+                 format=PercentFormatter(1.0))
+    ax.set_title("documents removed as duplicates, by where the kept copy is", fontsize=10)
+    fig.savefig(path)
+
+
 # ---------------------------------------------------------------- the page
 
 _CSS = """
@@ -288,18 +337,48 @@ def _reasons_table(numbers: dict) -> str:
     details = sorted({r for s in sources for r in s["filter_details"]})
     if not (drops or bad or details):
         return "<p>Nothing was dropped or quarantined.</p>"
-    heads = ["source"] + [f"dropped: {r} (docs / chunks)" for r in drops] + [f"quarantined: {r}" for r in bad] \
-        + [f"filter detail: {r} (chunks)" for r in details]
+    heads = ["source"] + [f"dropped: {r} (docs / chunks / tokens)" for r in drops] \
+        + [f"quarantined: {r}" for r in bad] + [f"filter detail: {r} (chunks)" for r in details]
     rows = []
     for s in sources:
-        cells = [f"{s['documents']['dropped'].get(r, 0):,} / {s['chunks']['dropped'].get(r, 0):,}" for r in drops]
+        cells = [dropped_cell(s, r) for r in drops]
         cells += [f"{s['documents']['quarantined_by_reason'].get(r, 0):,}" for r in bad]
         cells += [f"{s['filter_details'].get(r, 0):,}" for r in details]
         cls = ' class="total"' if s["name"] == "total" else ""
         rows.append(f"<tr{cls}><td>{_e(s['name'])}</td>" + "".join(f'<td class="n">{c}</td>' for c in cells)
                     + "</tr>")
+    never = f"<p>{_e(never_counted(drops))}.</p>" if never_counted(drops) else ""
     return ("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+            + "".join(rows) + "</tbody></table>" + never)
+
+
+def _overlap_section(numbers: dict) -> str:
+    """The dedup settings, each pair of sources that lost documents (one row each, so any number of sources fits the
+    page) and the heatmap; nothing without dedup."""
+    overlap = numbers.get("overlap")
+    if overlap is None:
+        return ""
+    head = f"<h2>Cross-source overlap</h2><p>{_e(dedup_note(overlap))}.</p>"
+    if not overlap["pairs"]:
+        none = "" if overlap["decided"] is None else \
+            "<p>No document has been removed as a duplicate in the units built so far.</p>"
+        return head + none
+    read = {s["name"]: s["documents"]["read"] for s in numbers["sources"]}
+    heads = ["removed from", "kept in", "documents", "share of its documents read", "tokens"]
+    rows = [f"<tr><td>{_e(p['removed_from'])}</td><td>{_e(p['kept_in'])}</td><td class=\"n\">{p['documents']:,}</td>"
+            f"<td class=\"n\">{percent(p['share_of_read'])}</td><td class=\"n\">{p['tokens']:,}</td></tr>"
+            for p in overlap["pairs"]]
+    every = sum(read.values())
+    rows.append(f"<tr class=\"total\"><td>total</td><td></td><td class=\"n\">{overlap['documents']:,}</td>"
+                f"<td class=\"n\">{percent(overlap['documents'] / every if every else None)}</td>"
+                f"<td class=\"n\">{overlap['tokens']:,}</td></tr>")
+    name, caption = OVERLAP_CHART
+    return (head + "<p>Documents and tokens removed from one source as duplicates of a copy kept in another (or in "
+            "the same) source; pairs that lost none are left out.</p>"
+            "<div class=\"scroll\"><table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
+            f'<figure id="{Path(name).stem}"><img src="{name}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
 def _quarantine_table(examples: dict[str, list[dict]]) -> str:
@@ -377,6 +456,7 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
 <div class="scroll">{_groups_table(n)}</div>
 <h2>Drops and quarantine by reason</h2>
 <div class="scroll">{_reasons_table(n)}</div>
+{_overlap_section(n)}
 <h2>Charts</h2>
 {figures}
 <h2>Quarantined records (first {_EXAMPLES_PER_SOURCE} per source)</h2>
@@ -399,6 +479,11 @@ def write_report(stats: CorpusStats, out_dir: str | Path) -> Path:
     _chart_lengths(stats, out / "chunk_lengths.png", rules.get("min_tokens"))
     _chart_drops(stats, out / "drops.png")
     _chart_quarantine(stats, out / "quarantine.png")
+    overlap = stats.numbers.get("overlap")
+    if overlap and overlap["pairs"]:
+        _chart_overlap(stats, out / OVERLAP_CHART[0])
+    else:  # a report written again into the same folder must not keep a stale heatmap
+        (out / OVERLAP_CHART[0]).unlink(missing_ok=True)
     (out / "stats.json").write_text(json.dumps(stats.numbers, indent=2) + "\n")
     page = out / "index.html"
     page.write_text(_page(stats, quarantine_examples(stats.path, _EXAMPLES_PER_SOURCE)), encoding="utf-8")

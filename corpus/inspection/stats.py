@@ -2,9 +2,11 @@
 
 The numbers come from the files a build leaves, never from a build's memory: the plan
 (``plan.json``, every work unit), the ledger (a unit is done once its entry exists), the
-failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped chunks, quarantine) and
-``.idx`` (chunk lengths). So they are right for a finished corpus, a build still running
-and one that was interrupted. ``corpus.json`` supplies the manifest, tokenizer and status; the
+failed entries, each done unit's shard sidecar (documents, chunks, drops, tokens of dropped
+chunks, quarantine, and the duplicates removed by the source of the copy kept: the cross-source
+overlap) and ``.idx`` (chunk lengths). So they are right for a finished corpus, a build still
+running and one that was interrupted. With dedup, ``dedup/result.json`` adds what the search
+decided to remove. ``corpus.json`` supplies the manifest, tokenizer and status; the
 status shown is ``damaged`` instead when a finished unit's files disagree with its ledger entry
 (:func:`corpus.store.verify.quick_check`: presence, byte sizes, records; no hashing).
 A corpus on an object store (``s3://bucket/prefix``) is counted the same way, through
@@ -26,7 +28,7 @@ import numpy as np
 
 from corpus.inspection.health import source_warning
 from corpus.store import location
-from corpus.store.counts import UnitCounts
+from corpus.store.counts import DUPLICATE_EXACT, DUPLICATE_NEAR, UnitCounts
 from corpus.store.layout import CORPUS_JSON, PLAN_JSON, QUARANTINE_DIR, SHARDS_DIR, CorpusDir, NotACorpus
 from corpus.store.location import ObjectPath, StorePath
 from corpus.store.shards import read_index
@@ -270,6 +272,36 @@ def _total_numbers(per_source: dict[str, dict], total: _Tally, target_shares: di
     }
 
 
+def _dedup_settings(corpus_json: dict | None, plan: dict | None) -> dict | None:
+    """The manifest's dedup block, None when the corpus is built without one; the plan's copy before corpus.json
+    exists (a build still deduplicating has written only the plan)."""
+    dump = ((corpus_json or {}).get("manifest") or {}).get("dump")
+    if dump is not None:
+        return dump.get("dedup")
+    return ((plan or {}).get("fingerprint_parts") or {}).get("dedup")
+
+
+def _overlap(settings: dict | None, decided: dict | None, names: list[str], tallies: dict[str, _Tally]
+             ) -> dict | None:
+    """Documents and tokens each source lost as duplicates, by the source of the copy kept (itself included);
+    None without dedup. Only pairs that lost documents are listed."""
+    if settings is None:
+        return None
+    order = {name: i for i, name in enumerate(names)}
+    pairs = []
+    for name in names:
+        c = tallies[name].counts
+        for kept_in in sorted(c.duplicate_of, key=lambda k: (order.get(k, len(order)), k)):
+            if c.duplicate_of[kept_in]:
+                pairs.append({"removed_from": name, "kept_in": kept_in, "documents": c.duplicate_of[kept_in],
+                              "tokens": c.duplicate_tokens_of[kept_in],
+                              "share_of_read": c.duplicate_of[kept_in] / c.documents_read})
+    return {"settings": settings,
+            "decided": None if decided is None else dict(decided.get("removed") or {}),
+            "documents": sum(p["documents"] for p in pairs), "tokens": sum(p["tokens"] for p in pairs),
+            "pairs": pairs}
+
+
 def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
     """Count everything a corpus folder holds; see the module docstring for where each number comes from."""
     root = location.at(corpus_dir)
@@ -322,12 +354,16 @@ def collect(corpus_dir: str | Path | ObjectPath) -> CorpusStats:
         total.merge(tally)
     for name, numbers in per_source.items():
         numbers["share"]["achieved"] = tallies[name].tokens / total.tokens if total.tokens else None
+    settings = _dedup_settings(corpus_json, plan)
+    # the search's record gives only its totals (the pairs come from the sidecars); no request without dedup
+    search = _read_json(folder.dedup_result_path) if settings is not None else None
     numbers = {
         "schema_version": SCHEMA_VERSION,
         "corpus": _corpus_header(root, corpus_json or {}, plan, bool(damage.units)),
         "sources": list(per_source.values()),
         "groups": _group_numbers(per_source, total.tokens),
         "total": _total_numbers(per_source, total, target_shares, manifest_tokens, sizes),
+        "overlap": _overlap(settings, search, names, tallies),
         "failed_units": failed_units,
         "damaged_units": [d.to_dict() for _, d in sorted(damage.units.items())],
         "problems": damage.problems,
@@ -388,6 +424,23 @@ def _first_lines(path: StorePath, n: int) -> list[str]:
         if len(lines) >= n:
             return lines[:n]
     return (lines + ([pending.decode("utf-8")] if pending else []))[:n]
+
+
+def dedup_note(overlap: dict) -> str:
+    """The dedup settings and what the search decided, in one sentence (the terminal and the report say the same)."""
+    s, decided = overlap["settings"], overlap["decided"]
+    kinds = ["exact (the same normalised words)"] if s["exact"] else []
+    if s["near"]:
+        near = s["near"]
+        kinds.append(f"near (MinHash LSH: Jaccard >= {near['threshold']} on word {near['ngram']}-gram shingles, "
+                     f"{near['permutations']} permutations)")
+    where = "across sources (scope corpus)" if s["scope"] == "corpus" else "within each source (scope source)"
+    if decided is None:
+        found = "the search has not finished, so no document is removed yet"
+    else:
+        found = (f"the search found {sum(decided.values()):,} documents to remove "
+                 f"({decided.get(DUPLICATE_EXACT, 0):,} exact, {decided.get(DUPLICATE_NEAR, 0):,} near)")
+    return f"dedup: {' and '.join(kinds)}, {where}; {found}"
 
 
 def progress_note(status: str, running: bool | None, pid: int | None, target: str = "NAME") -> str | None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, fields
 
+DUPLICATE_EXACT, DUPLICATE_NEAR = "duplicate_exact", "duplicate_near"
+DUPLICATE_REASONS = (DUPLICATE_EXACT, DUPLICATE_NEAR)  # drop whole documents, before they are split into chunks
+
 _TALLIES = ("documents_read", "kept", "quarantined", "chunks_split", "chunks_kept", "tokens")
 _BY_REASON = ("dropped", "quarantined_by_reason", "chunks_dropped", "drop_details", "tokens_dropped",
               "duplicate_of", "duplicate_tokens_of")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from corpus.cleaning.contamination import Decontamination
 from corpus.manifest import Manifest, Source, TextRules
 from corpus.store.files import utc_now
 from corpus.store.layout import CorpusDir
@@ -39,12 +40,15 @@ class UnitJob:
     tokenizer_bytes: bytes
     tokenizer_sha256: str
     dedup: bool = False  # the build removes duplicates: each unit reads its removals (pipelines/dedup.py)
+    # the tasks' n-grams no kept document may have: small (a task set's is a few MB), so it travels with the job
+    decontaminate: Decontamination | None = None
 
     @classmethod
-    def of(cls, manifest: Manifest, tokenizer: Tokenizer, sources: list[Source] | None = None) -> "UnitJob":
+    def of(cls, manifest: Manifest, tokenizer: Tokenizer, sources: list[Source] | None = None,
+           decontaminate: Decontamination | None = None) -> "UnitJob":
         return cls(manifest.build_fingerprint(tokenizer.sha256), manifest.text,
                    {s.name: s for s in (manifest.sources if sources is None else sources)},
-                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256, manifest.dedup is not None)
+                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256, manifest.dedup is not None, decontaminate)
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
         stem = corpus.shard_stem(unit.source, unit.unit_id)
         writer = ShardWriter(stem)
         removed = read_removals(corpus, unit.source, unit.unit_id) if job.units.dedup else None
-        output = processor.run(unit, sink=writer, removed=removed)
+        decontaminate = job.units.decontaminate
+        output = processor.run(unit, sink=writer, removed=removed, decontaminate=decontaminate)
         qpath = corpus.write_quarantine(unit.source, unit.unit_id, output.quarantine)
         qrel = corpus.relative(qpath) if qpath else None
         meta = writer.close(sidecar_for(job.units, output, qrel))
@@ -123,6 +128,8 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
             "peak_rss_mb": round(output.peak_rss_mb, 1),
             "host": socket.gethostname(), "pid": os.getpid(), "finished_at": utc_now(),
         }
+        if decontaminate is not None:  # corpus.json's per-task counts are assembled from these
+            entry["contaminated_items"] = decontaminate.by_task(output.contaminated_items)
         corpus.write_ledger(unit.source, unit.unit_id, entry)
         return {"status": "done", **entry}
     except Exception as e:  # the unit fails alone; the build goes on and a rerun retries it

@@ -16,6 +16,7 @@ import pytest
 
 from corpus.manifest import ManifestError, parse_manifest
 from corpus.store.layout import read_corpus_json
+from eval_data import write_model
 from pipelines.build import build
 from pipelines.cli import main
 from pipelines.contamination import measure
@@ -139,3 +140,48 @@ def test_a_rerun_refuses_when_the_tasks_items_changed_since_the_build_began(clea
     assert main(["build", str(manifest.parent / "clean.yaml"), "--out", str(copy), "--no-progress"]) == 3
     err = capsys.readouterr().err
     assert "the items of decontaminate's task(s) plant_gen differ" in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- elm-train eval marks the tasks
+
+def fake_run(folder, model_dir, corpus_dir):
+    """A run folder as training leaves it, as far as eval reads it: run.json naming its corpus, one checkpoint."""
+    checkpoint = shutil.copytree(model_dir, folder / "checkpoints" / "step_00000001")
+    (checkpoint / "state.json").write_text(json.dumps({"step": 1}))
+    (folder / "run.json").write_text(json.dumps({"corpus": {"name": corpus_dir.name, "dir": str(corpus_dir)}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("eval") / "model")
+
+
+def eval_table(run, tasks_dir, tasks: str, out, capsys) -> dict[str, str]:
+    from model.cli import main as train_main
+    assert train_main(["eval", str(run), "--tasks", tasks, "--include-path", str(tasks_dir), "--device", "cpu",
+                       "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "contaminated"
+    return {line.split()[0]: line[-22:].strip() for line in lines[1:] if line.startswith("plant_")}
+
+
+def test_eval_marks_each_task_with_the_items_a_report_found_in_the_runs_corpus(corpus, tasks_dir, model_dir,
+                                                                               tmp_path, capsys):
+    measure(str(corpus), "plant_mc", include_path=str(tasks_dir))
+    run = fake_run(tmp_path / "run", model_dir, corpus)
+    cells = eval_table(run, tasks_dir, "plant_mc,plant_ppl", tmp_path / "results.json", capsys)
+    assert cells == {"plant_mc": "3 of 6", "plant_ppl": "-"}  # plant_ppl was never looked for
+    written = json.loads((tmp_path / "results.json").read_text())["contamination"]
+    assert written["corpus"] == str(corpus) and set(written["tasks"]) == {"plant_mc"}
+    mark = written["tasks"]["plant_mc"]
+    assert (mark["items"], mark["contaminated"], mark["ngram"], mark["sources"]) == (6, 3, 13, {"books": 2, "web": 2})
+    assert (corpus / mark["report"]).is_file() and "removed" not in mark
+
+
+def test_eval_marks_the_tasks_a_decontaminated_corpus_was_cleaned_of(clean, tasks_dir, model_dir, tmp_path, capsys):
+    run = fake_run(tmp_path / "run", model_dir, clean)
+    cells = eval_table(run, tasks_dir, "plant_mc", tmp_path / "results.json", capsys)
+    assert cells == {"plant_mc": "0 of 6 (4 removed)"}
+    mark = json.loads((tmp_path / "results.json").read_text())["contamination"]["tasks"]["plant_mc"]
+    assert (mark["contaminated"], mark["removed"]) == (0, 4)

@@ -140,6 +140,9 @@ def test_a_rerun_refuses_when_the_tasks_items_changed_since_the_build_began(clea
     assert main(["build", str(manifest.parent / "clean.yaml"), "--out", str(copy), "--no-progress"]) == 3
     err = capsys.readouterr().err
     assert "the items of decontaminate's task(s) plant_gen differ" in err and len(err.splitlines()) == 1
+    other_n = with_block(manifest, tasks_dir, "clean-8", BLOCK + "  ngram: 8\n")
+    assert main(["build", str(other_n), "--out", str(copy), "--no-progress"]) == 3
+    assert "changed: decontaminate settings" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- elm-train eval marks the tasks
@@ -185,3 +188,15 @@ def test_eval_marks_the_tasks_a_decontaminated_corpus_was_cleaned_of(clean, task
     assert cells == {"plant_mc": "0 of 6 (4 removed)"}
     mark = json.loads((tmp_path / "results.json").read_text())["contamination"]["tasks"]["plant_mc"]
     assert (mark["contaminated"], mark["removed"]) == (0, 4)
+
+
+def test_a_corpus_that_cannot_be_read_is_said_under_the_table_and_marks_no_task(tmp_path, capsys):
+    from model.cli import print_eval_table
+    from model.eval.contamination import corpus_contamination
+    from model.source import ModelSource
+    gone = tmp_path / "moved-away"
+    found = corpus_contamination(ModelSource(tmp_path, run={"corpus": {"dir": str(gone)}}), ["plant_mc"])
+    print_eval_table({"results": {"plant_mc": {"acc,none": 0.5}}, "contamination": found}, None, "plant_mc")
+    lines = capsys.readouterr().out.splitlines()
+    assert "contaminated" not in lines[0] and "unreadable" in found and "tasks" not in found
+    assert lines[-1].startswith(f"contamination: the run's corpus {gone} cannot be read, so no task is marked")

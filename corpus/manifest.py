@@ -17,6 +17,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       field_validator, model_validator)
 
 from corpus.cleaning.bands import bands_for
+from corpus.cleaning.words import NGRAM
 
 FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
 # The datatrove filters a source may add after CoreNet's rules: type -> (datatrove's class, what it drops).
@@ -176,6 +177,28 @@ class Dedup(_Strict):
         return self
 
 
+class Decontaminate(_Strict):
+    """Evaluation tasks whose items the build keeps out of the corpus (docs/cleaning.md): every document sharing a
+    word n-gram with one of their items is dropped whole."""
+    tasks: list[str] = Field(min_length=1)  # lm-eval tasks and the project's task sets, as `elm-train eval` takes
+    include_path: str | None = None          # a folder of extra task YAMLs, as eval's --include-path
+    ngram: int = Field(NGRAM, ge=1)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names(cls, value: Any):
+        if isinstance(value, str):  # `tasks: arc_easy,piqa`, as on eval's command line
+            value = [name.strip() for name in value.split(",")]
+        if isinstance(value, list) and any(not isinstance(n, str) or not n.strip() for n in value):
+            raise ValueError(f"{value!r}: every task is a non-empty name (an lm-eval task or a task set)")
+        return value
+
+    @property
+    def names(self) -> str:
+        """The tasks as `corpus.tasks.load_items` and eval's --tasks take them: comma-separated."""
+        return ",".join(self.tasks)
+
+
 class Manifest(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
     description: str = ""
@@ -185,6 +208,7 @@ class Manifest(_Strict):
     seed: int = 0
     sources: list[Source] = Field(min_length=1)
     dedup: Dedup | None = None
+    decontaminate: Decontaminate | None = None
     # Where the manifest was read from; not part of the YAML.
     path: str | None = Field(None, exclude=True)
 
@@ -223,6 +247,8 @@ class Manifest(_Strict):
         payload = {"text": self.text.model_dump(), "sources": sources, "tokenizer": tokenizer_sha256}
         if self.dedup is not None:  # absent, a manifest keeps the fingerprint it had before the block existed
             payload["dedup"] = self.dedup.model_dump()
+        if self.decontaminate is not None:  # likewise
+            payload["decontaminate"] = self.decontaminate.model_dump()
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -233,6 +259,8 @@ class Manifest(_Strict):
                  "tokenizer": tokenizer_sha256}
         if self.dedup is not None:
             parts["dedup"] = self.dedup.model_dump(mode="json")
+        if self.decontaminate is not None:
+            parts["decontaminate"] = self.decontaminate.model_dump(mode="json")
         return parts
 
 

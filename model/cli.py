@@ -246,12 +246,18 @@ def cli_eval(argv: list[str]) -> int:
 
 
 def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
-    """acc and acc_norm (%, with stderr) per task; Apple's numbers beside them for a preset and a named set."""
+    """acc and acc_norm (%, with stderr) per task; Apple's numbers beside them for a preset and a named set; the
+    items of each task the run's corpus held, where it was checked for them."""
+    from model.eval.contamination import contamination_cell
     from model.eval.tasks import published_row
     published = published_row(preset, tasks.strip())
+    contamination = results.get("contamination") or {}
+    marks = contamination.get("tasks") or {}
     head = f"{'task':<28}{'n-shot':>7}{'acc':>16}{'acc_norm':>16}"
     if published:
         head += f"{preset + ' (Apple)':>24}"
+    if marks:
+        head += f"{'contaminated':>22}"
     print(head)
     shown = []
     for task, row in results.get("results", {}).items():
@@ -263,6 +269,8 @@ def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
         line = f"{task:<28}{results.get('n-shot', {}).get(task, '-')!s:>7}{cells[0]:>16}{cells[1]:>16}"
         if published:
             line += f"{published.get(task, float('nan')):>24.2f}" if task in published else f"{'-':>24}"
+        if marks:
+            line += f"{contamination_cell(marks.get(task)):>22}"
         print(line)
         best = row.get("acc_norm,none", row.get("acc,none"))
         if isinstance(best, float):
@@ -272,6 +280,12 @@ def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
         if published:
             line += f"{published['average']:>24.2f}"
         print(line)
+    if marks:
+        print(f"contaminated: items of the task found in the run's corpus {contamination['corpus']} (elm-corpus "
+              f"contamination); removed: found and dropped by its build (decontaminate); -: not checked")
+    elif "unreadable" in contamination:
+        print(f"contamination: the run's corpus {contamination['corpus']} cannot be read, so no task is marked "
+              f"({contamination['unreadable']})")
 
 
 # ---------------------------------------------------------------- elm-train compare

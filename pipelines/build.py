@@ -15,6 +15,12 @@ starts, the ones running finish (or stop the same way), and every finished unit 
 ledger entry, so the same command run again, once there is space or a connection, goes on
 from there.
 
+A manifest's ``decontaminate`` names evaluation tasks: their items are loaded here once, before any
+folder is made (an unknown task, or one whose data cannot be had, is refused then), recorded in
+``decontaminate/tasks.json`` (a rerun must find the same items), and their n-gram index travels in
+the job; each unit drops the documents that share an n-gram with an item and records which items
+it found, which corpus.json's ``decontamination`` sums per task.
+
 ``out_dir`` may be a URI (``s3://bucket/prefix``, see :mod:`corpus.store.location`): the
 workers then write their units straight to the store and the driver reads only through it,
 so the driver and the workers need not share a disk. The driver's ``AWS_*`` and ``FSSPEC_*``
@@ -28,6 +34,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corpus.cleaning.contamination import Decontamination
 from corpus.manifest import Manifest, load_manifest
 from corpus.paths import default_corpus_dir
 from corpus.store import location
@@ -37,6 +44,7 @@ from corpus.store.layout import CorpusBusy, CorpusDir, CorpusWriteError
 from corpus.store.location import ObjectPath, StorePath, stops_build
 from corpus.text.filters import build_filters
 from corpus.tokenizer.tokenizer import Tokenizer
+from pipelines.contamination import task_items
 from pipelines.dedup import dedup_done, run_dedup, signed_units
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
 from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
@@ -56,6 +64,9 @@ def _what_changed(old: dict, new: dict) -> list[str]:
         changes.append("text rules")
     if old.get("tokenizer") != new["tokenizer"]:
         changes.append("tokenizer")
+    for block in ("dedup", "decontaminate"):
+        if old.get(block) != new.get(block):
+            changes.append(f"{block} settings")
     old_sources = old.get("sources", {})
     for name in sorted(set(old_sources) | set(new["sources"])):
         if name not in old_sources:
@@ -116,19 +127,20 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | No
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     for s in manifest.sources:  # bad filter params fail here, before any work starts
         build_filters(s.filters, where=f"source {s.name}: ")
+    decontaminate = decontamination(manifest)  # likewise unknown tasks and task data that cannot be had
     out = location.at(out_dir) if out_dir is not None else default_corpus_dir(manifest.name, sample)
     try:
-        return _build(manifest, tokenizer, out, sample, workers, address, force, progress, unit_bytes,
-                      mirror_root, started, t0, dedup_only)
+        return _build(manifest, tokenizer, decontaminate, out, sample, workers, address, force, progress,
+                      unit_bytes, mirror_root, started, t0, dedup_only)
     except OSError as e:  # the driver's own reads and writes: plan, corpus.json, ledger, failed entries, the lock
         if not stops_build(e):
             raise
         raise CorpusWriteError.of(e, out) from e
 
 
-def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: bool, workers: int | None,
-           address: str | None, force: bool, progress: bool, unit_bytes: int, mirror_root: str | Path | None,
-           started: str, t0: float, dedup_only: bool) -> BuildResult:
+def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontamination | None, out: StorePath,
+           sample: bool, workers: int | None, address: str | None, force: bool, progress: bool, unit_bytes: int,
+           mirror_root: str | Path | None, started: str, t0: float, dedup_only: bool) -> BuildResult:
     with ExitStack() as held:
         corpus = _hold(held, CorpusDir(out))
         plan, moved = _check_plan(corpus, manifest, tokenizer, sample, force)
@@ -136,6 +148,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
             corpus = _hold(held, CorpusDir(out))
         if plan is None:
             plan = _new_plan(corpus, manifest, tokenizer, sample, unit_bytes, mirror_root)
+        if decontaminate is not None:
+            _keep_tasks(corpus, decontaminate)
         corpus.remove_stale_temporaries()
         done = corpus.ledger_units()  # one listing: on an object store not a request per unit
         # Only the pending units become WorkUnits, the rest is kept as corpus.json needs it, and the plan's records
@@ -176,8 +190,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
                     run_dedup(manifest, corpus, dedup_units, workers or cluster_cpus(), dict(env), bar.step)
                     bar.phase(None)
                     dedup_units = None
-                job = BuildJob(UnitJob.of(manifest, tokenizer, dedup_dir=str(out) if manifest.dedup else None),
-                               str(out), env)
+                job = BuildJob(UnitJob.of(manifest, tokenizer, dedup_dir=str(out) if manifest.dedup else None,
+                                          decontaminate=decontaminate), str(out), env)
                 for summary in run_units(job, pending, workers or cluster_cpus(), stop=lambda: bool(full)):
                     if summary["status"] == "stopped":
                         full.append(summary)
@@ -209,6 +223,34 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, out: StorePath, sample: boo
                                unreachable=first.get("unreachable", False))
     return BuildResult(out, status, total, skipped, ran, index["failed_units"], index, moved,
                        time.perf_counter() - t0)
+
+
+def decontamination(manifest: Manifest) -> Decontamination | None:
+    """The index of the tasks the manifest's ``decontaminate`` names, loaded as `elm-corpus contamination` and
+    `elm-train eval` load them; an unknown task, or one whose data cannot be had here, is refused in one line."""
+    block = manifest.decontaminate
+    if block is None:
+        return None
+    setting = f"{manifest.path}: decontaminate.tasks" if manifest.path else "decontaminate.tasks"
+    return Decontamination.of(task_items(block.names, block.include_path, setting), block.ngram)
+
+
+def _keep_tasks(corpus: CorpusDir, decontaminate: Decontamination) -> None:
+    """Record the tasks' items in the corpus on the first run; a rerun must find the same items, since the units
+    already built were checked against them (the fingerprint names the tasks, not their data)."""
+    record = decontaminate.record()
+    kept = location.read_json(corpus.decontamination_tasks_path)
+    if kept is None:
+        location.write_json(corpus.decontamination_tasks_path, record)
+        return
+    if kept != record:
+        old = {t["name"]: t["items_sha256"] for t in kept.get("tasks", [])}
+        changed = [t["name"] for t in record["tasks"] if old.get(t["name"]) != t["items_sha256"]] or ["ngram"]
+        where = corpus.relative(corpus.decontamination_tasks_path)
+        raise BuildRefused(f"{corpus.root}: the items of decontaminate's task(s) {', '.join(changed)} differ from "
+                           f"those its finished units were checked against ({where}): the task data changed "
+                           f"(another lm-eval version or dataset revision); build with the data it was begun with, "
+                           f"or pass another --out")
 
 
 def _new_plan(corpus: CorpusDir, manifest: Manifest, tokenizer: Tokenizer, sample: bool, unit_bytes: int,

@@ -15,7 +15,7 @@ from corpus.cleaning.contamination import ScanJob, UnitScan, index_tasks, new_re
 from corpus.cleaning.words import NGRAM
 from corpus.store.layout import CorpusDir, find_corpus, read_corpus_json
 from corpus.store.location import StorePath, store_environment
-from corpus.tasks.items import load_items
+from corpus.tasks.items import TaskItems, load_items
 from corpus.tasks.manager import TaskDataMissing, TaskError
 from corpus.tokenizer.tokenizer import described_tokenizer
 from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
@@ -52,14 +52,7 @@ def measure(target: str, tasks: str, include_path: str | None = None, ngram: int
     root = find_corpus(target, data_dir)
     index = read_corpus_json(root)
     tokenizer = described_tokenizer(index.get("tokenizer") or {})
-    try:
-        items = list(load_items(tasks, include_path).values())
-    except TaskDataMissing as e:
-        raise ContaminationRefused(
-            f"--tasks: the data of {len(e.missing)} task(s) cannot be loaded here (fetch it once where the Hub is "
-            f"reachable, then rerun with HF_DATASETS_OFFLINE=1): " + "; ".join(e.missing)) from None
-    except TaskError as e:
-        raise ContaminationRefused(f"--tasks: {e}") from None
+    items = task_items(tasks, include_path, "--tasks")
     job = ScanJob(str(root), tokenizer, index_tasks(items, ngram))
     entries = CorpusDir(root).ledger_entries()
     units = [{k: entries[key].get(k) for k in _ENTRY_KEYS} for key in sorted(entries) if entries[key].get("chunks")]
@@ -69,6 +62,19 @@ def measure(target: str, tasks: str, include_path: str | None = None, ngram: int
         else [scan_unit(job, unit) for unit in units]
     report = new_report(str(root), ngram, tally(items, job.index, scans), scans, index)
     return Contamination(report, write_report(root, report), on_ray)
+
+
+def task_items(tasks: str, include_path: str | None, setting: str) -> list[TaskItems]:
+    """The items of ``tasks`` (comma-separated names and sets), in order; an unknown task, or one whose data cannot
+    be loaded here, is refused in one line naming ``setting`` (the option or manifest key that named it)."""
+    try:
+        return list(load_items(tasks, include_path).values())
+    except TaskDataMissing as e:
+        raise ContaminationRefused(
+            f"{setting}: the data of {len(e.missing)} task(s) cannot be loaded here (fetch it once where the Hub is "
+            f"reachable, then rerun with HF_DATASETS_OFFLINE=1): " + "; ".join(e.missing)) from None
+    except TaskError as e:
+        raise ContaminationRefused(f"{setting}: {e}") from None
 
 
 def _scan_on_ray(job: ScanJob, units: list[dict], workers: int | None, address: str | None,

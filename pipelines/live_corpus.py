@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
 
+from corpus.cleaning.contamination import Decontamination
 from corpus.manifest import Manifest, load_manifest
 from corpus.mixing.corpus_source import CorpusError, Ranks, Sampling
 from corpus.mixing.sampler import DEFAULT_VAL_FRACTION, MixtureSampler
@@ -25,6 +26,7 @@ from corpus.mixing.sources import mixture_weights
 from corpus.paths import corpus_name, default_corpus_dir
 from corpus.store.location import store_environment
 from corpus.tokenizer.tokenizer import Tokenizer
+from pipelines.build import decontamination
 from pipelines.dedup import NoRemovals, live_removals
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit
 from pipelines.runner import RayAuthRefused, start_ray
@@ -110,7 +112,7 @@ class LiveCorpus:
             # a cluster's nodes have none of this process's store settings: the tasks take them along
             env = store_environment() if self.address else None
             self.feed, name = open_feed(self.manifest, units, ahead, ranks.world_size, env=env,
-                                        dedup_dir=self._removals(units))
+                                        dedup_dir=self._removals(units), decontaminate=self._decontamination())
             self._owner = True
             where = (ray.get_runtime_context().gcs_address, name)
         if ranks.world_size > 1:
@@ -141,6 +143,13 @@ class LiveCorpus:
             return live_removals(self.manifest, self.fingerprint, default_corpus_dir(self.manifest.name, self.sample),
                                  [u for planned in units.values() for u in planned])
         except NoRemovals as e:
+            raise CorpusError(f"--stream: {e}") from None
+
+    def _decontamination(self) -> Decontamination | None:
+        """The task n-grams of the manifest's ``decontaminate`` block, loaded as a build loads them."""
+        try:
+            return decontamination(self.manifest)
+        except ValueError as e:
             raise CorpusError(f"--stream: {e}") from None
 
     def _held_out_weights(self, weights: Mapping[str, float] | None,

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from corpus.cleaning.contamination import Decontamination
 from corpus.manifest import Manifest
 from corpus.mixing.chunk_streams import SPLITS, val_chunk_count
 from corpus.mixing.permutation import derive_key
@@ -172,11 +173,13 @@ def split_window(weights: Mapping[str, float], window: int) -> dict[str, int]:
 
 
 def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahead: Mapping[Key, int],
-              world_size: int = 1, env: dict[str, str] | None = None, dedup_dir: str | None = None):
+              world_size: int = 1, env: dict[str, str] | None = None, dedup_dir: str | None = None,
+              decontaminate: Decontamination | None = None):
     """A :class:`UnitFeed` on the Ray this process is connected to; returns (feed, name).
 
     ``dedup_dir``: for a manifest that deduplicates, the folder `elm-corpus dedup` wrote its removals to
     (:func:`pipelines.dedup.live_removals`); the units leave those records out, as the build's do.
+    ``decontaminate``: the task n-grams no served document may hold (``pipelines.build.decontamination``).
 
     For one reader it lives in this process (name None): an actor's start, a new worker process, costs a
     few tenths of a second that a single process gains nothing for. For several it is an actor, whose name
@@ -185,7 +188,7 @@ def open_feed(manifest: Manifest, streams: Mapping[Key, list[WorkUnit]], lookahe
     import ray
     tokenizer = Tokenizer(manifest.tokenizer.model, manifest.text.normalize)
     sources = [manifest.source(name) for name in dict.fromkeys(key.split("/")[0] for key in streams)]
-    args = (UnitJob.of(manifest, tokenizer, sources, dedup_dir),
+    args = (UnitJob.of(manifest, tokenizer, sources, dedup_dir, decontaminate),
             {k: [u.to_dict() for u in units] for k, units in streams.items()}, dict(lookahead), world_size,
             WORKER_RETRIES, env)
     if world_size == 1:

@@ -10,6 +10,11 @@ order; the first that says no names the reason. A document is *kept* when at lea
 of its chunks is kept, otherwise it is *dropped* under the reason of its first chunk.
 Tokens are counted for every encoded chunk (kept, or dropped by a later rule); chunks
 dropped by ``too_few_chars`` are never encoded, which is what makes that rule cheap.
+
+Before any of that, whole documents are taken out: those deduplication removed, then (with a
+manifest's ``decontaminate``) those sharing a word n-gram with a task item, looked for in the
+document's whole normalised text, so an n-gram that a chunk boundary would cut is found too.
+Either is dropped whole; its chunks are encoded only to count their tokens.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from corpus.cleaning.contamination import CONTAMINATED, Decontamination
 from corpus.store.counts import UnitCounts
 from corpus.text.filters import ChunkFilter
 from corpus.text.readers import BadRecord, Record, read_slice
@@ -40,6 +46,7 @@ class UnitOutput:
     origin_part: list[int] = field(default_factory=list)      # chunk number within that record
     counts: UnitCounts = field(default_factory=UnitCounts)
     quarantine: list[dict] = field(default_factory=list)
+    contaminated_items: set[int] = field(default_factory=set)  # task items in the documents decontamination took
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     peak_rss_mb: float = 0.0
@@ -53,11 +60,13 @@ class UnitProcessor:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces; uint16 shards hold at most 65536")
         self.rules, self.tokenizer, self.filters, self.text_field = rules, tokenizer, filters, text_field
 
-    def run(self, unit: WorkUnit, sink=None, removed: Mapping[int, tuple[str, str]] | None = None) -> UnitOutput:
+    def run(self, unit: WorkUnit, sink=None, removed: Mapping[int, tuple[str, str]] | None = None,
+            decontaminate: Decontamination | None = None) -> UnitOutput:
         """Process one unit; kept chunks go to ``sink.add(chunk)`` (a shard writer) or to ``out.chunks``.
 
         ``removed``: records deduplication took out, ``position -> (reason, source of the copy kept)``, the
-        position counting every record the reader yields (pipelines/dedup.py).
+        position counting every record the reader yields (pipelines/dedup.py). ``decontaminate``: the tasks whose
+        items no kept document may share an n-gram with.
         """
         started, cpu_started = time.perf_counter(), time.process_time()
         out = UnitOutput(unit)
@@ -72,6 +81,12 @@ class UnitProcessor:
             if removed and position in removed:
                 self._count_removed(item, out.counts, *removed[position])
                 continue
+            if decontaminate is not None:
+                found = decontaminate.found_in(self.rules.normalize(item.text))
+                if found.size:
+                    self._count_removed(item, out.counts, CONTAMINATED)
+                    out.contaminated_items.update(found.tolist())
+                    continue
             batch.append(item)
             batch_chars += len(item.text)
             if batch_chars >= _BATCH_CHARS:
@@ -93,14 +108,17 @@ class UnitProcessor:
                                "file": sl.uri, where: bad.location, "detail": bad.detail,
                                "excerpt": bad.excerpt})
 
-    def _count_removed(self, record: Record, counts: UnitCounts, reason: str, kept_in: str) -> None:
-        """A duplicate is dropped whole; its tokens (every chunk, as encoded) are counted, for the overlap figures."""
+    def _count_removed(self, record: Record, counts: UnitCounts, reason: str, kept_in: str | None = None) -> None:
+        """A document removed before the chunk rules is dropped whole; its tokens (every chunk, as encoded) are
+        counted, and for a duplicate (``kept_in``: the source of the copy kept) the overlap figures too."""
         rules = self.rules.rules
         chunks = self.rules.split(self.rules.normalize(record.text))
         tokens = sum(len(ids) for i in range(0, len(chunks), _ENCODE_CHUNKS) for ids in
                      self.tokenizer.encode_arrays(chunks[i:i + _ENCODE_CHUNKS], bos=rules.add_bos, eos=rules.add_eos))
         counts.dropped[reason] += 1
         counts.tokens_dropped[reason] += tokens
+        if kept_in is None:
+            return
         counts.duplicate_of[kept_in] += 1
         counts.duplicate_tokens_of[kept_in] += tokens
 

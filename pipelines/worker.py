@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from corpus.cleaning.contamination import Decontamination
 from corpus.manifest import Manifest, Source, TextRules
 from corpus.store.files import utc_now
 from corpus.store.layout import CorpusDir
@@ -41,13 +42,15 @@ class UnitJob:
     # The manifest removes duplicates: the corpus folder whose dedup/removed/ files say which records each unit
     # leaves out (pipelines/dedup.py); the build's own, or the one `elm-corpus dedup` made for a live stream.
     dedup_dir: str | None = None
+    # the tasks' n-grams no kept document may have: small (a task set's is a few MB), so it travels with the job
+    decontaminate: Decontamination | None = None
 
     @classmethod
     def of(cls, manifest: Manifest, tokenizer: Tokenizer, sources: list[Source] | None = None,
-           dedup_dir: str | None = None) -> "UnitJob":
+           dedup_dir: str | None = None, decontaminate: Decontamination | None = None) -> "UnitJob":
         return cls(manifest.build_fingerprint(tokenizer.sha256), manifest.text,
                    {s.name: s for s in (manifest.sources if sources is None else sources)},
-                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256, dedup_dir)
+                   tokenizer.spec, tokenizer.model_bytes, tokenizer.sha256, dedup_dir, decontaminate)
 
     def removals(self, unit: WorkUnit) -> dict[int, tuple[str, str]] | None:
         """The records of ``unit`` deduplication removed (None: the manifest does not deduplicate)."""
@@ -114,7 +117,8 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
         processor = processor_for(job.units, unit.source)
         stem = corpus.shard_stem(unit.source, unit.unit_id)
         writer = ShardWriter(stem)
-        output = processor.run(unit, sink=writer, removed=job.units.removals(unit))
+        output = processor.run(unit, sink=writer, removed=job.units.removals(unit),
+                               decontaminate=job.units.decontaminate)
         qpath = corpus.write_quarantine(unit.source, unit.unit_id, output.quarantine)
         qrel = corpus.relative(qpath) if qpath else None
         meta = writer.close(sidecar_for(job.units, output, qrel))
@@ -129,6 +133,9 @@ def execute_unit(job: BuildJob, unit_dict: dict) -> dict:
             "peak_rss_mb": round(output.peak_rss_mb, 1),
             "host": socket.gethostname(), "pid": os.getpid(), "finished_at": utc_now(),
         }
+        decontaminate = job.units.decontaminate
+        if decontaminate is not None:  # corpus.json's per-task counts are assembled from these
+            entry["contaminated_items"] = decontaminate.by_task(output.contaminated_items)
         corpus.write_ledger(unit.source, unit.unit_id, entry)
         return {"status": "done", **entry}
     except Exception as e:  # the unit fails alone; the build goes on and a rerun retries it
@@ -169,7 +176,7 @@ def write_stopped(corpus: CorpusDir, unit: WorkUnit, error: OSError) -> dict:
 def tokenize_unit(job: UnitJob, unit_dict: dict) -> tuple[np.ndarray, np.ndarray]:
     """One unit's kept chunks as (uint16 tokens, uint64 token offsets, first 0): the tokens a shard's .bin would hold."""
     unit = WorkUnit.from_dict(unit_dict)
-    output = processor_for(job, unit.source).run(unit, removed=job.removals(unit))
+    output = processor_for(job, unit.source).run(unit, removed=job.removals(unit), decontaminate=job.decontaminate)
     lengths = np.fromiter((len(c) for c in output.chunks), dtype=np.uint64, count=len(output.chunks))
     offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
     np.cumsum(lengths, out=offsets[1:])

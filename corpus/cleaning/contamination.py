@@ -12,13 +12,17 @@ holds, after the build's NFC, filters and tokenizer. A document the build split 
 its consecutive chunks (the sidecar's ``origin``: the same record, the next part) with the one space the split
 took out, so an n-gram across a chunk boundary is found. Chunks of a record with a dropped chunk between them are
 not joined: the corpus never holds their words side by side.
+
+The build's decontamination (a manifest's ``decontaminate``) checks the same index against each document's whole
+text before it is cut into chunks (:class:`Decontamination`), so it finds at least what a report on the corpus
+built without it would find, and drops the documents that hold it (``CONTAMINATED``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from corpus.tasks.items import TaskItems
 from corpus.tokenizer.tokenizer import Tokenizer
 
 REPORTS_DIR = "contamination"  # in a corpus folder: one report per set of tasks and n
+CONTAMINATED = "contaminated"  # the drop reason of a document the build's decontamination removed
 _NO_HASHES = np.zeros(0, dtype=np.uint64)
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
@@ -173,6 +178,42 @@ def tally(tasks: Sequence[TaskItems], index: NgramIndex, scans: Sequence[UnitSca
 def index_tasks(tasks: Sequence[TaskItems], n: int) -> NgramIndex:
     """One index over the items of every task, numbered task after task in the order given."""
     return NgramIndex.build([texts for task in tasks for texts in task.texts], n)
+
+
+@dataclass(frozen=True)
+class Decontamination:
+    """What the build checks every document against (a manifest's ``decontaminate``): the tasks' index, and the
+    tasks in the order their items are numbered, as ``decontaminate/tasks.json`` records them."""
+    index: NgramIndex
+    tasks: tuple[dict, ...]  # per task: name, items, short, subtasks, items_sha256
+
+    @classmethod
+    def of(cls, tasks: Sequence[TaskItems], n: int) -> "Decontamination":
+        index = index_tasks(tasks, n)
+        described, first = [], 0
+        for task in tasks:
+            described.append({"name": task.name, "items": len(task),
+                              "short": int(index.short[first:first + len(task)].sum()),
+                              "subtasks": list(task.subtasks), "items_sha256": task.sha256})
+            first += len(task)
+        return cls(index, tuple(described))
+
+    def record(self) -> dict:
+        """``decontaminate/tasks.json``: what a resumed build must find again, and what corpus.json's counts are of."""
+        return {"ngram": self.index.n, "tasks": list(self.tasks)}
+
+    def found_in(self, text: str) -> np.ndarray:
+        """The items (numbered over every task) that share an n-gram with ``text``."""
+        return self.index.items_with(ngram_hashes(text, self.index.n))
+
+    def by_task(self, items: Iterable[int]) -> dict[str, list[int]]:
+        """Item numbers over every task -> ``{task: its own item numbers}``, sorted, tasks without any left out."""
+        firsts = np.cumsum([0] + [t["items"] for t in self.tasks])
+        out: dict[str, list[int]] = {}
+        for item in sorted(items):
+            k = int(np.searchsorted(firsts, item, side="right")) - 1
+            out.setdefault(self.tasks[k]["name"], []).append(int(item - firsts[k]))
+        return out
 
 
 def report_path(root: StorePath, tasks: dict[str, dict], n: int) -> StorePath:

@@ -6,7 +6,8 @@ chunks split = kept + dropped (by reason). ``drop_details`` holds the finer reas
 extra filter gives (``<filter>:<reason>``); ``tokens_dropped`` the tokens of encoded chunks
 that a later rule dropped, by reason. A document deduplication removed is dropped as
 ``duplicate_exact`` or ``duplicate_near`` with all its tokens, and counted in ``duplicate_of``
-(``duplicate_tokens_of``) under the source of the copy that was kept.
+(``duplicate_tokens_of``) under the source of the copy that was kept; one decontamination removed
+(it shares a word n-gram with a task item) is dropped as ``contaminated`` with all its tokens.
 """
 from __future__ import annotations
 

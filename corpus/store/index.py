@@ -6,6 +6,7 @@ resume, failure or interruption (see docs/formats.md for every field).
 from __future__ import annotations
 
 from corpus.manifest import Manifest
+from corpus.store import location
 from corpus.store.counts import UnitCounts
 from corpus.store.layout import CorpusDir
 
@@ -39,8 +40,11 @@ def corpus_index(manifest: Manifest, tokenizer: dict, plan: dict, units: list[Pl
                      if (source, unit) in listed)
     totals = {s.name: UnitCounts() for s in manifest.sources}
     shards: dict[str, list[dict]] = {s.name: [] for s in manifest.sources}
+    found: dict[str, dict[str, set[int]]] = {}  # task -> source -> its items decontamination found there
     for (source, unit), entry in corpus.ledger_entries_in_batches(in_plan_order):
         totals[source].add(UnitCounts.from_dict(entry))
+        for task, items in (entry.get("contaminated_items") or {}).items():
+            found.setdefault(task, {}).setdefault(source, set()).update(items)
         shards[source].append({"unit": unit, "bin": entry["shard"] + ".bin", "idx": entry["shard"] + ".idx",
                                "json": entry["shard"] + ".json", "sha256_bin": entry["sha256_bin"],
                                "sha256_idx": entry["sha256_idx"], "chunks": entry["chunks"],
@@ -59,7 +63,7 @@ def corpus_index(manifest: Manifest, tokenizer: dict, plan: dict, units: list[Pl
             "units": {"total": len(units_by_source[s.name]), "done": len(done), "failed": len(failed)},
             "shards": shards[s.name], "failed_units": failed, "totals": totals[s.name].to_dict(),
         }
-    return {
+    index = {
         "name": manifest.name, "sample": plan["sample"], "status": status,
         "manifest": {"path": manifest.path, "dump": manifest.model_dump(mode="json")},
         "manifest_fingerprint": plan["fingerprint"], "tokenizer": tokenizer,
@@ -68,3 +72,19 @@ def corpus_index(manifest: Manifest, tokenizer: dict, plan: dict, units: list[Pl
         "sources": sources, "totals": grand.to_dict(), "failed_units": failed_all,
         "started_at": started_at, "finished_at": finished_at,
     }
+    if manifest.decontaminate is not None:
+        index["decontamination"] = decontamination(location.read_json(corpus.decontamination_tasks_path), found)
+    return index
+
+
+def decontamination(tasks: dict | None, found: dict[str, dict[str, set[int]]]) -> dict:
+    """corpus.json's ``decontamination``: per task (``tasks``: decontaminate/tasks.json), its items and how many
+    of them the finished units found and dropped, per source (most first), as a contamination report counts them."""
+    out = {}
+    for task in (tasks or {}).get("tasks", []):
+        by_source = found.get(task["name"], {})
+        sources = {s: len(i) for s, i in sorted(by_source.items(), key=lambda kv: (-len(kv[1]), kv[0]))}
+        out[task["name"]] = {"items": task["items"], "contaminated": len(set().union(*by_source.values())),
+                             "sources": sources, "short": task["short"], "subtasks": task["subtasks"],
+                             "items_sha256": task["items_sha256"]}
+    return {"ngram": (tasks or {}).get("ngram"), "tasks": out}

@@ -40,6 +40,7 @@ LEDGER_DIR = "ledger"
 FAILED_DIR = "failed"
 QUARANTINE_DIR = "quarantine"
 DEDUP_DIR = "dedup"  # signatures per unit, removals per unit, and the result of the search (docs/formats.md)
+DECONTAMINATE_DIR = "decontaminate"  # the tasks a build keeps out of its corpus (docs/formats.md)
 LOCK_FILE = ".build.lock"
 
 
@@ -126,6 +127,10 @@ class CorpusDir:
     @property
     def dedup_result_path(self) -> StorePath:
         return self.root / DEDUP_DIR / "result.json"
+
+    @property
+    def decontamination_tasks_path(self) -> StorePath:
+        return self.root / DECONTAMINATE_DIR / "tasks.json"
 
     def quarantine_path(self, source: str, unit: str) -> StorePath:
         return self.root / QUARANTINE_DIR / source / f"{unit}.jsonl"

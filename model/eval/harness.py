@@ -6,6 +6,9 @@ through `model.eval.lm.OpenELMLM` (or, with `backend="mlx"`, an MLX export throu
 `model.eval.mlx.MLXOpenELMLM`). A set's tasks run in groups of equal few-shot count and
 their results are merged into one lm-eval results dict.
 
+When the model is a run's checkpoint, the results say which tasks the run's corpus was checked for and how many
+of their items it held (`model.eval.contamination`).
+
 Tasks are found and their data checked by corpus.tasks (which `elm-corpus contamination` shares): when the Hub
 cannot be reached, the run goes offline before the harness loads anything, so a dataset missing from the cache
 fails in about a second with what to fetch, rather than after a minute of retries.
@@ -28,6 +31,7 @@ from corpus.tasks.manager import TaskError, go_offline_unless_hub_reachable, loa
 from corpus.tasks.manager import known_tasks_manager as _known_tasks_manager
 from corpus.tasks.manager import templates_compiled_once
 from corpus.tasks.sets import expand_tasks, task_names
+from model.eval.contamination import corpus_contamination
 from model.hf_folder import load_hf_folder
 from model.presets import preset_name
 from model.source import ModelSource, resolve_source, resolve_tokenizer
@@ -122,6 +126,9 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
                         "backend": backend, "device": str(lm.device), "limit": limit, "adapter": adapter,
                         "tasks": [[t, s] for t, s in wanted], "include_path": include_path}
+    contamination = corpus_contamination(source, [t for t, _ in wanted])
+    if contamination is not None:  # a run trained on a corpus folder: what it says of these tasks
+        merged["contamination"] = contamination
     return Evaluation(merged, preset, source)
 
 

@@ -21,12 +21,13 @@ from pipelines.stream import FedUnits, close_feed, open_feed, stream_key, stream
 def stream_chunks(manifest: Manifest | str | Path, source_name: str, sample: bool = False, workers: int | None = None,
                   window: int | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES, mirror_root: str | None = None,
                   split: str | None = None, val_fraction: float = 0.0,
-                  dedup_dir: str | None = None) -> Iterator[np.ndarray]:
+                  dedup_dir: str | None = None, decontaminate=None) -> Iterator[np.ndarray]:
     """Yield the kept chunks (uint16 arrays, BOS ... EOS) of one pass of one source, in shard order.
 
     ``split`` ``"train"`` or ``"val"`` reads only the units outside or inside the held-out set
     that ``val_fraction`` sizes; ``None`` reads them all. ``window``: units started ahead (default 2 per worker).
-    ``dedup_dir``: where the removals of a deduplicating manifest are (``pipelines.dedup.live_removals``).
+    ``dedup_dir``: where the removals of a deduplicating manifest are (``pipelines.dedup.live_removals``);
+    ``decontaminate``: the task n-grams of its ``decontaminate`` block (``pipelines.build.decontamination``).
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
@@ -34,7 +35,8 @@ def stream_chunks(manifest: Manifest | str | Path, source_name: str, sample: boo
     workers = workers or os.cpu_count() or 1
     started_ray = start_ray(workers)
     key = stream_key(source_name, split or "all")
-    feed, _ = open_feed(manifest, {key: units}, {key: window or 2 * workers}, dedup_dir=dedup_dir)
+    feed, _ = open_feed(manifest, {key: units}, {key: window or 2 * workers}, dedup_dir=dedup_dir,
+                        decontaminate=decontaminate)
     try:
         for chunks in FedUnits(feed, key)(0, 0):
             # copies, so a consumer holding chunks never pins Ray's shared buffer

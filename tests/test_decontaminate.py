@@ -100,6 +100,18 @@ def test_every_document_holding_a_task_ngram_is_dropped_whole_and_counted_per_so
             == built["web"]["totals"]["tokens_dropped"]["contaminated"])
 
 
+def test_a_live_stream_of_the_manifest_serves_the_decontaminated_builds_chunks(clean, manifest, tasks_dir):
+    from corpus.manifest import load_manifest
+    from corpus.store.layout import source_shards
+    from pipelines.build import decontamination
+    from stream_chunks import stream_chunks
+    live = load_manifest(with_block(manifest, tasks_dir, "clean"))
+    for source in ("books", "web"):
+        built = [s.chunk(i) for s in source_shards(clean, source) for i in range(len(s))]
+        streamed = list(stream_chunks(live, source, workers=2, decontaminate=decontamination(live)))
+        assert len(streamed) == len(built) > 0 and all((a == b).all() for a, b in zip(streamed, built))
+
+
 def test_corpus_json_records_per_task_the_items_the_build_found_and_where(clean):
     record = read_corpus_json(clean)["decontamination"]
     assert record["ngram"] == 13

@@ -1,7 +1,19 @@
-"""MinHash signatures per second per core: datatrove's own signature code against rensa, datasketch and numpy.
+"""MinHash signatures per second per core: datatrove's own signature code against rensa, datasketch and numpy;
+and, with --build, deduplication in the build against the plain build.
 
     RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/dedup_throughput.py            # 1,268 documents, 5 rounds
     .venv/bin/python benchmarks/dedup_throughput.py --docs 400 --repeats 3 --json
+    .venv/bin/python benchmarks/dedup_throughput.py --build 25 --repeats 3          # the build, 25 and 100 MB
+
+``--build MB``: the same text (build_throughput.py's "fresh" text: real documents, none twice, mostly code)
+with a quarter of its documents planted again with 1% of their words changed (near copies), built with
+2 workers and 4 MB units by ``pipelines.build.build`` from a manifest without and with a ``dedup`` block
+(exact, near at 0.8, 5-grams, 128 permutations). Every timed build gets fresh Ray workers (build_throughput's
+``fresh_workers``); the two take turns, plain first in odd rounds; medians. Then the dedup build of MB and of
+4 x MB: the peak RSS of the Ray workers that ran signature tasks and search tasks (each task reports its
+process's peak), with the search cut into one shard per ``--docs-per-shard`` signed documents (default 2,000
+here, so that the 4x input gets 4x the shards as a large corpus would at the build's 200,000): memory per
+worker should not grow with the input.
 
 The documents are real English text of a few KB each: the 1,189 chapters of the King James Bible
 and the 79 Python reference topics of the sample mirror (``corpus.mirror.text``), 3.6 KB on average,
@@ -51,6 +63,7 @@ import xxhash
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import datasketch  # noqa: E402
 import rensa  # noqa: E402
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature  # noqa: E402
@@ -196,6 +209,74 @@ def accuracy(kinds: dict, pairs: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def planted_text(mb: float) -> list[str]:
+    """build_throughput's fresh text of ``mb`` MB, then a near copy (1% of words replaced) of every 4th document."""
+    from build_throughput import real_documents
+    docs = real_documents(int(mb * (1 << 20)))
+    rng = random.Random(0)
+    copies = []
+    for doc in docs[::4]:
+        tokens = doc.split(" ")
+        for i in rng.sample(range(len(tokens)), max(1, len(tokens) // 100)):
+            tokens[i] = f"w{rng.randrange(10 ** 6)}"
+        copies.append(" ".join(tokens))
+    return docs + copies
+
+
+def _manifests(work: Path, data: Path, name: str) -> tuple[Path, Path]:
+    from build_throughput import write_manifest
+    plain = write_manifest(work / f"{name}.yaml", data, name)
+    dedup = work / f"{name}-dedup.yaml"
+    dedup.write_text(plain.read_text().replace(f"name: {name}\n", f"name: {name}-dedup\n") +
+                     "dedup:\n  exact: true\n  near: {threshold: 0.8, ngram: 5, permutations: 128}\n")
+    return plain, dedup
+
+
+def build_overhead(mb: float, repeats: int, docs_per_shard: int) -> dict:
+    import ray
+    from build_throughput import UNIT_BYTES, clear, fresh_workers, write_manifest
+
+    import pipelines.dedup
+    from pipelines.build import build
+    work = Path(tempfile.mkdtemp(prefix="dedup-build-"))
+    sizes = {}
+    for scale in (1, 4):
+        data = work / f"text-x{scale}.jsonl"
+        docs = planted_text(mb * scale)
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+        sizes[scale] = {"documents": len(docs), "mb": round(data.stat().st_size / 1e6, 1)}
+    warm = write_manifest(work / "warm.yaml", work / "warm.jsonl", "warm")
+    (work / "warm.jsonl").write_text("".join(json.dumps({"text": " ".join(f"warm{i}x{k}" for k in range(300))})
+                                             + "\n" for i in range(40)))
+    plain, dedup = _manifests(work, work / "text-x1.jsonl", "bench")
+    times: dict[str, list[float]] = {"plain": [], "dedup": []}
+    for r in range(repeats):
+        for kind in (("plain", "dedup") if r % 2 == 0 else ("dedup", "plain")):
+            out = work / f"out-{kind}"
+            fresh_workers(warm, work / "out-warm")
+            clear(out)
+            result = build(plain if kind == "plain" else dedup, out, workers=2, progress=False, unit_bytes=UNIT_BYTES)
+            assert result.status == "complete", result.failed
+            times[kind].append(result.seconds)
+    removed = json.loads((work / "out-dedup" / "dedup" / "result.json").read_text())["removed"]
+    memory = {}
+    pipelines.dedup.DOCS_PER_SHARD = docs_per_shard  # the driver decides the shards: the tasks need not see it
+    for scale in (1, 4):
+        _, manifest = _manifests(work, work / f"text-x{scale}.jsonl", f"mem{scale}")
+        fresh_workers(warm, work / "out-warm")
+        out = work / f"out-mem{scale}"
+        clear(out)
+        result = build(manifest, out, workers=2, progress=False, unit_bytes=UNIT_BYTES)
+        assert result.status == "complete"
+        memory[scale] = result.dedup
+    ray.shutdown()
+    plain_s, dedup_s = statistics.median(times["plain"]), statistics.median(times["dedup"])
+    return {"inputs": sizes, "rounds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "plain_seconds": round(plain_s, 2), "dedup_seconds": round(dedup_s, 2),
+            "dedup_vs_plain": round(dedup_s / plain_s, 2), "removed": removed, "memory": memory,
+            "docs_per_shard": docs_per_shard}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=1268, help="documents (Bible chapters, then reference topics)")
@@ -203,7 +284,16 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256, help="documents per bulk call")
     p.add_argument("--pairs", type=int, default=60, help="originals for the accuracy pairs (x7 changed copies)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--build", type=float, metavar="MB", help="time the build with and without dedup on MB of text "
+                   "(and memory at MB and 4 x MB) instead of the signature comparison")
+    p.add_argument("--docs-per-shard", type=int, default=2000, help="with --build: signed documents per search shard")
     args = p.parse_args(argv)
+    if args.build:
+        load = os.getloadavg()[0]
+        report = build_overhead(args.build, args.repeats, args.docs_per_shard)
+        report.update(load_average_start=load, load_average_end=os.getloadavg()[0], cpus=os.cpu_count())
+        print(json.dumps(report, indent=2))
+        return 0
 
     texts = [c.text for c in sample_text.kjv_chapters() + sample_text.doc_topics()][:args.docs]
     load = os.getloadavg()[0]

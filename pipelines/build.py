@@ -89,6 +89,7 @@ class BuildResult:
     corpus: dict = field(default_factory=dict)
     moved_aside: Path | None = None
     seconds: float = 0.0
+    dedup: dict | None = None         # what this run's deduplication took (run_dedup's measures), when it ran
 
     @property
     def ok(self) -> bool:
@@ -179,7 +180,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
         skipped = total - left
         failed: list[dict] = []
         full: list[dict] = []  # units stopped by a full disk or the store: no new unit starts after the first
-        ran, started_ray, interrupted, bar = 0, False, True, None
+        ran, started_ray, interrupted, bar, dedup_measures = 0, False, True, None, None
         try:
             if pending or dedup_units:
                 bar = BuildProgress(progress, total, skipped, started=t0)  # shown while Ray starts
@@ -187,7 +188,9 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
                 env = tuple(sorted(location.store_environment().items())) if corpus.remote else ()
                 if dedup_units is not None:  # before any unit is tokenized: removals span every unit
                     bar.phase("dedup signatures", len(signed_units(corpus)))
-                    run_dedup(manifest, corpus, dedup_units, workers or cluster_cpus(), dict(env), bar.step)
+                    dedup_measures = {}
+                    run_dedup(manifest, corpus, dedup_units, workers or cluster_cpus(), dict(env), bar.step,
+                              dedup_measures)
                     bar.phase(None)
                     dedup_units = None
                 job = BuildJob(UnitJob.of(manifest, tokenizer, dedup_dir=str(out) if manifest.dedup else None,
@@ -222,7 +225,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
         raise CorpusWriteError(first["path"], first["errno"], first.get("detail", ""),
                                unreachable=first.get("unreachable", False))
     return BuildResult(out, status, total, skipped, ran, index["failed_units"], index, moved,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, dedup_measures)
 
 
 def decontamination(manifest: Manifest) -> Decontamination | None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import resource
+import time
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -52,6 +54,12 @@ from pipelines.plan import WorkUnit
 EXACT, NEAR = DUPLICATE_EXACT, DUPLICATE_NEAR  # the drop reasons the token pass counts
 Key = tuple[int, str, int]  # (source index, unit id, position)
 _SIGN_BATCH = 256  # records signed per rensa call
+# Signed documents per search shard: a shard holds about 17 keys per document (16 bands and the exact hash) in
+# Python structures of about 150 bytes each, so 200,000 documents keep a search task near half a gigabyte.
+DOCS_PER_SHARD = 200_000
+# What a signed document adds to its unit's file at the defaults (8 position, 16 exact, 512 signature, 128 band
+# keys): an estimate, to size the shards from the files' sizes alone.
+_BYTES_PER_DOCUMENT = 664
 
 
 class DedupFailed(RuntimeError):
@@ -102,16 +110,28 @@ def sign_unit(job: DedupJob, unit_dict: dict) -> dict:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     location.write_bytes(CorpusDir(job.out_dir).signatures_path(unit.source, unit.unit_id), buffer.getvalue())
-    return {"source": unit.source, "unit": unit.unit_id, "documents": len(positions)}
+    return {"source": unit.source, "unit": unit.unit_id, "documents": len(positions), "peak_rss_mb": _peak_rss_mb()}
 
 
-def _load(corpus: CorpusDir, source: str, unit: str, hashes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    """A unit's signatures file; its sha256 goes into ``hashes`` (by ``source/unit``) when given."""
-    data = location.read_bytes(corpus.signatures_path(source, unit))
+def _peak_rss_mb() -> float:
+    """The peak resident memory of this (worker) process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load(corpus: CorpusDir, source: str, unit: str, arrays: tuple[str, ...],
+          hashes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """``arrays`` of a unit's signatures file. Only those are read (an .npz is a zip: each array is a member that
+    a seekable file yields alone, locally or by range requests), unless ``hashes`` asks for the file's sha256 (by
+    ``source/unit``), which takes it whole."""
+    path = corpus.signatures_path(source, unit)
     if hashes is not None:
+        data = location.read_bytes(path)
         hashes[f"{source}/{unit}"] = hashlib.sha256(data).hexdigest()
-    with np.load(io.BytesIO(data)) as held:
-        return {k: held[k] for k in held.files}
+        opened = io.BytesIO(data)
+    else:
+        opened = location.open_input(path)
+    with opened, np.load(opened) as held:
+        return {k: held[k] for k in arrays}
 
 
 def signed_units(corpus: CorpusDir) -> set[tuple[str, str]]:
@@ -136,9 +156,10 @@ def find_in_shard(job: DedupJob, task: tuple[int, int, list[tuple[str, str]]]) -
     exact_pairs: list[tuple[Key, Key]] = []
     buckets: dict[tuple[int, int], list[Key]] = {}
     hashes: dict[str, str] | None = {} if shard == 0 else None  # one shard records what every file held
+    arrays = ("positions", "exact") + (("band_keys",) if job.dedup.near is not None else ())
     for source, unit in units:  # in key order, so the first key seen in a bucket is its smallest
         s = job.sources.index(source)
-        data = _load(corpus, source, unit, hashes)
+        data = _load(corpus, source, unit, arrays, hashes)
         positions = data["positions"].tolist()
         exact = data["exact"]
         if job.dedup.exact:
@@ -159,7 +180,7 @@ def find_in_shard(job: DedupJob, task: tuple[int, int, list[tuple[str, str]]]) -
         candidates = {(a, b) for members in buckets.values() if len(members) > 1
                       for i, a in enumerate(members) for b in members[i + 1:]}
         near_pairs = _confirmed(corpus, job, candidates)
-    return {"exact": exact_pairs, "near": near_pairs, "sha256": hashes}
+    return {"exact": exact_pairs, "near": near_pairs, "sha256": hashes, "peak_rss_mb": _peak_rss_mb()}
 
 
 def _confirmed(corpus: CorpusDir, job: DedupJob, candidates: set[tuple[Key, Key]]) -> list[tuple[Key, Key]]:
@@ -171,7 +192,7 @@ def _confirmed(corpus: CorpusDir, job: DedupJob, candidates: set[tuple[Key, Key]
             wanted.setdefault((job.sources[s], unit), set()).add(position)
     signature_of: dict[Key, np.ndarray] = {}
     for (source, unit), needed in sorted(wanted.items()):
-        data = _load(corpus, source, unit)
+        data = _load(corpus, source, unit, ("positions", "signatures"))
         s = job.sources.index(source)
         for i, position in enumerate(data["positions"].tolist()):
             if position in needed:
@@ -236,9 +257,22 @@ def live_removals(manifest: Manifest, fingerprint: str, folder: StorePath, units
     return str(folder)
 
 
+def search_shards(corpus: CorpusDir, workers: int) -> int:
+    """How many shards the search is cut into: one per worker, or more when the corpus is large, so that a shard
+    holds the keys of about :data:`DOCS_PER_SHARD` documents whatever the corpus's size. The removals are the
+    same for any number (a bucket falls wholly in one shard), so the count is free to follow the size. The
+    documents are counted from the signature files' sizes (one listing), not read."""
+    sizes = location.files_under(corpus.root / DEDUP_DIR / "signatures")
+    documents = sum(sizes.values()) // _BYTES_PER_DOCUMENT
+    return max(1, workers, -(-documents // DOCS_PER_SHARD))
+
+
 def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], workers: int, store_env: dict,
-              progress=None) -> dict:
+              progress=None, measures: dict | None = None) -> dict:
     """Passes 1 to 3 for the plan's ``units`` (Ray already started); returns ``dedup/result.json``'s record.
+
+    ``measures`` (when given) receives what this run took: seconds and the peak memory of the workers per pass,
+    and the shards of the search (none of it goes into the corpus, whose files must not depend on the run).
 
     Raises :class:`DedupFailed` when a unit could not be signed (after every other unit is): removals must be
     decided over every unit, and a unit tokenized before a rerun could sign the rest would keep its duplicates.
@@ -251,10 +285,10 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
     job = DedupJob.of(manifest, str(corpus.root))
     signed = signed_units(corpus)
     todo = [u for u in units if (u.source, u.unit_id) not in signed]
-    failures = []
+    failures, sign_peak, started = [], 0.0, time.perf_counter()
     for unit, ref in in_flight(sign_unit, job, todo, WorkUnit.to_dict, workers, env=store_env or None):
         try:
-            ray.get(ref)
+            sign_peak = max(sign_peak, ray.get(ref)["peak_rss_mb"])
         except Exception as e:  # noqa: BLE001 - a unit's own error: reported with the rest, after the others finish
             failures.append(f"{unit.key}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         if progress is not None:
@@ -264,7 +298,7 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
                            f"build (signed units are kept): " + "; ".join(failures[:5]))
     order = {name: i for i, name in enumerate(job.sources)}
     in_key_order = sorted(((u.source, u.unit_id) for u in units), key=lambda k: (order[k[0]], k[1]))
-    shards = max(1, workers)
+    signed_at, shards, search_peak = time.perf_counter(), search_shards(corpus, workers), 0.0
     exact_pairs, near_pairs, signature_hashes = [], [], {}
     for _, ref in in_flight(find_in_shard, job, range(shards), lambda s: (s, shards, in_key_order), workers,
                             env=store_env or None):
@@ -272,6 +306,7 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
         exact_pairs += found["exact"]
         near_pairs += found["near"]
         signature_hashes.update(found["sha256"] or {})
+        search_peak = max(search_peak, found["peak_rss_mb"])
     removed = resolve(exact_pairs, near_pairs)
     removal_hashes = {}
     for (source, unit), record in removal_files(removed, job.sources).items():
@@ -283,4 +318,9 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
               "removed": dict(sorted(reasons.items())), "signatures_sha256": dict(sorted(signature_hashes.items())),
               "removals_sha256": dict(sorted(removal_hashes.items()))}
     location.write_json(corpus.dedup_result_path, result)
+    if measures is not None:
+        measures.update(units_signed=len(todo), sign_seconds=round(signed_at - started, 2),
+                        sign_peak_rss_mb=round(sign_peak, 1), shards=shards,
+                        search_seconds=round(time.perf_counter() - signed_at, 2),
+                        search_peak_rss_mb=round(search_peak, 1))
     return result

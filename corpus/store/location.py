@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 from corpus.store import files
 
@@ -265,6 +265,14 @@ def _read_or_none(path: StorePath) -> bytes | None:
         return read_bytes(path)
     except FileNotFoundError:
         return None
+
+
+def open_input(path: StorePath) -> BinaryIO:
+    """A seekable file to read parts of (a zip's members, a footer): local, or range requests on a store."""
+    if isinstance(path, Path):
+        return open(path, "rb")
+    with _calling(path):
+        return path.fs.open(path.path, "rb")
 
 
 def blocks(path: StorePath, block: int) -> Iterator[bytes]:

@@ -64,6 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from pipelines.runner import require_token_auth  # noqa: E402
+
+require_token_auth()  # before anything imports Ray, which reads its authentication settings on import
 import datasketch  # noqa: E402
 import rensa  # noqa: E402
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature  # noqa: E402

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
-from corpus.cleaning.words import ngrams, words
+from corpus.cleaning.words import ngram_hashes as word_ngram_hashes, words
 from corpus.store import location
 from corpus.store.cache import local_unit
 from corpus.store.files import utc_now
@@ -47,12 +46,7 @@ _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 def ngram_hashes(text: str, n: int) -> np.ndarray:
     """The 64-bit xxhash of each n-gram of the text's words, in order; none when it has fewer than ``n`` words."""
-    tokens = words(text)
-    if len(tokens) < n:
-        return _NO_HASHES
-    # xxhash hashes a str as its UTF-8 bytes, without the encode() call's second copy
-    return np.fromiter((xxhash.xxh64_intdigest(g) for g in ngrams(tokens, n)), dtype=np.uint64,
-                       count=len(tokens) - n + 1)
+    return word_ngram_hashes(words(text), n)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """MinHash signatures of texts, and the LSH bands that turn signatures into candidate pairs.
 
 A document's shingles are the word n-grams of ``words(text)`` (:mod:`corpus.cleaning.words`), each
-hashed with xxh3_64; rensa's R-MinHash sketches that set into ``permutations`` 32-bit values. rensa
+hashed by ``words.ngram_hashes`` (the words' xxh3_64 hashes folded in numpy); rensa's R-MinHash sketches that set into ``permutations`` 32-bit values. rensa
 was chosen by measurement (``benchmarks/dedup_throughput.py``, docs/benchmarks.md): it sketches a
 document in microseconds, so a signature costs little more than cutting the text into shingles.
 rensa may spread a large batch over a Rayon thread pool: set RAYON_NUM_THREADS=1 where a task is
@@ -28,19 +28,20 @@ import rensa
 import xxhash
 
 from corpus.cleaning.bands import Bands
-from corpus.cleaning.words import ngrams, words
+from corpus.cleaning.words import ngram_hashes, words
 
 SEED = 1_000_003  # any fixed number: every worker must use the same one, and changing it changes every signature
-SCHEME = f"rensa R-MinHash v{rensa.RMinHash.ALGORITHM_VERSION}, xxh3_64 word shingles, seed {SEED}"
+SCHEME = (f"rensa R-MinHash v{rensa.RMinHash.ALGORITHM_VERSION}, word n-grams folded from xxh3_64 word hashes, "
+          f"seed {SEED}")
 EMPTY = np.uint32(0xFFFF_FFFF)  # every value of a text without words: no shingle lowered it
 
 Key = TypeVar("Key", bound=Hashable)
 
 
 def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
-    """The xxh3_64 hash of each word ``ngram``-gram of the text, in order (repeats kept: the sketch ignores them)."""
-    shingles = list(ngrams(words(text), ngram))
-    return np.fromiter(map(xxhash.xxh3_64_intdigest, shingles), np.uint64, len(shingles))
+    """The hash of each word ``ngram``-gram of the text (``words.ngram_hashes``), in order (repeats kept: the sketch
+    ignores them); a text shorter than ``ngram`` words is one shingle."""
+    return ngram_hashes(words(text), ngram, short_whole=True)
 
 
 def signatures(texts: Iterable[str], permutations: int = 128, ngram: int = 5) -> np.ndarray:

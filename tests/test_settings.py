@@ -117,13 +117,17 @@ def test_warnings_reach_the_terminal_as_one_line_notes_from_the_command_line(tmp
     import subprocess
     import sys
     from pathlib import Path
+    # the project's own warning, and a library's deprecation as PEFT raises them (a FutureWarning from its module)
     code = ("import sys, warnings; from model import cli; "
-            "cli.cli_plot = lambda argv: warnings.warn('the corpus status is \\'partial\\';\\n  sampled as is') or 0; "
+            "cli.cli_plot = lambda argv: warnings.warn('the corpus status is \\'partial\\';\\n  sampled as is') or "
+            "warnings.warn_explicit('`use_dora` in this form is deprecated;\\n pass it to LoraConfig', FutureWarning, "
+            "'peft/tuners/lora/config.py', 12, module='peft.tuners.lora.config') or 0; "
             "sys.argv = ['elm-train', 'plot', 'x']; sys.exit(cli.main())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == "elm-train: note: the corpus status is 'partial'; sampled as is\n"
+    assert done.stderr == ("elm-train: note: the corpus status is 'partial'; sampled as is\n"
+                           "elm-train: note: `use_dora` in this form is deprecated; pass it to LoraConfig\n")
 
 
 def test_every_flag_of_every_elm_corpus_command_has_help_and_defaults_follow_the_data_root(tmp_path, monkeypatch):

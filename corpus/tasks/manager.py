@@ -76,7 +76,15 @@ def task_manager_for(tasks: list[str], include_path: str | None):
 
 def known_tasks_manager(tasks: list[str], include_path: str | None):
     """The task manager that knows every one of `tasks`; an unknown name is refused (UnknownTasks) with where it
-    was looked for."""
+    was looked for. A refusal consults the folder's own index and lm-eval's (each built once per process), so
+    it never indexes lm-eval's files a second time for a folder."""
+    if include_path:
+        local = _task_manager(str(include_path), False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+        unknown = [t for t in tasks if t not in local.all_tasks and t not in _task_manager(None, True).all_tasks]
+        if unknown:
+            raise UnknownTasks(unknown, include_path)
     manager = task_manager_for(tasks, include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:

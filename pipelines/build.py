@@ -45,7 +45,7 @@ from corpus.store.location import ObjectPath, StorePath, stops_build
 from corpus.text.filters import build_filters
 from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.contamination import task_items
-from pipelines.dedup import dedup_done, run_dedup, signed_units
+from pipelines.dedup import dedup_done, run_dedup
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
 from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
 from pipelines.views import BuildProgress
@@ -187,7 +187,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
                 started_ray = start_ray(workers, address)
                 env = tuple(sorted(location.store_environment().items())) if corpus.remote else ()
                 if dedup_units is not None:  # before any unit is tokenized: removals span every unit
-                    bar.phase("dedup signatures", len(signed_units(corpus)))
+                    bar.phase("dedup signatures", len(corpus.signed_units()))
                     dedup_measures = {}
                     run_dedup(manifest, corpus, dedup_units, workers or cluster_cpus(), dict(env), bar.step,
                               dedup_measures)

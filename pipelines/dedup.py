@@ -88,7 +88,7 @@ def sign_unit(job: DedupJob, unit_dict: dict) -> dict:
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # a one-CPU task: rensa must not spread over every core
     unit = WorkUnit.from_dict(unit_dict)
     near = job.dedup.near
-    positions, exact, texts = [], [], []
+    positions, exact, texts, signed = [], [], [], []
     for position, record in enumerate(read_slice(unit.slice, job.text_fields[job.sources.index(unit.source)])):
         if isinstance(record, BadRecord):
             continue  # quarantined by the token pass; never a duplicate
@@ -100,13 +100,14 @@ def sign_unit(job: DedupJob, unit_dict: dict) -> dict:
         exact.append((digest >> 64, digest & 0xFFFF_FFFF_FFFF_FFFF))
         if near is not None:
             texts.append(text)
+            if len(texts) == _SIGN_BATCH:  # signed as they come: a unit's texts are never held all at once
+                signed.append(signatures(texts, near.permutations, near.ngram))
+                texts = []
     arrays = {"positions": np.asarray(positions, np.int64), "exact": np.asarray(exact, np.uint64).reshape(-1, 2)}
     if near is not None:
-        sigs = np.concatenate([signatures(texts[i:i + _SIGN_BATCH], near.permutations, near.ngram)
-                               for i in range(0, len(texts), _SIGN_BATCH)] or
-                              [np.empty((0, near.permutations), np.uint32)])
+        sigs = np.concatenate(signed + [signatures(texts, near.permutations, near.ngram)])
         arrays["signatures"] = sigs
-        arrays["band_keys"] = band_keys(sigs, bands_for(near.threshold, near.permutations)).reshape(len(texts), -1)
+        arrays["band_keys"] = band_keys(sigs, bands_for(near.threshold, near.permutations)).reshape(len(sigs), -1)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     location.write_bytes(CorpusDir(job.out_dir).signatures_path(unit.source, unit.unit_id), buffer.getvalue())
@@ -132,16 +133,6 @@ def _load(corpus: CorpusDir, source: str, unit: str, arrays: tuple[str, ...],
         opened = location.open_input(path)
     with opened, np.load(opened) as held:
         return {k: held[k] for k in arrays}
-
-
-def signed_units(corpus: CorpusDir) -> set[tuple[str, str]]:
-    """``(source, unit)`` of every unit whose signatures file is written (one listing)."""
-    out = set()
-    for rel in location.list_files(corpus.root / DEDUP_DIR / "signatures"):
-        parts = rel.split("/")
-        if len(parts) == 2 and parts[1].endswith(".npz") and not parts[1].startswith("."):
-            out.add((parts[0], parts[1][:-len(".npz")]))
-    return out
 
 
 # ---------------------------------------------------------------- pass 2: the search, sharded
@@ -283,7 +274,7 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
     if done is not None:
         return done
     job = DedupJob.of(manifest, str(corpus.root))
-    signed = signed_units(corpus)
+    signed = corpus.signed_units()
     todo = [u for u in units if (u.source, u.unit_id) not in signed]
     failures, sign_peak, started = [], 0.0, time.perf_counter()
     for unit, ref in in_flight(sign_unit, job, todo, WorkUnit.to_dict, workers, env=store_env or None):

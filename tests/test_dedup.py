@@ -31,8 +31,7 @@ from pipelines.stream import stream_units
 from planted_duplicates import planted_sources
 
 SOURCES = ("first", "second")
-FILES = 4  # per source: a unit each at least, so pairs cross units as well as sources, and a kill lands between
-UNIT_BYTES = 60_000  # and more units than files in the shared build
+FILES = 4  # per source, a unit each: pairs cross units as well as sources, and a kill lands between them
 
 
 def write_planted(root: Path, scope: str = "corpus") -> tuple[Path, dict, list]:
@@ -85,7 +84,7 @@ def _line_starts(path: Path) -> dict[int, int]:
 def planted(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("planted")
     manifest, documents, plants = write_planted(root)
-    result = build(manifest, root / "corpus", workers=2, progress=False, unit_bytes=UNIT_BYTES)
+    result = build(manifest, root / "corpus", workers=2, progress=False)
     return result, documents, plants
 
 
@@ -124,8 +123,7 @@ def test_removed_documents_are_counted_per_source_with_the_source_of_the_kept_co
 
 def test_one_worker_removes_the_same_documents_and_writes_the_same_bytes(planted, tmp_path):
     result, _, _ = planted
-    one = build(result.out_dir.parent / "planted-corpus.yaml", tmp_path / "one", workers=1, progress=False,
-                unit_bytes=UNIT_BYTES)
+    one = build(result.out_dir.parent / "planted-corpus.yaml", tmp_path / "one", workers=1, progress=False)
     assert _files(one.out_dir) == _files(result.out_dir)
 
 
@@ -159,9 +157,8 @@ def _kill_when(manifest: Path, out: Path, reached) -> None:
 
 
 def test_a_build_killed_in_the_signature_pass_and_in_the_token_pass_resumes_to_the_same_bytes(planted, tmp_path):
-    result, _, _ = planted
-    manifest = result.out_dir.parent / "planted-corpus.yaml"
-    clean = build(manifest, tmp_path / "clean", workers=2, progress=False)  # default units: one per file
+    clean, _, _ = planted
+    manifest = clean.out_dir.parent / "planted-corpus.yaml"
     units = clean.units_total
     out = tmp_path / "killed"
     _kill_when(manifest, out, lambda o: 0 < _count(o / "dedup" / "signatures", "[!.]*.npz") < units
@@ -212,8 +209,7 @@ def test_verify_finds_damaged_dedup_files_and_repair_then_build_restores_them(pl
 def test_a_dedup_build_on_the_s3_server_writes_the_local_builds_bytes(planted, s3_server):
     result, _, _ = planted
     uri = f"{s3_server.bucket('elm-dedup')}/planted"
-    remote = build(result.out_dir.parent / "planted-corpus.yaml", uri, workers=2, progress=False,
-                   unit_bytes=UNIT_BYTES)
+    remote = build(result.out_dir.parent / "planted-corpus.yaml", uri, workers=2, progress=False)
     assert remote.status == "complete"
     root = location.at(uri)
     keys = [k for k in location.list_files(root) if k.split("/")[0] in ("shards", "dedup")]
@@ -239,8 +235,8 @@ def test_elm_corpus_dedup_then_a_live_stream_leaves_out_what_the_build_leaves_ou
     assert (folder / "dedup" / "result.json").exists() and not (folder / "ledger").exists()
     dedup_dir = live._removals(planned)
     with pytest.raises(CorpusError, match="--stream-unit-bytes"):
-        LiveCorpus.open(str(manifest), workers=2, unit_bytes=UNIT_BYTES)._removals(
-            {"all": stream_units(live.manifest, "second", unit_bytes=UNIT_BYTES)})
+        LiveCorpus.open(str(manifest), workers=2, unit_bytes=60_000)._removals(
+            {"all": stream_units(live.manifest, "second", unit_bytes=60_000)})
 
     # the build of that folder goes on from the search (nothing signed again), and the stream serves its chunks
     signed = {p: p.stat().st_mtime_ns for p in (folder / "dedup").rglob("*") if p.is_file()}

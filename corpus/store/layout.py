@@ -163,6 +163,10 @@ class CorpusDir:
         """``(source, unit) -> ledger entry path`` of every finished unit."""
         return _unit_files(self.root / LEDGER_DIR)
 
+    def signed_units(self) -> set[tuple[str, str]]:
+        """``(source, unit)`` of every unit whose deduplication signatures are written (one listing)."""
+        return set(_unit_files(self.root / DEDUP_DIR / "signatures", ".npz"))
+
     def failed_units(self) -> dict[tuple[str, str], StorePath]:
         """``(source, unit) -> failure entry path`` of every unit whose last attempt failed."""
         return _unit_files(self.root / FAILED_DIR)
@@ -308,13 +312,13 @@ def _lock_holder(path: StorePath) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
-def _unit_files(folder: StorePath) -> dict[tuple[str, str], StorePath]:
-    """``(source, unit) -> path`` for every ``<folder>/<source>/<unit>.json``, sorted."""
+def _unit_files(folder: StorePath, suffix: str = ".json") -> dict[tuple[str, str], StorePath]:
+    """``(source, unit) -> path`` for every ``<folder>/<source>/<unit><suffix>``, sorted."""
     out = {}
     for rel in location.list_files(folder):
         parts = rel.split("/")
-        if len(parts) == 2 and parts[1].endswith(".json") and not parts[1].startswith("."):
-            out[(parts[0], parts[1][:-len(".json")])] = folder / parts[0] / parts[1]
+        if len(parts) == 2 and parts[1].endswith(suffix) and not parts[1].startswith("."):
+            out[(parts[0], parts[1][:-len(suffix)])] = folder / parts[0] / parts[1]
     return out
 
 

@@ -66,23 +66,26 @@ def _task_manager(include_path: str | None, defaults: bool):
 
 def task_manager_for(tasks: list[str], include_path: str | None):
     """lm-eval's TaskManager, built once per process and folder. Indexing lm-eval's own ~14,000 task files
-    takes seconds, so tasks that are all in `include_path` are found without it."""
+    takes seconds, so tasks that are all in `include_path` are found without it, tasks none of which are there
+    by lm-eval's own index alone, and only a mix of both indexes lm-eval's files with the folder's."""
     if include_path:
         local = _task_manager(str(include_path), False)
         if all(t in local.all_tasks for t in tasks):
             return local
-    return _task_manager(str(include_path) if include_path else None, True)
+        if any(t in local.all_tasks for t in tasks):
+            return _task_manager(str(include_path), True)
+    return _task_manager(None, True)
 
 
 def known_tasks_manager(tasks: list[str], include_path: str | None):
     """The task manager that knows every one of `tasks`; an unknown name is refused (UnknownTasks) with where it
-    was looked for. A refusal consults the folder's own index and lm-eval's (each built once per process), so
-    it never indexes lm-eval's files a second time for a folder."""
+    was looked for: by the folder's index and lm-eval's apart (each built once per process), before an index of
+    both is made for tasks from both."""
     if include_path:
         local = _task_manager(str(include_path), False)
-        if all(t in local.all_tasks for t in tasks):
-            return local
-        unknown = [t for t in tasks if t not in local.all_tasks and t not in _task_manager(None, True).all_tasks]
+        unknown = [t for t in tasks if t not in local.all_tasks]
+        if unknown:
+            unknown = [t for t in unknown if t not in _task_manager(None, True).all_tasks]
         if unknown:
             raise UnknownTasks(unknown, include_path)
     manager = task_manager_for(tasks, include_path)

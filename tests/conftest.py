@@ -178,3 +178,17 @@ def s3_server():
     finally:
         patch.undo()
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def planted_corpus(tmp_path_factory, ray_session):
+    """The two planted sources of tests/planted_duplicates.py built once with their manifest's dedup block (one
+    unit per file, 2 workers): (build result, documents, plants). Its manifest is ``planted-corpus.yaml`` beside
+    the corpus folder. Readers only: a test that changes it works on a copy."""
+    from pipelines.build import build
+    from planted_duplicates import write_planted
+    root = tmp_path_factory.mktemp("planted")
+    manifest, documents, plants = write_planted(root)
+    result = build(manifest, root / "corpus", workers=2, progress=False)
+    assert result.status == "complete"
+    return result, documents, plants

@@ -13,8 +13,10 @@ by that figure, not by the kind it was planted as. Tests and benchmarks import t
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from corpus.cleaning.words import ngrams, words
 from corpus.mirror import text as sample_text
@@ -96,3 +98,27 @@ def planted_sources(exact: int = 20, near: int = 60, far: int = 60, own: int = 4
     plants = [Plant(key, original, kind, jaccard(shingles(copy), shingles(documents[original])))
               for key, original, kind, copy in placed]
     return documents, plants
+
+
+# ---------------------------------------------------------------- as a corpus to build
+
+SOURCES = ("first", "second")
+FILES = 4  # per source, a unit each: pairs cross units as well as sources, and a kill lands between them
+
+
+def write_planted(root: Path, scope: str = "corpus") -> tuple[Path, dict, list]:
+    """The planted sources as ``<source>-<i>.jsonl`` files under ``root`` and a manifest deduplicating them."""
+    documents, plants = planted_sources()
+    for s, name in enumerate(SOURCES):
+        texts = [documents[(s, p)] for p in range(sum(1 for k in documents if k[0] == s))]
+        per_file = -(-len(texts) // FILES)
+        for i in range(FILES):
+            part = texts[i * per_file:(i + 1) * per_file]
+            (root / f"{name}-{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+    manifest = root / f"planted-{scope}.yaml"
+    manifest.write_text(
+        f"name: planted-{scope}\ntext: {{min_tokens: 16, min_chars: 50}}\nsources:\n" + "".join(
+            f"  - name: {name}\n    group: g{s}\n    upstream: {{files: [\"{root}/{name}-*.jsonl\"]}}\n"
+            f"    format: jsonl\n    tokens: 1M\n" for s, name in enumerate(SOURCES)) +
+        f"dedup:\n  exact: true\n  near: {{threshold: 0.8, ngram: 5, permutations: 128}}\n  scope: {scope}\n")
+    return manifest, documents, plants

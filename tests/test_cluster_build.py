@@ -23,9 +23,7 @@ import psutil
 from corpus.store import location
 from corpus.store.layout import read_corpus_json
 from pipelines.cli import main as cli_main
-from pipelines.build import build
 from ray_cluster import TwoNodeCluster
-from test_dedup import write_planted
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "openelm.yaml"
@@ -106,11 +104,10 @@ def build_losing_the_worker_node(out: str | Path, mirror: Path, total: int, log:
     return done_at_removal
 
 
-def dedup_build_on_both_nodes(cluster: TwoNodeCluster, root: Path) -> None:
-    """A deduplicating build (tests/test_dedup.py's planted sources) driven on the cluster before it loses a node:
-    its signatures, search and token passes spread over both nodes, and it writes the bytes of a local build."""
-    manifest, _, _ = write_planted(root)
-    local = build(manifest, root / "local", workers=2, progress=False)
+def dedup_build_on_both_nodes(cluster: TwoNodeCluster, root: Path, local) -> None:
+    """A deduplicating build (the session's planted corpus, ``local``) driven on the cluster before it loses a
+    node: its signatures, search and token passes spread over both nodes, and it writes the local build's bytes."""
+    manifest = local.out_dir.parent / "planted-corpus.yaml"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", str(manifest), "--out",
                            str(root / "cluster"), "--address", cluster.address, "--no-progress"],
@@ -125,11 +122,12 @@ def dedup_build_on_both_nodes(cluster: TwoNodeCluster, root: Path) -> None:
 
 
 def test_a_build_that_loses_its_worker_node_half_way_ends_byte_identical_to_a_local_build(
-        sample_corpus, sample_mirror, tmp_path):
+        sample_corpus, sample_mirror, planted_corpus, tmp_path):
     total = sample_corpus.units_total
     out = tmp_path / "openelm-sample"
     build_losing_the_worker_node(out, sample_mirror, total, tmp_path / "build.log",
-                                 node_check=lambda cluster: dedup_build_on_both_nodes(cluster, tmp_path))
+                                 node_check=lambda cluster: dedup_build_on_both_nodes(cluster, tmp_path,
+                                                                                      planted_corpus[0]))
 
     index = read_corpus_json(out)
     assert index["status"] == "complete" and not index["failed_units"]

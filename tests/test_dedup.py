@@ -28,29 +28,7 @@ from pipelines.cli import main as cli_main
 from pipelines.dedup import EXACT, NEAR, read_removals
 from pipelines.plan import WorkUnit
 from pipelines.stream import stream_units
-from planted_duplicates import planted_sources
-
-SOURCES = ("first", "second")
-FILES = 4  # per source, a unit each: pairs cross units as well as sources, and a kill lands between them
-
-
-def write_planted(root: Path, scope: str = "corpus") -> tuple[Path, dict, list]:
-    """The planted sources as ``<source>-<i>.jsonl`` files under ``root`` and a manifest deduplicating them."""
-    documents, plants = planted_sources()
-    for s, name in enumerate(SOURCES):
-        texts = [documents[(s, p)] for p in range(sum(1 for k in documents if k[0] == s))]
-        per_file = -(-len(texts) // FILES)
-        for i in range(FILES):
-            part = texts[i * per_file:(i + 1) * per_file]
-            (root / f"{name}-{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
-    manifest = root / f"planted-{scope}.yaml"
-    manifest.write_text(
-        f"name: planted-{scope}\ntext: {{min_tokens: 16, min_chars: 50}}\nsources:\n" + "".join(
-            f"  - name: {name}\n    group: g{s}\n    upstream: {{files: [\"{root}/{name}-*.jsonl\"]}}\n"
-            f"    format: jsonl\n    tokens: 1M\n" for s, name in enumerate(SOURCES)) +
-        f"dedup:\n  exact: true\n  near: {{threshold: 0.8, ngram: 5, permutations: 128}}\n  scope: {scope}\n")
-    return manifest, documents, plants
-
+from planted_duplicates import SOURCES, write_planted
 
 def removed_documents(out: Path) -> dict[tuple[int, int], tuple[str, str]]:
     """``(source, position in the source) -> (reason, source of the copy kept)`` of every document removed."""
@@ -80,12 +58,10 @@ def _line_starts(path: Path) -> dict[int, int]:
     return starts
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("planted")
-    manifest, documents, plants = write_planted(root)
-    result = build(manifest, root / "corpus", workers=2, progress=False)
-    return result, documents, plants
+@pytest.fixture
+def planted(planted_corpus):
+    """The session's planted corpus (tests/conftest.py): its build result, documents and plants."""
+    return planted_corpus
 
 
 def test_planted_exact_and_near_copies_go_far_copies_and_originals_stay(planted):

@@ -1,7 +1,7 @@
 """`elm-corpus stats` on a deduplicated corpus: duplicates as drop reasons and the cross-source overlap, in the
 terminal, in `--json` and in the HTML report, against corpus.json's totals and the planted ground truth.
 
-One build of tests/test_dedup.py's planted corpus serves the module: source 'first' holds originals and a few
+The session's planted corpus (tests/conftest.py) serves the module: source 'first' holds originals and a few
 copies of them; source 'second' holds its own originals and most of the copies (tests/planted_duplicates.py).
 """
 from __future__ import annotations
@@ -21,17 +21,13 @@ from corpus.inspection.report import CHARTS, OVERLAP_CHART, overlap_scale
 from corpus.inspection.stats import dedup_note
 from corpus.store.counts import DUPLICATE_EXACT, DUPLICATE_NEAR, DUPLICATE_REASONS
 from corpus.store.layout import read_corpus_json
-from pipelines.build import build
 from pipelines.cli import main as cli_main
-from test_dedup import SOURCES, write_planted
+from planted_duplicates import SOURCES
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory, ray_session) -> tuple[Path, dict, list]:
-    root = tmp_path_factory.mktemp("planted-stats")
-    manifest, documents, plants = write_planted(root)
-    result = build(manifest, root / "corpus", workers=2, progress=False)
-    assert result.status == "complete"
+@pytest.fixture
+def planted(planted_corpus) -> tuple[Path, dict, list]:
+    result, documents, plants = planted_corpus
     return Path(result.out_dir), documents, plants
 
 

@@ -176,12 +176,18 @@ def _tokenizer_export(args) -> int:
 
 def _validate(args) -> int:
     from corpus.inspection.numbers import short_count
+    from corpus.inspection.stats import dedup_settings
     from corpus.manifest import load_manifest
     m = load_manifest(args.manifest)
     print(f"{args.manifest}: manifest '{m.name}' is valid: {len(m.sources)} sources, "
           f"{short_count(m.total_tokens, digits=4)} tokens")
     for s, share in m.target_shares().items():
         print(f"  {s:<26} {share * 100:6.2f}%")
+    if m.dedup is not None:  # what the build will remove besides CoreNet's rules
+        print(f"  {dedup_settings(m.dedup.model_dump(mode='json'))}")
+    if m.decontaminate is not None:
+        print(f"  decontaminate: documents sharing a word {m.decontaminate.ngram}-gram with an item of "
+              f"{m.decontaminate.names}")
     return 0
 
 

@@ -222,3 +222,10 @@ def test_elm_corpus_dedup_then_a_live_stream_leaves_out_what_the_build_leaves_ou
         built = [s.chunk(i) for s in source_shards(folder, name) for i in range(len(s))]
         streamed = list(stream_chunks(manifest, name, workers=2, dedup_dir=dedup_dir))
         assert len(streamed) == len(built) > 0 and all(np.array_equal(a, b) for a, b in zip(streamed, built))
+
+
+def test_validate_says_what_the_dedup_block_removes(planted, capsys):
+    assert cli_main(["validate", str(planted[0].out_dir.parent / "planted-corpus.yaml")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  dedup: exact (the same normalised words) and near (MinHash LSH: Jaccard >= 0.8 on word 5-gram shingles, "
+        "128 permutations), across sources (scope corpus)")

@@ -426,21 +426,26 @@ def _first_lines(path: StorePath, n: int) -> list[str]:
     return (lines + ([pending.decode("utf-8")] if pending else []))[:n]
 
 
-def dedup_note(overlap: dict) -> str:
-    """The dedup settings and what the search decided, in one sentence (the terminal and the report say the same)."""
-    s, decided = overlap["settings"], overlap["decided"]
+def dedup_settings(s: dict) -> str:
+    """A manifest's dedup block (as dumped to JSON) in words: what counts as a duplicate, and among which sources."""
     kinds = ["exact (the same normalised words)"] if s["exact"] else []
     if s["near"]:
         near = s["near"]
         kinds.append(f"near (MinHash LSH: Jaccard >= {near['threshold']} on word {near['ngram']}-gram shingles, "
                      f"{near['permutations']} permutations)")
     where = "across sources (scope corpus)" if s["scope"] == "corpus" else "within each source (scope source)"
+    return f"dedup: {' and '.join(kinds)}, {where}"
+
+
+def dedup_note(overlap: dict) -> str:
+    """The dedup settings and what the search decided, in one sentence (the terminal and the report say the same)."""
+    decided = overlap["decided"]
     if decided is None:
         found = "the search has not finished, so no document is removed yet"
     else:
         found = (f"the search found {sum(decided.values()):,} documents to remove "
                  f"({decided.get(DUPLICATE_EXACT, 0):,} exact, {decided.get(DUPLICATE_NEAR, 0):,} near)")
-    return f"dedup: {' and '.join(kinds)}, {where}; {found}"
+    return f"{dedup_settings(overlap['settings'])}; {found}"
 
 
 def progress_note(status: str, running: bool | None, pid: int | None, target: str = "NAME") -> str | None:

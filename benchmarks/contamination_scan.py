@@ -27,6 +27,19 @@ from corpus.store.writer import write_shard  # noqa: E402
 from corpus.tokenizer.tokenizer import Tokenizer  # noqa: E402
 
 
+def text_and_items(count: int) -> tuple[list[str], list[tuple[str]]]:
+    """The benchmark's text (600 KJV chapters, 60 standard-library modules) and ``count`` task items of 25 words:
+    one in a hundred a run of the text itself, the rest random words of it. decontaminate_pass.py uses the same."""
+    texts = [c.text for c in kjv_chapters()[:600]] + [m.text for m in stdlib_sources()[:60]]
+    rng = random.Random(0)
+    vocabulary = " ".join(texts[:50]).split()
+    words = " ".join(texts).split()
+    copied = [rng.randrange(len(words) - 25) for _ in range(count // 100)]
+    items = [(" ".join(words[i:i + 25]),) for i in copied]
+    items += [(" ".join(rng.choice(vocabulary) for _ in range(25)),) for _ in range(count - len(items))]
+    return texts, items
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=10_000, help="task items in the index (default 10,000)")
@@ -34,13 +47,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     tokenizer = Tokenizer()
-    texts = [c.text for c in kjv_chapters()[:600]] + [m.text for m in stdlib_sources()[:60]]
-    rng = random.Random(0)
-    vocabulary = " ".join(texts[:50]).split()
-    words = " ".join(texts).split()
-    copied = [rng.randrange(len(words) - 25) for _ in range(args.items // 100)]
-    items = [(" ".join(words[i:i + 25]),) for i in copied]
-    items += [(" ".join(rng.choice(vocabulary) for _ in range(25)),) for _ in range(args.items - len(items))]
+    texts, items = text_and_items(args.items)
     started = time.perf_counter()
     index = NgramIndex.build(items, args.ngram)
     print(f"index of {args.items:,} items: {len(index.hashes):,} n-grams in {time.perf_counter() - started:.2f} s")

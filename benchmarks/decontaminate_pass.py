@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -20,9 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from contamination_scan import text_and_items  # noqa: E402
 from corpus.cleaning.contamination import CONTAMINATED, Decontamination  # noqa: E402
 from corpus.manifest import Source, TextRules  # noqa: E402
-from corpus.mirror.text import kjv_chapters, stdlib_sources  # noqa: E402
 from corpus.tasks.items import TaskItems  # noqa: E402
 from corpus.text.rules import CoreNetRules  # noqa: E402
 from corpus.tokenizer.tokenizer import Tokenizer  # noqa: E402
@@ -36,13 +36,7 @@ def main() -> None:
     p.add_argument("--ngram", type=int, default=13)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    texts = [c.text for c in kjv_chapters()[:600]] + [m.text for m in stdlib_sources()[:60]]
-    rng = random.Random(0)
-    vocabulary = " ".join(texts[:50]).split()
-    words = " ".join(texts).split()
-    copied = [rng.randrange(len(words) - 25) for _ in range(args.items // 100)]
-    items = [(" ".join(words[i:i + 25]),) for i in copied]
-    items += [(" ".join(rng.choice(vocabulary) for _ in range(25)),) for _ in range(args.items - len(items))]
+    texts, items = text_and_items(args.items)
     started = time.perf_counter()
     decontaminate = Decontamination.of([TaskItems("bench", tuple(items), ("bench",))], args.ngram)
     print(f"index of {args.items:,} items: {len(decontaminate.index.hashes):,} n-grams in "

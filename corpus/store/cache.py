@@ -15,8 +15,9 @@ contamination scan): the unit where it lies, or a checked copy of it in a scratc
 """
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,11 @@ def cache_folder(root: ObjectPath, cache_root: str | Path) -> Path:
     return Path(cache_root).joinpath(root.protocol, *parts)
 
 
-def cache_corpus(root: ObjectPath, cache_root: str | Path, sources: Collection[str] | None = None) -> CachedCorpus:
-    """Bring the local copy of the corpus at ``root`` up to date with its ledger, for ``sources`` (default: all);
-    see the module docstring.
+def cache_corpus(root: ObjectPath, cache_root: str | Path,
+                 sources: Callable[[dict], Collection[str] | None] | None = None) -> CachedCorpus:
+    """Bring the local copy of the corpus at ``root`` up to date with its ledger, for the sources that
+    ``sources(corpus_json)`` names (default, or None from it: all); see the module docstring. The choice is made
+    from the corpus.json this sync reads, so the store's copy is fetched once.
 
     Raises :class:`NotACorpus` when ``root`` holds no corpus.json, :class:`CacheError` when a
     downloaded object's hash differs from its ledger entry (run ``elm-corpus verify`` on the URI).
@@ -70,6 +73,7 @@ def cache_corpus(root: ObjectPath, cache_root: str | Path, sources: Collection[s
         except FileNotFoundError:
             raise NotACorpus(f"{root} holds no {CORPUS_JSON}: not a built corpus (build it with 'elm-corpus build "
                              f"MANIFEST --out {root}')") from None
+        chosen = sources(json.loads(index)) if sources is not None else None
         wanted: set[Path] = set()
         for (source, unit), entry in sorted(corpus.ledger_entries().items()):
             if not _plain_name(source) or not _plain_name(unit):
@@ -78,7 +82,7 @@ def cache_corpus(root: ObjectPath, cache_root: str | Path, sources: Collection[s
             for suffix, key in _SUFFIXES:
                 local, remote = local_stem.with_suffix(suffix), corpus.shard_stem(source, unit).with_suffix(suffix)
                 wanted.add(local)  # kept if a run that samples the source cached it, but checked only when asked for
-                if sources is not None and source not in sources:
+                if chosen is not None and source not in chosen:
                     result.not_copied += 1
                     continue
                 if local.is_file() and sha256_file(local) == entry.get(key):

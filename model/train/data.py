@@ -253,14 +253,12 @@ def _cached(root, cache: str | Path | None, weights: dict[str, float] | None) ->
     from corpus.mixing.sources import sampled_sources
     from corpus.paths import cache_root
     from corpus.store.cache import CacheError, cache_corpus
-    from corpus.store.layout import read_corpus_json
+
+    def sampled(index: dict) -> list[str] | None:
+        dump = (index.get("manifest") or {}).get("dump")
+        return sampled_sources(weights, Manifest.model_validate(dump)) if dump else None
     try:
-        dump = (read_corpus_json(root).get("manifest") or {}).get("dump")
-    except FileNotFoundError:
-        dump = None  # cache_corpus says what the URI is not
-    sources = sampled_sources(weights, Manifest.model_validate(dump)) if dump else None
-    try:
-        return cache_corpus(root, cache if cache is not None else cache_root(), sources).folder
+        return cache_corpus(root, cache if cache is not None else cache_root(), sampled).folder
     except CacheError as e:
         raise TrainError(str(e)) from None
 

@@ -39,7 +39,7 @@ import xxhash
 
 from corpus.cleaning.bands import bands_for
 from corpus.cleaning.clusters import duplicate_of
-from corpus.cleaning.minhash import SCHEME, band_keys, signatures, similarity
+from corpus.cleaning.minhash import SCHEME, band_keys, bucket_pairs, signatures, similarity
 from corpus.cleaning.words import normalised
 from corpus.manifest import Dedup, Manifest
 from corpus.store import location
@@ -168,9 +168,7 @@ def find_in_shard(job: DedupJob, task: tuple[int, int, list[tuple[str, str]]]) -
                 buckets.setdefault(bucket, []).append((s, unit, positions[i]))
     near_pairs: list[tuple[Key, Key]] = []
     if job.dedup.near is not None:
-        candidates = {(a, b) for members in buckets.values() if len(members) > 1
-                      for i, a in enumerate(members) for b in members[i + 1:]}
-        near_pairs = _confirmed(corpus, job, candidates)
+        near_pairs = _confirmed(corpus, job, bucket_pairs(buckets.values()))
     return {"exact": exact_pairs, "near": near_pairs, "sha256": hashes, "peak_rss_mb": _peak_rss_mb()}
 
 

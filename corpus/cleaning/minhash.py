@@ -92,9 +92,14 @@ def candidate_pairs(keys: Sequence[Key], signatures: np.ndarray, bands: Bands) -
             continue
         for band, band_key in enumerate(row.tolist()):
             buckets.setdefault((band, band_key), []).append(key)
+    return bucket_pairs(buckets.values())
+
+
+def bucket_pairs(buckets: Iterable[list[Key]]) -> set[tuple[Key, Key]]:
+    """Every pair ``(smaller key, larger key)`` of documents that share a bucket: the candidates of LSH."""
     pairs = set()
-    for members in buckets.values():
-        members.sort()
+    for members in buckets:
+        members = sorted(members)
         pairs.update((a, b) for i, a in enumerate(members) for b in members[i + 1:])
     return pairs
 

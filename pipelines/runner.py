@@ -109,9 +109,14 @@ def unit_task(task: Callable, retries: int, env: dict[str, str] | None = None):
     return ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=False, **options)(task)
 
 
+def _first(refs):
+    """The ref whose readiness stands for a task's: its only one, or the first of its list (all are ready together)."""
+    return refs[0] if isinstance(refs, list) else refs
+
+
 def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[Any], Any], limit: int,
               stop: Callable[[], bool] | None = None,
-              env: dict[str, str] | None = None, retries: int = 3) -> Iterator[tuple[Any, Any]]:
+              env: dict[str, str] | None = None, retries: int = 3, returns: int = 1) -> Iterator[tuple[Any, Any]]:
     """Run ``task(shared, argument(item))`` as a one-CPU Ray task per item, at most ``limit`` at a time.
 
     Yields ``(item, object ref)`` once the ref is ready to ``ray.get`` (which raises if its task
@@ -121,9 +126,13 @@ def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[
     ``env``: environment variables the tasks run with (Ray starts their workers with them).
     ``retries``: how often Ray reruns a task whose worker process died (killed, out of memory, node lost);
     an exception raised by the task itself is never retried, since rereading the same input raises it again.
+    ``returns``: with more than one, the task returns that many values, each its own object (a large one can stay
+    in the object store for other tasks while a small one is read), and the yielded ref is a list of them.
     """
     import ray
     remote = unit_task(task, retries, env)
+    if returns > 1:
+        remote = remote.options(num_returns=returns)
     shared_ref = ray.put(shared)
     queue = deque(items)
     running: deque[tuple[Any, Any]] = deque()
@@ -131,7 +140,7 @@ def in_flight(task: Callable, shared: Any, items: Iterable, argument: Callable[[
         while queue and len(running) < limit and not (stop and stop()):
             item = queue.popleft()
             running.append((item, remote.remote(shared_ref, argument(item))))
-        (ref,), _ = ray.wait([r for _, r in running], num_returns=1)
-        item = next(i for i, r in running if r == ref)
+        (ready,), _ = ray.wait([_first(r) for _, r in running], num_returns=1)
+        item, ref = next((i, r) for i, r in running if _first(r) == ready)
         running.remove((item, ref))
         yield item, ref

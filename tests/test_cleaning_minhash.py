@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from corpus.cleaning.bands import Bands, bands_for
+from corpus.cleaning.buckets import EXACT, by_shard, document_ids, group_pairs, key_rows, unit_and_position
 from corpus.cleaning.clusters import clusters, duplicate_of
 from corpus.cleaning.minhash import EMPTY, band_keys, candidate_pairs, signatures, similarity, verified_pairs
 from corpus.cleaning.words import ngrams, normalised, words
@@ -162,6 +163,48 @@ def test_documents_sharing_a_band_are_candidates_and_texts_without_words_never_a
     bands = bands_for(THRESHOLD, PERMUTATIONS)
     assert candidate_pairs(keys, sigs, bands) == {((0, 0, 0), (1, 0, 0))}
     assert candidate_pairs([], signatures([], PERMUTATIONS), bands) == set()
+
+
+# --- buckets: pairs from sorted rows ------------------------------------------------------------
+
+def _brute_pairs(rows: np.ndarray, leaders: int) -> set[tuple[int, int]]:
+    """Every pair of a group with one of its first ``leaders`` members, by looping over the rows themselves."""
+    groups: dict[tuple, list[int]] = {}
+    for r in rows.tolist():
+        groups.setdefault(r[:4], []).append(r[4])
+    out = set()
+    for members in groups.values():
+        members = sorted(set(members))
+        out.update((a, b) for i, a in enumerate(members[:leaders]) for b in members[i + 1:])
+    return out
+
+
+@pytest.mark.parametrize("leaders", [1, 3, 1000])
+def test_group_pairs_are_the_pairs_with_a_leader_of_each_group_whatever_the_sharding(leaders):
+    rng = np.random.default_rng(7)
+    docs = document_ids(2, np.arange(400)) - rng.integers(0, 2, 400) * (1 << 32)  # two units: ids sort like keys
+    exact = rng.integers(0, 30, (400, 2)).astype(np.uint64)        # few values: groups of up to ~30 documents
+    bands = rng.integers(0, 12, (400, 4)).astype(np.uint64)
+    rows = np.concatenate([key_rows(docs, exact, bands), key_rows(docs[:50], bands=bands[:50], scope=1)])
+    rows = rng.permutation(np.concatenate([rows, rows[:100]]))    # order and repeated rows do not matter
+    expected = _brute_pairs(rows, leaders)
+    found = group_pairs(rows, leaders)
+    assert found.dtype == np.int64 and (found[:, 0] < found[:, 1]).all()
+    assert set(map(tuple, found.tolist())) == expected and len(found) == len(expected)
+    for shards in (1, 2, 5):
+        ordered, offsets = by_shard(rows, shards)
+        parts = [group_pairs(ordered[offsets[i]:offsets[i + 1]], leaders) for i in range(shards)]
+        assert set(map(tuple, np.concatenate(parts).tolist())) == expected
+    assert set(rows["band"].tolist()) == {EXACT, 0, 1, 2, 3}
+    assert unit_and_position(document_ids(5, [0, 9]))[0].tolist() == [5, 5]
+    assert unit_and_position(document_ids(5, [0, 9]))[1].tolist() == [0, 9]
+
+
+def test_a_bucket_larger_than_its_leaders_gives_pairs_linear_in_its_size():
+    rows = key_rows(np.arange(10_000), bands=np.zeros((10_000, 1), np.uint64))  # one bucket of 10,000
+    pairs = group_pairs(rows, leaders=32)
+    assert len(pairs) == sum(10_000 - 1 - r for r in range(32))  # not 10,000 x 9,999 / 2
+    assert pairs[:, 0].max() == 31
 
 
 # --- clusters ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from corpus.store.verify import verify
 from corpus.text.readers import read_slice
 from pipelines.build import build
 from pipelines.cli import main as cli_main
-from pipelines.dedup import EXACT, NEAR, read_removals
+from pipelines.dedup import EXACT, NEAR, _signature_rows, read_removals
 from pipelines.plan import WorkUnit
 from pipelines.stream import stream_units
 from planted_duplicates import SOURCES, write_planted
@@ -95,6 +95,20 @@ def test_removed_documents_are_counted_per_source_with_the_source_of_the_kept_co
                                                                    for r in (EXACT, NEAR)) > 0
         assert totals["documents_read"] == totals["kept"] + sum(totals["dropped"].values()) + totals["quarantined"]
     assert index["sources"]["second"]["totals"]["duplicate_of"]["first"] > 0  # the cross-source overlap
+
+
+def test_the_search_reads_the_signature_rows_of_candidates_alone_and_they_are_the_files_rows(planted):
+    result, _, _ = planted
+    files = sorted((result.out_dir / "dedup" / "signatures").rglob("*.npz"))
+    assert files
+    rng = np.random.default_rng(0)
+    for path in files[:3]:
+        with np.load(path) as held:
+            positions, whole = held["positions"], held["signatures"]
+        picked = np.sort(rng.choice(len(positions), size=min(7, len(positions)), replace=False))
+        assert np.array_equal(_signature_rows(path, positions[picked]), whole[picked])
+    with pytest.raises(ValueError, match="no signature"):
+        _signature_rows(files[0], np.array([1 << 31]))
 
 
 def test_one_worker_removes_the_same_documents_and_writes_the_same_bytes(planted, tmp_path):

@@ -1,51 +1,51 @@
 """Clusters of near-duplicate documents from pairs, and which document of each cluster is kept.
 
-Documents are named by sortable keys, ``(source order index, unit id, position)`` in the build, so
-"first" means the source listed first in the manifest, then the earliest unit, then the earliest
-position. Union-find joins the two documents of every pair; in each cluster the smallest key is
-kept and every other document is removed as a duplicate of it. The root of every set is always its
-smallest key, so the clusters, the kept documents and the mapping are the same whatever the order
-of the pairs, and whichever worker found them.
+Documents are named by ids that sort like the documents (:func:`corpus.cleaning.buckets.document_ids`: source in
+manifest order, then unit, then position), so "first" means the copy in the source listed first, then the earliest
+unit and position. The two documents of every pair are joined; in each cluster the smallest id is kept and every
+other document is removed as a duplicate of it. That depends on the clusters alone, so the result is the same
+whatever the order of the pairs, and whichever worker found them.
 
-The pairs should be verified ones (:func:`corpus.cleaning.minhash.verified_pairs`): union-find is
-transitive, so one false candidate merges two whole clusters.
+The clusters are the connected components of the graph whose edges are the pairs, found by scipy's
+``connected_components`` on a sparse matrix: arrays in and out, no Python object per document.
+
+The pairs should be verified ones (:func:`corpus.cleaning.minhash.verified_pairs`): joining is transitive, so one
+false candidate merges two whole clusters.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Hashable, TypeVar
 
+import numpy as np
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
+
 Key = TypeVar("Key", bound=Hashable)
 
 
-class UnionFind:
-    """Disjoint sets of keys whose root is always the set's smallest key."""
-
-    def __init__(self) -> None:
-        self.parent: dict = {}
-
-    def find(self, key: Key) -> Key:
-        parent = self.parent
-        parent.setdefault(key, key)
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]  # path halving: later finds take fewer steps
-            key = parent[key]
-        return key
-
-    def union(self, a: Key, b: Key) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # the larger root goes under the smaller: the root stays each set's smallest key
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)
-            self.parent[hi] = lo
+def kept_copies(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(removed, kept)``: each id to remove, ascending, and the id kept in its cluster (the cluster's smallest)."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if not len(pairs):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    ids, edges = np.unique(pairs, return_inverse=True)  # node i is the i-th smallest id
+    edges = edges.reshape(-1, 2)
+    graph = coo_array((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(len(ids), len(ids)))
+    _, label = connected_components(graph, directed=False)
+    first = np.full(label.max() + 1, len(ids))
+    np.minimum.at(first, label, np.arange(len(ids)))  # each cluster's smallest node, hence its smallest id
+    removed = np.flatnonzero(first[label] != np.arange(len(ids)))
+    return ids[removed], ids[first[label[removed]]]
 
 
 def duplicate_of(pairs: Iterable[tuple[Key, Key]]) -> dict[Key, Key]:
-    """Each document to remove, mapped to the document kept in its cluster (the cluster's smallest key)."""
-    sets = UnionFind()
-    for a, b in pairs:
-        sets.union(a, b)
-    return {key: root for key in sorted(sets.parent) if (root := sets.find(key)) != key}
+    """:func:`kept_copies` for any sortable keys: each key to remove, mapped to the key kept in its cluster."""
+    pairs = list(pairs)
+    keys = sorted({k for pair in pairs for k in pair})
+    rank = {k: i for i, k in enumerate(keys)}
+    removed, kept = kept_copies(np.array([(rank[a], rank[b]) for a, b in pairs], np.int64))
+    return {keys[r]: keys[k] for r, k in zip(removed.tolist(), kept.tolist())}
 
 
 def clusters(pairs: Iterable[tuple[Key, Key]]) -> list[list[Key]]:

@@ -28,6 +28,7 @@ import rensa
 import xxhash
 
 from corpus.cleaning.bands import Bands
+from corpus.cleaning.buckets import group_pairs, key_rows
 from corpus.cleaning.words import ngram_hashes, words
 
 SEED = 1_000_003  # any fixed number: every worker must use the same one, and changing it changes every signature
@@ -82,26 +83,23 @@ def band_keys(signatures: np.ndarray, bands: Bands) -> np.ndarray:
 def candidate_pairs(keys: Sequence[Key], signatures: np.ndarray, bands: Bands) -> set[tuple[Key, Key]]:
     """Pairs ``(smaller key, larger key)`` of documents that share a band, found in memory.
 
-    What one shard of the sharded search does for the buckets it holds, here for all of them at once.
-    Texts without words are left out: they have no shingles to compare (and are exact duplicates of each other).
+    What one shard of the build's search does for the buckets it holds (:mod:`corpus.cleaning.buckets`), here for
+    all of them at once. Texts without words are left out: they have no shingles to compare (and are exact
+    duplicates of each other).
     """
-    buckets: dict[tuple[int, int], list[Key]] = {}
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    rank = np.empty(len(keys), np.int64)
+    rank[order] = np.arange(len(keys))  # ids that sort as the keys do: a bucket's first member is its smallest key
     signatures = np.asarray(signatures).reshape(len(keys), bands.count * bands.rows)
-    for key, signature, row in zip(keys, signatures, band_keys(signatures, bands)):
-        if (signature == EMPTY).all():
-            continue
-        for band, band_key in enumerate(row.tolist()):
-            buckets.setdefault((band, band_key), []).append(key)
-    return bucket_pairs(buckets.values())
+    worded = ~(signatures == EMPTY).all(axis=1)
+    rows = key_rows(rank[worded], bands=band_keys(signatures[worded], bands).reshape(-1, bands.count))
+    return {(keys[order[a]], keys[order[b]]) for a, b in group_pairs(rows).tolist()}
 
 
-def bucket_pairs(buckets: Iterable[list[Key]]) -> set[tuple[Key, Key]]:
-    """Every pair ``(smaller key, larger key)`` of documents that share a bucket: the candidates of LSH."""
-    pairs = set()
-    for members in buckets:
-        members = sorted(members)
-        pairs.update((a, b) for i, a in enumerate(members) for b in members[i + 1:])
-    return pairs
+def agreeing(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """For rows of signatures ``a`` and ``b``, whether each pair agrees on at least ``threshold`` of its values
+    (:func:`similarity`, row by row)."""
+    return np.count_nonzero(a == b, axis=1) / a.shape[1] >= threshold
 
 
 def verified_pairs(pairs: Iterable[tuple[Key, Key]], signature_of: Mapping[Key, np.ndarray],
@@ -112,4 +110,9 @@ def verified_pairs(pairs: Iterable[tuple[Key, Key]], signature_of: Mapping[Key, 
     the full signature before union-find joins it, or the S-curve's tail below the threshold and
     chains of such pairs would remove documents that are not near duplicates.
     """
-    return sorted(p for p in pairs if similarity(signature_of[p[0]], signature_of[p[1]]) >= threshold)
+    pairs = sorted(pairs)
+    if not pairs:
+        return []
+    ok = agreeing(np.array([signature_of[a] for a, _ in pairs]), np.array([signature_of[b] for _, b in pairs]),
+                  threshold)
+    return [p for p, keep in zip(pairs, ok.tolist()) if keep]

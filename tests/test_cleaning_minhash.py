@@ -205,6 +205,8 @@ def test_a_bucket_larger_than_its_leaders_gives_pairs_linear_in_its_size():
     pairs = group_pairs(rows, leaders=32)
     assert len(pairs) == sum(10_000 - 1 - r for r in range(32))  # not 10,000 x 9,999 / 2
     assert pairs[:, 0].max() == 31
+    assert group_pairs(key_rows(np.arange(5), bands=np.arange(5, dtype=np.uint64)[:, None])).shape == (0, 2)
+    assert group_pairs(key_rows(np.arange(1), bands=np.zeros((1, 1), np.uint64))).shape == (0, 2)
 
 
 # --- clusters ----------------------------------------------------------------------------------

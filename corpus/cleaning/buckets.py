@@ -91,6 +91,7 @@ def group_pairs(rows: np.ndarray, leaders: int = LEADERS) -> np.ndarray:
         ends = np.cumsum(counts)
         members = np.arange(total) - np.repeat(ends - counts, counts) + np.repeat(leader + 1, counts)
         found.append(np.stack([np.repeat(docs[leader], counts), docs[members]], axis=1))
+    if not found:
+        return _NO_PAIRS  # every group has one member
     pairs = np.concatenate(found)
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    return np.unique(pairs, axis=0) if len(pairs) else _NO_PAIRS
+    return np.unique(pairs, axis=0)

@@ -22,8 +22,9 @@ report.json:
     trials: [{variant, seed, run_dir, status, log, error, loss: [[step, loss]], val_loss: [[step, loss]]}]
     notes: [what could not be computed, and why]
 
-ci_low/ci_high are null where one seed leaves no interval (model.ablate.intervals). A task-level value is eval's
-own where it reports one, else the mean of the items; a difference compares the means of the items.
+ci_low/ci_high are null where one seed leaves no interval (model.ablate.intervals). Accuracies are fractions, as
+eval gives them (the page shows %). A task-level value is eval's own where it reports one, else the mean of the
+items; a difference compares the means of the items. Failed trials count in no number.
 """
 from __future__ import annotations
 

@@ -266,24 +266,25 @@ class Manifest(_Strict):
 
 # ---------------------------------------------------------------- loading with line numbers
 
-def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map every key path in the YAML to its 1-based line."""
+def line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every key path in the YAML (as `yaml.compose` gives it) to its 1-based line."""
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             k = key.value
             out[path + (k,)] = key.start_mark.line + 1
-            _line_index(value, path + (k,), out)
+            line_index(value, path + (k,), out)
             out[path + (k,)] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
-            _line_index(item, path + (i,), out)
+            line_index(item, path + (i,), out)
     return out
 
 
-def _field_name(loc: tuple) -> str:
+def field_name(loc: tuple) -> str:
+    """('sources', 3, 'tokens') -> 'sources[3].tokens'."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -324,20 +325,25 @@ def parse_manifest(text: str, path: str = "<string>") -> Manifest:
         raise ManifestError([f"{path}:{line}: (yaml): not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise ManifestError([f"{path}:1: (top level): a manifest is a mapping of keys, got {type(data).__name__}"])
-    lines = _line_index(node)
+    lines = line_index(node)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
-            line = _nearest_line(lines, loc)
-            problems.append(f"{path}:{line}: {_field_name(loc)}: {_message(err)}")
-        raise ManifestError(problems) from None
+        raise ManifestError(validation_problems(e, lines, path)) from None
     return manifest.model_copy(update={"path": path})
 
 
-def _nearest_line(lines: dict[tuple, int], loc: tuple) -> int:
+def validation_problems(error: ValidationError, lines: dict[tuple, int], path: str) -> list[str]:
+    """One `file:line: field: message` per error pydantic found in a YAML card whose key lines are `lines`."""
+    problems = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+        problems.append(f"{path}:{nearest_line(lines, loc)}: {field_name(loc)}: {_message(err)}")
+    return problems
+
+
+def nearest_line(lines: dict[tuple, int], loc: tuple) -> int:
+    """The line of the key path `loc`, or of its nearest enclosing key that the YAML has."""
     while loc and loc not in lines:
         loc = loc[:-1]
     return lines.get(loc, 1)

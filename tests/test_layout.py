@@ -11,7 +11,8 @@ imported. Five rules, each checked on the real tree (one parametrized test, one 
 3. Inside model/, the units (a top-level module or subpackage of model) follow MODEL_LAYOUT the same
    way: the model core (config, weights, adapters, chat format) at the bottom, then the trainer
    (`train`), then what reads run folders (`source`), evaluation, the two jobs (`pretrain`,
-   `finetune`), export, and the CLI on top. Every model module belongs to a unit of the table.
+   `finetune`), export, the ablations (`ablate`) over all of them, and the CLI on top. Every model
+   module belongs to a unit of the table.
 4. The trainer reaches data through one module: inside model/train/ only model/train/data.py
    may import corpus.mixing, corpus.store or pipelines (corpus.store.files, the atomic file
    writes, and corpus.mixing.packing, the packing modes, are open to every model/train module). Outside model/train, model may import corpus
@@ -72,7 +73,9 @@ MODEL_LAYOUT: dict[str, set[str]] = {  # model.<unit> -> the other model units i
     "pretrain": MODEL_CORE | {"train", "source", "eval"},
     "finetune": MODEL_CORE | {"train", "source", "eval"},
     "export": MODEL_CORE | {"train", "source"},
-    "cli": MODEL_CORE | {"train", "source", "eval", "pretrain", "finetune", "export"},
+    # ablations sit on top of all of it: they train proxies, evaluate them and judge the corpora
+    "ablate": MODEL_CORE | {"train", "source", "eval", "pretrain", "finetune", "export"},
+    "cli": MODEL_CORE | {"train", "source", "eval", "pretrain", "finetune", "export", "ablate"},
 }
 
 TRAINER_PACKAGE = "model.train"

@@ -10,7 +10,9 @@ Charts (matplotlib, drawn on ``Figure`` objects so no global pyplot state is tou
 """
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import math
 from collections import Counter
@@ -58,6 +60,13 @@ def figure(width: float, height: float):
     """A matplotlib figure for the project's HTML reports (no pyplot state; constrained layout)."""
     from matplotlib.figure import Figure
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+
+
+def inline_png(fig) -> str:
+    """A figure as a `data:` URI, for a page that must be one file (no chart beside it to lose or to fetch)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _rows_height(n: int, per_row: float = 0.42, base: float = 1.6) -> float:
@@ -275,7 +284,8 @@ def _chart_overlap(stats: CorpusStats, path: Path) -> None:
 
 # ---------------------------------------------------------------- the page
 
-_CSS = """
+# The look of the project's HTML reports (the ablation report shares it).
+REPORT_CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; padding: 0 1rem; }
 h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; }
 table { border-collapse: collapse; font-size: 0.8rem; margin: 0.6rem 0; }
@@ -444,7 +454,7 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(c['name'])}: corpus report</title>
-<style>{_CSS}</style>
+<style>{REPORT_CSS}</style>
 </head>
 <body>
 <h1>{_e(c['name'])} <span class="status {_e(status)}">{_e(status)}</span></h1>

@@ -6,6 +6,7 @@
     elm-train eval MODEL --tasks NAMES
     elm-train compare RUN_DIR... [--report DIR]
     elm-train finetune --init-from MODEL --data TRAIN --method sft|dpo|rso|orpo --adapter none|lora|dora
+    elm-train ablate SPEC.yaml [--out DIR] [--parallel N] [--ray-address ADDR]
 
 The work is in `model.pretrain` and `model.finetune` (the runs, on `model.train`), `model.eval` and
 `model.export`; `python -m model.cli` is `elm-train` (torchrun starts it that way).
@@ -40,6 +41,7 @@ COMMANDS = {
     "compare": "runs side by side: losses, tokens, accuracies; HTML",
     "export": "a run as MLX or Hugging Face weights, or its adapter",
     "plot": "draw a run's loss and learning-rate curves",
+    "ablate": "proxy models on candidate corpora, several seeds: a report with intervals",
 }
 
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"elm-train: unknown command {command!r}{hint}", file=sys.stderr)
         return 2
     handlers = {"train": cli_train, "finetune": cli_finetune, "eval": cli_eval, "compare": cli_compare,
-                "export": cli_export, "plot": cli_plot}
+                "export": cli_export, "plot": cli_plot, "ablate": cli_ablate}
     return handlers[command](argv)
 
 
@@ -352,3 +354,45 @@ def cli_export(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------- elm-train ablate
+
+def cli_ablate(argv: list[str]) -> int:
+    from model.ablate.run import run_ablation
+    from model.ablate.spec import AblationSpecError, load_spec
+    p = argparse.ArgumentParser(prog="elm-train ablate", description=textwrap.fill(
+        "Train a proxy model on each candidate corpus of SPEC (variants) with several seeds, score each with "
+        "elm-train eval, and write OUT/report.json and OUT/report.html: every metric's mean and 95% interval over "
+        "seeds, the differences between variants with bootstrap intervals, and a ranking (docs/ablate.md). "
+        "Rerunning the same command continues: nothing finished is redone."))
+    p.add_argument("spec", help="the ablation spec (YAML)")
+    p.add_argument("--out", default=None, help="folder of the ablation (default ablations/<spec name>)")
+    p.add_argument("--parallel", type=int, default=None, help="trials at once on this machine, the CPU threads "
+                   "split among them (default: one per CPU, at most the trials left)")
+    p.add_argument("--ray-address", default=None, help="run each trial as a Ray task on this cluster (host:port); "
+                   "OUT must be on storage every node sees")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="with --ray-address: GPUs each trial asks for")
+    args = p.parse_args(argv)
+    if args.parallel is not None and args.parallel < 1:
+        p.error("--parallel must be at least 1")
+    try:
+        spec = load_spec(args.spec)
+    except AblationSpecError as e:
+        for problem in e.problems:
+            print(f"elm-train ablate: {problem}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("ablations") / spec.name)
+    report = run_ablation(spec, out, args.parallel, args.ray_address, args.gpus_per_trial,
+                          say=lambda line: print(line, flush=True))
+    aggregate = report["aggregate"]
+    print(f"ranking by {aggregate['over']} {aggregate['metric']} "
+          f"({'higher' if aggregate['higher_is_better'] else 'lower'} is better):")
+    for row in report["ranking"]:
+        interval = "" if row["ci_low"] is None else f"  [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
+        print(f"  {row['rank']}. {row['variant']:<24} {row['value']:.4f}{interval}")
+    failed = [t for t in report["trials"] if t["status"] != "finished"]
+    for t in failed:
+        print(f"failed: {t['variant']} seed {t['seed']}: {t['error']} (log {t['log']})")
+    print(f"report: {out / 'report.html'}")
+    return 1 if failed else 0

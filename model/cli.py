@@ -296,7 +296,7 @@ def cli_compare(argv: list[str]) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to put side by side")
     p.add_argument("--report", metavar="DIR", help="write an HTML page with PNG charts to DIR")
     args = p.parse_args(argv)
-    from model.eval.compare import compare_runs, task_names, write_report
+    from model.eval.compare import compare_runs, contaminated, contamination_notes, task_names, write_report
     try:
         summaries = compare_runs(args.runs)
     except FileNotFoundError as e:
@@ -307,8 +307,15 @@ def cli_compare(argv: list[str]) -> int:
           + "".join(f"{t[:14]:>16}" for t in tasks))
     for s in summaries:
         val = f"{s.val_loss:.4f}" if s.val_loss is not None else "-"
+        cells = [f"{100 * s.tasks[t]:.2f}{'*' if contaminated(s, t) else ''}" if t in s.tasks else "-" for t in tasks]
         print(f"{s.name[:23]:<24}{str(s.preset)[:13]:<14}{str(s.corpus)[:17]:<18}{s.tokens:>12,}{s.train_loss:>12.4f}"
-              f"{val:>10}" + "".join(f"{100 * s.tasks[t]:>16.2f}" if t in s.tasks else f"{'-':>16}" for t in tasks))
+              f"{val:>10}" + "".join(f"{cell:>16}" for cell in cells))
+    notes = contamination_notes(summaries)
+    if notes:
+        print("*: items of the task were found in the run's corpus (elm-train eval; K of N: items found of the "
+              "task's items):")
+        for note in notes:
+            print(f"  {note}")
     if args.report:
         print(f"report: {write_report(summaries, args.report)}")
     return 0

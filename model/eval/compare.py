@@ -2,7 +2,8 @@
 
 Each run is read from its folder only: `run.json` (preset, corpus, tokens), `metrics.jsonl`
 (training and validation loss, and the `eval` records of benchmark tasks run while training) and
-`evals/` (what `elm-train eval` found for the run's checkpoints); the newest step's tasks count.
+`evals/` (what `elm-train eval` found for the run's checkpoints); the newest step's tasks count, with what that
+evaluation found of them in the run's corpus (`model.eval.contamination`) where it looked.
 `write_report` draws a self-contained HTML page (inline style, PNGs beside it, nothing from the
 network): loss against tokens seen for every run, the newest task accuracies per run as bars,
 and Apple's published OpenELM numbers as reference rows for the tasks they cover.
@@ -41,6 +42,7 @@ class RunSummary:
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     tasks: dict[str, float] = field(default_factory=dict)                # newest eval: task -> accuracy
     tasks_at_tokens: int | None = None
+    contamination: dict[str, dict] = field(default_factory=dict)         # newest eval: task -> its corpus's mark
 
 
 def summarize_run(run_dir: str | Path) -> RunSummary:
@@ -60,7 +62,8 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
         steps=int(train[-1]["step"]), tokens=int(train[-1]["tokens"]), train_loss=float(train[-1]["loss"]),
         val_loss=val[-1][1] if val else None, train_curve=[(int(r["tokens"]), float(r["loss"])) for r in train],
         val_curve=val, tasks=task_accuracy(newest) if newest else {},
-        tasks_at_tokens=int(newest["tokens"]) if newest and newest.get("tokens") is not None else None)
+        tasks_at_tokens=int(newest["tokens"]) if newest and newest.get("tokens") is not None else None,
+        contamination=((newest or {}).get("contamination") or {}).get("tasks") or {})
 
 
 def recorded_evals(run_dir: Path) -> list[dict]:
@@ -84,6 +87,21 @@ def compare_runs(run_dirs: list[str | Path]) -> list[RunSummary]:
 
 def task_names(summaries: list[RunSummary]) -> list[str]:
     return sorted({t for s in summaries for t in s.tasks})
+
+
+def contamination_notes(summaries: list[RunSummary]) -> list[str]:
+    """One line per run whose newest evaluation marked tasks (`elm-train eval` on a run trained on a corpus folder):
+    each shown task's items found in the run's corpus; a shown score of a task with any is starred."""
+    from model.eval.contamination import contamination_cell
+    shown = set(task_names(summaries))
+    return [f"{s.name}: " + "; ".join(f"{t} {contamination_cell(m)}" for t, m in sorted(s.contamination.items())
+                                      if t in shown)
+            for s in summaries if shown & set(s.contamination)]
+
+
+def contaminated(summary: RunSummary, task: str) -> bool:
+    """Whether the run's corpus held items of the task (its score is then starred)."""
+    return (summary.contamination.get(task) or {}).get("contaminated", 0) > 0
 
 
 # ---------------------------------------------------------------- the report
@@ -163,8 +181,12 @@ def write_report(summaries: list[RunSummary], out_dir: str | Path) -> Path:
         "<tr>" + f"<td>{html.escape(s.name)}</td>"
         + "".join(f'<td class="n">{_cell(v)}</td>' for v in (s.preset, s.corpus, s.steps, s.tokens, s.train_loss,
                                                              s.val_loss))
-        + "".join(f'<td class="n">{_cell(s.tasks.get(t), percent=True)}</td>' for t in tasks) + "</tr>"
+        + "".join(f'<td class="n">{_cell(s.tasks.get(t), percent=True)}{"*" if contaminated(s, t) else ""}</td>'
+                  for t in tasks) + "</tr>"
         for s in summaries)
+    notes = contamination_notes(summaries)
+    marked = ("<p>*: items of the task were found in the run's corpus (elm-train eval; K of N: items found of the "
+              "task's items):</p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>") if notes else ""
     figures = "".join(f'<figure id="{Path(name).stem}"><img src="{name}" alt="{html.escape(caption)}">'
                       f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in CHARTS.items())
     page = out / "index.html"
@@ -173,7 +195,7 @@ def write_report(summaries: list[RunSummary], out_dir: str | Path) -> Path:
         f"<style>{_STYLE}</style></head><body><h1>{len(summaries)} runs compared</h1>"
         "<p>Task accuracies are each run's newest evaluation (while training, or by elm-train eval), in % "
         "(acc_norm where the task has it).</p><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
-        + f"</tr></thead><tbody>{rows}</tbody></table>{figures}"
+        + f"</tr></thead><tbody>{rows}</tbody></table>{marked}{figures}"
         "<p><small>Numbers as JSON: <a href=\"compare.json\">compare.json</a>.</small></p></body></html>\n",
         encoding="utf-8")
     return page

@@ -7,7 +7,7 @@ through `model.eval.lm.OpenELMLM` (or, with `backend="mlx"`, an MLX export throu
 their results are merged into one lm-eval results dict.
 
 When the model is a run's checkpoint, the results say which tasks the run's corpus was checked for and how many
-of their items it held (`model.eval.contamination`).
+of their items it held (`model.eval.contamination`), for each row of the results: a group's, its subtasks'.
 
 Tasks are found and their data checked by corpus.tasks (which `elm-corpus contamination` shares): when the Hub
 cannot be reached, the run goes offline before the harness loads anything, so a dataset missing from the cache
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from corpus.store.files import atomic_write_json, utc_now
+from corpus.tasks.groups import leaf_tasks
 from corpus.tasks.manager import TaskError, go_offline_unless_hub_reachable, load_tasks, quiet_loading
 from corpus.tasks.manager import known_tasks_manager as _known_tasks_manager
 from corpus.tasks.manager import templates_compiled_once
@@ -126,7 +127,9 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
                         "backend": backend, "device": str(lm.device), "limit": limit, "adapter": adapter,
                         "tasks": [[t, s] for t, s in wanted], "include_path": include_path}
-    contamination = corpus_contamination(source, [t for t, _ in wanted])
+    manager = known_tasks_manager([t for t, _ in wanted], include_path)  # the one run_tasks used (built once)
+    contamination = corpus_contamination(source, list(merged.get("results", {})),
+                                         functools.lru_cache(maxsize=None)(functools.partial(leaf_tasks, manager)))
     if contamination is not None:  # a run trained on a corpus folder: what it says of these tasks
         merged["contamination"] = contamination
     return Evaluation(merged, preset, source)
@@ -272,13 +275,16 @@ EVALS_DIR = "evals"  # in a run folder: what `elm-train eval` found for its chec
 
 def record_in_run(evaluation: Evaluation) -> Path | None:
     """Keep an evaluation of a run's checkpoint in the run (`evals/step_N.json`, an `eval` record as training writes
-    to metrics.jsonl), so `elm-train compare` shows it; None for a model that is not a run's checkpoint."""
+    to metrics.jsonl, with eval's `contamination` where it found one), so `elm-train compare` shows it; None for a
+    model that is not a run's checkpoint."""
     source = evaluation.source
     if source.run_dir is None or source.step is None:
         return None
     record = {"kind": "eval", "step": source.step, "tokens": source.state.get("tokens_seen"),
               "tasks": task_scores(evaluation.results), "config": evaluation.results.get("config", {}),
               "n-shot": evaluation.results.get("n-shot", {}), "recorded_at": utc_now()}
+    if "contamination" in evaluation.results:  # kept with the scores it qualifies, for compare to show
+        record["contamination"] = evaluation.results["contamination"]
     path = source.run_dir / EVALS_DIR / f"step_{source.step:08d}.json"
     path.parent.mkdir(exist_ok=True)
     atomic_write_json(path, record)

@@ -286,8 +286,8 @@ def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
             line += f"{published['average']:>24.2f}"
         print(line)
     if with_bpb:
-        print("bpb: bits per byte of the gold continuation given its context, the mean over items; lower is better "
-              "(its average: over the tasks, groups left out)")
+        print("bpb: bits per byte of the gold continuation, the mean over items; lower is better (average: over the "
+              "tasks, groups left out)")
     if marks:
         print(f"contaminated: items of the task found in the run's corpus {contamination['corpus']} (elm-corpus "
               f"contamination); removed: found and dropped by its build (decontaminate); -: not checked")

@@ -86,7 +86,7 @@ def compare_runs(run_dirs: list[str | Path]) -> list[RunSummary]:
     return [summarize_run(d) for d in run_dirs]
 
 
-# What compare can show per task: its name, and the scores of a summary it reads.
+# The task scores compare can show: name -> what they are (the CLI's choices, the report's caption).
 METRICS = {"acc": "accuracy, acc_norm where the task has it (%)",
            "bpb": "bits per byte of the gold continuation of a multiple-choice task (lower is better)"}
 

@@ -180,7 +180,7 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
                     out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit,
                                           log_samples=log_samples, task_manager=kept,
                                           batch_size=getattr(lm, "batch_size", None), bootstrap_iters=1000)
-                    add_item_scores(out, score_tasks(kept.tasks))  # the golds rendered by templates compiled once
+                    add_item_scores(out, score_tasks(kept.tasks))  # in here: golds rendered by compiled templates
             except Exception:
                 # Loaded only on failure (the harness loads each task's data itself): missing datasets, of this
                 # group and the others, become one error naming each; any other failure is raised as it was.

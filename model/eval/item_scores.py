@@ -57,7 +57,8 @@ def score_tasks(tasks: dict[str, Any]) -> dict[str, ItemScores]:
     """`{task: its items' scores}` for the multiple-choice tasks among `tasks` (lm-eval Task objects, by name) that
     the harness ran (see the module docstring); the other tasks are left out."""
     return {name: _score_task(task) for name, task in tasks.items()
-            if getattr(task, "OUTPUT_TYPE", None) == "multiple_choice" and task.instances}
+            if getattr(task, "OUTPUT_TYPE", None) == "multiple_choice" and task.instances
+            and task.instances[0].filtered_resps}
 
 
 def _score_task(task) -> ItemScores:
@@ -84,10 +85,13 @@ def _score_task(task) -> ItemScores:
 def gold_choice(task, doc: dict) -> int | None:
     """The index of the document's gold choice, as lm-eval's multiple-choice scoring reads it; the first of several
     golds; None when the gold names no choice."""
-    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    if not hasattr(task, "doc_to_choice"):  # lm-eval's Python MultipleChoiceTask: the document names its gold
+        gold, choices = doc.get("gold"), doc.get("choices") or []
+    else:
+        gold = task.doc_to_text(doc) if getattr(task, "multiple_input", 0) else task.doc_to_target(doc)
+        choices = task.doc_to_choice(doc)
     if isinstance(gold, list):
         gold = gold[0] if gold else None
-    choices = task.doc_to_choice(doc)
     if isinstance(gold, str):
         gold = choices.index(gold) if gold in choices else None
     return gold if isinstance(gold, int) and 0 <= gold < len(choices) else None

@@ -54,7 +54,6 @@ def corpus_contamination(source: ModelSource, rows: list[str], leaves: Leaves | 
         mark, removed = resolve_mark(row, found, leaves), resolve_mark(row, dropped, leaves)
         if mark is None and removed is not None:  # the build's count alone: it left none of the items it found
             mark = {**removed, "contaminated": 0, "sources": {}}
-            mark.pop("report", None)
         if removed is not None and _same_scope(mark, removed):
             mark["removed"] = removed["contaminated"]
         if mark is not None:
@@ -67,11 +66,12 @@ def resolve_mark(row: str, records: dict[str, dict], leaves: Leaves) -> dict[str
     `subtasks`, and for a group measured whole its `per_subtask` counts), or None when they say nothing of it:
 
     - a record named `row`: its counts;
-    - else, when records count some of the row's tasks on their own (a record of the task, or its line in a group's
+    - else, when records count each of the row's tasks on its own (a record of the task, or its line in a group's
       `per_subtask`): the sum of those tasks' `items` and `contaminated` (and `sources` where known), with `summed`
       (tasks counted) and `subtasks` (tasks the row holds): a group row gets the sum over its subtasks;
-    - else, when a record of a group holds all of the row's tasks but has no count of them alone: that group's
-      counts, with `within` naming it (the items of the group, not of the row).
+    - else, when a record of a group holds all of the row's tasks but has no count of them alone: the smallest such
+      group's counts, with `within` naming it (the items of the group, not of the row);
+    - else, when records count some of the row's tasks: their sum, as above, `summed` less than `subtasks`.
     """
     if row in records:
         return _mark(records[row])

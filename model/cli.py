@@ -248,27 +248,28 @@ def cli_eval(argv: list[str]) -> int:
 
 
 def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
-    """acc and acc_norm (%, with stderr) per task; Apple's numbers beside them for a preset and a named set; the
-    items of each task the run's corpus held, where it was checked for them."""
+    """acc and acc_norm (%, with stderr) per task, and bpb (bits per byte of the gold continuation, lower is better)
+    where a multiple-choice task gives it; Apple's numbers beside them for a preset and a named set; the items of
+    each task the run's corpus held, where it was checked for them."""
     from model.eval.contamination import contamination_cell
     from model.eval.tasks import published_row
     published = published_row(preset, tasks.strip())
     contamination = results.get("contamination") or {}
     marks = contamination.get("tasks") or {}
-    head = f"{'task':<28}{'n-shot':>7}{'acc':>16}{'acc_norm':>16}"
+    rows = results.get("results", {})
+    with_bpb = any(isinstance(row.get("bpb,none"), float) for row in rows.values())
+    head = f"{'task':<28}{'n-shot':>7}{'acc':>16}{'acc_norm':>16}" + (f"{'bpb':>18}" if with_bpb else "")
     if published:
         head += f"{preset + ' (Apple)':>24}"
     if marks:
         head += f"{'contaminated':>22}"
     print(head)
-    shown = []
-    for task, row in results.get("results", {}).items():
-        cells = []
-        for metric in ("acc", "acc_norm"):
-            value, err = row.get(f"{metric},none"), row.get(f"{metric}_stderr,none")
-            cells.append(f"{100 * value:6.2f} +- {100 * err:5.2f}" if isinstance(value, float) and
-                         isinstance(err, float) else (f"{100 * value:6.2f}" if isinstance(value, float) else "-"))
-        line = f"{task:<28}{results.get('n-shot', {}).get(task, '-')!s:>7}{cells[0]:>16}{cells[1]:>16}"
+    shown, bpbs = [], []
+    for task, row in rows.items():
+        cells = [_score_cell(row, metric, 100, 2, 16) for metric in ("acc", "acc_norm")]
+        line = f"{task:<28}{results.get('n-shot', {}).get(task, '-')!s:>7}{cells[0]}{cells[1]}"
+        if with_bpb:
+            line += _score_cell(row, "bpb", 1, 3, 18)
         if published:
             line += f"{published.get(task, float('nan')):>24.2f}" if task in published else f"{'-':>24}"
         if marks:
@@ -277,11 +278,18 @@ def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
         best = row.get("acc_norm,none", row.get("acc,none"))
         if isinstance(best, float):
             shown.append(best)
+        if isinstance(row.get("bpb,none"), float) and task not in results.get("group_subtasks", {}):
+            bpbs.append(row["bpb,none"])
     if shown:
         line = f"{'average (acc_norm where given)':<51}{100 * sum(shown) / len(shown):>16.2f}"
+        if with_bpb:
+            line += f"{sum(bpbs) / len(bpbs):>18.3f}" if bpbs else f"{'-':>18}"
         if published:
             line += f"{published['average']:>24.2f}"
         print(line)
+    if with_bpb:
+        print("bpb: bits per byte of the gold continuation, the mean over items; lower is better (average: over the "
+              "tasks, groups left out)")
     if marks:
         print(f"contaminated: items of the task found in the run's corpus {contamination['corpus']} (elm-corpus "
               f"contamination); removed: found and dropped by its build (decontaminate); -: not checked")
@@ -290,29 +298,54 @@ def print_eval_table(results: dict, preset: str | None, tasks: str) -> None:
               f"({contamination['unreadable']})")
 
 
+def _score_cell(row: dict, metric: str, scale: float, digits: int, width: int) -> str:
+    """A metric of lm-eval's row (`,none` filter) with its stderr, right-aligned in `width`; `-` when absent."""
+    value, err = row.get(f"{metric},none"), row.get(f"{metric}_stderr,none")
+    if not isinstance(value, float):
+        return f"{'-':>{width}}"
+    cell = f"{scale * value:6.{digits}f}"
+    if isinstance(err, float):
+        cell += f" +- {scale * err:5.{digits}f}"
+    return f"{cell:>{width}}"
+
+
 # ---------------------------------------------------------------- elm-train compare
 
 def cli_compare(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="elm-train compare", description=(
-        "Several runs side by side: loss, tokens and the newest benchmark accuracies of each (--eval-tasks)."))
+        "Several runs side by side: loss, tokens and the newest benchmark scores of each (--eval-tasks, or "
+        "elm-train eval of a checkpoint): accuracy, or bpb with --metric bpb."))
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to put side by side")
     p.add_argument("--report", metavar="DIR", help="write an HTML page with PNG charts to DIR")
+    from model.eval.compare import (METRICS, compare_runs, contaminated, contamination_notes, scores, task_names,
+                                    write_report)
+    p.add_argument("--metric", choices=list(METRICS), default="acc",
+                   help="the task scores shown: " + "; ".join(f"{k}: {v}" for k, v in METRICS.items())
+                        + " (default acc)")
     args = p.parse_args(argv)
-    from model.eval.compare import compare_runs, task_names, write_report
     try:
         summaries = compare_runs(args.runs)
     except FileNotFoundError as e:
         print(f"elm-train compare: error: {e}", file=sys.stderr)
         return 2
-    tasks = task_names(summaries)
+    tasks = task_names(summaries, args.metric)
     print(f"{'run':<24}{'preset':<14}{'corpus':<18}{'tokens':>12}{'train loss':>12}{'val loss':>10}"
           + "".join(f"{t[:14]:>16}" for t in tasks))
     for s in summaries:
         val = f"{s.val_loss:.4f}" if s.val_loss is not None else "-"
+        shown = scores(s, args.metric)
+        cells = [(f"{shown[t]:.4f}" if args.metric == "bpb" else f"{100 * shown[t]:.2f}")
+                 + ("*" if contaminated(s, t) else "") if t in shown else "-" for t in tasks]
         print(f"{s.name[:23]:<24}{str(s.preset)[:13]:<14}{str(s.corpus)[:17]:<18}{s.tokens:>12,}{s.train_loss:>12.4f}"
-              f"{val:>10}" + "".join(f"{100 * s.tasks[t]:>16.2f}" if t in s.tasks else f"{'-':>16}" for t in tasks))
+              f"{val:>10}" + "".join(f"{cell:>16}" for cell in cells))
+    notes = contamination_notes(summaries)
+    if notes:
+        print("*: items of the task were found in the run's corpus (elm-train eval; K of N: items found of the "
+              "task's items):")
+        for note in notes:
+            print(f"  {note}")
     if args.report:
-        print(f"report: {write_report(summaries, args.report)}")
+        print(f"report: {write_report(summaries, args.report, args.metric)}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """What the evaluation tests share: a small OpenELM folder with seeded random weights, and local tasks in
-lm-eval's own YAML (multiple choice, rolling log-likelihood, generation) with their json data."""
+lm-eval's own YAML (multiple choice in two shapes, rolling log-likelihood, generation) with their json data."""
 from __future__ import annotations
 
 import json
@@ -26,6 +26,10 @@ QUESTIONS = [
 TEXTS = ["Blessed are the meek: for they shall inherit the earth.",
          "import os\nprint(os.getcwd())\n" * 12]   # longer than two contexts: scored in three windows
 PROMPTS = [("Numbers: one, two,", " three"), ("Colours: red, green,", " blue")]
+# Winogrande's shape: each option fills the blank, making a context of its own; the rest of the sentence is the
+# continuation they share. `answer` names the gold option (1 or 2).
+FILLS = [("The trophy did not fit in the suitcase because the _ was too large.", "trophy", "suitcase", "1"),
+         ("Anna poured water from the jug into the glass until the _ was full.", "jug", "glass", "2")]
 
 
 def write_model(folder: Path) -> Path:
@@ -38,7 +42,7 @@ def write_model(folder: Path) -> Path:
     return folder
 
 
-def write_tasks(root: Path, names: tuple[str, ...] = ("elm_mc", "elm_ppl", "elm_gen")) -> Path:
+def write_tasks(root: Path, names: tuple[str, ...] = ("elm_mc", "elm_ppl", "elm_gen", "elm_fill")) -> Path:
     """The local tasks named, each a YAML and its json lines under `root`."""
     bodies = {
         "elm_mc": ([{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS],
@@ -52,6 +56,11 @@ def write_tasks(root: Path, names: tuple[str, ...] = ("elm_mc", "elm_ppl", "elm_
                     "output_type: generate_until\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{target}}'\n"
                     "generation_kwargs:\n  until: ['\\n', ',']\n  max_gen_toks: 8\n  do_sample: false\n"
                     "metric_list:\n  - metric: exact_match\n"),
+        "elm_fill": ([{"sentence": t, "option1": a, "option2": b, "answer": g} for t, a, b, g in FILLS],
+                     "output_type: multiple_choice\n"
+                     "doc_to_text: \"{{ (answer | int) - 1 }}\"\n"
+                     "doc_to_choice: \"{{ [sentence.split('_')[0] + option1, sentence.split('_')[0] + option2] }}\"\n"
+                     "doc_to_target: \"{{ sentence.split('_')[1].strip() }}\"\nmetric_list:\n  - metric: acc\n"),
     }
     for name in names:
         rows, body = bodies[name]

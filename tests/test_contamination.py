@@ -73,6 +73,9 @@ def tasks_dir(tmp_path_factory):
                "doc_to_text: \"{{ (answer | int) - 1 }}\"\n"
                "doc_to_choice: \"{{ [sentence.split('_')[0] + option1, sentence.split('_')[0] + option2] }}\"\n"
                "doc_to_target: \"{{ sentence.split('_')[1].strip() }}\"\nmetric_list:\n  - metric: acc\n")
+    # a group of two multiple-choice tasks, as lm-eval's groups are written (mmlu's, say)
+    (root / "plant_group.yaml").write_text("group: plant_group\ntask: [plant_mc, plant_fill]\n"
+                                           "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n")
     # a dataset of the Hub, which the offline tests cannot reach
     write_task(root, "plant_offline", [], "output_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
                "metric_list:\n  - metric: exact_match\n",
@@ -185,6 +188,14 @@ def test_a_small_corpus_scanned_in_this_process_gives_the_same_counts(corpus, ta
     found = measure(str(corpus), "plant_mc,plant_gen", include_path=str(tasks_dir))
     assert not found.ray
     assert counts(found.report) == EXPECTED
+
+
+def test_a_groups_report_counts_the_group_and_each_of_its_subtasks(corpus, tasks_dir):
+    found = measure(str(corpus), "plant_group", include_path=str(tasks_dir))
+    group = found.report["tasks"]["plant_group"]
+    assert (group["items"], group["contaminated"], group["subtasks"]) == (7, 3, ["plant_fill", "plant_mc"])
+    assert group["per_subtask"] == {"plant_fill": {"items": 1, "contaminated": 0},
+                                    "plant_mc": {"items": 6, "contaminated": 3}}
 
 
 def test_a_shorter_ngram_finds_item_three_by_its_question_and_item_four_by_its_halves(corpus, tasks_dir):

@@ -212,3 +212,58 @@ def test_a_corpus_that_cannot_be_read_is_said_under_the_table_and_marks_no_task(
     lines = capsys.readouterr().out.splitlines()
     assert "contaminated" not in lines[0] and "unreadable" in found and "tasks" not in found
     assert lines[-1].startswith(f"contamination: the run's corpus {gone} cannot be read, so no task is marked")
+
+
+def test_eval_marks_a_group_and_each_subtask_keeps_the_marks_and_compare_shows_them(corpus, tasks_dir, model_dir,
+                                                                                   tmp_path, capsys):
+    from model.cli import main as train_main
+    measure(str(corpus), "plant_group", include_path=str(tasks_dir))  # one report for the group
+    run = fake_run(tmp_path / "run", model_dir, corpus)
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "tokens": 64, "loss": 9.0}) + "\n")
+    cells = eval_table(run, tasks_dir, "plant_group", tmp_path / "results.json", capsys)
+    assert cells == {"plant_group": "3 of 7", "plant_mc": "3 of 6", "plant_fill": "0 of 1"}
+    written = json.loads((tmp_path / "results.json").read_text())["contamination"]
+    recorded = json.loads((run / "evals" / "step_00000001.json").read_text())["contamination"]
+    assert recorded == written and recorded["tasks"]["plant_fill"]["report"].startswith("contamination/")
+    assert train_main(["compare", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    heads, row = lines[0].split(), lines[1].split()
+    starred = {t: v.endswith("*") for t, v in zip(heads[-3:], row[-3:])}
+    assert starred == {"plant_fill": False, "plant_group": True, "plant_mc": True}
+    assert lines[-1] == "  run: plant_fill 0 of 1; plant_group 3 of 7; plant_mc 3 of 6"
+
+
+# per case: the records in the corpus (reports of `elm-corpus contamination`, the build's decontamination), and the
+# cells eval's rows get. plant_group holds plant_fill (1 item) and plant_mc (6 items).
+MC, FILL = {"items": 6, "contaminated": 3, "subtasks": ["plant_mc"]}, {"items": 1, "contaminated": 1,
+                                                                        "subtasks": ["plant_fill"]}
+GROUP = {"items": 7, "contaminated": 4, "subtasks": ["plant_fill", "plant_mc"]}
+
+
+@pytest.mark.parametrize("reports, built, cells", [
+    ({"plant_mc": MC, "plant_fill": FILL}, None,  # per subtask: the group's row is their sum
+     {"plant_group": "4 of 7", "plant_mc": "3 of 6", "plant_fill": "1 of 1"}),
+    ({"plant_mc": MC}, None, {"plant_group": "3 of 6 (1/2 subtasks)", "plant_mc": "3 of 6", "plant_fill": "-"}),
+    ({"plant_group": GROUP}, None,  # a report without per-subtask counts (made before they were kept)
+     {"plant_group": "4 of 7", "plant_mc": "4 of 7 in plant_group", "plant_fill": "4 of 7 in plant_group"}),
+    ({"plant_group": {**GROUP, "per_subtask": {"plant_fill": {"items": 1, "contaminated": 1},
+                                               "plant_mc": {"items": 6, "contaminated": 3}}}}, None,
+     {"plant_group": "4 of 7", "plant_mc": "3 of 6", "plant_fill": "1 of 1"}),
+    ({}, {"plant_group": GROUP},  # built with `decontaminate: {tasks: [plant_group]}`
+     {"plant_group": "0 of 7 (4 removed)", "plant_mc": "0 of 7 in plant_group (4 removed)",
+      "plant_fill": "0 of 7 in plant_group (4 removed)"}),
+])
+def test_records_of_a_group_mark_its_subtasks_and_records_of_subtasks_mark_the_group(tasks_dir, tmp_path, reports,
+                                                                                      built, cells):
+    from corpus.tasks.groups import leaf_tasks
+    from corpus.tasks.manager import known_tasks_manager
+    from model.eval.contamination import contamination_cell, corpus_contamination
+    from model.source import ModelSource
+    folder = tmp_path / "corpus"
+    (folder / "contamination").mkdir(parents=True)
+    (folder / "corpus.json").write_text(json.dumps({"decontamination": {"ngram": 13, "tasks": built}} if built else {}))
+    (folder / "contamination" / "r.json").write_text(json.dumps({"ngram": 13, "tasks": reports}))
+    manager = known_tasks_manager(["plant_group"], str(tasks_dir))  # the index alone: no task is built
+    found = corpus_contamination(ModelSource(tmp_path, run={"corpus": {"dir": str(folder)}}), list(cells),
+                                 lambda name: leaf_tasks(manager, name))
+    assert {row: contamination_cell(found["tasks"].get(row)) for row in cells} == cells

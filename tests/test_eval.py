@@ -7,6 +7,7 @@ log-likelihood is checked against a direct computation with the model itself.
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 from corpus.tasks.manager import apply_template as _apply_template
 from corpus.tasks.sets import TASK_SETS, expand_tasks
 from corpus.tokenizer.tokenizer import Tokenizer
-from eval_data import CONTEXT, PROMPTS, QUESTIONS, TEXTS, requests, write_model, write_tasks
+from eval_data import CONTEXT, FILLS, PROMPTS, QUESTIONS, TEXTS, requests, write_model, write_tasks
 from model.eval.harness import EvalError, evaluate, load_model
+from model.eval.item_scores import item_scores
 from model.eval.lm import OpenELMLM
 from model.eval.tasks import published_row
 from model.openelm import OpenELM
@@ -36,7 +38,8 @@ def loaded(model_dir):
 
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory):
-    """Three local tasks in lm-eval's YAML: multiple choice, rolling log-likelihood and generation."""
+    """Four local tasks in lm-eval's YAML: multiple choice (the choices as continuations, and as contexts), rolling
+    log-likelihood and generation."""
     return write_tasks(tmp_path_factory.mktemp("tasks"))
 
 
@@ -175,8 +178,8 @@ def test_generation_is_greedy_and_stops_at_the_first_until_string(loaded):
 
 @pytest.fixture(scope="module")
 def evaluation(model_dir, tasks_dir):
-    return evaluate(model_dir, "elm_mc,elm_ppl,elm_gen", include_path=str(tasks_dir), device="cpu", batch_size=4,
-                    log_samples=True)
+    return evaluate(model_dir, "elm_mc,elm_ppl,elm_gen,elm_fill", include_path=str(tasks_dir), device="cpu",
+                    batch_size=4, log_samples=True)
 
 
 def test_multiple_choice_accuracy_is_the_argmax_of_the_models_own_log_likelihoods(evaluation, loaded):
@@ -194,6 +197,43 @@ def test_multiple_choice_accuracy_is_the_argmax_of_the_models_own_log_likelihood
     assert row["acc,none"] == pytest.approx(right / len(QUESTIONS))
     assert row["acc_norm,none"] == pytest.approx(right_norm / len(QUESTIONS))
     assert "acc_stderr,none" in row and "acc_norm_stderr,none" in row
+
+
+def test_bpb_of_an_item_is_its_gold_continuations_bits_per_byte_by_the_models_own_log_likelihood(evaluation, loaded):
+    model, tokenizer = loaded
+    items = item_scores(evaluation.results)
+    assert set(items) == {"elm_mc", "elm_fill"}  # multiple choice only
+
+    def bpb(context: str, gold: str) -> float:
+        whole, cont = split_ids(tokenizer, context, gold, bos=True)
+        return -direct_loglikelihood(model, whole, len(cont)) / (math.log(2) * len(gold.encode("utf-8")))
+    mc = items["elm_mc"]
+    assert mc.doc_id == tuple(range(len(QUESTIONS)))
+    # as scored: the target delimiter (a space), then the gold choice
+    assert mc.bpb == pytest.approx([bpb(q, " " + choices[answer]) for q, choices, answer in QUESTIONS], rel=1e-5)
+    # the gold option fills the blank: its context, then the shared rest of the sentence
+    fills = [bpb(text.split("_")[0] + (a if gold == "1" else b), " " + text.split("_")[1].strip())
+             for text, a, b, gold in FILLS]
+    assert items["elm_fill"].bpb == pytest.approx(fills, rel=1e-5) and items["elm_fill"].acc_norm == (None, None)
+    row = evaluation.results["results"]["elm_mc"]
+    assert row["bpb,none"] == pytest.approx(sum(mc.bpb) / len(mc.bpb)) and row["bpb_stderr,none"] > 0
+    assert (mc.mean("acc"), mc.mean("acc_norm")) == pytest.approx((row["acc,none"], row["acc_norm,none"]))
+    assert evaluation.results["higher_is_better"]["elm_mc"]["bpb"] is False
+    assert "bpb,none" not in evaluation.results["results"]["elm_ppl"]
+
+
+def test_a_groups_bpb_is_the_mean_over_the_items_of_all_its_tasks():
+    from model.eval.item_scores import ItemScores, add_item_scores
+    results = {"results": {"g": {"acc,none": 0.5}, "sub": {}, "a": {}, "b": {}, "other": {}},
+               "group_subtasks": {"g": ["a", "sub"], "sub": ["b"]}}
+    scores = {"a": ItemScores((0, 1), (1.0, 0.0), (1.0, 1.0), (1.0, 2.0)),
+              "b": ItemScores((0,), (0.0,), (None,), (6.0,)), "other": ItemScores((0,), (1.0,), (1.0,), (None,))}
+    add_item_scores(results, scores)
+    rows = results["results"]
+    assert (rows["a"]["bpb,none"], rows["b"]["bpb,none"], rows["g"]["bpb,none"]) == (1.5, 6.0, 3.0)  # not 3.75
+    assert "bpb,none" not in rows["other"]  # no item's gold could be read
+    assert results["items"]["b"] == {"doc_id": [0], "acc": [0.0], "acc_norm": [None], "bpb": [6.0]}
+    assert item_scores(json.loads(json.dumps(results))) == scores
 
 
 def test_rolling_and_generation_tasks_report_their_metrics(evaluation, loaded):
@@ -237,9 +277,14 @@ def test_cli_writes_lm_eval_results_json_and_prints_a_table(model_dir, tasks_dir
     printed = capsys.readouterr().out
     written = json.loads(out.read_text())
     row = written["results"]["elm_mc"]
-    assert {"acc,none", "acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none"} <= set(row)
+    assert {"acc,none", "acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none", "bpb,none"} <= set(row)
     assert written["config"]["add_bos_token"] is False and written["config"]["limit"] == 4
-    assert f"{100 * row['acc,none']:6.2f}" in next(line for line in printed.splitlines() if line.startswith("elm_mc"))
+    lines = printed.splitlines()
+    assert lines[0].split()[-1] == "bpb" and lines[1].startswith("elm_mc")
+    assert f"{100 * row['acc,none']:6.2f}" in lines[1] and lines[1].split()[-3:] == [
+        f"{row['bpb,none']:.3f}", "+-", f"{row['bpb_stderr,none']:.3f}"]
+    assert {k: len(v) for k, v in written["items"]["elm_mc"].items()} == {"doc_id": 4, "acc": 4, "acc_norm": 4,
+                                                                        "bpb": 4}
 
 
 def test_a_missing_dataset_fails_in_seconds_naming_it_and_how_to_fetch_it(model_dir, monkeypatch, capsys):
@@ -361,7 +406,7 @@ def test_compare_shows_what_elm_train_eval_found_for_a_runs_checkpoint(two_runs,
     run = shutil.copytree(two_runs[0], tmp_path / "plain")  # trained without tasks
     assert main(["eval", str(run), "--tasks", "elm_mc", "--include-path", str(tasks_dir), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    printed = next(line for line in out.splitlines() if line.startswith("elm_mc")).split()[-3]  # acc_norm, in %
+    printed = next(line for line in out.splitlines() if line.startswith("elm_mc")).split()[5]  # acc_norm, in %
     recorded = json.loads((run / "evals" / "step_00000006.json").read_text())
     assert f"recorded for elm-train compare: {run / 'evals' / 'step_00000006.json'}" in out
     assert recorded["step"] == 6 and recorded["tokens"] == run_records(run, "train")[-1]["tokens"]
@@ -370,6 +415,9 @@ def test_compare_shows_what_elm_train_eval_found_for_a_runs_checkpoint(two_runs,
     assert lines[0].split()[-1] == "elm_mc" and lines[1].split()[-1] == printed != "-"
     saved = json.loads((tmp_path / "report" / "compare.json").read_text())
     assert f"{100 * saved[0]['tasks']['elm_mc']:.2f}" == printed and saved[0]["tasks_at_tokens"] == recorded["tokens"]
+    assert item_scores(recorded)["elm_mc"].mean("bpb") == pytest.approx(recorded["tasks"]["elm_mc"]["bpb"])
+    assert main(["compare", str(run), "--metric", "bpb"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-1] == f"{recorded['tasks']['elm_mc']['bpb']:.4f}"
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -56,7 +56,7 @@ def both(folders):
 
 # ---------------------------------------------------------------- the harness on the local task
 
-def test_mlx_and_torch_give_the_same_acc_and_acc_norm_on_the_local_multiple_choice_task(folders, tasks_dir):
+def test_mlx_and_torch_give_the_same_acc_acc_norm_and_bpb_on_the_local_multiple_choice_task(folders, tasks_dir):
     hf, mlx_dir = folders
     runs = {backend: evaluate(folder, "elm_mc", include_path=str(tasks_dir), device="cpu", batch_size=4,
                               log_samples=True, backend=backend)
@@ -64,6 +64,9 @@ def test_mlx_and_torch_give_the_same_acc_and_acc_norm_on_the_local_multiple_choi
     torch_row, mlx_row = (runs[b].results["results"]["elm_mc"] for b in ("torch", "mlx"))
     assert mlx_row["acc,none"] == torch_row["acc,none"]
     assert mlx_row["acc_norm,none"] == torch_row["acc_norm,none"]
+    assert mlx_row["bpb,none"] == pytest.approx(torch_row["bpb,none"], abs=1e-4)  # read alike from either backend
+    assert runs["mlx"].results["items"]["elm_mc"]["bpb"] == pytest.approx(runs["torch"].results["items"]["elm_mc"]["bpb"],
+                                                                         abs=1e-4)
     # Every request the harness made (4 choices x 6 questions), answered alike by both backends.
     samples = {b: sorted(runs[b].results["samples"]["elm_mc"], key=lambda s: s["doc_id"]) for b in runs}
     answers = {b: [r[0] for s in samples[b] for r in s["resps"]] for b in runs}

@@ -150,8 +150,9 @@ def scan_unit(job: ScanJob, entry: dict) -> UnitScan:
 
 
 def tally(tasks: Sequence[TaskItems], index: NgramIndex, scans: Sequence[UnitScan]) -> dict[str, dict]:
-    """Per task: items, items contaminated, and per source the task's items found in it (most first); items are
-    numbered as :func:`index_tasks` numbered them."""
+    """Per task: items, items contaminated, and per source the task's items found in it (most first); for a group,
+    its subtasks' items and items contaminated as well (``per_subtask``). Items are numbered as :func:`index_tasks`
+    numbered them."""
     by_source: dict[str, list[np.ndarray]] = {}
     for scan in scans:
         by_source.setdefault(scan.source, []).append(scan.items)
@@ -165,7 +166,19 @@ def tally(tasks: Sequence[TaskItems], index: NgramIndex, scans: Sequence[UnitSca
         out[task.name] = {"items": len(task), "contaminated": int(hit.size), "sources": sources,
                           "short": int(index.short[first:last].sum()), "subtasks": list(task.subtasks),
                           "items_sha256": task.sha256}
+        if len(task.subtasks) > 1 and len(task.subtask_items) == len(task.subtasks):
+            out[task.name]["per_subtask"] = _per_subtask(task, hit - first)
         first = last
+    return out
+
+
+def _per_subtask(task: TaskItems, hit: np.ndarray) -> dict[str, dict]:
+    """A group's counts per subtask (``hit``: its contaminated items, numbered within the group), so that eval can
+    mark a subtask's row with its own count."""
+    out, first = {}, 0
+    for name, size in zip(task.subtasks, task.subtask_items):
+        out[name] = {"items": size, "contaminated": int(((hit >= first) & (hit < first + size)).sum())}
+        first += size
     return out
 
 

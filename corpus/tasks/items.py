@@ -29,6 +29,7 @@ class TaskItems:
     name: str
     texts: tuple[tuple[str, ...], ...]
     subtasks: tuple[str, ...]          # the lm-eval tasks whose items these are (a group has several)
+    subtask_items: tuple[int, ...] = ()  # items of each subtask, in order: the texts are theirs, one after another
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -74,7 +75,9 @@ def load_items(names: str, include_path: str | None = None) -> dict[str, TaskIte
         for name in wanted:
             leaves = loaded[name]["tasks"]  # a group's tasks, or the task alone
             texts: list[tuple[str, ...]] = []
+            sizes = []
             for leaf in sorted(leaves):
                 texts.extend(scored_texts(leaves[leaf], doc) for doc in leaves[leaf].eval_docs)
-            out[name] = TaskItems(name, tuple(texts), tuple(sorted(leaves)))
+                sizes.append(len(texts) - sum(sizes))
+            out[name] = TaskItems(name, tuple(texts), tuple(sorted(leaves)), tuple(sizes))
     return out

@@ -2,7 +2,8 @@
 
 Each run is read from its folder only: `run.json` (preset, corpus, tokens), `metrics.jsonl`
 (training and validation loss, and the `eval` records of benchmark tasks run while training) and
-`evals/` (what `elm-train eval` found for the run's checkpoints); the newest step's tasks count.
+`evals/` (what `elm-train eval` found for the run's checkpoints); the newest step's tasks count, with what that
+evaluation found of them in the run's corpus (`model.eval.contamination`) where it looked.
 `write_report` draws a self-contained HTML page (inline style, PNGs beside it, nothing from the
 network): loss against tokens seen for every run, the newest task accuracies per run as bars,
 and Apple's published OpenELM numbers as reference rows for the tasks they cover.
@@ -40,7 +41,9 @@ class RunSummary:
     train_curve: list[tuple[int, float]] = field(default_factory=list)   # (tokens seen, loss)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     tasks: dict[str, float] = field(default_factory=dict)                # newest eval: task -> accuracy
+    bpb: dict[str, float] = field(default_factory=dict)                  # newest eval: task -> bits per byte
     tasks_at_tokens: int | None = None
+    contamination: dict[str, dict] = field(default_factory=dict)         # newest eval: task -> its corpus's mark
 
 
 def summarize_run(run_dir: str | Path) -> RunSummary:
@@ -59,8 +62,9 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
         name=run_dir.name, path=str(run_dir), preset=run.get("preset"), corpus=(run.get("corpus") or {}).get("name"),
         steps=int(train[-1]["step"]), tokens=int(train[-1]["tokens"]), train_loss=float(train[-1]["loss"]),
         val_loss=val[-1][1] if val else None, train_curve=[(int(r["tokens"]), float(r["loss"])) for r in train],
-        val_curve=val, tasks=task_accuracy(newest) if newest else {},
-        tasks_at_tokens=int(newest["tokens"]) if newest and newest.get("tokens") is not None else None)
+        val_curve=val, tasks=task_accuracy(newest) if newest else {}, bpb=task_bpb(newest) if newest else {},
+        tasks_at_tokens=int(newest["tokens"]) if newest and newest.get("tokens") is not None else None,
+        contamination=((newest or {}).get("contamination") or {}).get("tasks") or {})
 
 
 def recorded_evals(run_dir: Path) -> list[dict]:
@@ -82,8 +86,39 @@ def compare_runs(run_dirs: list[str | Path]) -> list[RunSummary]:
     return [summarize_run(d) for d in run_dirs]
 
 
-def task_names(summaries: list[RunSummary]) -> list[str]:
-    return sorted({t for s in summaries for t in s.tasks})
+# The task scores compare can show: name -> what they are (the CLI's choices, the report's caption).
+METRICS = {"acc": "accuracy, acc_norm where the task has it (%)",
+           "bpb": "bits per byte of the gold continuation of a multiple-choice task (lower is better)"}
+
+
+def task_bpb(record: dict) -> dict[str, float]:
+    """Per task of an `eval` record that has it: bpb (`model.eval.item_scores`)."""
+    return {task: float(m["bpb"]) for task, m in (record.get("tasks") or {}).items()
+            if isinstance(m.get("bpb"), (int, float))}
+
+
+def scores(summary: RunSummary, metric: str = "acc") -> dict[str, float]:
+    """The run's newest task scores in `metric` (one of METRICS)."""
+    return summary.bpb if metric == "bpb" else summary.tasks
+
+
+def task_names(summaries: list[RunSummary], metric: str = "acc") -> list[str]:
+    return sorted({t for s in summaries for t in scores(s, metric)})
+
+
+def contamination_notes(summaries: list[RunSummary]) -> list[str]:
+    """One line per run whose newest evaluation marked tasks (`elm-train eval` on a run trained on a corpus folder):
+    each shown task's items found in the run's corpus; a shown score of a task with any is starred."""
+    from model.eval.contamination import contamination_cell
+    shown = set(task_names(summaries))
+    return [f"{s.name}: " + "; ".join(f"{t} {contamination_cell(m)}" for t, m in sorted(s.contamination.items())
+                                      if t in shown)
+            for s in summaries if shown & set(s.contamination)]
+
+
+def contaminated(summary: RunSummary, task: str) -> bool:
+    """Whether the run's corpus held items of the task (its score is then starred)."""
+    return (summary.contamination.get(task) or {}).get("contaminated", 0) > 0
 
 
 # ---------------------------------------------------------------- the report
@@ -150,30 +185,35 @@ def _cell(value, percent: bool = False) -> str:
     return html.escape(f"{value:,}" if isinstance(value, int) else str(value))
 
 
-def write_report(summaries: list[RunSummary], out_dir: str | Path) -> Path:
-    """`index.html`, the PNG charts and `compare.json` in `out_dir`; returns the page's path."""
+def write_report(summaries: list[RunSummary], out_dir: str | Path, metric: str = "acc") -> Path:
+    """`index.html` (its table's task columns in `metric`), the PNG charts and `compare.json` in `out_dir`; returns
+    the page's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _chart_loss(summaries, out / "loss.png")
     _chart_tasks(summaries, out / "tasks.png")
     (out / "compare.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2) + "\n")
-    tasks = task_names(summaries)
+    tasks = task_names(summaries, metric)
     heads = ["run", "preset", "corpus", "steps", "tokens", "train loss", "val loss", *tasks]
     rows = "".join(
         "<tr>" + f"<td>{html.escape(s.name)}</td>"
         + "".join(f'<td class="n">{_cell(v)}</td>' for v in (s.preset, s.corpus, s.steps, s.tokens, s.train_loss,
                                                              s.val_loss))
-        + "".join(f'<td class="n">{_cell(s.tasks.get(t), percent=True)}</td>' for t in tasks) + "</tr>"
+        + "".join(f'<td class="n">{_cell(scores(s, metric).get(t), percent=metric == "acc")}'
+                  f'{"*" if contaminated(s, t) else ""}</td>' for t in tasks) + "</tr>"
         for s in summaries)
+    notes = contamination_notes(summaries)
+    marked = ("<p>*: items of the task were found in the run's corpus (elm-train eval; K of N: items found of the "
+              "task's items):</p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>") if notes else ""
     figures = "".join(f'<figure id="{Path(name).stem}"><img src="{name}" alt="{html.escape(caption)}">'
                       f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in CHARTS.items())
     page = out / "index.html"
     page.write_text(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>runs compared</title>"
         f"<style>{_STYLE}</style></head><body><h1>{len(summaries)} runs compared</h1>"
-        "<p>Task accuracies are each run's newest evaluation (while training, or by elm-train eval), in % "
-        "(acc_norm where the task has it).</p><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
-        + f"</tr></thead><tbody>{rows}</tbody></table>{figures}"
+        f"<p>Task scores are each run's newest evaluation (while training, or by elm-train eval): "
+        f"{html.escape(METRICS[metric])}.</p><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+        + f"</tr></thead><tbody>{rows}</tbody></table>{marked}{figures}"
         "<p><small>Numbers as JSON: <a href=\"compare.json\">compare.json</a>.</small></p></body></html>\n",
         encoding="utf-8")
     return page

@@ -6,8 +6,11 @@ through `model.eval.lm.OpenELMLM` (or, with `backend="mlx"`, an MLX export throu
 `model.eval.mlx.MLXOpenELMLM`). A set's tasks run in groups of equal few-shot count and
 their results are merged into one lm-eval results dict.
 
+Every multiple-choice task also gets `bpb`, bits per byte of the gold continuation (lower is better), and the
+results keep each item's acc, acc_norm and bpb under `items` (`model.eval.item_scores`), for every backend alike.
+
 When the model is a run's checkpoint, the results say which tasks the run's corpus was checked for and how many
-of their items it held (`model.eval.contamination`).
+of their items it held (`model.eval.contamination`), for each row of the results: a group's, its subtasks'.
 
 Tasks are found and their data checked by corpus.tasks (which `elm-corpus contamination` shares): when the Hub
 cannot be reached, the run goes offline before the harness loads anything, so a dataset missing from the cache
@@ -27,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from corpus.store.files import atomic_write_json, utc_now
+from corpus.tasks.groups import leaf_tasks
 from corpus.tasks.manager import TaskError, go_offline_unless_hub_reachable, load_tasks, quiet_loading
 from corpus.tasks.manager import known_tasks_manager as _known_tasks_manager
 from corpus.tasks.manager import templates_compiled_once
 from corpus.tasks.sets import expand_tasks, task_names
 from model.eval.contamination import corpus_contamination
+from model.eval.item_scores import add_item_scores, score_tasks
 from model.hf_folder import load_hf_folder
 from model.presets import preset_name
 from model.source import ModelSource, resolve_source, resolve_tokenizer
@@ -126,14 +131,16 @@ def evaluate(path: str | Path, tasks: str, num_fewshot: int | None = None, limit
                         "tokenizer_sha256": sp.sha256, "add_bos_token": add_bos, "batch_size": batch_size,
                         "backend": backend, "device": str(lm.device), "limit": limit, "adapter": adapter,
                         "tasks": [[t, s] for t, s in wanted], "include_path": include_path}
-    contamination = corpus_contamination(source, [t for t, _ in wanted])
+    manager = known_tasks_manager([t for t, _ in wanted], include_path)  # the one run_tasks used (built once)
+    contamination = corpus_contamination(source, list(merged.get("results", {})),
+                                         functools.lru_cache(maxsize=None)(functools.partial(leaf_tasks, manager)))
     if contamination is not None:  # a run trained on a corpus folder: what it says of these tasks
         merged["contamination"] = contamination
     return Evaluation(merged, preset, source)
 
 
 PER_TASK_KEYS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
-                 "n-samples", "samples")
+                 "n-samples", "samples", "items")
 
 
 def _merge(into: dict, out: dict) -> None:
@@ -167,11 +174,13 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
         manager = known_tasks_manager([t for t, _ in wanted], include_path)
         for shots in dict.fromkeys(s for _, s in wanted):
             group = [t for t, s in wanted if s == shots]
+            kept = _KeepsTasks(manager)
             try:
                 with _harness_work_done_once():
                     out = simple_evaluate(model=lm, tasks=group, num_fewshot=shots, limit=limit,
-                                          log_samples=log_samples, task_manager=manager,
+                                          log_samples=log_samples, task_manager=kept,
                                           batch_size=getattr(lm, "batch_size", None), bootstrap_iters=1000)
+                    add_item_scores(out, score_tasks(kept.tasks))  # in here: golds rendered by compiled templates
             except Exception:
                 # Loaded only on failure (the harness loads each task's data itself): missing datasets, of this
                 # group and the others, become one error naming each; any other failure is raised as it was.
@@ -179,6 +188,22 @@ def run_tasks(lm, tasks: str, num_fewshot: int | None = None, limit: int | float
                 raise
             _merge(merged, out)
     return merged, wanted
+
+
+class _KeepsTasks:
+    """A task manager that keeps the tasks its `load` built for the harness: the harness leaves each document's
+    requests and answers on them, which is where every item's scores are read (`model.eval.item_scores`)."""
+
+    def __init__(self, manager):
+        self._manager, self.tasks = manager, {}
+
+    def load(self, *args, **kwargs):
+        loaded = self._manager.load(*args, **kwargs)
+        self.tasks.update(loaded["tasks"])
+        return loaded
+
+    def __getattr__(self, name):
+        return getattr(self._manager, name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -272,13 +297,17 @@ EVALS_DIR = "evals"  # in a run folder: what `elm-train eval` found for its chec
 
 def record_in_run(evaluation: Evaluation) -> Path | None:
     """Keep an evaluation of a run's checkpoint in the run (`evals/step_N.json`, an `eval` record as training writes
-    to metrics.jsonl), so `elm-train compare` shows it; None for a model that is not a run's checkpoint."""
+    to metrics.jsonl, with the `items` of multiple-choice tasks and eval's `contamination` where it found one), so
+    `elm-train compare` shows it; None for a model that is not a run's checkpoint."""
     source = evaluation.source
     if source.run_dir is None or source.step is None:
         return None
     record = {"kind": "eval", "step": source.step, "tokens": source.state.get("tokens_seen"),
               "tasks": task_scores(evaluation.results), "config": evaluation.results.get("config", {}),
               "n-shot": evaluation.results.get("n-shot", {}), "recorded_at": utc_now()}
+    for key in ("items", "contamination"):  # each item's scores, for bootstraps; what the run's corpus held
+        if key in evaluation.results:
+            record[key] = evaluation.results[key]
     path = source.run_dir / EVALS_DIR / f"step_{source.step:08d}.json"
     path.parent.mkdir(exist_ok=True)
     atomic_write_json(path, record)

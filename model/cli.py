@@ -385,9 +385,6 @@ def cli_export(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # ---------------------------------------------------------------- elm-train ablate
 
@@ -422,6 +419,9 @@ def cli_ablate(argv: list[str]) -> int:
     print(f"ranking by {aggregate['over']} {aggregate['metric']} "
           f"({'higher' if aggregate['higher_is_better'] else 'lower'} is better):")
     for row in report["ranking"]:
+        if row["value"] is None:
+            print(f"  -. {row['variant']:<24} no finished trial")
+            continue
         interval = "" if row["ci_low"] is None else f"  [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
         print(f"  {row['rank']}. {row['variant']:<24} {row['value']:.4f}{interval}")
     failed = [t for t in report["trials"] if t["status"] != "finished"]
@@ -429,3 +429,7 @@ def cli_ablate(argv: list[str]) -> int:
         print(f"failed: {t['variant']} seed {t['seed']}: {t['error']} (log {t['log']})")
     print(f"report: {out / 'report.html'}")
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

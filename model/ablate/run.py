@@ -42,7 +42,7 @@ import yaml
 from corpus.store.files import atomic_write_json
 from model.ablate.report import FAILED, FINISHED, TaskScores, TrialResult, build_report, write_report
 from model.ablate.spec import AblationSpec, Variant, corpus_identity, identity_key, trial_identity
-from model.eval.results import item_scores
+from model.eval.item_scores import METRICS, item_scores
 
 CORPORA, TRIALS, EVALS, LOGS = "corpora", "trials", "evals", "logs"
 
@@ -239,7 +239,13 @@ def trial_result(trial: Trial) -> TrialResult:
     if record.get("status") != FINISHED:
         return TrialResult(trial.variant, trial.seed, Path(trial.run_dir), FAILED, Path(record.get("log") or
                            trial.log), error=record.get("error"))
-    scores = item_scores(json.loads(Path(trial.eval_file).read_text()))
-    tasks = {task: TaskScores(items=s["items"], values=s["values"], contamination=s.get("contamination"))
-             for task, s in scores.items()}
+    results = json.loads(Path(trial.eval_file).read_text())
+    marks = (results.get("contamination") or {}).get("tasks") or {}
+    tasks = {}
+    for task, items in item_scores(results).items():
+        row = results.get("results", {}).get(task, {})
+        # a metric some item lacks (acc_norm a task does not score) cannot be resampled over items: left out
+        tasks[task] = TaskScores(items={m: getattr(items, m) for m in METRICS if None not in getattr(items, m)},
+                                 values={m: row[f"{m},{items.filter}"] for m in METRICS if f"{m},{items.filter}" in row},
+                                 contamination=marks.get(task))
     return TrialResult(trial.variant, trial.seed, Path(trial.run_dir), FINISHED, Path(trial.log), tasks)

@@ -137,7 +137,7 @@ KINDS: dict[str, ClozeKind] = {
 
 
 def cloze_items(kind: ClozeKind, passages: Sequence[Passage], n: int, seed: int) -> tuple[ClozeItem, ...]:
-    """``n`` items of ``kind`` cut from ``passages``, the same for the same arguments; ValueError when too few can be."""
+    """``n`` items of ``kind`` cut from ``passages``, the same for the same arguments; ValueError when too few can."""
     if len(passages) < CHOICES:
         raise ValueError(f"{kind.name} cloze items need at least {CHOICES} held-out {kind.what}, "
                          f"{len(passages)} are held out")

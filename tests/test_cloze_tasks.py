@@ -78,6 +78,26 @@ def test_each_item_is_its_passage_context_then_the_gold_among_four_distinct_choi
     assert len({i.answer for i in items}) == 4  # the gold is not always in one place
 
 
+def prose_rows(text: str) -> set[int]:
+    """The 1-based rows of a module that Python's tokenizer finds in comments and multi-line strings."""
+    import tokenize
+    rows = set()
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT or (token.type == tokenize.STRING and token.end[0] > token.start[0]):
+            rows.update(range(token.start[0], token.end[0] + 1))
+    return rows
+
+
+def test_code_golds_are_cut_from_code_never_from_a_docstring_or_a_comment():
+    passages = {p.origin: p.text for p in modules(12)}
+    items = cloze_items(KINDS["code"], list(modules(12)), 40, seed=5)
+    for item in items:
+        text = passages[item.origin]
+        gold_row = text.count("\n", 0, text.index(item.scored_text) + len(item.context)) + 1
+        assert gold_row not in prose_rows(text)
+        assert not any("#" in c or '"""' in c for c in item.choices)
+
+
 def test_the_same_seed_gives_the_same_items_and_another_seed_others():
     passages = chapters(500, 10)
     first = cloze_items(KINDS["prose"], passages, 20, seed=7)

@@ -6,7 +6,8 @@ choice is plausible in form and only the context tells the gold apart. Two kinds
 
 - prose, from King James Bible chapters: 30 to 60 words of context, then 4 words;
 - code, from Python standard-library modules: 6 to 12 whole lines and the head of the next, then the rest of that
-  line (4 to 60 characters, cut at a single space; distractors within half to twice the gold's length).
+  line (4 to 60 characters, cut at a single space; distractors within half to twice the gold's length). The cut
+  lines, gold and distractors alike, are code: docstrings and comments are prose, and stay in contexts only.
 
 The context and the gold are joined by one space, as lm-eval joins them (its default `target_delimiter`), and that
 is exactly the text of the passage there (prose gold words are joined by single spaces). An item's context has at
@@ -20,6 +21,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from corpus.cleaning.words import NGRAM, words
@@ -91,22 +93,39 @@ def _split_points(line: str) -> list[int]:
     return out
 
 
+@lru_cache(maxsize=1024)
+def _code_lines(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The passage's lines, and the numbers of those that are code with a place to cut: not blank, not in a
+    triple-quoted string, no comment, no quotes opening or closing one. A line scan, not `tokenize`: it only has
+    to keep docstrings and comments, which are prose, out of the code task."""
+    lines = tuple(text.split("\n"))
+    code, inside = [], None  # inside: the quotes of the string the scan is in
+    for number, line in enumerate(lines):
+        marks = [q for q in ('"""', "'''") if q in line]
+        if inside is not None or marks:
+            for q in marks if inside is None else [inside]:
+                if line.count(q) % 2:
+                    inside = q if inside is None else None
+            continue
+        if "#" not in line and _split_points(line):
+            code.append(number)
+    return lines, tuple(code)
+
+
 def _code_cut(text: str, rng: random.Random) -> tuple[str, str] | None:
-    lines = text.split("\n")
-    j = rng.randrange(len(lines))
-    points = _split_points(lines[j])
-    if not points:
+    lines, code = _code_lines(text)
+    if not code:
         return None
-    p = rng.choice(points)
+    j = rng.choice(code)
+    p = rng.choice(_split_points(lines[j]))
     first = max(0, j - rng.randint(*CODE_CONTEXT_LINES))
-    return "\n".join(lines[first:j] + [lines[j][:p]]), lines[j][p + 1:].rstrip()
+    return "\n".join(lines[first:j] + (lines[j][:p],)), lines[j][p + 1:].rstrip()
 
 
 def _code_span(text: str, gold: str, rng: random.Random) -> str | None:
-    lines = text.split("\n")
-    for _ in range(8):  # a few lines of the passage, for a tail near the gold's length
-        line = lines[rng.randrange(len(lines))]
-        tails = [line[p + 1:].rstrip() for p in _split_points(line)]
+    lines, code = _code_lines(text)
+    for number in rng.sample(code, min(8, len(code))):  # a few lines, for a tail near the gold's length
+        tails = [lines[number][p + 1:].rstrip() for p in _split_points(lines[number])]
         tails = [t for t in tails if len(gold) / 2 <= len(t) <= 2 * len(gold)]
         if tails:
             return rng.choice(tails)

@@ -2,7 +2,7 @@
 
 This module parses the command line and prints; the work is done by the domain modules
 (`pipelines.build`, `pipelines.contamination`, `corpus.inspection`, `corpus.store.verify`, `corpus.mirror`,
-`corpus.tokenizer`), whose heavy imports stay lazy so `elm-corpus --help` is instant. Terminal tables:
+`corpus.heldout`, `corpus.tokenizer`), whose heavy imports stay lazy so `elm-corpus --help` is instant. Terminal tables:
 `pipelines.views`.
 """
 from __future__ import annotations
@@ -158,6 +158,27 @@ def _sample(args) -> int:
     return 0
 
 
+def _tasks_cloze(args) -> int:
+    """Write the cloze tasks of text held out of a manifest's --sample build, and say what they hold."""
+    from corpus.heldout.cloze import cloze_tasks, parse_kinds
+    from corpus.heldout.task_folder import write_tasks
+    from corpus.manifest import load_manifest
+    kinds = parse_kinds(args.kinds)
+    if args.items < 1:
+        raise ValueError(f"--items must be at least 1, got {args.items}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"{args.out} is a file; OUT_DIR must be a folder (it is created if missing)")
+    manifest = load_manifest(args.manifest)
+    tasks = cloze_tasks(manifest, kinds, args.items, args.seed)  # all of it before anything is written
+    written = write_tasks(tasks, args.out)
+    for task, (config, data) in zip(tasks, written):
+        print(f"wrote {config} and {data.name}: {len(task.items)} {task.kind.name} items from {task.held_out} of "
+              f"{task.pool} {task.kind.what}, those held out of the --sample build of '{manifest.name}'")
+    print(f"evaluate: elm-train eval MODEL --tasks {','.join(t.name for t in tasks)} "
+          f"--include-path {written[0][0].parent}")
+    return 0
+
+
 def _tokenizer_export(args) -> int:
     from corpus.manifest import load_manifest
     from corpus.tokenizer.tokenizer import Tokenizer
@@ -267,6 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a manifest and print its target mixture")
     v.add_argument("manifest", help="the manifest YAML")
     v.set_defaults(func=_validate)
+
+    from corpus.heldout.cloze import KINDS
+    tk = sub.add_parser("tasks", help="write evaluation tasks in lm-eval's format")
+    tksub = tk.add_subparsers(dest="tasks_command", required=True)
+    tc = tksub.add_parser("cloze", help="multiple-choice cloze tasks cut from text a manifest's --sample build never "
+                          "reads (docs/eval.md)")
+    tc.add_argument("out", metavar="OUT_DIR", help="folder for each task's YAML and json lines: the --include-path "
+                    "of elm-train eval (created if missing; earlier files of the same tasks are replaced)")
+    tc.add_argument("--manifest", default="manifests/openelm.yaml", help="the manifest whose sample build the text "
+                    "is held out of (default manifests/openelm.yaml)")
+    tc.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, a task each (default all): "
+                    + "; ".join(f"{k.name}: {k.task}, from {k.what}" for k in KINDS.values()))
+    tc.add_argument("--items", type=int, default=500, help="items per task (default 500)")
+    tc.add_argument("--seed", type=int, default=0, help="seeds the cut; the same seed gives the same bytes "
+                    "(default 0)")
+    tc.set_defaults(func=_tasks_cloze)
 
     t = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)

@@ -60,6 +60,7 @@ CORPUS_LAYOUT: dict[str, set[str]] = {  # corpus.<unit> -> the other corpus unit
     "mirror": BASE | {"text", "tokenizer", "store"},
     "tasks": BASE,
     "cleaning": BASE | {"text", "tokenizer", "store", "tasks"},
+    "heldout": BASE | {"store", "mirror", "cleaning"},  # tasks cut from the mirror's text a --sample build never reads
 }
 
 # The model core: what a model is and how its weights are held, read and written. Its units may import each

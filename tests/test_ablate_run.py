@@ -1,0 +1,138 @@
+"""`elm-train ablate` end to end, on the session's sample corpus and held-out cloze tasks of the sample mirror.
+
+One ablation folder goes through a user's life: the command is SIGKILLed after its first trial finished and while
+the second trains; the same command then continues (the finished trial untouched) and ranks the variants; run
+again it does nothing and writes the same report; a variant added to the spec (and one whose corpus is broken)
+only adds trials, the broken one failing alone with its log. The proxies are the `tiny` preset trained for a few
+steps of short sequences: enough for a books-trained proxy to beat a code-trained one on prose, and the other
+way round on code, in bits per byte (the worked example of docs/ablate.md, at a smaller scale).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from corpus.heldout.cloze import KINDS, cloze_tasks
+from corpus.heldout.task_folder import write_tasks
+from corpus.manifest import load_manifest
+from model.ablate.run import plan
+from model.ablate.spec import load_spec
+from model.cli import main as elm_train
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "manifests" / "openelm.yaml"
+BOOKS = {"redpajama-books": 1, "dolma-gutenberg": 1}
+CODE = {"redpajama-github": 1, "dolma-stack": 1}
+
+
+def spec_text(tasks: Path, variants: list[dict]) -> str:
+    return yaml.safe_dump({
+        "name": "books-vs-code", "model": "tiny", "steps": 16, "seeds": [0],
+        "tasks": ["mirror_prose_cloze", "mirror_code_cloze"], "include_path": str(tasks),
+        # short sequences: a trial is a few seconds of training, most of it the two processes starting
+        "train": {"sequence_length": 64, "global_batch_tokens": 512, "micro_batch_size": 8, "eval_batches": 2},
+        "variants": variants}, sort_keys=False)
+
+
+def variant(name: str, weights: dict, manifest: Path = MANIFEST) -> dict:
+    return {"name": name, "manifest": str(manifest), "sample": True, "weights": weights}
+
+
+@pytest.fixture(scope="module")
+def ablation(sample_corpus, sample_mirror, tmp_path_factory):
+    """A spec of two variants over the sample corpus (already built: linked where the ablation builds it)."""
+    root = tmp_path_factory.mktemp("ablation")
+    tasks = root / "tasks"
+    write_tasks(cloze_tasks(load_manifest(MANIFEST), list(KINDS.values()), 40, 0, sample_mirror), tasks)
+    spec = root / "spec.yaml"
+    spec.write_text(spec_text(tasks, [variant("books", BOOKS), variant("code", CODE)]))
+    out = root / "out"
+    builds, _ = plan(load_spec(spec), out)
+    assert len(builds) == 1, "variants that differ only in weights share one build"
+    Path(builds[0].folder).parent.mkdir(parents=True)
+    Path(builds[0].folder).symlink_to(sample_corpus.out_dir)
+    return spec, out, tasks
+
+
+def record(out: Path, name: str) -> dict | None:
+    path = out / "trials" / name.split("/")[0] / f"{name.split('/')[1]}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_killed_ablation_continues_without_redoing_a_finished_trial_then_ranks_each_variant_on_its_own_text(
+        ablation, capsys):
+    spec, out, _ = ablation
+    proc = subprocess.Popen([sys.executable, "-m", "model.cli", "ablate", str(spec), "--out", str(out),
+                             "--parallel", "1"], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 300
+    try:  # the kill point: the first trial finished, the second one started
+        while not ((record(out, "books/seed-0") or {}).get("status") == "finished"
+                   and (record(out, "code/seed-0") or {}).get("status") == "started"):
+            assert proc.poll() is None, f"the ablation ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "the ablation did not reach its second trial in 300 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in [out / "trials/books/seed-0.json", out / "evals/books/seed-0.json",
+                                                  *(out / "trials/books/seed-0").rglob("*")] if p.is_file()}
+
+    assert elm_train(["ablate", str(spec), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "2 trials, 1 already done" in said and "trial code seed 0: done" in said
+    assert "trial books" not in said
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "the finished trial was not touched"
+
+    report = json.loads((out / "report.json").read_text())
+    bpb = {v: {t: s["bpb"]["mean"] for t, s in report["variants"][v]["tasks"].items()} for v in ("books", "code")}
+    assert bpb["books"]["mirror_prose_cloze"] < bpb["code"]["mirror_prose_cloze"]
+    assert bpb["code"]["mirror_code_cloze"] < bpb["books"]["mirror_code_cloze"]
+    (pair,) = report["pairs"]
+    assert pair["tasks"]["mirror_prose_cloze"]["bpb"]["better"] == "books"
+    assert pair["tasks"]["mirror_code_cloze"]["bpb"]["better"] == "code"
+    for name in ("books", "code"):  # each trial is an ordinary run folder, its eval beside it
+        run = out / "trials" / name / "seed-0"
+        assert (run / "run.json").is_file() and list((run / "evals").glob("step_*.json"))
+        served = report["variants"][name]["mixture"]
+        assert {s for s, row in served.items() if row["achieved"] > 0} == (BOOKS if name == "books" else CODE).keys()
+    assert (out / "report.html").is_file()
+
+    before = (out / "report.json").read_bytes()
+    assert elm_train(["ablate", str(spec), "--out", str(out)]) == 0
+    assert "2 trials, 2 already done" in capsys.readouterr().out
+    assert (out / "report.json").read_bytes() == before
+
+
+def test_a_variant_added_later_only_adds_its_trials_and_a_failing_one_fails_alone_with_its_log(ablation, capsys):
+    spec, out, tasks = ablation
+    if record(out, "code/seed-0") is None:
+        pytest.skip("needs the first test's finished ablation")
+    broken_manifest = spec.parent / "broken.yaml"  # another manifest file: another corpus, broken below
+    broken_manifest.write_text(MANIFEST.read_text())
+    spec.write_text(spec_text(tasks, [variant("books", BOOKS), variant("code", CODE),
+                                      variant("mixed", {**BOOKS, **CODE}),
+                                      variant("broken", BOOKS, broken_manifest)]))
+    builds, _ = plan(load_spec(spec), out)
+    broken = next(b for b in builds if b.variants == ("broken",))
+    Path(broken.folder).mkdir(parents=True)
+    (Path(broken.folder) / "corpus.json").write_text("{not json")
+    finished = {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("*.json")}
+
+    assert elm_train(["ablate", str(spec), "--out", str(out)]) == 1
+    said = capsys.readouterr().out
+    assert "4 trials, 2 already done" in said and "trial mixed seed 0: done" in said
+    assert "trial broken seed 0: FAILED" in said
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    report = json.loads((out / "report.json").read_text())
+    failed = [t for t in report["trials"] if t["status"] != "finished"]
+    assert [t["variant"] for t in failed] == ["broken"] and Path(failed[0]["log"]).is_file()
+    assert {r["variant"] for r in report["ranking"] if r["value"] is not None} == {"books", "code", "mixed"}

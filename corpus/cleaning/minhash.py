@@ -107,7 +107,7 @@ def verified_pairs(pairs: Iterable[tuple[Key, Key]], signature_of: Mapping[Key, 
     """The pairs whose signatures agree on at least ``threshold`` of their values, sorted.
 
     Sharing one band is weak evidence (r values of the signature); every candidate is checked on
-    the full signature before union-find joins it, or the S-curve's tail below the threshold and
+    the full signature before the clusters join it, or the S-curve's tail below the threshold and
     chains of such pairs would remove documents that are not near duplicates.
     """
     pairs = sorted(pairs)

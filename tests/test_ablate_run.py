@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -112,7 +113,8 @@ def test_killed_ablation_continues_without_redoing_a_finished_trial_then_ranks_e
     assert (out / "report.json").read_bytes() == before
 
 
-def test_a_variant_added_later_only_adds_its_trials_and_a_failing_one_fails_alone_with_its_log(ablation, capsys):
+def test_variants_added_later_only_add_their_trials_run_as_ray_tasks_and_a_failing_one_fails_alone_with_its_log(
+        ablation, ray_session, capsys):
     spec, out, tasks = ablation
     if record(out, "code/seed-0") is None:
         pytest.skip("needs the first test's finished ablation")
@@ -127,12 +129,21 @@ def test_a_variant_added_later_only_adds_its_trials_and_a_failing_one_fails_alon
     (Path(broken.folder) / "corpus.json").write_text("{not json")
     finished = {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("*.json")}
 
-    assert elm_train(["ablate", str(spec), "--out", str(out)]) == 1
+    # on a Ray cluster (here the session's local Ray): each trial left is a Ray task
+    address = ray_session.get_runtime_context().gcs_address
+    assert elm_train(["ablate", str(spec), "--out", str(out), "--ray-address", address]) == 1
     said = capsys.readouterr().out
     assert "4 trials, 2 already done" in said and "trial mixed seed 0: done" in said
     assert "trial broken seed 0: FAILED" in said
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    for name in ("mixed/seed-0", "broken/seed-0"):  # each ran in a Ray worker process, not in this one
+        pid = record(out, name)["ran_on"]["pid"]
+        assert pid != os.getpid() and psutil.Process(pid).cmdline()[0].startswith("ray::")
+
     report = json.loads((out / "report.json").read_text())
     failed = [t for t in report["trials"] if t["status"] != "finished"]
-    assert [t["variant"] for t in failed] == ["broken"] and Path(failed[0]["log"]).is_file()
+    assert [t["variant"] for t in failed] == ["broken"]
+    assert "corpus.json cannot be read: not valid JSON" in failed[0]["error"]
+    log = Path(failed[0]["log"]).read_text()
+    assert "corpus.json cannot be read: not valid JSON" in log and "Traceback" not in log
     assert {r["variant"] for r in report["ranking"] if r["value"] is not None} == {"books", "code", "mixed"}

@@ -105,7 +105,7 @@ def test_help_lists_every_command_in_one_line_each_and_a_typo_gets_the_nearest(c
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out.split("commands (elm-train COMMAND --help):\n")[1].splitlines()
-    assert [line.split()[0] for line in listing] == ["train", "finetune", "eval", "compare", "export", "plot"]
+    assert [line.split()[0] for line in listing] == ["train", "finetune", "eval", "compare", "export", "plot", "ablate"]
     assert list(COMMANDS) == [line.split()[0] for line in listing] and all(len(line) <= 80 for line in listing)
     assert main(["fintune", "--data", "x"]) == 2
     assert capsys.readouterr().err.strip() == "elm-train: unknown command 'fintune'; did you mean `elm-train finetune`?"

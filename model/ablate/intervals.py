@@ -16,7 +16,8 @@ Two questions, two methods, both at 95%:
   is seeded from a fixed seed and a key naming the comparison, so the report is the same on every run and a
   variant added later leaves the intervals of the pairs already there unchanged.
 
-Which way a metric improves is `HIGHER_IS_BETTER`, read by the spec's `aggregate` and by the report.
+Which way a metric improves is eval's `HIGHER_IS_BETTER` (model.eval.item_scores), read by the spec's
+`aggregate` and by the report.
 """
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.special import stdtrit  # Student t's quantile; scipy.stats costs a second to import
 
+from model.eval.item_scores import HIGHER_IS_BETTER
+
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 _BLOCK = 250  # resamples drawn at once: bounds the memory of a task with many items
 
 # The per-item metrics an ablation compares, and which way each improves. A new metric is one line here.
-HIGHER_IS_BETTER: dict[str, bool] = {"acc": True, "acc_norm": True, "bpb": False}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -163,7 +164,8 @@ def run_trial(trial: Trial) -> dict:
             ["--include-path", trial.include_path] if trial.include_path else [])
         error = _run(_command("model.cli", "eval", *args), log, env)
     done = {"key": trial.key, "status": FINISHED if error is None else FAILED, "log": trial.log,
-            "eval": trial.eval_file if error is None else None, "error": error}
+            "eval": trial.eval_file if error is None else None, "error": error,
+            "ran_on": {"host": socket.gethostname(), "pid": os.getpid()}}  # on a cluster, the node that ran it
     atomic_write_json(Path(trial.record), done)
     return done
 

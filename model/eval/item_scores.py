@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 METRICS = ("acc", "acc_norm", "bpb")  # per item; bpb is this module's, the others the task's own
+HIGHER_IS_BETTER: dict[str, bool] = {"acc": True, "acc_norm": True, "bpb": False}  # which way each improves
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,13 @@ def add_item_scores(results: dict[str, Any], scores: dict[str, ItemScores]) -> N
     for task, items in scores.items():
         if task in rows:
             rows[task].update(_bpb_cells(items.bpb, items.filter))
-            better.setdefault(task, {})["bpb"] = False
+            better.setdefault(task, {})["bpb"] = HIGHER_IS_BETTER["bpb"]
     for group in results.get("group_subtasks", {}):
         pooled = [v for task in _tasks_under(group, results["group_subtasks"]) if task in scores
                   for v in scores[task].bpb]
         if group in rows and pooled:
             rows[group].update(_bpb_cells(pooled, "none"))
-            better.setdefault(group, {})["bpb"] = False
+            better.setdefault(group, {})["bpb"] = HIGHER_IS_BETTER["bpb"]
     results.setdefault("items", {}).update({task: items.to_json() for task, items in scores.items()})
 
 

@@ -235,6 +235,9 @@ def resolve_corpus(name_or_dir: str | None, cache: str | Path | None = None,
     except FileNotFoundError:
         raise TrainError(f"{where} holds no corpus.json, so its build never finished; rerun 'elm-corpus build' "
                          f"with the same manifest to complete it") from None
+    except ValueError as e:  # damaged: `elm-corpus verify` says what else is, and `--repair` rebuilds it
+        raise TrainError(f"{where}/corpus.json cannot be read: {e}; check it with 'elm-corpus verify {where}'") \
+            from None
     tokenizer = info.get("tokenizer") or {}
     if not tokenizer.get("vocab_size") or not tokenizer.get("sha256"):
         raise TrainError(f"{where}/corpus.json records no tokenizer (vocab_size, sha256); rebuild it with "

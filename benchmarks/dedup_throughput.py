@@ -12,8 +12,16 @@ with a quarter of its documents planted again with 1% of their words changed (ne
 ``fresh_workers``); the two take turns, plain first in odd rounds; medians. Then the dedup build of MB and of
 4 x MB: the peak RSS of the Ray workers that ran signature tasks and search tasks (each task reports its
 process's peak), with the search cut into one shard per ``--docs-per-shard`` signed documents (default 2,000
-here, so that the 4x input gets 4x the shards as a large corpus would at the build's 200,000): memory per
+here, so that the 4x input gets 4x the shards as a large corpus would at the build's 500,000): memory per
 worker should not grow with the input.
+
+``--search DOCS``: the search's grouping alone, in this process, on synthetic keys of DOCS documents in units of
+2,000 (16 band keys each, a tenth of the documents sharing 12 of their bands with an earlier one, a fiftieth an
+exact hash), cut into ``--shards``: the rows of ``corpus.cleaning.buckets`` (each unit's keys turned into rows
+once, split by shard, each shard's rows sorted) against the search this replaced (each shard scanning every
+unit's keys and grouping its share in Python dicts of tuples). CPU seconds of every step, and the largest peak
+of traced memory of one step (a shard's, or a unit's split), measured in a second call of each step; both must
+find the same pairs.
 
 The documents are real English text of a few KB each: the 1,189 chapters of the King James Bible
 and the 79 Python reference topics of the sample mirror (``corpus.mirror.text``), 3.6 KB on average,
@@ -286,6 +294,87 @@ def build_overhead(mb: float, repeats: int, docs_per_shard: int) -> dict:
             "docs_per_shard": docs_per_shard}
 
 
+def _synthetic_units(documents: int, per_unit: int = 2000, bands: int = 16, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 2**63, (documents, bands), dtype=np.int64).astype(np.uint64)
+    exact = rng.integers(0, 2**63, (documents, 2), dtype=np.int64).astype(np.uint64)
+    near = rng.choice(np.arange(1, documents), documents // 10, replace=False)
+    source = (rng.random(len(near)) * near).astype(np.int64)  # an earlier document
+    keys[near, :12] = keys[source, :12]
+    copies = rng.choice(np.arange(1, documents), documents // 50, replace=False)
+    exact[copies] = exact[(rng.random(len(copies)) * copies).astype(np.int64)]
+    return [{"positions": np.arange(min(per_unit, documents - start)), "exact": exact[start:start + per_unit],
+             "band_keys": keys[start:start + per_unit]} for start in range(0, documents, per_unit)]
+
+
+def _dict_search(units: list[dict], shard: int, shards: int) -> set:
+    """The search before the rows: a shard scans every unit's keys, groups its share in dicts, pairs each bucket."""
+    from itertools import combinations
+    seen, pairs, buckets = {}, set(), {}
+    for u, data in enumerate(units):
+        positions, exact, keys = data["positions"].tolist(), data["exact"], data["band_keys"]
+        for i in np.flatnonzero(exact[:, 0] % shards == shard).tolist():
+            digest, key = (-1, int(exact[i, 0]), int(exact[i, 1])), (u, positions[i])
+            if digest in seen:
+                pairs.add((seen[digest], key))
+            else:
+                seen[digest] = key
+        for i, band in zip(*np.nonzero(keys % np.uint64(shards) == shard)):
+            buckets.setdefault((-1, int(band), int(keys[i, band])), []).append((u, positions[i]))
+    for members in buckets.values():
+        pairs.update(combinations(sorted(members), 2))
+    return pairs
+
+
+def search_grouping(documents: int, shards: int) -> dict:
+    import resource
+    import tracemalloc
+    from corpus.cleaning.buckets import EXACT, by_shard, document_ids, group_pairs, key_rows, unit_and_position
+    units = _synthetic_units(documents)
+    found, seconds, peaks = {}, {}, {}
+
+    def measured(name, step):
+        """CPU seconds of ``step`` in one call, then its peak traced memory in a second (tracemalloc slows the
+        allocation of every Python object, so it would weigh on the dicts far more than on the rows)."""
+        start = resource.getrusage(resource.RUSAGE_SELF)
+        result = step()
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        seconds[name] = seconds.get(name, 0) + (end.ru_utime - start.ru_utime) + (end.ru_stime - start.ru_stime)
+        tracemalloc.start()
+        step()
+        peaks[name] = max(peaks.get(name, 0), tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        return result
+
+    old = set()
+    for shard in range(shards):
+        old |= measured("dicts", lambda: _dict_search(units, shard, shards))
+    parts = [[] for _ in range(shards)]
+    for u, data in enumerate(units):  # once per unit: its keys as rows, split by shard
+        def split(u=u, data=data):
+            return by_shard(key_rows(document_ids(u, data["positions"]), data["exact"], data["band_keys"]), shards)
+        rows, offsets = measured("rows: split", split)
+        for shard in range(shards):
+            parts[shard].append(rows[offsets[shard]:offsets[shard + 1]])
+    new = set()
+    for shard in range(shards):
+        def group(shard=shard):
+            rows = np.concatenate(parts[shard])
+            exact = rows["band"] == EXACT
+            return np.concatenate([group_pairs(rows[exact], leaders=1), group_pairs(rows[~exact])])
+        pairs = measured("rows: shards", group)
+        units_, positions = unit_and_position(pairs.reshape(-1))
+        new |= {(a, b) for a, b in zip(zip(units_[0::2].tolist(), positions[0::2].tolist()),
+                                           zip(units_[1::2].tolist(), positions[1::2].tolist()))}
+    assert new == old, f"the two searches found different pairs ({len(new)} against {len(old)})"
+    rows_seconds = seconds["rows: split"] + seconds["rows: shards"]
+    return {"documents": documents, "units": len(units), "shards": shards, "pairs": len(new),
+            "cpu_seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "dicts_vs_rows": round(seconds["dicts"] / rows_seconds, 1),
+            "peak_traced_mb": {k: round(v / 2**20, 1) for k, v in peaks.items()},
+            "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=1268, help="documents (Bible chapters, then reference topics)")
@@ -296,7 +385,13 @@ def main(argv=None) -> int:
     p.add_argument("--build", type=float, metavar="MB", help="time the build with and without dedup on MB of text "
                    "(and memory at MB and 4 x MB) instead of the signature comparison")
     p.add_argument("--docs-per-shard", type=int, default=2000, help="with --build: signed documents per search shard")
+    p.add_argument("--search", type=int, metavar="DOCS", help="time the search's grouping on DOCS synthetic documents")
+    p.add_argument("--shards", type=int, default=4, help="with --search: shards")
     args = p.parse_args(argv)
+    if args.search:
+        report = search_grouping(args.search, args.shards)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.build:
         load = os.getloadavg()[0]
         report = build_overhead(args.build, args.repeats, args.docs_per_shard)

@@ -18,14 +18,16 @@ from collections.abc import Iterable
 from typing import Hashable, TypeVar
 
 import numpy as np
-from scipy.sparse import coo_array
-from scipy.sparse.csgraph import connected_components
 
 Key = TypeVar("Key", bound=Hashable)
 
 
 def kept_copies(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(removed, kept)``: each id to remove, ascending, and the id kept in its cluster (the cluster's smallest)."""
+    # imported here: only the driver resolves clusters, and scipy.sparse adds about 24 MB to each Ray worker
+    # that imports the build's dedup module to sign or search
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     if not len(pairs):
         return np.empty(0, np.int64), np.empty(0, np.int64)

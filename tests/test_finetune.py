@@ -266,14 +266,14 @@ def command(base: Path, data: Path, run: Path, method: str, *extra: str) -> list
             "--warmup-steps", "2", "--threads", "1", "--no-progress", "--lora-rank", "4", *extra]
 
 
-@pytest.mark.parametrize("method", ["lora", "dpo"])
-def test_a_run_killed_and_resumed_reproduces_every_loss(base, sft_data, preference_data, tmp_path, method):
-    data = preference_data if method == "dpo" else sft_data
+def test_a_run_killed_and_resumed_reproduces_every_loss(base, preference_data, tmp_path):
+    # DPO with LoRA: the preference loss, its reference model and an adapter's state all resume, in one run
+    data, method = preference_data, "dpo"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     reference = tmp_path / "reference"
-    assert main(command(base, data, reference, method)[3:]) == 0
+    assert main(command(base, data, reference, method, "--adapter", "lora")[3:]) == 0
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(command(base, data, interrupted, method), cwd=REPO, env=env,
+    proc = subprocess.Popen(command(base, data, interrupted, method, "--adapter", "lora"), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (interrupted / "metrics.jsonl").exists() or len(train_records(interrupted)) < 5:
@@ -286,7 +286,8 @@ def test_a_run_killed_and_resumed_reproduces_every_loss(base, sft_data, preferen
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert len(train_records(interrupted)) == reached
-    subprocess.run(command(base, data, interrupted, method, "--resume"), cwd=REPO, env=env, check=True,
+    subprocess.run(command(base, data, interrupted, method, "--adapter", "lora", "--resume"), cwd=REPO, env=env,
+                   check=True,
                    capture_output=True)
     losses = [(r["step"], r["loss"]) for r in train_records(interrupted)]
     assert [s for s, _ in losses] == list(range(1, 13))
@@ -355,12 +356,12 @@ def test_a_preference_runs_curves_draw_its_rewards_and_accuracy(base, preference
     assert matplotlib.image.imread(dpo / "curves.png").shape[0] > matplotlib.image.imread(sft / "curves.png").shape[0]
 
 
-@pytest.mark.parametrize("method", ["lora", "dpo"])
-def test_two_ranks_under_torchrun_fine_tune_like_one_process(base, sft_data, preference_data, tmp_path, method):
-    data = preference_data if method == "dpo" else sft_data
+def test_two_ranks_under_torchrun_fine_tune_like_one_process(base, preference_data, tmp_path):
+    # DPO with LoRA: the preference loss over both ranks' pairs and the adapter's gradients, in one run.
     # A global batch of 4 rows of 64 tokens: one process accumulates two micro-batches of 2, two ranks take one each.
     # No adapter dropout: each rank draws its own dropout masks.
-    args = ["finetune", "--init-from", str(base), "--data", str(data), "--method", method, "--steps", "3",
+    args = ["finetune", "--init-from", str(base), "--data", str(preference_data), "--method", "dpo", "--adapter", "lora",
+            "--steps", "3",
             "--sequence-length", "64", "--micro-batch-size", "2", "--global-batch-tokens", "256", "--max-lr", "5e-3",
             "--warmup-steps", "1", "--lora-dropout", "0", "--threads", "1", "--no-progress", "--eval-every", "1000"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -375,8 +376,8 @@ def test_two_ranks_under_torchrun_fine_tune_like_one_process(base, sft_data, pre
     one, two = train_records(tmp_path / "one"), train_records(tmp_path / "two")
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
     assert [r["tokens"] for r in two] == [r["tokens"] for r in one]
-    if method == "dpo":
-        assert [r["reward_margin"] for r in two] == pytest.approx([r["reward_margin"] for r in one], abs=1e-4)
+    assert [r["reward_margin"] for r in two] == pytest.approx([r["reward_margin"] for r in one], abs=1e-4)
+    assert (tmp_path / "two" / "run.json").is_file() and list((tmp_path / "two").rglob("adapter*"))
 
 
 # ---------------------------------------------------------------- recipes

@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ def _trial(spec: AblationSpec, v: Variant, seed: int, out: Path, corpus: str) ->
     return Trial(v.name, seed, identity_key(trial_identity(spec, v, seed)), corpus, settings,
                  str(out / TRIALS / v.name / name), str(out / TRIALS / v.name / f"{name}.json"),
                  str(out / EVALS / v.name / f"{name}.json"), str(out / LOGS / f"{v.name}-{name}.log"),
-                 ",".join(spec.task_list), str(spec.include_dir) if spec.include_dir else None)
+                 ",".join(spec.task_list), str(spec.include_dir.resolve()) if spec.include_dir else None)
 
 
 def read_record(trial: Trial) -> dict | None:
@@ -228,8 +228,9 @@ def run_ablation(spec: AblationSpec, out: str | Path, parallel: int | None = Non
         _on_ray(runnable, ray_address, spec.train.get("threads", 1), gpus_per_trial, say)
     else:
         with ThreadPoolExecutor(max_workers=parallel) as pool:  # each thread waits on one child process
-            for trial, record in zip(runnable, pool.map(run_trial, runnable)):
-                say(_said(trial, record))
+            running = {pool.submit(run_trial, t): t for t in runnable}
+            for future in as_completed(running):  # said as each ends, whatever the order they started in
+                say(_said(running[future], future.result()))
     report = build_report(spec, [trial_result(t) for t in trials])
     write_report(out, report)
     return report

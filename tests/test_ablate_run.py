@@ -24,7 +24,7 @@ import yaml
 from corpus.heldout.cloze import KINDS, cloze_tasks
 from corpus.heldout.task_folder import write_tasks
 from corpus.manifest import load_manifest
-from model.ablate.run import plan
+from model.ablate.run import _trained, is_done, plan, read_record
 from model.ablate.spec import load_spec
 from model.cli import main as elm_train
 
@@ -118,6 +118,13 @@ def test_variants_added_later_only_add_their_trials_run_as_ray_tasks_and_a_faili
     spec, out, tasks = ablation
     if record(out, "code/seed-0") is None:
         pytest.skip("needs the first test's finished ablation")
+    # scored on other tasks, a finished trial counts as trained, not done: only its evaluation is redone
+    other_tasks = spec.parent / "other-tasks.yaml"
+    other_tasks.write_text(spec.read_text().replace("- mirror_code_cloze\n", ""))
+    for trial in plan(load_spec(other_tasks), out)[1]:
+        assert not is_done(trial) and _trained(trial, read_record(trial))
+    assert all(is_done(trial) for trial in plan(load_spec(spec), out)[1])
+
     broken_manifest = spec.parent / "broken.yaml"  # another manifest file: another corpus, broken below
     broken_manifest.write_text(MANIFEST.read_text())
     spec.write_text(spec_text(tasks, [variant("books", BOOKS), variant("code", CODE),

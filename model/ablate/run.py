@@ -108,11 +108,19 @@ def read_record(trial: Trial) -> dict | None:
         return None
 
 
+TRAINED = "trained"  # a trial's record between its training and its evaluation
+
+
 def is_done(trial: Trial) -> bool:
-    """Finished with the same identity, and its scores are there: nothing to redo."""
+    """Finished with the same identity, scored on the same tasks, and its scores are there: nothing to redo."""
     record = read_record(trial)
     return (record is not None and record.get("status") == FINISHED and record.get("key") == trial.key
-            and Path(trial.eval_file).is_file())
+            and record.get("tasks") == [trial.tasks, trial.include_path] and Path(trial.eval_file).is_file())
+
+
+def _trained(trial: Trial, record: dict | None) -> bool:
+    """The proxy is trained (only its scores are missing, or were for other tasks)."""
+    return record is not None and record.get("key") == trial.key and record.get("status") in (TRAINED, FINISHED)
 
 
 # ---------------------------------------------------------------- the steps, as child processes
@@ -148,23 +156,28 @@ def run_trial(trial: Trial) -> dict:
     """Train and evaluate one trial (resuming what a cut-off attempt left); returns its record, also written to
     its file last."""
     run_dir, record = Path(trial.run_dir), read_record(trial)
-    if run_dir.exists() and (record is None or record.get("key") != trial.key):
-        shutil.rmtree(run_dir)  # made by this ablation for other settings: start clean rather than resume it
-    atomic_write_json(Path(trial.record), {"key": trial.key, "status": "started"})
-    config = run_dir.parent / f"seed-{trial.seed}.yaml"
-    config.write_text(yaml.safe_dump({**trial.settings, "corpus": trial.corpus}, sort_keys=True))
     log = Path(trial.log)
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(trial.settings["threads"])} if "threads" in trial.settings
                                else {}))
-    error = _run(_command("model.cli", "train", "--config", str(config), "--out", str(run_dir), "--resume"),
-                 log, env)
+    error = None
+    if not _trained(trial, record):
+        if run_dir.exists() and (record is None or record.get("key") != trial.key):
+            shutil.rmtree(run_dir)  # made by this ablation for other settings: start clean rather than resume it
+        atomic_write_json(Path(trial.record), {"key": trial.key, "status": "started"})
+        config = run_dir.parent / f"seed-{trial.seed}.yaml"
+        config.write_text(yaml.safe_dump({**trial.settings, "corpus": trial.corpus}, sort_keys=True))
+        error = _run(_command("model.cli", "train", "--config", str(config), "--out", str(run_dir), "--resume"),
+                     log, env)
+        if error is None:
+            atomic_write_json(Path(trial.record), {"key": trial.key, "status": TRAINED})
     if error is None:
         Path(trial.eval_file).parent.mkdir(parents=True, exist_ok=True)
         args = [str(run_dir), "--tasks", trial.tasks, "--out", trial.eval_file] + (
             ["--include-path", trial.include_path] if trial.include_path else [])
         error = _run(_command("model.cli", "eval", *args), log, env)
     done = {"key": trial.key, "status": FINISHED if error is None else FAILED, "log": trial.log,
-            "eval": trial.eval_file if error is None else None, "error": error,
+            "tasks": [trial.tasks, trial.include_path], "eval": trial.eval_file if error is None else None,
+            "error": error,
             "ran_on": {"host": socket.gethostname(), "pid": os.getpid()}}  # on a cluster, the node that ran it
     atomic_write_json(Path(trial.record), done)
     return done

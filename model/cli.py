@@ -41,7 +41,7 @@ COMMANDS = {
     "compare": "runs side by side: losses, tokens, accuracies; HTML",
     "export": "a run as MLX or Hugging Face weights, or its adapter",
     "plot": "draw a run's loss and learning-rate curves",
-    "ablate": "proxy models on candidate corpora, several seeds: a report with intervals",
+    "ablate": "proxies on candidate corpora, several seeds; a report with intervals",
 }
 
 

@@ -22,7 +22,7 @@ SOURCES, WORKERS = 2, 2
 # Small units (4 KiB of input, a few hundred tokens each) put a run of a few steps many units into its pass.
 STREAM = ["--stream", "--stream-sample", "--manifest", str(REPO / "manifests" / "openelm.yaml"),
           "--weights", "redpajama-github=3,redpajama-c4=1", "--stream-unit-bytes", "4096",
-          "--stream-workers", str(WORKERS), "--model", "tiny", "--sequence-length", "32", "--micro-batch-size", "2",
+          "--stream-workers", str(WORKERS), "--model", "tiny", "--sequence-length", "32", "--micro-batch-size", "8",
           "--global-batch-tokens", "512", "--threads", "1", "--no-progress", "--log-every", "1"]
 # What a resume may tokenize again: per source the unit it stopped in, plus what the feed had started ahead
 # (2 units per worker split over the sources, at least one each).

@@ -118,6 +118,24 @@ def sample_corpus(sample_mirror, tmp_path_factory, ray_session):
 
 
 @pytest.fixture(scope="session")
+def cloze_tasks_written(sample_mirror, tmp_path_factory):
+    """`elm-corpus tasks cloze OUT --items 40` once per session, with the session's mirror as the data folder's:
+    its folder, exit code and printed lines (tests of the command, and the ablation's tasks)."""
+    import contextlib
+    import io
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pipelines.cli import main
+    out, printed = tmp_path_factory.mktemp("cloze") / "tasks", io.StringIO()
+    manifest = Path(__file__).resolve().parent.parent / "manifests" / "openelm.yaml"
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("ELM_CORPUS_DATA", str(Path(sample_mirror).parent))
+        rc = main(["tasks", "cloze", str(out), "--manifest", str(manifest), "--items", "40"])
+    return SimpleNamespace(out=out, rc=rc, stdout=printed.getvalue(), items=40)
+
+
+@pytest.fixture(scope="session")
 def chromium():
     """One headless Chromium for the session's HTML page tests (tests/browser.py); skips where none can be had."""
     import subprocess

@@ -1,11 +1,15 @@
 """`elm-train ablate` end to end, on the session's sample corpus and held-out cloze tasks of the sample mirror.
 
-One ablation folder goes through a user's life: the command is SIGKILLed after its first trial finished and while
-the second trains; the same command then continues (the finished trial untouched) and ranks the variants; run
-again it does nothing and writes the same report; a variant added to the spec (and one whose corpus is broken)
-only adds trials, the broken one failing alone with its log. The proxies are the `tiny` preset trained for a few
-steps of short sequences: enough for a books-trained proxy to beat a code-trained one on prose, and the other
-way round on code, in bits per byte (the worked example of docs/ablate.md, at a smaller scale).
+One ablation folder goes through a user's life, in one test (each trial costs two processes' start):
+1. the command is SIGKILLed after its first trial finished and while the second trains;
+2. two variants are added to the spec (one whose corpus is broken) and the same command, on a Ray cluster (the
+   session's local Ray), continues: the finished trial is untouched, the cut-off one and the new ones run as Ray
+   tasks, the broken one fails alone with its log, and each of the first two variants ranks first on its own kind
+   of text;
+3. run again, it redoes nothing finished and writes the same report.
+The proxies are the `tiny` preset trained for a few steps of short sequences: enough for a books-trained proxy to
+beat a code-trained one on prose, and the other way round on code, in bits per byte (the worked example of
+docs/ablate.md, at a smaller scale).
 """
 from __future__ import annotations
 
@@ -21,9 +25,6 @@ import psutil
 import pytest
 import yaml
 
-from corpus.heldout.cloze import KINDS, cloze_tasks
-from corpus.heldout.task_folder import write_tasks
-from corpus.manifest import load_manifest
 from model.ablate.run import _trained, is_done, plan, read_record
 from model.ablate.spec import load_spec
 from model.cli import main as elm_train
@@ -47,12 +48,11 @@ def variant(name: str, weights: dict, manifest: Path = MANIFEST) -> dict:
     return {"name": name, "manifest": str(manifest), "sample": True, "weights": weights}
 
 
-@pytest.fixture(scope="module")
-def ablation(sample_corpus, sample_mirror, tmp_path_factory):
-    """A spec of two variants over the sample corpus (already built: linked where the ablation builds it)."""
-    root = tmp_path_factory.mktemp("ablation")
-    tasks = root / "tasks"
-    write_tasks(cloze_tasks(load_manifest(MANIFEST), list(KINDS.values()), 40, 0, sample_mirror), tasks)
+@pytest.fixture
+def ablation(sample_corpus, cloze_tasks_written, tmp_path):
+    """A spec of two variants over the sample corpus (already built: linked where the ablation builds it), scored
+    on the session's held-out cloze tasks."""
+    root, tasks = tmp_path, cloze_tasks_written.out
     spec = root / "spec.yaml"
     spec.write_text(spec_text(tasks, [variant("books", BOOKS), variant("code", CODE)]))
     out = root / "out"
@@ -68,9 +68,9 @@ def record(out: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def test_killed_ablation_continues_without_redoing_a_finished_trial_then_ranks_each_variant_on_its_own_text(
-        ablation, capsys):
-    spec, out, _ = ablation
+def test_an_ablation_killed_then_grown_continues_redoing_nothing_finished_and_ranks_each_variant_on_its_own_text(
+        ablation, ray_session, capsys):
+    spec, out, tasks = ablation
     proc = subprocess.Popen([sys.executable, "-m", "model.cli", "ablate", str(spec), "--out", str(out),
                              "--parallel", "1"], start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -86,44 +86,12 @@ def test_killed_ablation_continues_without_redoing_a_finished_trial_then_ranks_e
         proc.wait()
     finished = {p: p.stat().st_mtime_ns for p in [out / "trials/books/seed-0.json", out / "evals/books/seed-0.json",
                                                   *(out / "trials/books/seed-0").rglob("*")] if p.is_file()}
-
-    assert elm_train(["ablate", str(spec), "--out", str(out)]) == 0
-    said = capsys.readouterr().out
-    assert "2 trials, 1 already done" in said and "trial code seed 0: done" in said
-    assert "trial books" not in said
-    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "the finished trial was not touched"
-
-    report = json.loads((out / "report.json").read_text())
-    bpb = {v: {t: s["bpb"]["mean"] for t, s in report["variants"][v]["tasks"].items()} for v in ("books", "code")}
-    assert bpb["books"]["mirror_prose_cloze"] < bpb["code"]["mirror_prose_cloze"]
-    assert bpb["code"]["mirror_code_cloze"] < bpb["books"]["mirror_code_cloze"]
-    (pair,) = report["pairs"]
-    assert pair["tasks"]["mirror_prose_cloze"]["bpb"]["better"] == "books"
-    assert pair["tasks"]["mirror_code_cloze"]["bpb"]["better"] == "code"
-    for name in ("books", "code"):  # each trial is an ordinary run folder, its eval beside it
-        run = out / "trials" / name / "seed-0"
-        assert (run / "run.json").is_file() and list((run / "evals").glob("step_*.json"))
-        served = report["variants"][name]["mixture"]
-        assert {s for s, row in served.items() if row["achieved"] > 0} == (BOOKS if name == "books" else CODE).keys()
-    assert (out / "report.html").is_file()
-
-    before = (out / "report.json").read_bytes()
-    assert elm_train(["ablate", str(spec), "--out", str(out)]) == 0
-    assert "2 trials, 2 already done" in capsys.readouterr().out
-    assert (out / "report.json").read_bytes() == before
-
-
-def test_variants_added_later_only_add_their_trials_run_as_ray_tasks_and_a_failing_one_fails_alone_with_its_log(
-        ablation, ray_session, capsys):
-    spec, out, tasks = ablation
-    if record(out, "code/seed-0") is None:
-        pytest.skip("needs the first test's finished ablation")
-    # scored on other tasks, a finished trial counts as trained, not done: only its evaluation is redone
+    # scored on other tasks, a finished trial counts as trained, not done: only its evaluation would be redone
     other_tasks = spec.parent / "other-tasks.yaml"
     other_tasks.write_text(spec.read_text().replace("- mirror_code_cloze\n", ""))
-    for trial in plan(load_spec(other_tasks), out)[1]:
-        assert not is_done(trial) and _trained(trial, read_record(trial))
-    assert all(is_done(trial) for trial in plan(load_spec(spec), out)[1])
+    (books, _) = plan(load_spec(other_tasks), out)[1]
+    assert not is_done(books) and _trained(books, read_record(books))
+    assert is_done(plan(load_spec(spec), out)[1][0])
 
     broken_manifest = spec.parent / "broken.yaml"  # another manifest file: another corpus, broken below
     broken_manifest.write_text(MANIFEST.read_text())
@@ -134,23 +102,42 @@ def test_variants_added_later_only_add_their_trials_run_as_ray_tasks_and_a_faili
     broken = next(b for b in builds if b.variants == ("broken",))
     Path(broken.folder).mkdir(parents=True)
     (Path(broken.folder) / "corpus.json").write_text("{not json")
-    finished = {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("*.json")}
-
-    # on a Ray cluster (here the session's local Ray): each trial left is a Ray task
     address = ray_session.get_runtime_context().gcs_address
-    assert elm_train(["ablate", str(spec), "--out", str(out), "--ray-address", address]) == 1
+    command = ["ablate", str(spec), "--out", str(out), "--ray-address", address]
+
+    assert elm_train(command) == 1
     said = capsys.readouterr().out
-    assert "4 trials, 2 already done" in said and "trial mixed seed 0: done" in said
-    assert "trial broken seed 0: FAILED" in said
-    assert {p: p.stat().st_mtime_ns for p in finished} == finished
-    for name in ("mixed/seed-0", "broken/seed-0"):  # each ran in a Ray worker process, not in this one
+    assert "4 trials, 1 already done" in said and "trial broken seed 0: FAILED" in said
+    assert all(f"trial {name} seed 0: done" in said for name in ("code", "mixed")) and "trial books" not in said
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "the finished trial was not touched"
+    for name in ("code/seed-0", "mixed/seed-0", "broken/seed-0"):  # each ran in a Ray worker, not in this process
         pid = record(out, name)["ran_on"]["pid"]
         assert pid != os.getpid() and psutil.Process(pid).cmdline()[0].startswith("ray::")
 
     report = json.loads((out / "report.json").read_text())
+    bpb = {v: {t: s["bpb"]["mean"] for t, s in report["variants"][v]["tasks"].items()} for v in ("books", "code")}
+    assert bpb["books"]["mirror_prose_cloze"] < bpb["code"]["mirror_prose_cloze"]
+    assert bpb["code"]["mirror_code_cloze"] < bpb["books"]["mirror_code_cloze"]
+    (pair,) = [p for p in report["pairs"] if {p["a"], p["b"]} == {"books", "code"}]
+    assert pair["tasks"]["mirror_prose_cloze"]["bpb"]["better"] == "books"
+    assert pair["tasks"]["mirror_code_cloze"]["bpb"]["better"] == "code"
+    for name, weights in (("books", BOOKS), ("code", CODE)):  # each trial is an ordinary run folder, its eval beside
+        run = out / "trials" / name / "seed-0"
+        assert (run / "run.json").is_file() and list((run / "evals").glob("step_*.json"))
+        served = report["variants"][name]["mixture"]
+        assert {s for s, row in served.items() if row["achieved"] > 0} == weights.keys()
+    assert {r["variant"] for r in report["ranking"] if r["value"] is not None} == {"books", "code", "mixed"}
     failed = [t for t in report["trials"] if t["status"] != "finished"]
     assert [t["variant"] for t in failed] == ["broken"]
     assert "corpus.json cannot be read: not valid JSON" in failed[0]["error"]
     log = Path(failed[0]["log"]).read_text()
     assert "corpus.json cannot be read: not valid JSON" in log and "Traceback" not in log
-    assert {r["variant"] for r in report["ranking"] if r["value"] is not None} == {"books", "code", "mixed"}
+    assert (out / "report.html").is_file()
+
+    # again: only the failed trial is retried (and fails the same way); the report is the same bytes
+    before, finished = (out / "report.json").read_bytes(), {p: p.stat().st_mtime_ns for p in
+                                                              (out / "evals").rglob("*.json")}
+    assert elm_train(command) == 1
+    assert "4 trials, 3 already done" in capsys.readouterr().out
+    assert (out / "report.json").read_bytes() == before
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished

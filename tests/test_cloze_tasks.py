@@ -149,14 +149,11 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module")
-def written(sample_mirror, tmp_path_factory):
-    """`elm-corpus tasks cloze OUT --items 40` with the session's mirror as the data folder's: (OUT, rc, stdout)."""
-    out = tmp_path_factory.mktemp("cloze") / "tasks"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ELM_CORPUS_DATA", str(Path(sample_mirror).parent))
-        rc, stdout, _ = run_cli(["tasks", "cloze", str(out), "--manifest", str(MANIFEST), "--items", str(ITEMS)])
-    return out, rc, stdout
+@pytest.fixture
+def written(cloze_tasks_written):
+    """`elm-corpus tasks cloze OUT --items 40` on the session's mirror (tests/conftest.py): (OUT, rc, stdout)."""
+    assert cloze_tasks_written.items == ITEMS
+    return cloze_tasks_written.out, cloze_tasks_written.rc, cloze_tasks_written.stdout
 
 
 def rows(folder: Path, task: str) -> list[dict]:

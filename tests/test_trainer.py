@@ -202,7 +202,7 @@ def finished_run(token_corpus, tmp_path_factory):
                                       "checkpoint_every": 20, "keep_checkpoints": 1, "log_every": 10}))
     assert cli_train(["--corpus", str(token_corpus), "--out", str(run), "--config", str(config), "--model", "tiny",
                       "--sequence-length", "64", "--micro-batch-size", "8", "--global-batch-tokens", "512",
-                      "--threads", "1", "--no-progress"]) == 0
+                      "--threads", "2", "--no-progress"]) == 0
     return run
 
 
@@ -327,7 +327,7 @@ def test_corenet_mode_trains_on_padded_chunks_and_counts_only_real_targets(token
     run = tmp_path / "run"
     assert cli_train(["--corpus", str(token_corpus), "--out", str(run), *QUICK, "--steps", "2",
                       "--sequence-length", "1024", "--micro-batch-size", "2", "--global-batch-tokens", "2048",
-                      "--sampler-mode", "corenet"]) == 0
+                      "--sampler-mode", "corenet", "--threads", "2"]) == 0
     train = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
     # Chunks shorter than 1025 tokens are padded; their padding is no target.
     assert 0 < train[-1]["tokens"] < 2 * 2048

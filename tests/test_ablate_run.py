@@ -28,6 +28,7 @@ import yaml
 from model.ablate.run import _trained, is_done, plan, read_record
 from model.ablate.spec import load_spec
 from model.cli import main as elm_train
+from model.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "openelm.yaml"
@@ -40,7 +41,8 @@ def spec_text(tasks: Path, variants: list[dict]) -> str:
         "name": "books-vs-code", "model": "tiny", "steps": 16, "seeds": [0],
         "tasks": ["mirror_prose_cloze", "mirror_code_cloze"], "include_path": str(tasks),
         # short sequences: a trial is a few seconds of training, most of it the two processes starting
-        "train": {"sequence_length": 64, "global_batch_tokens": 512, "micro_batch_size": 8, "eval_batches": 2},
+        "train": {"sequence_length": 64, "global_batch_tokens": 512, "micro_batch_size": 8, "eval_batches": 2,
+                  "checkpoint_every": 8},
         "variants": variants}, sort_keys=False)
 
 
@@ -75,9 +77,11 @@ def test_an_ablation_killed_then_grown_continues_redoing_nothing_finished_and_ra
                              "--parallel", "1"], start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     deadline = time.monotonic() + 300
-    try:  # the kill point: the first trial finished, the second one started
+    checkpoints = out / "trials" / "code" / "seed-0" / "checkpoints"
+    try:  # the kill point: the first trial finished, the second one half way (its first checkpoint written)
         while not ((record(out, "books/seed-0") or {}).get("status") == "finished"
-                   and (record(out, "code/seed-0") or {}).get("status") == "started"):
+                   and (record(out, "code/seed-0") or {}).get("status") == "started"
+                   and (checkpoints / "step_00000008" / "trainer_state.pt").exists()):
             assert proc.poll() is None, f"the ablation ended before the kill: {proc.stderr.read().decode()[-2000:]}"
             assert time.monotonic() < deadline, "the ablation did not reach its second trial in 300 s"
             time.sleep(0.05)
@@ -110,6 +114,8 @@ def test_an_ablation_killed_then_grown_continues_redoing_nothing_finished_and_ra
     assert "4 trials, 1 already done" in said and "trial broken seed 0: FAILED" in said
     assert all(f"trial {name} seed 0: done" in said for name in ("code", "mixed")) and "trial books" not in said
     assert {p: p.stat().st_mtime_ns for p in finished} == finished, "the finished trial was not touched"
+    resumed = [r for r in read_metrics(out / "trials/code/seed-0/metrics.jsonl") if r["kind"] == "resume"]
+    assert [r["step"] for r in resumed] == [8], "the cut-off trial resumed from its checkpoint"
     for name in ("code/seed-0", "mixed/seed-0", "broken/seed-0"):  # each ran in a Ray worker, not in this process
         pid = record(out, name)["ran_on"]["pid"]
         assert pid != os.getpid() and psutil.Process(pid).cmdline()[0].startswith("ray::")

@@ -349,12 +349,15 @@ def nearest_line(lines: dict[tuple, int], loc: tuple) -> int:
     return lines.get(loc, 1)
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    p = Path(path)
+def read_card(path: str | Path, kind: str, error: type[ValueError]) -> str:
+    """The text of a YAML card (a manifest, an ablation spec), or ``error`` with its one ``file:0`` problem."""
     try:
-        text = p.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError([f"{path}:0: (file): no such manifest file"]) from None
+        raise error([f"{path}:0: (file): no such {kind} file"]) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError([f"{path}:0: (file): cannot read the manifest: {e}"]) from None
-    return parse_manifest(text, str(path))
+        raise error([f"{path}:0: (file): cannot read the {kind}: {e}"]) from None
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    return parse_manifest(read_card(path, "manifest", ManifestError), str(path))

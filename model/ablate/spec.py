@@ -43,7 +43,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, Vali
                       model_validator)
 
 from corpus.manifest import (Manifest, ManifestError, TokenCount, field_name, line_index, load_manifest,
-                             nearest_line, validation_problems)
+                             nearest_line, read_card, validation_problems)
 from corpus.mixing.sources import mixture_weights
 from corpus.tasks.sets import task_names
 from model.ablate.intervals import HIGHER_IS_BETTER
@@ -241,14 +241,7 @@ def shared_builds(spec: AblationSpec, tokenizer_sha256: str | None = None) -> di
 # ---------------------------------------------------------------- loading with line numbers
 
 def load_spec(path: str | Path) -> AblationSpec:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AblationSpecError([f"{path}:0: (file): no such spec file"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AblationSpecError([f"{path}:0: (file): cannot read the spec: {e}"]) from None
-    return parse_spec(text, str(path))
+    return parse_spec(read_card(path, "spec", AblationSpecError), str(path))
 
 
 def parse_spec(text: str, path: str = "<string>") -> AblationSpec:

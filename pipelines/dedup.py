@@ -361,7 +361,7 @@ def run_dedup(manifest: Manifest, corpus: CorpusDir, units: list[WorkUnit], work
         exact_pairs.append(found["exact"])
         near_pairs.append(found["near"])
         search_peak = max(search_peak, found["peak_rss_mb"])
-    del parts  # the rows leave the object store once no task holds them
+    parts.clear()  # the rows leave the object store once no task holds them
     removed = resolve(np.concatenate(exact_pairs), np.concatenate(near_pairs))
     removal_hashes = {}
     for (source, unit), record in removal_files(removed, job.units).items():

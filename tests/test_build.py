@@ -294,6 +294,16 @@ def test_a_build_killed_twice_then_rerun_equals_a_clean_build(inputs, tmp_path, 
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_temporary_renamed_away_by_a_left_over_worker_is_not_an_error(tmp_path, monkeypatch):
+    """The killed build's worker can finish its rename between the listing and the unlink (seen in CI)."""
+    from corpus.store import layout
+    (tmp_path / ".left.json.ab12.tmp").write_bytes(b"half written")
+    listed = list(os.walk(tmp_path))
+    monkeypatch.setattr(layout.os, "walk", lambda root: [(d, s, n + [".renamed.json.cd34.tmp"]) for d, s, n in listed])
+    assert layout.CorpusDir(tmp_path).remove_stale_temporaries() == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_a_second_build_into_a_folder_being_built_is_refused(inputs, tmp_path, ray_session):
     from corpus.store.layout import CorpusDir
     with CorpusDir(tmp_path / "busy").exclusive():

@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from corpus.paths import corpora_root
@@ -299,8 +299,11 @@ class CorpusDir:
         for dirpath, _, names in os.walk(self.root):
             for name in names:
                 if name.startswith(".") and name.endswith(".tmp"):
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
+                    # a worker the killed build left running may still be finishing its one unit: its rename can
+                    # take the file first (what it renames is whole, and the same bytes a rerun writes)
+                    with suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
         return removed
 
 

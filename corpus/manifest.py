@@ -6,8 +6,6 @@ Inner code trusts a loaded :class:`Manifest`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +16,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from corpus.cleaning.bands import bands_for
 from corpus.cleaning.words import NGRAM
+from corpus.store.files import digest
 
 FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
 # The datatrove filters a source may add after CoreNet's rules: type -> (datatrove's class, what it drops).
@@ -249,8 +248,7 @@ class Manifest(_Strict):
             payload["dedup"] = self.dedup.model_dump()
         if self.decontaminate is not None:  # likewise
             payload["decontaminate"] = self.decontaminate.model_dump()
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return digest(payload)
 
     def fingerprint_parts(self, tokenizer_sha256: str) -> dict:
         """The fingerprinted settings, grouped so that a changed one can be named (a plan stores them)."""

@@ -47,6 +47,7 @@ from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.contamination import task_items
 from pipelines.dedup import dedup_done, run_dedup
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
+from pipelines.reuse import Reused, donors_of, reuse_units
 from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
 from pipelines.views import BuildProgress
 from pipelines.worker import BuildJob, UnitJob, execute_unit, failure_entry
@@ -90,6 +91,11 @@ class BuildResult:
     moved_aside: Path | None = None
     seconds: float = 0.0
     dedup: dict | None = None         # what this run's deduplication took (run_dedup's measures), when it ran
+    reused: list[Reused] = field(default_factory=list)  # what each --reuse corpus gave this run
+
+    @property
+    def units_reused(self) -> int:
+        return sum(r.units for r in self.reused)
 
     @property
     def ok(self) -> bool:
@@ -112,12 +118,14 @@ def _move_aside(out: StorePath, old_fingerprint: str) -> Path:
 def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | None = None, sample: bool = False,
           workers: int | None = None, address: str | None = None, force: bool = False, progress: bool = True,
           unit_bytes: int = DEFAULT_UNIT_BYTES, mirror_root: str | Path | None = None,
-          dedup_only: bool = False) -> BuildResult:
+          dedup_only: bool = False, reuse: list[str | Path | ObjectPath] = ()) -> BuildResult:
     """Build or resume a corpus; see the module docstring.
 
     ``unit_bytes`` applies when a plan is first made; ``mirror_root`` is where the sample
     mirror lives (default ``data_root()/sample``). ``dedup_only``: plan and deduplicate, tokenize nothing
     (`elm-corpus dedup`: what a live stream of the manifest reads; a later build of the folder goes on from there).
+    ``reuse``: corpora whose finished units with the same inputs and settings are taken instead of built
+    (pipelines/reuse.py).
     """
     started, t0 = utc_now(), time.perf_counter()
     require_token_auth()  # before any folder is made: a refused Ray must leave nothing behind
@@ -131,8 +139,9 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | No
     decontaminate = decontamination(manifest)  # likewise unknown tasks and task data that cannot be had
     out = location.at(out_dir) if out_dir is not None else default_corpus_dir(manifest.name, sample)
     try:
+        donors = donors_of(list(reuse), out)
         return _build(manifest, tokenizer, decontaminate, out, sample, workers, address, force, progress,
-                      unit_bytes, mirror_root, started, t0, dedup_only)
+                      unit_bytes, mirror_root, started, t0, dedup_only, donors)
     except OSError as e:  # the driver's own reads and writes: plan, corpus.json, ledger, failed entries, the lock
         if not stops_build(e):
             raise
@@ -141,7 +150,8 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | No
 
 def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontamination | None, out: StorePath,
            sample: bool, workers: int | None, address: str | None, force: bool, progress: bool, unit_bytes: int,
-           mirror_root: str | Path | None, started: str, t0: float, dedup_only: bool) -> BuildResult:
+           mirror_root: str | Path | None, started: str, t0: float, dedup_only: bool,
+           donors: list[tuple[CorpusDir, dict]]) -> BuildResult:
     with ExitStack() as held:
         corpus = _hold(held, CorpusDir(out))
         plan, moved = _check_plan(corpus, manifest, tokenizer, sample, force)
@@ -157,6 +167,9 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
         # and the listing are let go: at the full OpenELM scale (98k units) a rerun of a finished build would
         # otherwise hold them all beside the index it assembles.
         pending = [WorkUnit.from_dict(d) for d in plan["units"] if (d["source"], d["unit"]) not in done]
+        reused = []
+        if donors and not dedup_only:
+            pending, reused = reuse_units(corpus, plan, pending, donors)
         left = len(pending)
         if dedup_only:
             pending = []  # no unit is tokenized
@@ -177,7 +190,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
         if pending or dedup_units:  # corpus.json reads every ledger entry: a rerun with nothing to do assembles it
             # once, at the end
             write_index("building", None)
-        skipped = total - left
+        skipped = total - left  # finished before this run, or taken from --reuse corpora now
         failed: list[dict] = []
         full: list[dict] = []  # units stopped by a full disk or the store: no new unit starts after the first
         ran, started_ray, interrupted, bar, dedup_measures = 0, False, True, None, None
@@ -224,8 +237,8 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
         first = full[0]
         raise CorpusWriteError(first["path"], first["errno"], first.get("detail", ""),
                                unreachable=first.get("unreachable", False))
-    return BuildResult(out, status, total, skipped, ran, index["failed_units"], index, moved,
-                       time.perf_counter() - t0, dedup_measures)
+    return BuildResult(out, status, total, skipped - sum(r.units for r in reused), ran, index["failed_units"],
+                       index, moved, time.perf_counter() - t0, dedup_measures, reused)
 
 
 def decontamination(manifest: Manifest) -> Decontamination | None:

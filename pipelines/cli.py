@@ -23,7 +23,7 @@ def _build(args) -> int:
     try:
         result = build(args.manifest, out_dir=args.out, sample=args.sample, workers=args.workers,
                        address=args.address, force=args.force, progress=not args.no_progress,
-                       dedup_only=args.command == "dedup")
+                       dedup_only=args.command == "dedup", reuse=getattr(args, "reuse", None) or [])
     except BuildRefused as e:
         print(f"{command}: refused: {e}", file=sys.stderr)
         return 3
@@ -46,9 +46,13 @@ def _build(args) -> int:
               f"{removed.get('duplicate_exact', 0):,} exact and {removed.get('duplicate_near', 0):,} near duplicates; "
               f"'elm-corpus build' of this folder and 'elm-train --stream' of the manifest leave them out")
         return 0
+    for r in result.reused:
+        if r.skipped:
+            print(f"elm-corpus build: --reuse {r.donor}: no unit taken: {r.skipped}", file=sys.stderr)
+    reused = f", {result.units_reused} reused" if result.reused else ""
     totals = result.corpus["totals"]
     print(f"{result.out_dir}: {result.status}; units {result.units_total} "
-          f"({result.units_skipped} already done, {result.units_run} run) in {result.seconds:.1f}s; "
+          f"({result.units_skipped} already done{reused}, {result.units_run} run) in {result.seconds:.1f}s; "
           f"documents {totals['documents_read']:,} read, {totals['kept']:,} kept, "
           f"{sum(totals['dropped'].values()):,} dropped, {totals['quarantined']:,} quarantined; "
           f"{totals['tokens']:,} tokens")
@@ -234,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "changed")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         parser.set_defaults(func=_build)
+    b.add_argument("--reuse", action="append", metavar="DIR", help="take the finished units of this corpus folder "
+                   "or URI whose inputs and settings are the same (a shared source) instead of building them; may "
+                   "be given more than once")
 
     s = sub.add_parser("stats", help="what a corpus holds, per source and per filter")
     s.add_argument("target", nargs="?", default=None, help="corpus name (a folder of --data-dir), folder or URI; "

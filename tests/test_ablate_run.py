@@ -27,7 +27,7 @@ import yaml
 
 from corpus.store.files import json_bytes
 from model.ablate.report import build_report
-from model.ablate.run import _trained, is_done, plan, read_record, trial_result
+from model.ablate.run import _trained, build_command, is_done, plan, read_record, trial_result
 from model.ablate.spec import load_spec
 from model.cli import main as elm_train
 from model.train.metrics import read_metrics
@@ -146,3 +146,18 @@ def test_an_ablation_killed_then_grown_continues_redoing_nothing_finished_and_ra
     assert not [t for t in plan(load_spec(spec), out)[1] if t.variant != "broken" and not is_done(t)]
     rebuilt = build_report(load_spec(spec), [trial_result(t) for t in plan(load_spec(spec), out)[1]])
     assert json_bytes(rebuilt) == (out / "report.json").read_bytes()
+
+
+def test_a_corpus_build_takes_the_units_of_the_ablations_other_corpora_it_shares(tmp_path):
+    """Two manifests, two corpora: the one built second is given the first (once it has a plan) as --reuse, so a
+    source both read alike is tokenized once (what --reuse copies is tested in test_build.py)."""
+    other = tmp_path / "other.yaml"
+    other.write_text(MANIFEST.read_text())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text(tmp_path, [variant("books", BOOKS), variant("code", CODE, other)]))
+    first, second = plan(load_spec(spec), tmp_path / "out")[0]
+    assert "--reuse" not in build_command(first, [first, second]) + build_command(second, [first, second])
+    Path(first.folder).mkdir(parents=True)
+    (Path(first.folder) / "plan.json").write_text("{}")
+    command = build_command(second, [first, second])
+    assert command[command.index("--reuse") + 1] == first.folder and "--reuse" not in build_command(first, [first, second])

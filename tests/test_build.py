@@ -195,6 +195,49 @@ def test_force_moves_the_old_build_aside_and_builds_afresh(inputs, tmp_path, ray
     assert read_corpus_json(out)["manifest_fingerprint"] != first.corpus["manifest_fingerprint"]
 
 
+def test_reuse_takes_the_units_of_unchanged_sources_and_ends_equal_to_a_clean_build(inputs, built, tmp_path,
+                                                                                      capsys, ray_session):
+    """A second manifest keeps two of the first one's sources as they were, filters a third, drops the fourth and
+    adds one: only the filtered and the new source are built."""
+    root = str(inputs)
+    changed = write_manifest(tmp_path / "changed.yaml", "changed", [
+        source_yaml("books", "redpajama", f"{root}/books.jsonl", "jsonl"),
+        source_yaml("web", "refinedweb", f"{root}/web.parquet", "parquet", "content"),
+        source_yaml("dolma", "dolma", f"{root}/dolma/*.json.gz", "json.gz") + "    filters:\n      - type: c4_quality\n",
+        source_yaml("many", "redpajama", f"{root}/many/*.jsonl", "jsonl"),
+    ])
+    out = tmp_path / "reused"
+    with pytest.raises(ValueError, match=r"--reuse .*not a corpus folder"):
+        build(changed, out, reuse=[tmp_path], progress=False)
+    assert not out.exists()
+
+    result = build(changed, out, workers=2, progress=False, unit_bytes=SMALL_UNITS, reuse=[built.out_dir])
+    plan = json.loads((out / "plan.json").read_text())["units"]
+    same = [u for u in plan if u["source"] in ("books", "web")]
+    assert result.status == "complete" and result.units_reused == len(same) > 2
+    assert result.units_run == len(plan) - len(same)
+    ledger = {(e["source"], e["unit"]): e for e in map(json.loads, map(Path.read_text, (out / "ledger").rglob("*.json")))}
+    assert {k for k, e in ledger.items() if e.get("reused_from") == str(built.out_dir)} == {
+        (u["source"], u["unit"]) for u in same}
+    assert (out / "shards/books" / f"{same[0]['unit']}.bin").stat().st_ino == (
+        built.out_dir / "shards/books" / f"{same[0]['unit']}.bin").stat().st_ino  # linked, not copied
+    for name in ("books", "web"):  # counts, the books file's three quarantined lines included, carried over
+        assert read_corpus_json(out)["sources"][name]["totals"] == built.corpus["sources"][name]["totals"]
+
+    clean = build(changed, tmp_path / "clean", workers=2, progress=False, unit_bytes=SMALL_UNITS)
+    assert checksums(out) == checksums(clean.out_dir)  # sidecars included: they name this manifest
+    assert cli_main(["verify", str(out)]) == 0
+    capsys.readouterr()
+    # a rerun finds everything done; a deduplicating manifest takes nothing, and says why
+    assert cli_main(["build", str(changed), "--out", str(out), "--reuse", str(built.out_dir), "--no-progress"]) == 0
+    assert f"({len(plan)} already done, 0 reused, 0 run)" in capsys.readouterr().out
+    deduplicating = tmp_path / "dedup.yaml"
+    deduplicating.write_text(changed.read_text() + "dedup:\n  exact: true\n  near: false\n")
+    again = build(deduplicating, tmp_path / "dedup", workers=2, progress=False, unit_bytes=SMALL_UNITS,
+                  reuse=[built.out_dir])
+    assert again.units_reused == 0 and "deduplicates" in again.reused[0].skipped
+
+
 def test_an_unreadable_file_fails_its_unit_the_rest_finish_and_a_rerun_retries_it(inputs, tmp_path, ray_session):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -7,7 +7,8 @@ run folder is therefore an ordinary one (`elm-train eval`, `compare`, `export` a
 crash in one trial is that trial's alone, and the ablation adds no second way of training or scoring.
 
 OUT/
-    corpora/<manifest>[-sample]-<key>/   one build per corpus identity (variants that differ in weights share it)
+    corpora/<manifest>[-sample]-<key>/   one build per corpus identity (variants that differ in weights share it;
+                                         the units of a source two corpora read alike are built once: --reuse)
     trials/<variant>/seed-<n>/           the trial's run folder
     trials/<variant>/seed-<n>.json       the trial's record: identity key, status, eval file, log (written last)
     evals/<variant>/seed-<n>.json        `elm-train eval --out` of the trial
@@ -143,13 +144,21 @@ def _run(command: list[str], log: Path, env: dict[str, str] | None = None) -> st
     return f"exit {code}: {lines[-1].strip() if lines else 'no output'}"
 
 
-def run_build(build: Build, ray_address: str | None = None) -> str | None:
+def build_command(build: Build, others: list[Build], ray_address: str | None = None) -> list[str]:
+    """`elm-corpus build` of one corpus, taking the finished units of the ablation's other corpora that it shares
+    (a source read with the same settings: pipelines/reuse.py) instead of tokenizing them again."""
+    reuse = [a for b in others if b.folder != build.folder and (Path(b.folder) / "plan.json").is_file()
+             for a in ("--reuse", b.folder)]
+    args = [build.manifest, "--out", build.folder, "--no-progress"] + (["--sample"] if build.sample else []) \
+        + (["--address", ray_address] if ray_address else []) + reuse
+    return _command("pipelines.cli", "build", *args)
+
+
+def run_build(build: Build, others: list[Build], ray_address: str | None = None) -> str | None:
     """Build (or finish building) one corpus; None when it is complete, else why not."""
     if (Path(build.folder) / "corpus.json").is_file():
         return None  # written last by a finished build
-    args = [build.manifest, "--out", build.folder, "--no-progress"] + (["--sample"] if build.sample else []) \
-        + (["--address", ray_address] if ray_address else [])
-    return _run(_command("pipelines.cli", "build", *args), Path(build.log))
+    return _run(build_command(build, others, ray_address), Path(build.log))
 
 
 def run_trial(trial: Trial) -> dict:
@@ -224,7 +233,7 @@ def run_ablation(spec: AblationSpec, out: str | Path, parallel: int | None = Non
     failed_builds = {}
     for build in builds:
         if any(t.corpus == build.folder for t in todo):
-            error = run_build(build, ray_address)
+            error = run_build(build, builds, ray_address)
             say(f"corpus {Path(build.folder).name} ({', '.join(build.variants)}): "
                 f"{'ready' if error is None else f'FAILED ({error}; log {build.log})'}")
             if error is not None:

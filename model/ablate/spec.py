@@ -32,8 +32,6 @@ Two identities let a rerun reuse work:
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +43,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, Vali
 from corpus.manifest import (Manifest, ManifestError, TokenCount, field_name, line_index, load_manifest,
                              nearest_line, read_card, validation_problems)
 from corpus.mixing.sources import mixture_weights
+from corpus.store.files import digest
 from corpus.tasks.sets import task_names
 from model.ablate.intervals import HIGHER_IS_BETTER
 from model.presets import PRESETS
@@ -226,8 +225,7 @@ def trial_identity(spec: AblationSpec, variant: Variant, seed: int,
 
 def identity_key(identity: dict[str, Any]) -> str:
     """A stable digest of an identity (sha256 of its canonical JSON): equal identities, equal keys."""
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return digest(identity)
 
 
 def shared_builds(spec: AblationSpec, tokenizer_sha256: str | None = None) -> dict[str, list[str]]:

@@ -1,11 +1,12 @@
-"""`elm-corpus build --address` on a real two-node Ray cluster that loses its worker node half-way.
+"""The project's Ray work on a real two-node Ray cluster, which then loses its worker node half-way through a build.
 
-Both nodes run on this machine (tests/ray_cluster.py). The corpus is written either to a local
-folder, which both nodes share, or to a real S3 server (the session's ``s3_server``, moto over
-HTTP), which the nodes reach only through the store settings the driver sends with its tasks:
-the nodes themselves are started without any. The unit lost with the node is run again by Ray
-(a task whose worker dies is retried), so the one build finishes, byte-identical to the
-session's local build.
+Both nodes run on this machine (tests/ray_cluster.py). On the one cluster, in turn: a deduplicating build to a
+local folder both nodes share (its three passes spread over both nodes, the local build's bytes); a live-stream
+training run (the local run's losses, step for step); and a sample build to a real S3 server (the session's
+``s3_server``, moto over HTTP), which the nodes reach only through the store settings the driver sends with its
+tasks (the nodes themselves are started without any), during which the worker node is removed. The unit lost with
+the node is run again by Ray (a task whose worker dies is retried), so the one build finishes, byte-identical to
+the session's local build.
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import psutil
 
 from corpus.store import location
 from corpus.store.layout import read_corpus_json
+from model.cli import cli_train
 from pipelines.cli import main as cli_main
 from ray_cluster import TwoNodeCluster
+from stream_runs import STREAM, curve, records
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "openelm.yaml"
@@ -121,40 +124,50 @@ def dedup_build_on_both_nodes(cluster: TwoNodeCluster, root: Path, local) -> Non
         assert mine and theirs == mine, sub
 
 
-def test_a_build_that_loses_its_worker_node_half_way_ends_byte_identical_to_a_local_build(
-        sample_corpus, sample_mirror, planted_corpus, tmp_path):
-    total = sample_corpus.units_total
-    out = tmp_path / "openelm-sample"
-    build_losing_the_worker_node(out, sample_mirror, total, tmp_path / "build.log",
-                                 node_check=lambda cluster: dedup_build_on_both_nodes(cluster, tmp_path,
-                                                                                      planted_corpus[0]))
-
-    index = read_corpus_json(out)
-    assert index["status"] == "complete" and not index["failed_units"]
-    assert ledger_count(out) == total
-    local = unit_files(sample_corpus.out_dir)
-    assert len(local) >= 3 * total and unit_files(out) == local  # .bin, .idx and sidecar of every unit
-
-
 def no_store_settings(cluster: TwoNodeCluster) -> None:
     """The worker node's raylet runs without the store's settings, so its tasks can only have them from the driver."""
     environ = psutil.Process(cluster.worker_raylet).environ()
     assert not [k for k in environ if k.startswith(("AWS_", "FSSPEC_"))]
 
 
-def test_a_cluster_build_to_s3_that_loses_its_worker_node_half_way_ends_byte_identical_and_verified(
-        s3_server, sample_corpus, sample_mirror, tmp_path, capsys):
+def stream_on_both_nodes(cluster: TwoNodeCluster, data_root: Path, args: list[str], out: Path) -> None:
+    """A live-stream training run driven on the cluster: the real CLI in its own process, whose pipeline's tasks run
+    on both nodes."""
+    result = subprocess.run([sys.executable, "-m", "model.cli", *args, "--out", str(out),
+                             "--ray-address", cluster.address], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), ELM_CORPUS_DATA=str(data_root)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_one_cluster_deduplicates_streams_then_builds_to_s3_losing_its_worker_node_and_matches_the_local_runs(
+        s3_server, sample_corpus, sample_mirror, planted_corpus, ray_session, tmp_path, monkeypatch, capsys):
+    """One cluster (each start costs seconds) serves, in turn: a deduplicating build to a folder both nodes share,
+    a live-stream training run, and a build to S3 that loses the worker node half way (last: the node is gone)."""
+    monkeypatch.setenv("ELM_CORPUS_DATA", str(sample_mirror.parent))  # where --stream-sample finds the mirror
+    stream = [*STREAM, "--steps", "6", "--eval-every", "100"]
+    assert cli_train([*stream, "--out", str(tmp_path / "stream-local")]) == 0  # on the session's local Ray
+
+    def before_the_build(cluster: TwoNodeCluster) -> None:
+        no_store_settings(cluster)
+        dedup_build_on_both_nodes(cluster, tmp_path, planted_corpus[0])
+        stream_on_both_nodes(cluster, sample_mirror.parent, stream, tmp_path / "stream-cluster")
+
     total = sample_corpus.units_total
     uri = f"{s3_server.bucket('elm-cluster')}/openelm-sample"
     # a listing per poll: a little slower than a local folder's, and moto answers on this process's threads
     build_losing_the_worker_node(uri, sample_mirror, total, tmp_path / "build.log", poll=0.05,
-                                 node_check=no_store_settings)
+                                 node_check=before_the_build)
+
+    local, remote = tmp_path / "stream-local", tmp_path / "stream-cluster"
+    assert curve(remote) == curve(local)  # the same run, step for step
+    assert records(remote, "stream")[-1]["streams"] == records(local, "stream")[-1]["streams"]
 
     index = read_corpus_json(uri)
     assert index["status"] == "complete" and not index["failed_units"]
     assert ledger_count(uri) == total
-    local = unit_files(sample_corpus.out_dir)
-    assert len(local) >= 3 * total and unit_files(uri) == local  # .bin, .idx, sidecar and quarantine objects
+    local_units = unit_files(sample_corpus.out_dir)
+    assert len(local_units) >= 3 * total and unit_files(uri) == local_units  # .bin, .idx, sidecar, quarantine
     capsys.readouterr()
     assert cli_main(["verify", uri, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

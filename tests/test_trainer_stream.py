@@ -1,5 +1,6 @@
-"""Training from the live pipeline: a SIGKILLed stream run resumes exactly and cheaply, and two ranks share one
-pipeline that tokenizes each unit once."""
+"""Training from the live pipeline: a SIGKILLed stream run resumes exactly and cheaply (rereading a bounded few
+units, deep in the pass), and two ranks share one pipeline that tokenizes each unit once. The same run driven on a
+two-node Ray cluster: tests/test_cluster_build.py."""
 from __future__ import annotations
 
 import json
@@ -15,15 +16,8 @@ import torch
 
 from model.cli import cli_train
 from model.train.checkpoint import list_checkpoints, load_checkpoint
-from model.train.metrics import read_metrics
+from stream_runs import REPO, SOURCES, STREAM, WORKERS, curve, records
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCES, WORKERS = 2, 2
-# Small units (4 KiB of input, a few hundred tokens each) put a run of a few steps many units into its pass.
-STREAM = ["--stream", "--stream-sample", "--manifest", str(REPO / "manifests" / "openelm.yaml"),
-          "--weights", "redpajama-github=3,redpajama-c4=1", "--stream-unit-bytes", "4096",
-          "--stream-workers", str(WORKERS), "--model", "tiny", "--sequence-length", "32", "--micro-batch-size", "8",
-          "--global-batch-tokens", "512", "--threads", "1", "--no-progress", "--log-every", "1"]
 # What a resume may tokenize again: per source the unit it stopped in, plus what the feed had started ahead
 # (2 units per worker split over the sources, at least one each).
 REREAD_BOUND = SOURCES + max(2 * WORKERS, SOURCES)
@@ -36,14 +30,6 @@ def data_root(sample_mirror, tmp_path, monkeypatch):
     (root / "sample").symlink_to(sample_mirror)  # where --stream-sample looks for the mirror
     monkeypatch.setenv("ELM_CORPUS_DATA", str(root))
     return root
-
-
-def records(run: Path, kind: str) -> list[dict]:
-    return [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == kind]
-
-
-def curve(run: Path, kind: str = "train", key: str = "loss") -> list[tuple[int, float]]:
-    return [(r["step"], r[key]) for r in records(run, kind)]
 
 
 def saved_points(run: Path, step: int) -> dict:
@@ -95,20 +81,6 @@ def test_a_stream_killed_mid_run_resumes_step_for_step_rereading_only_the_units_
         assert after["streams"][f"{source}/train"]["first"] == [point["passes"], point["unit"]]
 
 
-def test_an_early_and_a_late_resume_reread_the_same_few_units(data_root, ray_session, tmp_path):
-    run = tmp_path / "run"
-    rereads, units = [], []
-    for stop in (2, 20):
-        assert cli_train([*STREAM, "--steps", str(stop), "--eval-every", "100", "--out", str(run),
-                          *(["--resume"] if stop > 2 else [])]) == 0
-        units.append(saved_points(run, stop)["redpajama-github"]["unit"])
-        assert cli_train([*STREAM, "--steps", str(stop + 1), "--eval-every", "100", "--out", str(run),
-                          "--resume"]) == 0
-        rereads.append(records(run, "resume")[-1]["units_reread"])
-    assert units[0] == 0 and units[1] >= 5  # the late resume stands many units into the pass
-    assert all(1 <= n <= REREAD_BOUND for n in rereads), rereads
-
-
 def test_two_ranks_share_one_pipeline_tokenizing_each_unit_once_with_the_one_process_mixture_losses_and_resume(
         data_root, ray_session, tmp_path):
     steps = ["--steps", "8", "--eval-every", "4", "--eval-batches", "2", "--checkpoint-every", "8"]
@@ -146,19 +118,3 @@ def test_two_ranks_share_one_pipeline_tokenizing_each_unit_once_with_the_one_pro
     assert records(ranks, "resume")[-1]["units_reread"] == records(alone, "resume")[-1]["units_reread"] > 0
     assert [l for _, l in curve(ranks)] == pytest.approx([l for _, l in curve(alone)], rel=1e-4)
     assert len(curve(ranks)) == 10
-
-
-def test_a_stream_on_a_two_node_ray_cluster_trains_as_on_the_local_ray(data_root, ray_session, tmp_path):
-    from ray_cluster import TwoNodeCluster
-    args = [*STREAM, "--steps", "6", "--eval-every", "100"]
-    local, remote = tmp_path / "local", tmp_path / "remote"
-    assert cli_train([*args, "--out", str(local)]) == 0
-    with TwoNodeCluster(cpus_per_node=1) as cluster:
-        # the real CLI in its own process, a driver of the cluster: the pipeline's tasks run on its two nodes
-        result = subprocess.run([sys.executable, "-m", "model.cli", *args, "--out", str(remote),
-                                 "--ray-address", cluster.address], cwd=REPO,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)),
-                                capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert curve(remote) == curve(local)
-    assert records(remote, "stream")[-1]["streams"] == records(local, "stream")[-1]["streams"]

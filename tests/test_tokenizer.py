@@ -100,8 +100,9 @@ def test_segment_encoder_gives_sentencepiece_ids_on_every_sample_document(tokeni
     from corpus.tokenizer.segments import SegmentEncoder
     nfc = [unicodedata.normalize("NFC", t) for t in sample_texts]
     enc = SegmentEncoder(tokenizer.model_bytes, tokenizer.bos_id, tokenizer.eos_id)
+    plain = _sp_ids(tokenizer, nfc, False, False)  # SentencePiece's add_bos/add_eos only put the ids at the ends
     for bos, eos in ((True, True), (False, False), (True, False)):
-        want = _sp_ids(tokenizer, nfc, bos, eos)
+        want = [[tokenizer.bos_id] * bos + ids + [tokenizer.eos_id] * eos for ids in plain]
         got = enc.encode(nfc, bos, eos)
         assert all(g.dtype == "uint16" for g in got)
         assert [t[:60] for t, g, w in zip(nfc, got, want, strict=True) if g.tolist() != w] == []

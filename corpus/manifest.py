@@ -6,6 +6,8 @@ Inner code trusts a loaded :class:`Manifest`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +18,6 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from corpus.cleaning.bands import bands_for
 from corpus.cleaning.words import NGRAM
-from corpus.store.files import digest
 
 FORMATS = ("parquet", "jsonl", "jsonl.zst", "json.gz")
 # The datatrove filters a source may add after CoreNet's rules: type -> (datatrove's class, what it drops).
@@ -260,6 +261,13 @@ class Manifest(_Strict):
         if self.decontaminate is not None:
             parts["decontaminate"] = self.decontaminate.model_dump(mode="json")
         return parts
+
+
+def digest(obj: Any) -> str:
+    """The sha256 of ``obj``'s canonical JSON (keys sorted, no spaces): equal settings, equal digests. What a
+    manifest's build fingerprint is, and a work unit's identity (pipelines/reuse.py) and an ablation's corpus and
+    trial keys (model/ablate/spec.py)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- loading with line numbers

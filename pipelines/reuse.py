@@ -25,8 +25,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from corpus.manifest import digest
 from corpus.store import location
-from corpus.store.files import digest
 from corpus.store.layout import CorpusDir
 from corpus.store.location import StorePath
 from pipelines.plan import WorkUnit

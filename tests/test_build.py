@@ -203,7 +203,8 @@ def test_reuse_takes_the_units_of_unchanged_sources_and_ends_equal_to_a_clean_bu
     changed = write_manifest(tmp_path / "changed.yaml", "changed", [
         source_yaml("books", "redpajama", f"{root}/books.jsonl", "jsonl"),
         source_yaml("web", "refinedweb", f"{root}/web.parquet", "parquet", "content"),
-        source_yaml("dolma", "dolma", f"{root}/dolma/*.json.gz", "json.gz") + "    filters:\n      - type: c4_quality\n",
+        source_yaml("dolma", "dolma", f"{root}/dolma/*.json.gz", "json.gz")
+        + "    filters:\n      - type: c4_quality\n",
         source_yaml("many", "redpajama", f"{root}/many/*.jsonl", "jsonl"),
     ])
     out = tmp_path / "reused"
@@ -216,7 +217,8 @@ def test_reuse_takes_the_units_of_unchanged_sources_and_ends_equal_to_a_clean_bu
     same = [u for u in plan if u["source"] in ("books", "web")]
     assert result.status == "complete" and result.units_reused == len(same) > 2
     assert result.units_run == len(plan) - len(same)
-    ledger = {(e["source"], e["unit"]): e for e in map(json.loads, map(Path.read_text, (out / "ledger").rglob("*.json")))}
+    ledger = {(e["source"], e["unit"]): e
+              for e in (json.loads(p.read_text()) for p in (out / "ledger").rglob("*.json"))}
     assert {k for k, e in ledger.items() if e.get("reused_from") == str(built.out_dir)} == {
         (u["source"], u["unit"]) for u in same}
     assert (out / "shards/books" / f"{same[0]['unit']}.bin").stat().st_ino == (

@@ -118,12 +118,6 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview | Iterable[byt
 _JSON = json.JSONEncoder(indent=2, sort_keys=True)
 
 
-def digest(obj: Any) -> str:
-    """The sha256 of ``obj``'s canonical JSON (keys sorted, no spaces): equal settings, equal digests. What a
-    manifest's fingerprint, a unit's identity and an ablation's trial keys are."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
-
 def json_bytes(obj: Any) -> bytes:
     """A record's bytes, the same wherever it is written (a local file or an object)."""
     return (_JSON.encode(obj) + "\n").encode()

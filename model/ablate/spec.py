@@ -40,10 +40,9 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, field_validator,
                       model_validator)
 
-from corpus.manifest import (Manifest, ManifestError, TokenCount, field_name, line_index, load_manifest,
+from corpus.manifest import (Manifest, ManifestError, TokenCount, digest, field_name, line_index, load_manifest,
                              nearest_line, read_card, validation_problems)
 from corpus.mixing.sources import mixture_weights
-from corpus.store.files import digest
 from corpus.tasks.sets import task_names
 from model.ablate.intervals import HIGHER_IS_BETTER
 from model.presets import PRESETS

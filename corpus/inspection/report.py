@@ -448,16 +448,7 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
              ("tokens", f"{t['tokens']:,}"), ("folder size", human_bytes(t["bytes_on_disk"]["folder"]))]
     figures = "".join(f'<figure id="{Path(name).stem}"><img src="{name}" alt="{_e(caption)}">'
                       f"<figcaption>{_e(caption)}</figcaption></figure>" for name, caption in CHARTS.items())
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(c['name'])}: corpus report</title>
-<style>{REPORT_CSS}</style>
-</head>
-<body>
-<h1>{_e(c['name'])} <span class="status {_e(status)}">{_e(status)}</span></h1>
+    return html_page(f"{c['name']}: corpus report", f"""<h1>{_e(c['name'])} <span class="status {_e(status)}">{_e(status)}</span></h1>
 {note}
 <dl>{''.join(f'<dt>{_e(k)}</dt><dd class="mono">{_e(v)}</dd>' for k, v in facts)}</dl>
 <h2>Per source</h2>
@@ -473,9 +464,15 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
 <div class="scroll">{_quarantine_table(examples)}</div>
 {_failed_section(n)}
 <p><small>Numbers as JSON: <a href="stats.json">stats.json</a> (schema: docs/stats.md in elm-corpus).</small></p>
-</body>
-</html>
-"""
+""")
+
+
+def html_page(title: str, body: str, css: str = REPORT_CSS) -> str:
+    """One self-contained HTML page of the project's reports (the corpus report, the ablation report, runs
+    compared): ``title`` is escaped here, ``body`` is markup already."""
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{_e(title)}</title>\n'
+            f"<style>{css}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
 
 
 def write_report(stats: CorpusStats, out_dir: str | Path) -> Path:

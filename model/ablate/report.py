@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from corpus.inspection.report import REPORT_CSS, figure, inline_png
+from corpus.inspection.report import REPORT_CSS, figure, html_page, inline_png
 from corpus.inspection.numbers import percent
 from corpus.store.files import atomic_write_bytes, atomic_write_json
 from model.ablate.intervals import (BOOTSTRAP_SEED, CONFIDENCE, HIGHER_IS_BETTER, RESAMPLES, paired_difference,
@@ -450,16 +450,7 @@ def render_page(report: dict[str, Any]) -> str:
                    _loss_chart(report))
     mixture = _figure("mixture", "Share of the training tokens each source served, per variant (mean over its "
                                  "seeds).", _mixture_chart(report))
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(report['name'])}: ablation report</title>
-<style>{REPORT_CSS}{_PAGE_CSS}</style>
-</head>
-<body>
-<h1>{_e(report['name'])}</h1>
+    return html_page(f"{report['name']}: ablation report", f"""<h1>{_e(report['name'])}</h1>
 <p>Proxy model <code>{_e(report['model'])}</code>, seeds {_e(', '.join(map(str, report['seeds'])))}, tasks
 {_e(', '.join(report['tasks']) or '-')}.</p>
 <p class="why">Intervals are {int(100 * method['confidence'])}%: over seeds by Student's t (none with one seed); for
@@ -485,6 +476,4 @@ better.</p>
 {_trials_section(report)}
 {f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
 <p><small>Numbers as JSON: <a href="{REPORT_JSON}">{REPORT_JSON}</a>.</small></p>
-</body>
-</html>
-"""
+""", REPORT_CSS + _PAGE_CSS)

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from corpus.inspection.report import figure
+from corpus.inspection.report import figure, html_page
 from model.eval.harness import EVALS_DIR
 from model.eval.tasks import PUBLISHED_ZERO_SHOT
 from model.train.metrics import METRICS_FILE, read_metrics, task_accuracy
@@ -208,12 +208,12 @@ def write_report(summaries: list[RunSummary], out_dir: str | Path, metric: str =
     figures = "".join(f'<figure id="{Path(name).stem}"><img src="{name}" alt="{html.escape(caption)}">'
                       f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in CHARTS.items())
     page = out / "index.html"
-    page.write_text(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>runs compared</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{len(summaries)} runs compared</h1>"
+    page.write_text(html_page(
+        "runs compared",
+        f"<h1>{len(summaries)} runs compared</h1>"
         f"<p>Task scores are each run's newest evaluation (while training, or by elm-train eval): "
         f"{html.escape(METRICS[metric])}.</p><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
         + f"</tr></thead><tbody>{rows}</tbody></table>{marked}{figures}"
-        "<p><small>Numbers as JSON: <a href=\"compare.json\">compare.json</a>.</small></p></body></html>\n",
+        "<p><small>Numbers as JSON: <a href=\"compare.json\">compare.json</a>.</small></p>\n", _STYLE),
         encoding="utf-8")
     return page

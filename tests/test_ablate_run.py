@@ -2,10 +2,10 @@
 
 One ablation folder goes through a user's life, in one test (each trial costs two processes' start):
 1. the command is SIGKILLed after its first trial finished and while the second trains;
-2. two variants are added to the spec (one whose corpus is broken) and the same command, on a Ray cluster (the
-   session's local Ray), continues: the finished trial is untouched, the cut-off one and the new ones run as Ray
-   tasks, the broken one fails alone with its log, and each of the first two variants ranks first on its own kind
-   of text;
+2. two variants are added to the spec (one whose corpus is broken) and the same command, on a two-node Ray
+   cluster (tests/ray_cluster.py), continues: the finished trial is untouched, the cut-off one and the new ones
+   run as Ray tasks spread over both nodes, the broken one fails alone with its log, and each of the first two
+   variants ranks first on its own kind of text;
 3. the report, rebuilt from the trials' files alone, is the same bytes.
 The proxies are the `tiny` preset trained for a few steps of short sequences: enough for a books-trained proxy to
 beat a code-trained one on prose, and the other way round on code, in bits per byte (the worked example of
@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
@@ -29,8 +28,8 @@ from corpus.store.files import json_bytes
 from model.ablate.report import build_report
 from model.ablate.run import _trained, build_command, is_done, plan, read_record, trial_result
 from model.ablate.spec import load_spec
-from model.cli import main as elm_train
 from model.train.metrics import read_metrics
+from ray_cluster import TwoNodeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "openelm.yaml"
@@ -73,7 +72,7 @@ def record(out: Path, name: str) -> dict | None:
 
 
 def test_an_ablation_killed_then_grown_continues_redoing_nothing_finished_and_ranks_each_variant_on_its_own_text(
-        ablation, ray_session, capsys):
+        ablation):
     spec, out, tasks = ablation
     proc = subprocess.Popen([sys.executable, "-m", "model.cli", "ablate", str(spec), "--out", str(out),
                              "--parallel", "1"], start_new_session=True, stdout=subprocess.DEVNULL,
@@ -108,19 +107,19 @@ def test_an_ablation_killed_then_grown_continues_redoing_nothing_finished_and_ra
     broken = next(b for b in builds if b.variants == ("broken",))
     Path(broken.folder).mkdir(parents=True)
     (Path(broken.folder) / "corpus.json").write_text("{not json")
-    address = ray_session.get_runtime_context().gcs_address
-    command = ["ablate", str(spec), "--out", str(out), "--ray-address", address]
-
-    assert elm_train(command) == 1
-    said = capsys.readouterr().out
+    with TwoNodeCluster(cpus_per_node=1) as cluster:  # one CPU each: the two trials that can run at once, one a node
+        rerun = subprocess.run([sys.executable, "-m", "model.cli", "ablate", str(spec), "--out", str(out),
+                                "--ray-address", cluster.address], cwd=ROOT, capture_output=True, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert rerun.returncode == 1, rerun.stderr[-3000:]
+    said = rerun.stdout
     assert "4 trials, 1 already done" in said and "trial broken seed 0: FAILED" in said
     assert all(f"trial {name} seed 0: done" in said for name in ("code", "mixed")) and "trial books" not in said
     assert {p: p.stat().st_mtime_ns for p in finished} == finished, "the finished trial was not touched"
     resumed = [r for r in read_metrics(out / "trials/code/seed-0/metrics.jsonl") if r["kind"] == "resume"]
     assert [r["step"] for r in resumed] == [8], "the cut-off trial resumed from its checkpoint"
-    for name in ("code/seed-0", "mixed/seed-0", "broken/seed-0"):  # each ran in a Ray worker, not in this process
-        pid = record(out, name)["ran_on"]["pid"]
-        assert pid != os.getpid() and psutil.Process(pid).cmdline()[0].startswith("ray::")
+    ran_on = [record(out, f"{name}/seed-0")["ran_on"] for name in ("code", "mixed", "broken")]
+    assert len({r["node"] for r in ran_on}) == 2, "Ray placed the trials on both nodes"
 
     report = json.loads((out / "report.json").read_text())
     bpb = {v: {t: s["bpb"]["mean"] for t, s in report["variants"][v]["tasks"].items()} for v in ("books", "code")}

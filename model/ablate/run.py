@@ -161,9 +161,9 @@ def run_build(build: Build, others: list[Build], ray_address: str | None = None)
     return _run(build_command(build, others, ray_address), Path(build.log))
 
 
-def run_trial(trial: Trial) -> dict:
+def run_trial(trial: Trial, node: str | None = None) -> dict:
     """Train and evaluate one trial (resuming what a cut-off attempt left); returns its record, also written to
-    its file last."""
+    its file last. ``node``: the Ray node it runs on, recorded with the host and process."""
     run_dir, record = Path(trial.run_dir), read_record(trial)
     log = Path(trial.log)
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(trial.settings["threads"])} if "threads" in trial.settings
@@ -187,7 +187,7 @@ def run_trial(trial: Trial) -> dict:
     done = {"key": trial.key, "status": FINISHED if error is None else FAILED, "log": trial.log,
             "tasks": [trial.tasks, trial.include_path], "eval": trial.eval_file if error is None else None,
             "error": error,
-            "ran_on": {"host": socket.gethostname(), "pid": os.getpid()}}  # on a cluster, the node that ran it
+            "ran_on": {"host": socket.gethostname(), "pid": os.getpid(), **({"node": node} if node else {})}}
     atomic_write_json(Path(trial.record), done)
     return done
 
@@ -197,7 +197,7 @@ def _on_ray(trials: list[Trial], ray_address: str, cpus: int, gpus: float, say: 
     import ray
     if not ray.is_initialized():
         ray.init(address=ray_address)
-    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_trial)
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_run_trial_on_ray)
     pending = {remote.remote(t): t for t in trials}
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
@@ -209,6 +209,11 @@ def _on_ray(trials: list[Trial], ray_address: str, cpus: int, gpus: float, say: 
                       "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             atomic_write_json(Path(trial.record), record)
         say(_said(trial, record))
+
+
+def _run_trial_on_ray(trial: Trial) -> dict:
+    import ray
+    return run_trial(trial, node=ray.get_runtime_context().get_node_id())
 
 
 def _said(trial: Trial, record: dict) -> str:

@@ -179,20 +179,18 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     val_steps, val_loss = _series(records, "val", "val_loss")
     lr_steps, lrs = _series(records, "train", "lr")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, and its backend machinery unloaded
 
     evals = [r for r in records if r.get("kind") == "eval" and r.get("tasks")]
     preference = [r for r in records if r.get("kind") == "train" and "reward_margin" in r]
     extra = [(2, lambda ax: _plot_task_accuracy(ax, evals))] if evals else []
     if preference:  # a DPO/RSO run: its rewards and how often the chosen completion wins
         extra.append((2, lambda ax: _plot_preference(ax, preference)))
-    fig, axes = plt.subplots(2 + len(extra), 1, figsize=(8, 6 + 3 * len(extra)),
-                             height_ratios=(3, 1, *(h for h, _ in extra)))
+    fig = Figure(figsize=(8, 6 + 3 * len(extra)))
+    axes = fig.subplots(2 + len(extra), 1, height_ratios=(3, 1, *(h for h, _ in extra)))
     ax_loss, ax_lr = axes[0], axes[1]
     ax_lr.sharex(ax_loss)
-    plt.setp(ax_loss.get_xticklabels(), visible=False)
+    ax_loss.tick_params(labelbottom=False)
     for ax, (_, draw) in zip(axes[2:], extra):
         draw(ax)
     ax_loss.plot(train_steps, train_loss, label="train", linewidth=1)
@@ -209,7 +207,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.tight_layout()
     out = Path(out) if out else run_dir / CURVES_FILE
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 

@@ -47,7 +47,7 @@ from corpus.tokenizer.tokenizer import Tokenizer
 from pipelines.contamination import task_items
 from pipelines.dedup import dedup_done, run_dedup
 from pipelines.plan import DEFAULT_UNIT_BYTES, WorkUnit, plan_build
-from pipelines.reuse import Reused, donors_of, reuse_units
+from pipelines.reuse import Reused, donors_of, rebased, reuse_units
 from pipelines.runner import cluster_cpus, in_flight, require_token_auth, start_ray
 from pipelines.views import BuildProgress
 from pipelines.worker import BuildJob, UnitJob, execute_unit, failure_entry
@@ -139,7 +139,7 @@ def build(manifest: Manifest | str | Path, out_dir: str | Path | ObjectPath | No
     decontaminate = decontamination(manifest)  # likewise unknown tasks and task data that cannot be had
     out = location.at(out_dir) if out_dir is not None else default_corpus_dir(manifest.name, sample)
     try:
-        donors = donors_of(list(reuse), out)
+        donors = donors_of(list(reuse))
         return _build(manifest, tokenizer, decontaminate, out, sample, workers, address, force, progress,
                       unit_bytes, mirror_root, started, t0, dedup_only, donors)
     except OSError as e:  # the driver's own reads and writes: plan, corpus.json, ledger, failed entries, the lock
@@ -157,6 +157,7 @@ def _build(manifest: Manifest, tokenizer: Tokenizer, decontaminate: Decontaminat
         plan, moved = _check_plan(corpus, manifest, tokenizer, sample, force)
         if moved is not None:
             corpus = _hold(held, CorpusDir(out))
+        donors = rebased(donors, out, moved)
         if plan is None:
             plan = _new_plan(corpus, manifest, tokenizer, sample, unit_bytes, mirror_root)
         if decontaminate is not None:

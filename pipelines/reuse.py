@@ -3,8 +3,9 @@
 A unit's bytes depend only on the unit (its file and range), its source's settings, the text rules, the tokenizer
 and the decontamination tasks (pipelines/build.py). Two manifests that share a source with the same settings and
 the same input files therefore cut it into the same units and write the same shards for them, whatever else
-they hold. A manifest that changes one source's filter, or adds a source, rebuilds that source only; an ablation
-of mixtures built from different manifests (model/ablate) builds each shared source once.
+they hold. A manifest that changes one source's filter, or adds a source, rebuilds that source only (into the
+same folder: ``--force --reuse`` of it takes the units from the old build that ``--force`` moves aside); an
+ablation of mixtures built from different manifests (model/ablate) builds each shared source once.
 
 Not reused, and built as usual:
 
@@ -53,20 +54,36 @@ def unit_key(plan: dict, unit: dict) -> str:
     return digest(identity)
 
 
-def donors_of(targets: list[str | StorePath], out: StorePath) -> list[tuple[CorpusDir, dict]]:
+def donors_of(targets: list[str | StorePath]) -> list[tuple[CorpusDir, dict]]:
     """The corpora ``--reuse`` names with their plans, checked before anything is written."""
     donors = []
     for target in targets:
         donor = CorpusDir(target)
-        if donor.root == out or (isinstance(out, Path) and isinstance(donor.root, Path)
-                                 and donor.root.resolve() == out.resolve()):
-            raise ReuseRefused(f"--reuse {target}: that is the folder being built (its finished units are kept "
-                               f"anyway)")
         plan = donor.read_plan()
         if plan is None:
             raise ReuseRefused(f"--reuse {target}: not a corpus folder (no plan.json): name a folder a build wrote")
         donors.append((donor, plan))
     return donors
+
+
+def rebased(donors: list[tuple[CorpusDir, dict]], out: StorePath, moved: Path | None
+            ) -> list[tuple[CorpusDir, dict]]:
+    """The donors once the build holds ``out``: the folder being built itself gives the old build that ``--force``
+    moved aside (a changed manifest then keeps the units of its unchanged sources), or nothing when it was not
+    moved (its finished units are this build's own)."""
+    kept = []
+    for donor, plan in donors:
+        if not _same_place(donor.root, out):
+            kept.append((donor, plan))
+        elif moved is not None:
+            kept.append((CorpusDir(moved), plan))
+    return kept
+
+
+def _same_place(a: StorePath, b: StorePath) -> bool:
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()
+    return a == b
 
 
 def reuse_units(corpus: CorpusDir, plan: dict, pending: list[WorkUnit], donors: list[tuple[CorpusDir, dict]]

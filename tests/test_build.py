@@ -233,6 +233,12 @@ def test_reuse_takes_the_units_of_unchanged_sources_and_ends_equal_to_a_clean_bu
     # a rerun finds everything done; a deduplicating manifest takes nothing, and says why
     assert cli_main(["build", str(changed), "--out", str(out), "--reuse", str(built.out_dir), "--no-progress"]) == 0
     assert f"({len(plan)} already done, 0 reused, 0 run)" in capsys.readouterr().out
+    # the first manifest again, into the same folder: --force moves the build aside and --reuse of the folder
+    # takes the units the two manifests share from there
+    back = build(inputs / "mixed.yaml", out, workers=2, progress=False, unit_bytes=SMALL_UNITS, force=True,
+                 reuse=[out])
+    assert back.moved_aside is not None and [r.donor for r in back.reused] == [str(back.moved_aside)]
+    assert back.units_reused == len(same) and checksums(out) == checksums(built.out_dir)
     deduplicating = tmp_path / "dedup.yaml"
     deduplicating.write_text(changed.read_text() + "dedup:\n  exact: true\n  near: false\n")
     again = build(deduplicating, tmp_path / "dedup", workers=2, progress=False, unit_bytes=SMALL_UNITS,

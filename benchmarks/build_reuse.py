@@ -92,7 +92,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{out['units']} units in {args.sources} sources, one more source of {args.mb / (args.sources + 1):g} MB: from "
+        per = args.mb / (args.sources + 1)
+        print(f"{out['units']} units in {args.sources} sources, one more source of {per:g} MB: from "
               f"scratch {out['scratch_s']} s, with --reuse {out['reused_s']} s ({out['units_reused']} units taken, "
               f"{out['units_built']} built): {out['speedup']}x")
     return 0

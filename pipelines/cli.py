@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.set_defaults(func=_build)
     b.add_argument("--reuse", action="append", metavar="DIR", help="take the finished units of this corpus folder "
                    "or URI whose inputs and settings are the same (a shared source) instead of building them; may "
-                   "be given more than once")
+                   "be given more than once; with --force, the folder being built gives the old build it moves "
+                   "aside")
 
     s = sub.add_parser("stats", help="what a corpus holds, per source and per filter")
     s.add_argument("target", nargs="?", default=None, help="corpus name (a folder of --data-dir), folder or URI; "

@@ -448,7 +448,8 @@ def _page(stats: CorpusStats, examples: dict[str, list[dict]]) -> str:
              ("tokens", f"{t['tokens']:,}"), ("folder size", human_bytes(t["bytes_on_disk"]["folder"]))]
     figures = "".join(f'<figure id="{Path(name).stem}"><img src="{name}" alt="{_e(caption)}">'
                       f"<figcaption>{_e(caption)}</figcaption></figure>" for name, caption in CHARTS.items())
-    return html_page(f"{c['name']}: corpus report", f"""<h1>{_e(c['name'])} <span class="status {_e(status)}">{_e(status)}</span></h1>
+    heading = f'{_e(c["name"])} <span class="status {_e(status)}">{_e(status)}</span>'
+    return html_page(f"{c['name']}: corpus report", f"""<h1>{heading}</h1>
 {note}
 <dl>{''.join(f'<dt>{_e(k)}</dt><dd class="mono">{_e(v)}</dd>' for k, v in facts)}</dl>
 <h2>Per source</h2>

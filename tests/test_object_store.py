@@ -97,6 +97,19 @@ def test_a_sample_build_on_s3_holds_the_local_builds_bytes_and_verify_passes_it(
     assert result["bytes_hashed"] == sum(len(v) for k, v in local.items() if k.endswith((".bin", ".idx")))
 
 
+def test_units_taken_from_a_local_corpus_into_s3_and_back_keep_their_bytes(s3_server, s3_sample, sample_corpus,
+                                                                            sample_mirror, tmp_path):
+    """--reuse across kinds of place: every unit copied whole (no link reaches a store), no unit built (no Ray)."""
+    uri = f"{s3_server.bucket(BUCKET)}/reused"
+    into_store = build(OPENELM, uri, sample=True, progress=False, mirror_root=sample_mirror,
+                       reuse=[sample_corpus.out_dir])
+    back = build(OPENELM, tmp_path / "back", sample=True, progress=False, mirror_root=sample_mirror, reuse=[s3_sample])
+    for result in (into_store, back):
+        assert result.status == "complete" and result.units_run == 0
+        assert result.units_reused == sample_corpus.units_total
+    assert unit_files(uri) == unit_files(sample_corpus.out_dir) == unit_files(tmp_path / "back")
+
+
 def test_inspect_of_the_s3_corpus_draws_the_local_corpus_chunks(s3_sample, sample_corpus, capsys):
     from corpus.inspection.chunks import draw_chunks
     remote, local = draw_chunks(s3_sample, n=5, seed=3), draw_chunks(sample_corpus.out_dir, n=5, seed=3)

@@ -153,11 +153,7 @@ class OpenELM(nn.Module):
             layers=nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_transformer_layers)),
             norm=RMSNorm(config.model_dim, config.rms_norm_eps),
         ))
-        # Built on the meta device (shapes only, weights assigned next), there is nothing to initialise, and
-        # initialising anyway would import torch._dynamo (torch's meta kernels for normal_ go through it): 1.4 s of
-        # every `elm-train eval` or export.
-        if not self.transformer.token_embeddings.weight.is_meta:
-            self.reset_parameters()
+        self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
